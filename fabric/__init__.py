@@ -1,0 +1,42 @@
+"""fabric: run a Python function over a lot of data on every core of one machine, then of many.
+
+The import name is ``fabric``; the distribution is ``zmq-fabric``.
+"""
+
+from .client import Fabric, connect
+from .errors import (
+    ClosedError,
+    FabricError,
+    NoNodesError,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerLostError,
+)
+from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "ClosedError",
+    "Fabric",
+    "FabricError",
+    "Future",
+    "NoNodesError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "WorkerLostError",
+    "as_completed",
+    "connect",
+    "wait",
+]

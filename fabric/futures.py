@@ -1,0 +1,90 @@
+"""Futures for single tasks (``submit``), and the owner that resolves them.
+
+A :class:`FutureGroup` owns the futures of one CALL batch.  The client's I/O
+thread hands it the batch's outcome (decoded results, or a synthetic error when
+the batch was lost), and it resolves each future; ``set_result`` then wakes
+whichever user thread waits.  ``as_completed`` and ``wait`` are those of
+:mod:`concurrent.futures`, which accept our subclass.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from . import codec
+from .errors import SerializationError
+
+__all__ = ["Future", "FutureGroup", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
+
+FIRST_COMPLETED = concurrent.futures.FIRST_COMPLETED
+FIRST_EXCEPTION = concurrent.futures.FIRST_EXCEPTION
+ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
+
+
+class Future(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The outcome of one submitted task; a :class:`concurrent.futures.Future`."""
+
+
+def as_completed(fs: Iterable[concurrent.futures.Future], timeout: float | None = None) -> Iterator[Any]:
+    """Yield futures as they finish (fabric's or any concurrent.futures ones)."""
+    return concurrent.futures.as_completed(fs, timeout)
+
+
+def wait(fs: Iterable[concurrent.futures.Future], timeout: float | None = None, return_when: str = ALL_COMPLETED):
+    """Wait for futures; returns ``(done, not_done)`` sets, as concurrent.futures."""
+    return concurrent.futures.wait(fs, timeout, return_when)
+
+
+class FutureGroup:
+    """Owner of a CALL batch: one future per item, in item order."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self, futures: list[Future]) -> None:
+        self.futures = futures
+
+    def alive(self) -> bool:
+        return not all(f.done() for f in self.futures)
+
+    def claim(self) -> bool:
+        """Start the futures still wanted; the batch is dropped if none is."""
+        wanted = [f for f in self.futures if not f.done() and (f.running() or f.set_running_or_notify_cancel())]
+        return bool(wanted)
+
+    def slice(self, start: int, stop: int) -> FutureGroup:
+        return FutureGroup(self.futures[start:stop])
+
+    def merge(self, owners: list[Any]) -> FutureGroup:
+        return FutureGroup([f for owner in owners for f in owner.futures])
+
+    def deliver(self, batch: Any, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None:
+        try:
+            results = codec.decode(codec_id, payload)
+        except SerializationError as exc:
+            self.fail(batch, exc)
+            return
+        failed = {}
+        for record in errors:
+            if record[0] < 0:  # the whole batch failed
+                self.fail(batch, codec.rebuild_error(record))
+                return
+            failed[record[0]] = record
+        for index, future in enumerate(self.futures):
+            if future.done():
+                continue
+            record = failed.get(index)
+            if record is None:
+                future.set_result(results[index])
+            else:
+                future.set_exception(codec.rebuild_error(record))
+
+    def cancel(self, batch: Any) -> None:
+        for future in self.futures:
+            future.cancel()
+
+    def fail(self, batch: Any, exc: BaseException) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(exc)

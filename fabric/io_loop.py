@@ -1,0 +1,291 @@
+"""The client's I/O thread: the only code in the client that touches a socket.
+
+::
+
+    user threads ── post(callable) ──► command deque + wake pipe ─┐
+                                                                  ▼
+    ventilator ROUTER (bound) ◄── READY ──────── workers     ┌──────────┐
+                              ─── TASK_BATCH ──► workers  ◄──┤ IOLoop   │ one zmq.Poller over
+    sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ ventilator, sink,
+    control DEALER per node   ─── HELLO/GOODBYE ► node       │          │ node controls, wake
+                              ◄── WELCOME/WORKER_LOST ─ node └──────────┘ pipe, node sentinel
+
+ZeroMQ sockets are not thread-safe, so user threads never touch them: they
+append a callable to a deque and write one byte to a pipe the poller watches
+(only when the loop is not already awake).  Decisions live in
+:class:`~fabric.ventilator.Ventilator`; this loop moves frames and hands
+outcomes to each batch's owner (a map stream or a group of futures), the sink's
+job in the ZeroMQ guide's pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from .errors import ClosedError, NoNodesError, ProtocolError
+from .protocol import Goodbye, Hello, Ready, ResultBatch, Shutdown, Welcome, WorkerLost, from_frames, to_frames
+from .ventilator import Batch, Ventilator
+
+log = logging.getLogger(__name__)
+
+HWM = 100_000  # credits keep queues far below this; it only guards against a bug
+CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (start-up time)
+
+
+class IOLoop:
+    """Owns the client's sockets; runs in one daemon thread."""
+
+    def __init__(self, context: zmq.Context, client_id: bytes, bind_host: str, retries: int) -> None:
+        self.client_id = client_id
+        self.context = context
+        self.ventilator = Ventilator(retries)
+        self.vent = self._router()
+        self.sink = self._router()
+        self.vent_endpoint = _bind(self.vent, bind_host, "ventilator")
+        self.sink_endpoint = _bind(self.sink, bind_host, "sink")
+        self.controls: dict[str, zmq.Socket] = {}
+        self.nodes: dict[bytes, Welcome] = {}
+        self.node_sentinels: dict[int, str] = {}
+        self.poller = zmq.Poller()
+        for sock in (self.vent, self.sink):
+            self.poller.register(sock, zmq.POLLIN)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self._commands: deque[Callable[[], None]] = deque()
+        self._post_lock = threading.Lock()
+        self._closed = False
+        self._awake = False
+        self._idle_waiters: list[threading.Event] = []
+        self.broken: BaseException | None = None
+        self.duplicates = 0
+        self.malformed = 0
+        self._running = True
+        self.thread = threading.Thread(target=self._run, name="fabric-io", daemon=True)
+
+    def _router(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    # -- called from user threads ---------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def post(self, command: Callable[[], None]) -> bool:
+        """Run ``command`` in the I/O thread soon; False once the loop has closed."""
+        with self._post_lock:
+            if self._closed:
+                return False
+            self._commands.append(command)
+            if not self._awake:
+                self._awake = True
+                os.write(self._wake_w, b"\0")
+        return True
+
+    def post_batch(self, batch: Batch) -> None:
+        if not self.post(lambda: self._enqueue(batch)):
+            batch.owner.fail(batch, self.broken or ClosedError("the fabric was shut down"))
+
+    def capacity(self) -> int:
+        """Credits of all known workers (a racy read is fine for sizing windows)."""
+        return self.ventilator.total_credits
+
+    def workers(self) -> int:
+        return self.ventilator.workers or sum(w.workers for w in list(self.nodes.values()))
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Block until nothing is queued or in flight."""
+        event = threading.Event()
+        if not self.post(lambda: self._idle_waiters.append(event)):
+            return True
+        return event.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.post(self._request_stop)
+        self.thread.join(timeout_s)
+
+    # -- I/O thread ---------------------------------------------------------------
+
+    def add_node(self, endpoint: str, process_sentinel: int | None = None) -> None:
+        """Connect to a node's control ROUTER and register this client with it."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.client_id)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
+        sock.connect(endpoint)
+        sock.send_multipart(to_frames(Hello(self.client_id, self.vent_endpoint, self.sink_endpoint)))
+        self.controls[endpoint] = sock
+        self.poller.register(sock, zmq.POLLIN)
+        if process_sentinel is not None:
+            self.node_sentinels[process_sentinel] = endpoint
+            self.poller.register(process_sentinel, zmq.POLLIN)
+
+    def _run(self) -> None:
+        try:
+            while self._running:
+                events = dict(self.poller.poll())
+                if self._wake_r in events:
+                    self._run_commands()
+                if self.vent in events:
+                    self._on_ready()
+                if self.sink in events:
+                    self._on_results()
+                for sock in self.controls.values():
+                    if sock in events:
+                        self._on_control(sock)
+                for fd, endpoint in list(self.node_sentinels.items()):
+                    if fd in events:
+                        self._node_exited(fd, endpoint)
+                self._dispatch()
+                self._notify_idle()
+        except Exception:
+            log.exception("client I/O loop failed")
+            self._break(NoNodesError("the client's I/O thread failed; see the log"))
+        finally:
+            self._close()
+
+    def _run_commands(self) -> None:
+        self._awake = False  # before draining: a command posted from now on wakes us again
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._commands:
+            self._commands.popleft()()
+
+    def _enqueue(self, batch: Batch) -> None:
+        if self.broken is not None:
+            batch.owner.fail(batch, self.broken)
+        else:
+            self.ventilator.enqueue(batch)
+
+    def _on_ready(self) -> None:
+        for worker_id, msg in self._receive(self.vent, copy=True):
+            if isinstance(msg, Ready):
+                self.ventilator.add_credits(worker_id, msg.credits)
+
+    def _on_results(self) -> None:
+        for worker_id, msg in self._receive(self.sink, copy=False):
+            if not isinstance(msg, ResultBatch):
+                continue
+            batch = self.ventilator.complete(worker_id, msg.batch_id)
+            if batch is None:
+                self.duplicates += 1
+                continue
+            self.ventilator.observe(batch, msg.elapsed_s)
+            batch.owner.deliver(batch, msg.codec, list(msg.payload), msg.errors)
+
+    def _receive(self, sock: zmq.Socket, copy: bool) -> list[tuple[bytes, Any]]:
+        """Every message waiting on a ROUTER, parsed; malformed ones are dropped."""
+        received = []
+        while True:
+            try:
+                sender, *frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+            except zmq.Again:
+                return received
+            try:
+                received.append((sender if copy else sender.bytes, from_frames(frames)))
+            except ProtocolError as exc:
+                self.malformed += 1
+                log.warning("client: dropped malformed message: %s", exc)
+
+    def _on_control(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = from_frames(frames)
+            except ProtocolError as exc:
+                self.malformed += 1
+                log.warning("client: dropped malformed control message: %s", exc)
+                continue
+            if isinstance(msg, Welcome):
+                self.nodes[msg.node_id] = msg
+            elif isinstance(msg, WorkerLost):
+                log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
+                for batch, exc in self.ventilator.worker_lost(msg.worker_id, msg.reason):
+                    batch.owner.fail(batch, exc)
+
+    def _dispatch(self) -> None:
+        for worker_id, batch, frames in self.ventilator.dispatch():
+            try:
+                self.vent.send_multipart([worker_id, *frames], copy=False)
+            except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)
+                log.info("client: worker %r unreachable: %s", worker_id, exc)
+                for lost, error in self.ventilator.worker_lost(worker_id, "unreachable"):
+                    lost.owner.fail(lost, error)
+
+    def _notify_idle(self) -> None:
+        if self._idle_waiters and (self.ventilator.idle() or self.broken is not None):
+            for event in self._idle_waiters:
+                event.set()
+            self._idle_waiters.clear()
+
+    def _node_exited(self, fd: int, endpoint: str) -> None:
+        self.poller.unregister(fd)
+        del self.node_sentinels[fd]
+        if self._running:
+            self._break(NoNodesError(f"the node at {endpoint} exited; no worker is left to run tasks"))
+
+    def _break(self, exc: BaseException) -> None:
+        """Fail everything queued or in flight; later batches fail at once."""
+        self.broken = exc
+        for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight():
+            batch.owner.fail(batch, exc)
+
+    def cancel_pending(self) -> None:
+        """Cancel everything not yet sent to a worker (shutdown(cancel_futures=True))."""
+        for batch in self.ventilator.drop_pending():
+            batch.owner.cancel(batch)
+
+    def _request_stop(self) -> None:
+        self._running = False
+        for endpoint, sock in self.controls.items():
+            sock.send_multipart(to_frames(Goodbye(self.client_id)))
+            if endpoint in self.node_sentinels.values():
+                sock.send_multipart(to_frames(Shutdown()))
+
+    def _close(self) -> None:
+        self._running = False
+        with self._post_lock:
+            self._closed = True
+        if self.broken is None:
+            self.broken = ClosedError("the fabric was shut down")
+        while self._commands:  # posted before the close: their batches fail below
+            self._commands.popleft()()
+        for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight():
+            batch.owner.fail(batch, self.broken)
+        for sock in [self.vent, self.sink, *self.controls.values()]:
+            sock.close()
+        for fd in [*self.node_sentinels, self._wake_r, self._wake_w]:
+            os.close(fd)
+        self.node_sentinels.clear()
+        for event in self._idle_waiters:
+            event.set()
+
+
+def _bind(sock: zmq.Socket, where: str, name: str) -> str:
+    """Bind to a random tcp port of host ``where``, or to ``name`` inside the
+    ipc directory ``where`` (``ipc:///dir``); return the endpoint."""
+    if where.startswith("ipc://"):
+        endpoint = f"{where}/{name}"
+        sock.bind(endpoint)
+        return endpoint
+    host = where
+    sock.bind_to_random_port(f"tcp://{host}")
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)

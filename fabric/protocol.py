@@ -1,0 +1,250 @@
+"""The wire: every message fabric sends, its kind, fields and frames.
+
+A message is one ZeroMQ multipart message (after any ROUTER routing-id frame)::
+
+    frame 0      header   msgpack array [PROTOCOL_VERSION, kind, field, field, ...]
+    frame 1..n   payload  raw bytes (serialized tasks, results, functions), never
+                          inspected by a router; sent without copying when large
+
+Control plane (client <-> node, worker <-> node, on the node's ROUTER)::
+
+    HELLO        client -> node     client_id, ventilator endpoint, sink endpoint
+    WELCOME      node   -> client   node_id, node name, worker count
+    GOODBYE      client -> node     client_id
+    WORKER_UP    worker -> node     worker_id, pid
+    ATTACH       node   -> worker   client_id, ventilator, sink, credits
+    DETACH       node   -> worker   client_id
+    WORKER_LOST  node   -> client   worker_id, exit code, reason
+    SHUTDOWN     node   -> worker / client -> embedded node
+
+Data plane (worker <-> client, never through the node)::
+
+    READY        worker -> ventilator   credits (batches it may hold)
+    TASK_BATCH   ventilator -> worker   batch_id, fn digest, mode, codec, item frame
+                                        counts, has_fn | [fn] + item payload frames
+    RESULT_BATCH worker -> sink         batch_id, codec, errors, elapsed_s | result frames
+
+Anything that does not parse raises :class:`~fabric.errors.ProtocolError`, which
+each receive loop logs and drops; the receiver keeps running.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+Buffer = Any  # bytes, memoryview or zmq.Frame: whatever supports the buffer protocol
+
+
+class Kind(enum.IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    GOODBYE = 3
+    WORKER_UP = 4
+    ATTACH = 5
+    DETACH = 6
+    WORKER_LOST = 7
+    SHUTDOWN = 8
+    READY = 9
+    TASK_BATCH = 10
+    RESULT_BATCH = 11
+
+
+class Mode(enum.IntEnum):
+    """How a worker applies the function to each item of a batch."""
+
+    MAP = 0  # fn(item); the batch payload is one list of items
+    STARMAP = 1  # fn(*item); the batch payload is one list of argument tuples
+    CALL = 2  # fn(*args, **kwargs); one payload per item, holding (args, kwargs)
+
+
+def _is_list_of_int(value: object) -> bool:
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+
+
+def _is_error_list(value: object) -> bool:
+    """Errors are [index, type name, message, traceback, pickled exception or None]."""
+    return isinstance(value, list) and all(
+        isinstance(e, list)
+        and len(e) == 5
+        and type(e[0]) is int
+        and isinstance(e[1], str)
+        and isinstance(e[2], str)
+        and isinstance(e[3], str)
+        and (e[4] is None or isinstance(e[4], bytes))
+        for e in value
+    )
+
+
+Check = type | tuple[type, ...] | Callable[[object], bool]
+
+
+class Message:
+    """Base of every message; subclasses are frozen dataclasses."""
+
+    __slots__ = ()
+    KIND: ClassVar[Kind]
+    CHECKS: ClassVar[tuple[Check, ...]]
+    payload: Sequence[Buffer] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    KIND = Kind.HELLO
+    CHECKS = (bytes, str, str)
+    client_id: bytes
+    ventilator: str
+    sink: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    KIND = Kind.WELCOME
+    CHECKS = (bytes, str, int)
+    node_id: bytes
+    name: str
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    KIND = Kind.GOODBYE
+    CHECKS = (bytes,)
+    client_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerUp(Message):
+    KIND = Kind.WORKER_UP
+    CHECKS = (bytes, int)
+    worker_id: bytes
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attach(Message):
+    KIND = Kind.ATTACH
+    CHECKS = (bytes, str, str, int)
+    client_id: bytes
+    ventilator: str
+    sink: str
+    credits: int
+
+
+@dataclass(frozen=True, slots=True)
+class Detach(Message):
+    KIND = Kind.DETACH
+    CHECKS = (bytes,)
+    client_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost(Message):
+    KIND = Kind.WORKER_LOST
+    CHECKS = (bytes, int, str)
+    worker_id: bytes
+    exitcode: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    KIND = Kind.SHUTDOWN
+    CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Message):
+    KIND = Kind.READY
+    CHECKS = (int,)
+    credits: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskBatch(Message):
+    """``item_frames[i]`` is how many payload frames item ``i`` spans (CALL mode);
+    MAP/STARMAP batches have a single item list, so ``item_frames`` is ``[k]``."""
+
+    KIND = Kind.TASK_BATCH
+    CHECKS = (int, bytes, lambda m: m in (0, 1, 2), int, _is_list_of_int, bool)
+    batch_id: int
+    digest: bytes
+    mode: int
+    codec: int
+    item_frames: list[int]
+    has_fn: bool
+    payload: Sequence[Buffer] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultBatch(Message):
+    KIND = Kind.RESULT_BATCH
+    CHECKS = (int, int, _is_error_list, float)
+    batch_id: int
+    codec: int
+    errors: list[list[Any]]
+    elapsed_s: float
+    payload: Sequence[Buffer] = ()
+
+
+_BY_KIND: dict[int, type[Message]] = {
+    cls.KIND: cls
+    for cls in (Hello, Welcome, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch)
+}
+_HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls) if f.name != "payload") for cls in _BY_KIND.values()  # type: ignore[arg-type]
+}
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def to_frames(msg: Message) -> list[Buffer]:
+    """Header frame followed by the message's payload frames."""
+    names = _HEADER_FIELDS[type(msg)]
+    header = [PROTOCOL_VERSION, int(msg.KIND), *(getattr(msg, n) for n in names)]
+    return [_packer.pack(header), *msg.payload]
+
+
+def _passes(check: Check, value: object) -> bool:
+    if isinstance(check, (type, tuple)):
+        return isinstance(value, check) and not (check is int and isinstance(value, bool))
+    return check(value)
+
+
+def from_frames(frames: Sequence[Buffer]) -> Message:
+    """Parse one message; raise :class:`ProtocolError` on anything malformed."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        header = msgpack.unpackb(frames[0], raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:
+        raise ProtocolError(f"header is not msgpack: {exc}") from None
+    if not isinstance(header, list) or len(header) < 2:
+        raise ProtocolError("header is not an array of [version, kind, ...]")
+    version, kind = header[0], header[1]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    cls = _BY_KIND.get(kind) if type(kind) is int else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    values = header[2:]
+    if len(values) != len(cls.CHECKS):
+        raise ProtocolError(f"{cls.__name__}: {len(values)} fields, expected {len(cls.CHECKS)}")
+    for name, check, value in zip(_HEADER_FIELDS[cls], cls.CHECKS, values):
+        if not _passes(check, value):
+            raise ProtocolError(f"{cls.__name__}.{name}: bad value {value!r:.80}")
+    payload = frames[1:]
+    if cls is TaskBatch and sum(values[4]) + values[5] != len(payload):
+        raise ProtocolError("TaskBatch: payload frame count does not match its header")
+    if payload and cls not in (TaskBatch, ResultBatch):
+        raise ProtocolError(f"{cls.__name__} carries no payload, got {len(payload)} frames")
+    if payload:
+        return cls(*values, payload=payload)  # type: ignore[call-arg]
+    return cls(*values)  # type: ignore[call-arg]

@@ -1,0 +1,279 @@
+"""Ventilator state: which batch goes to which worker, and when.
+
+Lives in the client's I/O thread (see :mod:`fabric.io_loop`, which owns the
+ROUTER socket this state drives)::
+
+    user threads --Batch--> [urgent queue: submits] ---+
+                            [bulk queue: map chunks] --+--> dispatch() --> (worker id, frames)
+    worker READY(credits) --> one credit per batch it may hold
+    sink: result arrived  --> complete(): batch leaves flight, credit returns
+    node: WORKER_LOST     --> worker_lost(): its batches are split and re-queued
+
+Credit-based flow control: a batch is sent only against a credit, so what is in
+flight, and so memory on both sides, is bounded however large the input.  Pull
+beats push: a worker with a free credit gets the next batch, so a slow worker
+simply takes less.  Submits are queued apart from map chunks and go first, so a
+one-task round trip never waits behind a bulk map.
+
+A batch lost with its worker is split in two and both halves re-queued; a lost
+single-item batch counts an attempt and fails with WorkerCrashedError after
+``retries`` attempts.  A task that kills its worker is thus isolated in
+O(log n) crashes, and the rest of its map finishes.  This class holds no socket
+and no clock: unit tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from . import codec
+from .batching import BatchSizer
+from .errors import WorkerCrashedError
+from .protocol import Mode, TaskBatch, to_frames
+
+MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
+
+_batch_ids = itertools.count(1)
+
+
+def next_batch_id() -> int:
+    return next(_batch_ids)
+
+
+class BatchOwner(Protocol):
+    """Who receives a batch's outcome: a map stream, or a group of futures."""
+
+    def alive(self) -> bool:
+        """Someone still waits for this owner's outcomes."""
+        ...
+
+    def claim(self) -> bool:
+        """The batch is about to be sent: start its work; False drops the batch."""
+        ...
+
+    def deliver(self, batch: Batch, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None: ...
+
+    def fail(self, batch: Batch, exc: BaseException) -> None: ...
+
+    def slice(self, start: int, stop: int) -> BatchOwner: ...
+
+    def cancel(self, batch: Batch) -> None:
+        """The batch was dropped before it ran (shutdown with cancel_futures)."""
+        ...
+
+    def merge(self, owners: list[BatchOwner]) -> BatchOwner:
+        """One owner for merged CALL batches (only futures' owners are merged)."""
+        ...
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Items of one task batch, still encoded, with what is needed to resend them.
+
+    ``item_frames[i]`` counts the payload frames of item ``i`` (CALL mode);
+    a MAP/STARMAP batch is one encoded list, ``item_frames == [len(payload)]``.
+    ``offset`` places the batch inside its owner's chunk after splits.
+    """
+
+    batch_id: int
+    digest: bytes
+    fn_payload: bytes
+    mode: int
+    codec: int
+    item_frames: list[int]
+    payload: list[Any]
+    n_items: int
+    owner: BatchOwner
+    seq: int = 0
+    offset: int = 0
+    attempts: int = 0
+    sizer: BatchSizer | None = None
+
+    def frames(self, with_fn: bool) -> list[Any]:
+        header = TaskBatch(self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn)
+        head = to_frames(header)
+        return [*head, self.fn_payload, *self.payload] if with_fn else [*head, *self.payload]
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Two halves with fresh ids; MAP/STARMAP payloads are re-encoded."""
+        half = self.n_items // 2
+        if self.mode == Mode.CALL:
+            cut = sum(self.item_frames[:half])
+            parts = [(self.item_frames[:half], self.payload[:cut]), (self.item_frames[half:], self.payload[cut:])]
+            codec_ids = [self.codec, self.codec]
+        else:
+            items = codec.decode(self.codec, self.payload)
+            frames = [codec.pickle_frames(items[:half]), codec.pickle_frames(items[half:])]
+            parts = [([len(f)], f) for f in frames]
+            codec_ids = [codec.PICKLE, codec.PICKLE]
+        bounds = [(0, half), (half, self.n_items)]
+        return tuple(  # type: ignore[return-value]
+            replace(
+                self,
+                batch_id=next_batch_id(),
+                codec=codec_id,
+                item_frames=item_frames,
+                payload=payload,
+                n_items=stop - start,
+                owner=self.owner.slice(start, stop),
+                offset=self.offset + start,
+            )
+            for (item_frames, payload), codec_id, (start, stop) in zip(parts, codec_ids, bounds)
+        )
+
+
+class Ventilator:
+    """Queues, credits and batches in flight, per worker."""
+
+    def __init__(self, retries: int = 3) -> None:
+        self.retries = retries
+        self.urgent: deque[Batch] = deque()
+        self.bulk: deque[Batch] = deque()
+        self.credits: deque[bytes] = deque()  # one entry per free credit
+        self.in_flight: dict[int, tuple[bytes, Batch]] = {}
+        self.held: dict[bytes, set[int]] = {}
+        self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
+        self.call_sizers: dict[bytes, BatchSizer] = {}
+
+    # -- workers -----------------------------------------------------------------
+
+    def add_credits(self, worker_id: bytes, credits: int) -> None:
+        self.held.setdefault(worker_id, set())
+        self.shipped.setdefault(worker_id, set())
+        self.credits.extend([worker_id] * max(0, credits))
+
+    @property
+    def workers(self) -> int:
+        return len(self.held)
+
+    @property
+    def total_credits(self) -> int:
+        return len(self.credits) + len(self.in_flight)
+
+    def worker_lost(self, worker_id: bytes, reason: str = "") -> list[tuple[Batch, BaseException]]:
+        """Forget the worker and re-queue its batches; return those given up,
+        each with its error (a single task that crashed its worker too often)."""
+        batch_ids = self.held.pop(worker_id, None)
+        self.shipped.pop(worker_id, None)
+        if batch_ids is None:
+            return []
+        self.credits = deque(w for w in self.credits if w != worker_id)
+        failed: list[tuple[Batch, BaseException]] = []
+        for batch_id in sorted(batch_ids, reverse=True):
+            _, batch = self.in_flight.pop(batch_id)
+            if batch.n_items > 1:
+                first, second = batch.split()
+                self._queue_for(batch).extendleft((second, first))
+                continue
+            batch.attempts += 1
+            if batch.attempts >= self.retries:
+                failed.append((batch, crash_error(batch, reason)))
+            else:
+                self._queue_for(batch).appendleft(batch)
+        return failed
+
+    def _queue_for(self, batch: Batch) -> deque[Batch]:
+        return self.urgent if batch.mode == Mode.CALL else self.bulk
+
+    # -- batches -----------------------------------------------------------------
+
+    def enqueue(self, batch: Batch) -> None:
+        self._queue_for(batch).append(batch)
+
+    def dispatch(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
+        """Yield (worker id, batch, frames) for every batch that has a credit."""
+        while self.credits:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            worker_id = self.credits.popleft()
+            shipped = self.shipped[worker_id]
+            with_fn = batch.digest not in shipped
+            shipped.add(batch.digest)
+            self.in_flight[batch.batch_id] = (worker_id, batch)
+            self.held[worker_id].add(batch.batch_id)
+            yield worker_id, batch, batch.frames(with_fn)
+
+    def _next_batch(self) -> Batch | None:
+        for queue in (self.urgent, self.bulk):
+            while queue:
+                batch = queue.popleft()
+                if not batch.owner.claim():
+                    continue
+                if queue is self.urgent:
+                    return self._merge_calls(batch)
+                return batch
+        return None
+
+    def _merge_calls(self, first: Batch) -> Batch:
+        """Merge queued submits of the same function into one batch, sized by
+        the function's measured cost and split fairly over the free credits."""
+        sizer = self.call_sizers.setdefault(first.digest, BatchSizer())
+        fair_share = -(-(len(self.urgent) + 1) // max(1, len(self.credits)))
+        limit = min(sizer.next_size(), fair_share, MAX_MERGED_CALLS)
+        group = [first]
+        while len(group) < limit and self.urgent and self.urgent[0].digest == first.digest:
+            batch = self.urgent.popleft()
+            if batch.owner.claim():
+                group.append(batch)
+        if len(group) == 1:
+            return first
+        owner = first.owner.merge([b.owner for b in group])
+        return Batch(
+            next_batch_id(),
+            first.digest,
+            first.fn_payload,
+            Mode.CALL,
+            first.codec,
+            [n for b in group for n in b.item_frames],
+            [f for b in group for f in b.payload],
+            len(group),
+            owner,
+            attempts=max(b.attempts for b in group),
+        )
+
+    def complete(self, worker_id: bytes, batch_id: int) -> Batch | None:
+        """A result arrived: the batch, or None for a late duplicate to drop."""
+        entry = self.in_flight.get(batch_id)
+        if entry is None or entry[0] != worker_id:
+            return None
+        del self.in_flight[batch_id]
+        self.held[worker_id].discard(batch_id)
+        self.credits.append(worker_id)
+        return entry[1]
+
+    def observe(self, batch: Batch, elapsed_s: float) -> None:
+        """Feed the worker's time for the batch to whoever sizes its successors."""
+        sizer = batch.sizer or self.call_sizers.setdefault(batch.digest, BatchSizer())
+        sizer.observe(batch.n_items, elapsed_s)
+
+    def drop_pending(self) -> list[Batch]:
+        """Remove every queued batch (shutdown with cancel_futures)."""
+        dropped = [*self.urgent, *self.bulk]
+        self.urgent.clear()
+        self.bulk.clear()
+        return dropped
+
+    def drop_in_flight(self) -> list[Batch]:
+        """Forget every batch sent (the client is closing or lost its nodes)."""
+        dropped = [batch for _, batch in self.in_flight.values()]
+        self.in_flight.clear()
+        for held in self.held.values():
+            held.clear()
+        return dropped
+
+    def idle(self) -> bool:
+        return not (self.in_flight or any(b.owner.alive() for b in itertools.chain(self.urgent, self.bulk)))
+
+
+def crash_error(batch: Batch, reason: str) -> WorkerCrashedError:
+    return WorkerCrashedError(
+        f"task {batch.offset} of its batch killed its worker on {batch.attempts} attempts "
+        f"(last: {reason or 'worker lost'}); it may crash the interpreter (a segmentation fault in native code, os._exit) "
+        "it may crash the interpreter (a segmentation fault in native code, os._exit) "
+        "or use more memory than the machine or the worker's memory limit allows"
+    )

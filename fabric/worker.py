@@ -1,0 +1,273 @@
+"""Worker process: runs task batches for the clients its node attached it to.
+
+One single-threaded process per core, spawned and watched by a node::
+
+    node ROUTER  <-- control DEALER --  worker  (WORKER_UP; ATTACH / DETACH / SHUTDOWN)
+    client ventilator ROUTER <-- DEALER --  (READY credits; TASK_BATCH in)
+    client sink ROUTER       <-- DEALER --  (RESULT_BATCH out, one per batch)
+
+Each READY credit lets the client's ventilator send one batch; every result
+returns the credit implicitly, so the worker holds at most ``credits`` batches
+(one running, the rest prefetched in its socket queue).  The function arrives
+once per worker (cloudpickle) and is looked up by digest afterwards.  The items
+of a batch run in a C-level loop (``list.extend(map(fn, items))``); an
+exception only breaks out to record it and the loop resumes at the next item.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import codec
+from .errors import ProtocolError, SerializationError
+from .protocol import (
+    Attach,
+    Detach,
+    Mode,
+    Ready,
+    ResultBatch,
+    Shutdown,
+    TaskBatch,
+    WorkerUp,
+    from_frames,
+    to_frames,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_ERROR = -1  # error index meaning "every item of the batch"
+
+
+@dataclass
+class ClientLink:
+    """The worker's two sockets towards one client, and that client's functions."""
+
+    ventilator: zmq.Socket
+    sink: zmq.Socket
+    functions: dict[bytes, Callable[..., Any]] = field(default_factory=dict)
+    encoders: dict[bytes, codec.PayloadEncoder] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.ventilator.close(linger=0)
+        self.sink.close(linger=500)
+
+
+def apply(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[list[Any], list[codec.ErrorRecord]]:
+    """Run ``fn`` over ``items``; an item that raises gets None and an error record."""
+    results: list[Any] = []
+    errors: list[codec.ErrorRecord] = []
+    calls = map(fn, items) if mode == Mode.MAP else itertools.starmap(fn, items)
+    while True:
+        try:
+            results.extend(calls)
+            return results, errors
+        except BaseException as exc:  # noqa: BLE001 - a task's SystemExit is its own outcome
+            errors.append(codec.error_record(len(results), exc))
+            results.append(None)
+
+
+def _calls(fn: Callable[..., Any], batch: TaskBatch, frames: list[Any]) -> list[tuple[Any, ...]]:
+    """One (fn, args, kwargs) per CALL item; an item that cannot be decoded
+    becomes a call that raises its decoding error, so it fails alone."""
+    calls: list[tuple[Any, ...]] = []
+    start = 0
+    for count in batch.item_frames:
+        try:
+            args, kwargs = codec.decode(batch.codec, frames[start : start + count])
+            calls.append((fn, args, kwargs))
+        except SerializationError as exc:
+            calls.append((_reraise, (exc,), {}))
+        start += count
+    return calls
+
+
+def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return fn(*args, **kwargs)
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
+def run_batch(link: ClientLink, batch: TaskBatch) -> ResultBatch:
+    """Decode, run and encode one batch; nothing here raises."""
+    started = time.perf_counter()
+    frames = list(batch.payload)
+    try:
+        fn = _function(link, batch, frames)
+    except Exception as exc:
+        return _batch_failed(batch, exc, started)
+    if batch.mode == Mode.CALL:
+        results, errors = apply(_invoke, Mode.STARMAP, _calls(fn, batch, frames))
+    else:
+        try:
+            items = codec.decode(batch.codec, frames)
+        except SerializationError as exc:
+            return _batch_failed(batch, exc, started)
+        results, errors = apply(fn, batch.mode, items)
+    encoder = link.encoders.setdefault(batch.digest, codec.PayloadEncoder())
+    result_codec, payload = _encode_results(encoder, results, errors)
+    return ResultBatch(batch.batch_id, result_codec, errors, time.perf_counter() - started, payload)
+
+
+def _function(link: ClientLink, batch: TaskBatch, frames: list[Any]) -> Callable[..., Any]:
+    if batch.has_fn:
+        link.functions[batch.digest] = codec.loads_function(frames.pop(0))
+    fn = link.functions.get(batch.digest)
+    if fn is None:
+        raise ProtocolError(f"function {batch.digest.hex()} was never sent to this worker")
+    return fn
+
+
+def _batch_failed(batch: TaskBatch, exc: BaseException, started: float) -> ResultBatch:
+    errors = [codec.error_record(BATCH_ERROR, exc)]
+    return ResultBatch(batch.batch_id, codec.PICKLE, errors, time.perf_counter() - started, codec.pickle_frames(None))
+
+
+def _encode_results(encoder: codec.PayloadEncoder, results: list[Any], errors: list[codec.ErrorRecord]):
+    """Encode the result list; results that cannot be serialized become errors."""
+    try:
+        return encoder.encode(results)
+    except SerializationError:
+        pass
+    for index, value in enumerate(results):
+        try:
+            codec.pickle_frames(value)
+        except SerializationError as exc:
+            errors.append(codec.error_record(index, SerializationError(f"result of task {index}: {exc}")))
+            results[index] = None
+    return encoder.encode(results)
+
+
+class Worker:
+    """The worker's run loop: owns the control socket and one link per client."""
+
+    def __init__(self, node_endpoint: str, worker_id: bytes, parent_pid: int) -> None:
+        self.worker_id = worker_id
+        self.parent_pid = parent_pid
+        self.context = zmq.Context()
+        self.control = self._socket(zmq.DEALER)
+        self.control.connect(node_endpoint)
+        self.links: dict[bytes, ClientLink] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.parent_fd = _pidfd(parent_pid)
+        if self.parent_fd is not None:
+            self.poller.register(self.parent_fd, zmq.POLLIN)
+        self.running = True
+
+    def _socket(self, kind: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.IDENTITY, self.worker_id)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def run(self) -> None:
+        self.control.send_multipart(to_frames(WorkerUp(self.worker_id, os.getpid())))
+        try:
+            while self.running:
+                events = dict(self.poller.poll(1000))
+                if not events and not self._parent_alive():
+                    break
+                if self.parent_fd is not None and self.parent_fd in events:
+                    break
+                if self.control in events:
+                    self._on_control()
+                for client_id, link in list(self.links.items()):
+                    if link.ventilator in events and client_id in self.links:
+                        self._on_batch(link)
+        finally:
+            self.close()
+
+    def _parent_alive(self) -> bool:
+        return os.getppid() == self.parent_pid
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = from_frames(frames)
+            except ProtocolError as exc:
+                log.warning("worker %s: dropped control message: %s", self.worker_id.decode(), exc)
+                continue
+            if isinstance(msg, Attach):
+                self._attach(msg)
+            elif isinstance(msg, Detach):
+                self._detach(msg.client_id)
+            elif isinstance(msg, Shutdown):
+                self.running = False
+                return
+
+    def _attach(self, msg: Attach) -> None:
+        if msg.client_id in self.links:
+            return
+        link = ClientLink(self._socket(zmq.DEALER), self._socket(zmq.DEALER))
+        link.sink.setsockopt(zmq.LINGER, 500)
+        link.ventilator.connect(msg.ventilator)
+        link.sink.connect(msg.sink)
+        link.ventilator.send_multipart(to_frames(Ready(msg.credits)))
+        self.poller.register(link.ventilator, zmq.POLLIN)
+        self.links[msg.client_id] = link
+
+    def _detach(self, client_id: bytes) -> None:
+        link = self.links.pop(client_id, None)
+        if link is not None:
+            self.poller.unregister(link.ventilator)
+            link.close()
+
+    def _on_batch(self, link: ClientLink) -> None:
+        try:
+            frames = link.ventilator.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            batch = from_frames(frames)
+        except ProtocolError as exc:
+            log.warning("worker %s: dropped malformed batch: %s", self.worker_id.decode(), exc)
+            return
+        if not isinstance(batch, TaskBatch):
+            log.warning("worker %s: unexpected %s on the task socket", self.worker_id.decode(), type(batch).__name__)
+            return
+        result = run_batch(link, batch)
+        link.sink.send_multipart(to_frames(result), copy=False)
+
+    def close(self) -> None:
+        for client_id in list(self.links):
+            self._detach(client_id)
+        self.control.close(linger=0)
+        if self.parent_fd is not None:
+            os.close(self.parent_fd)
+        self.context.term()
+
+
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when ``pid`` exits (Linux), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of a worker process: ``python -m fabric.worker ENDPOINT ID PARENT_PID``."""
+    node_endpoint, worker_id, parent_pid = argv if argv is not None else sys.argv[1:4]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C belongs to the client
+    logging.basicConfig(level=os.environ.get("FABRIC_LOG_LEVEL", "WARNING"), format="%(asctime)s %(name)s %(message)s")
+    Worker(node_endpoint, worker_id.encode(), int(parent_pid)).run()
+
+
+if __name__ == "__main__":
+    main()
