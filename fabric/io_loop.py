@@ -157,12 +157,14 @@ class IOLoop:
             self._close()
 
     def _run_commands(self) -> None:
-        self._awake = False  # before draining: a command posted from now on wakes us again
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        # Cleared after emptying the pipe and before draining the deque: a command
+        # posted before this line is drained below, one posted after writes anew.
+        self._awake = False
         while self._commands:
             self._commands.popleft()()
 
