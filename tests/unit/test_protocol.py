@@ -1,0 +1,85 @@
+"""Every message survives a round trip; anything malformed raises ProtocolError."""
+
+import msgpack
+import pytest
+
+from fabric.errors import ProtocolError
+from fabric.protocol import (
+    PROTOCOL_VERSION,
+    Attach,
+    Detach,
+    Goodbye,
+    Hello,
+    Kind,
+    Ready,
+    ResultBatch,
+    Shutdown,
+    TaskBatch,
+    Welcome,
+    WorkerLost,
+    WorkerUp,
+    from_frames,
+    to_frames,
+)
+
+MESSAGES = [
+    Hello(b"c-1", "ipc:///tmp/x/ventilator", "tcp://127.0.0.1:5000"),
+    Welcome(b"n-1", "embedded", 4),
+    Goodbye(b"c-1"),
+    WorkerUp(b"w-1", 1234),
+    Attach(b"c-1", "ipc:///v", "ipc:///s", 2),
+    Detach(b"c-1"),
+    WorkerLost(b"w-1", -9, "killed by signal SIGKILL"),
+    Shutdown(),
+    Ready(2),
+    TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, [b"fn", b"a", b"b0", b"b1"]),
+    ResultBatch(7, 1, [[3, "ValueError", "bad", "tb", None]], 0.25, [b"results"]),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg):
+    frames = to_frames(msg)
+    back = from_frames(frames)
+    assert back == msg or (type(back) is type(msg) and list(back.payload) == list(msg.payload))
+    assert back.KIND == msg.KIND
+
+
+def test_payload_frames_are_kept_as_given():
+    batch = TaskBatch(1, b"d", 0, 0, [2], False, [b"x", memoryview(b"y")])
+    back = from_frames(to_frames(batch))
+    assert [bytes(p) for p in back.payload] == [b"x", b"y"]
+
+
+def header(*fields):
+    return msgpack.packb(list(fields), use_bin_type=True)
+
+
+MALFORMED = {
+    "empty": [],
+    "not msgpack": [b"\xc1\xc1\xc1"],
+    "not an array": [header()[:0] + msgpack.packb({"v": 1})],
+    "wrong version": [header(PROTOCOL_VERSION + 1, Kind.READY, 1)],
+    "unknown kind": [header(PROTOCOL_VERSION, 99)],
+    "kind is not int": [header(PROTOCOL_VERSION, "READY", 1)],
+    "too few fields": [header(PROTOCOL_VERSION, Kind.HELLO, b"c")],
+    "too many fields": [header(PROTOCOL_VERSION, Kind.READY, 1, 2)],
+    "wrong type": [header(PROTOCOL_VERSION, Kind.READY, "two")],
+    "bool for int": [header(PROTOCOL_VERSION, Kind.READY, True)],
+    "bad mode": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 7, 0, [1], False), b"x"],
+    "frame count mismatch": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [2], False), b"x"],
+    "negative frame count": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [-1], False)],
+    "bad error record": [header(PROTOCOL_VERSION, Kind.RESULT_BATCH, 1, 0, [[1, "E"]], 0.1), b"r"],
+    "payload on control message": [header(PROTOCOL_VERSION, Kind.READY, 1), b"extra"],
+}
+
+
+@pytest.mark.parametrize("frames", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_raises_protocol_error(frames):
+    with pytest.raises(ProtocolError):
+        from_frames(frames)
+
+
+def test_every_kind_has_a_message_class():
+    kinds = {type(m).KIND for m in MESSAGES}
+    assert kinds == set(Kind)

@@ -1,0 +1,145 @@
+"""Dispatch against credits, duplicates, and re-queueing of batches lost with a worker."""
+
+from fabric import codec
+from fabric.errors import WorkerCrashedError
+from fabric.protocol import Mode, from_frames
+from fabric.ventilator import Batch, Ventilator, next_batch_id
+
+
+class Owner:
+    """Records outcomes; stands for a map stream or a group of futures."""
+
+    def __init__(self, wanted=True):
+        self.wanted = wanted
+        self.failed = []
+        self.parts = []
+
+    def alive(self):
+        return self.wanted
+
+    claim = alive
+
+    def slice(self, start, stop):
+        return self
+
+    def merge(self, owners):
+        return self
+
+    def fail(self, batch, exc):
+        self.failed.append((batch, exc))
+
+    def cancel(self, batch):
+        self.failed.append((batch, None))
+
+
+def map_batch(items, owner=None):
+    codec_id, payload = codec.PayloadEncoder().encode(list(items))
+    return Batch(next_batch_id(), b"d" * 16, b"FN", Mode.MAP, codec_id, [len(payload)], payload, len(items),
+                 owner or Owner())
+
+
+def call_batch(owner=None, digest=b"d" * 16):
+    payload = codec.pickle_frames(((1,), {}))
+    return Batch(next_batch_id(), digest, b"FN", Mode.CALL, codec.PICKLE, [len(payload)], payload, 1, owner or Owner())
+
+
+def test_nothing_is_sent_without_credit():
+    vent = Ventilator()
+    vent.enqueue(map_batch(range(3)))
+    assert list(vent.dispatch()) == []
+    vent.add_credits(b"w1", 1)
+    sent = list(vent.dispatch())
+    assert [w for w, _, _ in sent] == [b"w1"]
+    assert list(vent.dispatch()) == []
+
+
+def test_function_is_shipped_once_per_worker():
+    vent = Ventilator()
+    vent.add_credits(b"w1", 2)
+    vent.add_credits(b"w2", 1)
+    for _ in range(3):
+        vent.enqueue(map_batch(range(2)))
+    has_fn = {}
+    for worker, batch, frames in vent.dispatch():
+        header = from_frames(frames)
+        has_fn.setdefault(worker, []).append(header.has_fn)
+        assert bytes(header.payload[0]) == b"FN" if header.has_fn else True
+    assert has_fn == {b"w1": [True, False], b"w2": [True]}
+
+
+def test_result_returns_the_credit_and_duplicates_are_refused():
+    vent = Ventilator()
+    vent.add_credits(b"w1", 1)
+    batch = map_batch(range(2))
+    vent.enqueue(batch)
+    list(vent.dispatch())
+    assert vent.complete(b"w2", batch.batch_id) is None  # not the worker it was sent to
+    assert vent.complete(b"w1", batch.batch_id) is batch
+    assert vent.complete(b"w1", batch.batch_id) is None  # late duplicate
+    assert list(vent.credits) == [b"w1"]
+    assert vent.idle()
+
+
+def test_submits_go_before_map_chunks():
+    vent = Ventilator()
+    vent.enqueue(map_batch(range(2)))
+    vent.enqueue(call_batch())
+    vent.add_credits(b"w1", 1)
+    [(_, batch, _)] = list(vent.dispatch())
+    assert batch.mode == Mode.CALL
+
+
+def test_queued_submits_of_one_function_merge_over_free_credits():
+    vent = Ventilator()
+    for _ in range(10):
+        vent.enqueue(call_batch())
+    vent.add_credits(b"w1", 1)
+    vent.add_credits(b"w2", 1)
+    vent.call_sizers.clear()
+    vent.observe(call_batch(), 1e-6)  # tiny tasks: merge as many as fairness allows
+    sent = list(vent.dispatch())
+    assert [b.n_items for _, b, _ in sent] == [5, 5]
+    header = from_frames(sent[0][2])
+    assert header.item_frames == [1] * 5
+
+
+def test_abandoned_batches_are_skipped():
+    vent = Ventilator()
+    vent.add_credits(b"w1", 1)
+    vent.enqueue(map_batch(range(2), Owner(wanted=False)))
+    assert list(vent.dispatch()) == []
+
+
+def test_lost_batch_is_split_and_requeued_first():
+    vent = Ventilator()
+    vent.add_credits(b"w1", 1)
+    lost = map_batch(range(10))
+    vent.enqueue(lost)
+    vent.enqueue(map_batch(range(100, 102)))
+    list(vent.dispatch())
+    assert vent.worker_lost(b"w1", "killed by signal SIGKILL") == []
+    first, second = vent.bulk[0], vent.bulk[1]
+    assert (first.offset, first.n_items, second.offset, second.n_items) == (0, 5, 5, 5)
+    assert codec.decode(first.codec, first.payload) == [0, 1, 2, 3, 4]
+    assert codec.decode(second.codec, second.payload) == [5, 6, 7, 8, 9]
+    assert vent.workers == 0 and not vent.credits
+
+
+def test_single_task_fails_after_retries():
+    vent = Ventilator(retries=3)
+    owner = Owner()
+    vent.enqueue(call_batch(owner))
+    for attempt in range(3):
+        worker = f"w{attempt}".encode()
+        vent.add_credits(worker, 1)
+        [(_, batch, _)] = list(vent.dispatch())
+        failed = vent.worker_lost(worker, "killed by signal SIGSEGV")
+    assert len(failed) == 1
+    batch, exc = failed[0]
+    assert isinstance(exc, WorkerCrashedError) and "SIGSEGV" in str(exc)
+    assert batch.attempts == 3
+    assert vent.idle()
+
+
+def test_unknown_worker_lost_is_harmless():
+    assert Ventilator().worker_lost(b"nobody") == []
