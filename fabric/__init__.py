@@ -4,6 +4,7 @@ The import name is ``fabric``; the distribution is ``zmq-fabric``.
 """
 
 from .client import Fabric, connect
+from .config import ConfigError
 from .errors import (
     ClosedError,
     FabricError,
@@ -16,6 +17,7 @@ from .errors import (
     WorkerCrashedError,
     WorkerLostError,
 )
+from .heartbeat import NodeStats, WorkerStats
 from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
 
 __version__ = "0.1.0"
@@ -25,10 +27,12 @@ __all__ = [
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "ClosedError",
+    "ConfigError",
     "Fabric",
     "FabricError",
     "Future",
     "NoNodesError",
+    "NodeStats",
     "ProtocolError",
     "RemoteError",
     "RemoteTraceback",
@@ -36,6 +40,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerLostError",
+    "WorkerStats",
     "as_completed",
     "connect",
     "wait",

@@ -20,18 +20,31 @@ import atexit
 import concurrent.futures
 import functools
 import os
+import socket
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import zmq
 
 from . import codec
 from .batching import BatchSizer, balance_limit
+from .config import (
+    DEFAULT_PREFETCH,
+    ClusterConfig,
+    ConfigError,
+    NodeConfig,
+    check_address,
+    default_workers,
+    is_loopback,
+    load_config,
+)
 from .embedded import EmbeddedNode
 from .errors import ClosedError
+from .heartbeat import NodeStats
 from .futures import Future, FutureGroup
 from .io_loop import IOLoop
 from .mapping import MapStream, sized_length
@@ -43,55 +56,78 @@ __all__ = ["Fabric", "connect"]
 T = TypeVar("T")
 R = TypeVar("R")
 _NO_INITIAL: Any = object()
-DEFAULT_RETRIES = 3
-DEFAULT_CREDITS = 2  # batches a worker holds: one running, one waiting in its socket
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
 
 
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def connect(
-    address: str | None = None,
+    address: str | os.PathLike[str] | None = None,
     *,
     workers: int | None = None,
-    credits: int = DEFAULT_CREDITS,
-    retries: int = DEFAULT_RETRIES,
+    prefetch: int | None = None,
+    retries: int | None = None,
+    heartbeat_interval_s: float | None = None,
+    liveness_s: float | None = None,
+    insecure: bool | None = None,
 ) -> Fabric:
     """Start using a fabric.
 
-    With no ``address``, start the embedded default: a local node with
-    ``workers`` worker processes (default: one per core) that stops when the
-    fabric is shut down.  With ``tcp://host:port``, register with a running
-    node on this machine's loopback.
+    - ``connect()``: the embedded default, a local node with ``workers`` worker
+      processes (default: one per core), stopped when the fabric shuts down.
+    - ``connect("cluster.toml")``: the nodes a cluster file names.
+    - ``connect("tcp://host:port")``: one running node; the others are learned
+      from its heartbeats.
+
+    Keywords override the cluster file's settings.
     """
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if credits < 1:
-        raise ValueError(f"credits must be >= 1, got {credits}")
+    for name, value in (("workers", workers), ("prefetch", prefetch), ("retries", retries)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    config = _cluster_config(address)
+    overrides = {"heartbeat_interval_s": heartbeat_interval_s, "liveness_s": liveness_s, "retries": retries,
+                 "insecure": insecure}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if address is None:
-        return Fabric(EmbeddedNode(workers or default_workers(), credits), retries=retries)
-    return Fabric(RemoteNode(address), retries=retries)
+        embedded = EmbeddedNode(
+            workers or default_workers(), prefetch or DEFAULT_PREFETCH, config.heartbeat_interval_s, config.liveness_s
+        )
+        return Fabric([embedded.endpoint], embedded.bind_where, config, embedded=embedded)
+    controls = [node.address for node in config.nodes]
+    return Fabric(controls, client_bind_host(controls[0], config.insecure), config)
 
 
-class RemoteNode:
-    """A node started elsewhere (``python -m fabric.node``); it outlives the client."""
+def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:
+    if address is None:
+        return ClusterConfig()
+    text = os.fspath(address)
+    if text.startswith(("tcp://", "ipc://")):
+        if text.startswith("tcp://"):
+            check_address(text, "connect()")
+        return ClusterConfig(nodes=(NodeConfig(name=text, address=text),), source="connect()")
+    config = load_config(text)
+    if not config.nodes:
+        raise ConfigError(f"{text}: names no [[node]] to connect to")
+    return config
 
-    def __init__(self, endpoint: str) -> None:
-        if not endpoint.startswith(("tcp://127.", "tcp://localhost:", "ipc://")):
-            raise ValueError(f"connect({endpoint!r}): only loopback tcp or ipc node addresses are supported")
-        self.endpoint = endpoint
-        self.bind_where = "127.0.0.1"
 
-    def sentinel(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        pass
+def client_bind_host(control: str, insecure: bool) -> str:
+    """Where the client binds its ventilator and sink so that nodes reach them:
+    loopback for loopback nodes, else this host's address on the route to the
+    node (which needs ``insecure`` until authentication exists)."""
+    if control.startswith("ipc://"):
+        return "127.0.0.1"
+    host, port = check_address(control, "connect()")
+    if is_loopback(host):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((host.strip("[]"), port))  # a UDP connect sends nothing; it only picks the route
+        local = probe.getsockname()[0]
+    if not insecure:
+        raise ConfigError(
+            f"nodes at {control} must reach this client at {local}, which is not loopback: fabric runs code sent "
+            "to its sockets and has no authentication yet; pass insecure=True (or insecure = true in cluster.toml) "
+            "on a network you trust"
+        )
+    return local
 
 
 class Fabric(concurrent.futures.Executor):
@@ -101,17 +137,24 @@ class Fabric(concurrent.futures.Executor):
     ``ProcessPoolExecutor`` works unchanged.  Thread-safe.
     """
 
-    def __init__(self, nodes: EmbeddedNode | RemoteNode, *, retries: int = DEFAULT_RETRIES) -> None:
-        self._nodes = nodes
+    def __init__(
+        self, controls: list[str], bind_where: str, config: ClusterConfig, *, embedded: EmbeddedNode | None = None
+    ) -> None:
+        self._embedded = embedded
         self._functions = codec.FunctionCache()
         self._context = zmq.Context()
         self._closed = False
+        self.address = controls[0]
         try:
-            self._io = IOLoop(self._context, f"c-{uuid.uuid4().hex[:12]}".encode(), nodes.bind_where, retries)
-            self._io.add_node(nodes.endpoint, nodes.sentinel())
+            self._io = IOLoop(
+                self._context, f"c-{uuid.uuid4().hex[:12]}".encode(), bind_where, retries=config.retries,
+                heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
+            )
+            for control in controls:
+                self._io.add_node(control, embedded.sentinel() if embedded else None)
             self._io.start()
         except BaseException:
-            nodes.stop()
+            self._stop_embedded()
             self._context.term()
             raise
         _open_fabrics.add(self)
@@ -203,14 +246,22 @@ class Fabric(concurrent.futures.Executor):
         if wait:
             self._io.wait_idle()
         self._io.stop()
-        self._nodes.stop()
+        self._stop_embedded()
         self._context.term()
+
+    def _stop_embedded(self) -> None:
+        if self._embedded is not None:
+            self._embedded.stop()
 
     # -- helpers ---------------------------------------------------------------------
 
     def workers(self) -> int:
         """Worker processes currently serving this client."""
         return self._io.workers()
+
+    def nodes(self) -> list[NodeStats]:
+        """The live nodes with their latest statistics (from their heartbeats)."""
+        return self._io.nodes()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -221,7 +272,7 @@ class Fabric(concurrent.futures.Executor):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.workers()} workers"
-        return f"<fabric.Fabric {self._nodes.endpoint} ({state})>"
+        return f"<fabric.Fabric {self.address} ({state})>"
 
 
 @atexit.register

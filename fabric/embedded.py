@@ -18,6 +18,7 @@ import tempfile
 
 import zmq
 
+from . import processes
 from .errors import NoNodesError
 
 STOP_TIMEOUT_S = 5.0
@@ -26,15 +27,15 @@ STOP_TIMEOUT_S = 5.0
 class EmbeddedNode:
     """One local node process and its private socket directory."""
 
-    def __init__(self, workers: int, credits: int) -> None:
+    def __init__(self, workers: int, prefetch: int, heartbeat_interval_s: float, liveness_s: float) -> None:
         self.dir = tempfile.mkdtemp(prefix="fabric-")
         self.bind_where = f"ipc://{self.dir}" if zmq.has("ipc") else "127.0.0.1"
         requested = f"{self.bind_where}/node" if zmq.has("ipc") else "tcp://127.0.0.1:*"
-        cmd = [sys.executable, "-m", "fabric.node", requested, "--workers", str(workers), "--credits", str(credits)]
-        cmd += ["--owner-pid", str(os.getpid()), "--name", "embedded", "--announce"]
+        cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", requested, "--name", "embedded"]
+        cmd += ["--workers", str(workers), "--prefetch", str(prefetch), "--heartbeat-interval", str(heartbeat_interval_s)]
+        cmd += ["--liveness", str(liveness_s), "--owner-pid", str(os.getpid()), "--announce"]
         self.process = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().decode().strip()
+        line = self.process.stdout.readline().decode().strip() if self.process.stdout else ""
         if not line:
             code = self.process.wait()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -43,10 +44,7 @@ class EmbeddedNode:
 
     def sentinel(self) -> int | None:
         """A descriptor readable when the node process exits (Linux pidfd)."""
-        try:
-            return os.pidfd_open(self.process.pid)
-        except (AttributeError, OSError):
-            return None
+        return processes.pidfd(self.process.pid)
 
     def stop(self) -> None:
         try:

@@ -6,16 +6,22 @@
                                                                   ▼
     ventilator ROUTER (bound) ◄── READY ──────── workers     ┌──────────┐
                               ─── TASK_BATCH ──► workers  ◄──┤ IOLoop   │ one zmq.Poller over
-    sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ ventilator, sink,
-    control DEALER per node   ─── HELLO/GOODBYE ► node       │          │ node controls, wake
-                              ◄── WELCOME/WORKER_LOST ─ node └──────────┘ pipe, node sentinel
+    sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ all of these, the wake
+    control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
+                              ◄── HEARTBEAT/WORKER_LOST/     │          │ node's exit sentinel;
+                                  NODE_LEAVING ─── node      │          │ timeout: next HELLO or
+    SUB ◄── HEARTBEAT ── every node's PUB                    └──────────┘ node expiry
 
 ZeroMQ sockets are not thread-safe, so user threads never touch them: they
 append a callable to a deque and write one byte to a pipe the poller watches
 (only when the loop is not already awake).  Decisions live in
-:class:`~fabric.ventilator.Ventilator`; this loop moves frames and hands
-outcomes to each batch's owner (a map stream or a group of futures), the sink's
-job in the ZeroMQ guide's pipeline.
+:class:`~fabric.ventilator.Ventilator` and :class:`~fabric.heartbeat.Membership`;
+this loop moves frames and hands outcomes to each batch's owner (a map stream
+or a group of futures), the sink's job in the ZeroMQ guide's pipeline.
+
+Connecting to one node is enough: heartbeats name its peers, and the loop
+says HELLO to each, so their workers attach to this client too.  A node silent
+for the liveness timeout, or leaving, loses its workers' batches to the others.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +37,19 @@ from typing import Any
 import zmq
 
 from .errors import ClosedError, NoNodesError, ProtocolError
-from .protocol import Goodbye, Hello, Ready, ResultBatch, Shutdown, Welcome, WorkerLost, from_frames, to_frames
+from .heartbeat import Membership, NodeStats
+from .protocol import (
+    Goodbye,
+    Heartbeat,
+    Hello,
+    NodeLeaving,
+    Ready,
+    ResultBatch,
+    Shutdown,
+    WorkerLost,
+    from_frames,
+    to_frames,
+)
 from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)
@@ -42,19 +61,28 @@ CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (star
 class IOLoop:
     """Owns the client's sockets; runs in one daemon thread."""
 
-    def __init__(self, context: zmq.Context, client_id: bytes, bind_host: str, retries: int) -> None:
+    def __init__(
+        self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
+        heartbeat_interval_s: float, liveness_s: float,
+    ) -> None:
         self.client_id = client_id
         self.context = context
         self.ventilator = Ventilator(retries)
+        self.membership = Membership(liveness_s)
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.vent = self._router()
         self.sink = self._router()
-        self.vent_endpoint = _bind(self.vent, bind_host, "ventilator")
-        self.sink_endpoint = _bind(self.sink, bind_host, "sink")
+        self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
+        self.sink_endpoint = _bind(self.sink, bind_where, "sink")
+        self.sub = context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.subscribed: set[str] = set()
         self.controls: dict[str, zmq.Socket] = {}
-        self.nodes: dict[bytes, Welcome] = {}
-        self.node_sentinels: dict[int, str] = {}
+        self.embedded: dict[int, str] = {}  # exit sentinel -> control endpoint of an embedded node
+        self.declared_dead: set[bytes] = set()
         self.poller = zmq.Poller()
-        for sock in (self.vent, self.sink):
+        for sock in (self.vent, self.sink, self.sub):
             self.poller.register(sock, zmq.POLLIN)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -68,6 +96,7 @@ class IOLoop:
         self.duplicates = 0
         self.malformed = 0
         self._running = True
+        self._next_hello = time.monotonic()
         self.thread = threading.Thread(target=self._run, name="fabric-io", daemon=True)
 
     def _router(self) -> zmq.Socket:
@@ -103,7 +132,10 @@ class IOLoop:
         return self.ventilator.total_credits
 
     def workers(self) -> int:
-        return self.ventilator.workers or sum(w.workers for w in list(self.nodes.values()))
+        return self.ventilator.workers or sum(n.workers for n in list(self.membership.nodes.values()))
+
+    def nodes(self) -> list[NodeStats]:
+        return self.membership.snapshot(time.monotonic())
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until nothing is queued or in flight."""
@@ -116,38 +148,90 @@ class IOLoop:
         self.post(self._request_stop)
         self.thread.join(timeout_s)
 
-    # -- I/O thread ---------------------------------------------------------------
+    # -- nodes ------------------------------------------------------------------------
 
-    def add_node(self, endpoint: str, process_sentinel: int | None = None) -> None:
-        """Connect to a node's control ROUTER and register this client with it."""
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.client_id)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
-        sock.connect(endpoint)
-        sock.send_multipart(to_frames(Hello(self.client_id, self.vent_endpoint, self.sink_endpoint)))
-        self.controls[endpoint] = sock
-        self.poller.register(sock, zmq.POLLIN)
-        if process_sentinel is not None:
-            self.node_sentinels[process_sentinel] = endpoint
-            self.poller.register(process_sentinel, zmq.POLLIN)
+    def add_node(self, control: str, exit_sentinel: int | None = None) -> None:
+        """Say HELLO to a node's control ROUTER (from any thread before start,
+        from the I/O thread after)."""
+        if control not in self.controls:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, self.client_id)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
+            sock.connect(control)
+            self.controls[control] = sock
+            self.poller.register(sock, zmq.POLLIN)
+            self._hello(sock)
+        if exit_sentinel is not None:
+            self.embedded[exit_sentinel] = control
+            self.poller.register(exit_sentinel, zmq.POLLIN)
+
+    def _hello(self, sock: zmq.Socket) -> None:
+        sock.send_multipart(to_frames(Hello(self.client_id, self.vent_endpoint, self.sink_endpoint)), zmq.NOBLOCK)
+
+    def _subscribe(self, pub: str) -> None:
+        if pub not in self.subscribed:
+            self.subscribed.add(pub)
+            self.sub.connect(pub)
+
+    def _on_heartbeat(self, stats: NodeStats, now: float) -> None:
+        if self.membership.observe(stats, now):
+            self._subscribe(stats.pub)
+            self.add_node(stats.control)
+            if stats.node_id in self.declared_dead:  # back from the dead: its workers re-attach
+                self.declared_dead.discard(stats.node_id)
+                sock = self.controls[stats.control]
+                sock.send_multipart(to_frames(Goodbye(self.client_id)), zmq.NOBLOCK)
+                self._hello(sock)
+                log.info("client: node %s is back", stats.name)
+        for control, pub in stats.peers:
+            self._subscribe(pub)
+            self.add_node(control)
+        if stats.accepting:
+            self.ventilator.paused.discard(stats.node_id)
+        else:
+            self.ventilator.paused.add(stats.node_id)
+
+    def _node_lost(self, node_id: bytes, reason: str) -> None:
+        self.ventilator.paused.discard(node_id)
+        for batch, exc in self.ventilator.node_lost(node_id, reason):
+            batch.owner.fail(batch, exc)
+
+    def _tick(self, now: float) -> None:
+        """Say HELLO to every node (the client's heartbeat); expire silent nodes."""
+        if now >= self._next_hello:
+            for sock in self.controls.values():
+                self._hello(sock)
+            self._next_hello = now + self.heartbeat_interval_s
+        for stats in self.membership.expire(now):
+            log.warning("client: node %s silent for %.1f s, declared dead", stats.name, self.membership.liveness_s)
+            self.declared_dead.add(stats.node_id)
+            self._node_lost(stats.node_id, f"node {stats.name} stopped answering")
+
+    def _timeout_ms(self, now: float) -> float:
+        deadlines = [self._next_hello, self.membership.next_expiry() or self._next_hello]
+        return max(0.0, min(deadlines) - now) * 1000 + 1
+
+    # -- loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while self._running:
-                events = dict(self.poller.poll())
+                events = dict(self.poller.poll(self._timeout_ms(time.monotonic())))
+                now = time.monotonic()
                 if self._wake_r in events:
                     self._run_commands()
                 if self.vent in events:
                     self._on_ready()
                 if self.sink in events:
                     self._on_results()
-                for sock in self.controls.values():
+                for sock in [self.sub, *self.controls.values()]:
                     if sock in events:
-                        self._on_control(sock)
-                for fd, endpoint in list(self.node_sentinels.items()):
+                        self._on_control(sock, now)
+                for fd, control in list(self.embedded.items()):
                     if fd in events:
-                        self._node_exited(fd, endpoint)
+                        self._embedded_exited(fd, control)
+                self._tick(now)
                 self._dispatch()
                 self._notify_idle()
         except Exception:
@@ -177,7 +261,8 @@ class IOLoop:
     def _on_ready(self) -> None:
         for worker_id, msg in self._receive(self.vent, copy=True):
             if isinstance(msg, Ready):
-                self.ventilator.add_credits(worker_id, msg.credits)
+                for batch, exc in self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id):
+                    batch.owner.fail(batch, exc)
 
     def _on_results(self) -> None:
         for worker_id, msg in self._receive(self.sink, copy=False):
@@ -201,10 +286,14 @@ class IOLoop:
             try:
                 received.append((sender if copy else sender.bytes, from_frames(frames)))
             except ProtocolError as exc:
-                self.malformed += 1
-                log.warning("client: dropped malformed message: %s", exc)
+                self._malformed(exc)
 
-    def _on_control(self, sock: zmq.Socket) -> None:
+    def _malformed(self, exc: ProtocolError) -> None:
+        self.malformed += 1
+        log.warning("client: dropped malformed message: %s", exc)
+
+    def _on_control(self, sock: zmq.Socket, now: float) -> None:
+        """Messages from nodes: on a control DEALER, or heartbeats on the SUB."""
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -212,16 +301,18 @@ class IOLoop:
                 return
             try:
                 msg = from_frames(frames)
+                if isinstance(msg, Heartbeat):
+                    self._on_heartbeat(NodeStats.from_info(msg.info), now)
             except ProtocolError as exc:
-                self.malformed += 1
-                log.warning("client: dropped malformed control message: %s", exc)
+                self._malformed(exc)
                 continue
-            if isinstance(msg, Welcome):
-                self.nodes[msg.node_id] = msg
-            elif isinstance(msg, WorkerLost):
+            if isinstance(msg, WorkerLost):
                 log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
                 for batch, exc in self.ventilator.worker_lost(msg.worker_id, msg.reason):
                     batch.owner.fail(batch, exc)
+            elif isinstance(msg, NodeLeaving):
+                stats = self.membership.remove(msg.node_id)
+                self._node_lost(msg.node_id, f"node {stats.name if stats else '?'} left")
 
     def _dispatch(self) -> None:
         for worker_id, batch, frames in self.ventilator.dispatch():
@@ -238,11 +329,12 @@ class IOLoop:
                 event.set()
             self._idle_waiters.clear()
 
-    def _node_exited(self, fd: int, endpoint: str) -> None:
+    def _embedded_exited(self, fd: int, control: str) -> None:
         self.poller.unregister(fd)
-        del self.node_sentinels[fd]
+        del self.embedded[fd]
+        os.close(fd)
         if self._running:
-            self._break(NoNodesError(f"the node at {endpoint} exited; no worker is left to run tasks"))
+            self._break(NoNodesError(f"the embedded node at {control} exited; no worker is left to run tasks"))
 
     def _break(self, exc: BaseException) -> None:
         """Fail everything queued or in flight; later batches fail at once."""
@@ -257,10 +349,10 @@ class IOLoop:
 
     def _request_stop(self) -> None:
         self._running = False
-        for endpoint, sock in self.controls.items():
-            sock.send_multipart(to_frames(Goodbye(self.client_id)))
-            if endpoint in self.node_sentinels.values():
-                sock.send_multipart(to_frames(Shutdown()))
+        for control, sock in self.controls.items():
+            sock.send_multipart(to_frames(Goodbye(self.client_id)), zmq.NOBLOCK)
+            if control in self.embedded.values():
+                sock.send_multipart(to_frames(Shutdown()), zmq.NOBLOCK)
 
     def _close(self) -> None:
         self._running = False
@@ -272,11 +364,11 @@ class IOLoop:
             self._commands.popleft()()
         for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight():
             batch.owner.fail(batch, self.broken)
-        for sock in [self.vent, self.sink, *self.controls.values()]:
+        for sock in [self.vent, self.sink, self.sub, *self.controls.values()]:
             sock.close()
-        for fd in [*self.node_sentinels, self._wake_r, self._wake_w]:
+        for fd in [*self.embedded, self._wake_r, self._wake_w]:
             os.close(fd)
-        self.node_sentinels.clear()
+        self.embedded.clear()
         for event in self._idle_waiters:
             event.set()
 
@@ -288,6 +380,5 @@ def _bind(sock: zmq.Socket, where: str, name: str) -> str:
         endpoint = f"{where}/{name}"
         sock.bind(endpoint)
         return endpoint
-    host = where
-    sock.bind_to_random_port(f"tcp://{host}")
+    sock.bind_to_random_port(f"tcp://{where}")
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)

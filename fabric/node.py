@@ -1,45 +1,49 @@
-"""Node: the control plane of one machine. Spawns, watches and restarts workers.
+"""Node: the control plane of one machine. Spawns, watches and restarts workers,
+publishes heartbeats and tracks its peers.
 
 Tasks and results never pass through here (a broker hop measured ~260 us per
-round trip against ~120 us client <-> worker direct).  The node only tells its
-workers which clients to serve and tells clients which workers died::
+round trip against ~120 us client <-> worker direct)::
 
-    client DEALER --HELLO/GOODBYE/SHUTDOWN-->  ROUTER (bound)  <--WORKER_UP-- worker DEALER
-    client DEALER <--WELCOME/WORKER_LOST---    node           --ATTACH/DETACH/SHUTDOWN--> worker
-                                                 | spawn, watch (pidfd sentinel), restart
-                                                 v
-                                             worker processes (one per core)
+    client DEALER ──HELLO (also its heartbeat)/GOODBYE──► ROUTER (bound) ◄──WORKER_UP/REPORT── worker DEALER
+    client DEALER ◄─HEARTBEAT/WORKER_LOST/NODE_LEAVING─── node ──ATTACH/DETACH/SHUTDOWN──► worker
+    peer DEALER   ──PEER_HELLO──► ROUTER ──HEARTBEAT──►    │  spawn, watch (pidfd), restart
+                                             PUB (bound) ──┴─ HEARTBEAT every interval ──► clients' and peers' SUB
+                                             SUB ◄── peers' HEARTBEATs (membership spreads from the seeds)
 
-:class:`NodeState` holds every decision and no socket; :class:`Node` is the
-loop that owns the ROUTER, the worker processes and one ``zmq.Poller`` whose
-file descriptors include each worker's exit sentinel, so a death is noticed at
-once rather than by timeout.
+:class:`~fabric.node_state.NodeState` holds every decision; :class:`Node` is
+the loop that owns the sockets, the worker processes and one ``zmq.Poller``
+whose descriptors include each worker's exit sentinel, so a death is noticed at
+once.  The poll timeout is the next heartbeat, which also drives load sampling
+and the expiry of silent clients and peers.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
+from . import processes
+from .config import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LIVENESS_S, DEFAULT_PREFETCH, ConfigError, is_loopback
 from .errors import ProtocolError
+from .heartbeat import NodeStats
+from .node_state import NodeSettings, NodeState, Outbox, describe_exit
 from .protocol import (
-    Attach,
-    Detach,
     Goodbye,
+    Heartbeat,
     Hello,
     Message,
+    PeerHello,
     Shutdown,
-    Welcome,
-    WorkerLost,
+    Status,
+    StatusReply,
+    WorkerReport,
     WorkerUp,
     from_frames,
     to_frames,
@@ -47,104 +51,90 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 
-Outbox = list[tuple[bytes, Message]]  # (routing id, message) pairs to send
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 SHUTDOWN_GRACE_S = 2.0
-FALLBACK_POLL_S = 0.1  # exit polling where pidfd is unavailable
 
 
 def new_id(prefix: str) -> bytes:
     return f"{prefix}-{uuid.uuid4().hex[:12]}".encode()
 
 
-@dataclass
-class WorkerRecord:
-    worker_id: bytes
-    pid: int
-    up: bool = False
-    clients: set[bytes] = field(default_factory=set)
+@dataclass(frozen=True)
+class NodeOptions:
+    """How to run one node (from cluster.toml, the command line, or the embedded default)."""
+
+    bind: str  # control endpoint: tcp://HOST:PORT (PORT may be *) or ipc://PATH
+    workers: int
+    name: str = ""
+    prefetch: int = DEFAULT_PREFETCH
+    max_load: float = 100.0
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    liveness_s: float = DEFAULT_LIVENESS_S
+    seeds: tuple[str, ...] = ()  # control endpoints of peers to join
+    insecure: bool = False
+    owner_pid: int | None = None  # embedded: exit when this process exits
 
 
-class NodeState:
-    """Membership of workers and clients on one node; returns what to send."""
-
-    def __init__(self, node_id: bytes, name: str, credits: int) -> None:
-        self.node_id = node_id
-        self.name = name
-        self.credits = credits
-        self.workers: dict[bytes, WorkerRecord] = {}
-        self.clients: dict[bytes, Hello] = {}
-
-    def worker_spawned(self, worker_id: bytes, pid: int) -> None:
-        self.workers[worker_id] = WorkerRecord(worker_id, pid)
-
-    def worker_up(self, worker_id: bytes) -> Outbox:
-        record = self.workers.get(worker_id)
-        if record is None or record.up:
-            return []
-        record.up = True
-        return [self._attach(record, hello) for hello in self.clients.values()]
-
-    def client_hello(self, hello: Hello) -> Outbox:
-        self.clients[hello.client_id] = hello
-        out: Outbox = [(hello.client_id, Welcome(self.node_id, self.name, len(self.workers)))]
-        out += [self._attach(record, hello) for record in self.workers.values() if record.up]
-        return out
-
-    def client_goodbye(self, client_id: bytes) -> Outbox:
-        if self.clients.pop(client_id, None) is None:
-            return []
-        out: Outbox = []
-        for record in self.workers.values():
-            if client_id in record.clients:
-                record.clients.discard(client_id)
-                out.append((record.worker_id, Detach(client_id)))
-        return out
-
-    def worker_exited(self, worker_id: bytes, exitcode: int) -> Outbox:
-        record = self.workers.pop(worker_id, None)
-        if record is None:
-            return []
-        lost = WorkerLost(worker_id, exitcode, describe_exit(exitcode))
-        return [(client_id, lost) for client_id in record.clients if client_id in self.clients]
-
-    def _attach(self, record: WorkerRecord, hello: Hello) -> tuple[bytes, Message]:
-        record.clients.add(hello.client_id)
-        return record.worker_id, Attach(hello.client_id, hello.ventilator, hello.sink, self.credits)
-
-
-def describe_exit(exitcode: int) -> str:
-    if exitcode < 0:
-        try:
-            return f"killed by signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
+def check_bind(endpoint: str, insecure: bool) -> None:
+    """Refuse a non-loopback bind without authentication, saying why and how."""
+    if not endpoint.startswith("tcp://"):
+        return
+    host = endpoint[len("tcp://") :].rpartition(":")[0]
+    if not is_loopback(host) and not insecure:
+        raise ConfigError(
+            f"refusing to bind {endpoint}: fabric runs code sent to it, and this address is reachable from other "
+            "machines without authentication; bind a loopback address, or set insecure = true in cluster.toml "
+            "(--insecure) on a network you trust"
+        )
+    if not is_loopback(host):
+        log.warning("binding %s without authentication (insecure): anyone who reaches it can run code", endpoint)
 
 
 class Node:
-    """The node's run loop: one ROUTER, the worker processes, their sentinels."""
+    """The node's run loop."""
 
-    def __init__(self, endpoint: str, workers: int, *, name: str = "", credits: int = 2, owner_pid: int | None = None):
-        self.state = NodeState(new_id("n"), name or f"node-{os.getpid()}", credits)
-        self.n_workers = workers
-        self.owner_pid = owner_pid
+    def __init__(self, options: NodeOptions) -> None:
+        check_bind(options.bind, options.insecure)
+        self.options = options
         self.context = zmq.Context()
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(endpoint)
-        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1)
+        self.router.bind(options.bind)
+        control = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pub = self._socket(zmq.PUB, SNDHWM=100)
+        self.pub.bind(_pub_endpoint(control))
+        pub = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sub = self._socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        node_id = new_id("n")
+        settings = NodeSettings(
+            node_id, options.name or f"node-{os.getpid()}", control, pub, options.prefetch, options.max_load,
+            options.liveness_s,
+        )
+        self.state = NodeState(settings)
         self.poller = zmq.Poller()
-        self.poller.register(self.router, zmq.POLLIN)
+        for sock in (self.router, self.sub):
+            self.poller.register(sock, zmq.POLLIN)
+        self.subscribed: set[str] = set()
+        self.seeds: dict[str, zmq.Socket] = {}
         self.processes: dict[bytes, subprocess.Popen[bytes]] = {}
         self.sentinels: dict[int, bytes] = {}
-        self.owner_fd = _pidfd(owner_pid) if owner_pid else None
+        self.owner_fd = processes.pidfd(options.owner_pid) if options.owner_pid else None
         if self.owner_fd is not None:
             self.poller.register(self.owner_fd, zmq.POLLIN)
         self.running = True
 
-    # -- workers ---------------------------------------------------------------
+    def _socket(self, kind: int, **options: int) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        for name, value in options.items():
+            sock.setsockopt(getattr(zmq, name), value)
+        return sock
+
+    @property
+    def endpoint(self) -> str:
+        return self.state.settings.control
+
+    # -- workers -----------------------------------------------------------------------
 
     def spawn_worker(self) -> None:
         worker_id = new_id("w")
@@ -155,97 +145,165 @@ class Node:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         self.processes[worker_id] = proc
         self.state.worker_spawned(worker_id, proc.pid)
-        fd = _pidfd(proc.pid)
+        fd = processes.pidfd(proc.pid)
         if fd is not None:
             self.sentinels[fd] = worker_id
             self.poller.register(fd, zmq.POLLIN)
-        log.debug("node %s: spawned worker %s pid %d", self.state.name, worker_id.decode(), proc.pid)
 
     def _reap(self, worker_id: bytes) -> None:
         proc = self.processes.pop(worker_id)
         exitcode = proc.wait()
-        for fd, wid in list(self.sentinels.items()):
-            if wid == worker_id:
-                self.poller.unregister(fd)
-                os.close(fd)
-                del self.sentinels[fd]
+        for fd in [fd for fd, wid in self.sentinels.items() if wid == worker_id]:
+            self.poller.unregister(fd)
+            os.close(fd)
+            del self.sentinels[fd]
         if self.running:
-            log.warning("node %s: worker %s %s", self.state.name, worker_id.decode(), describe_exit(exitcode))
+            log.warning("node %s: worker %s %s", self.state.settings.name, worker_id.decode(), describe_exit(exitcode))
         self._send(self.state.worker_exited(worker_id, exitcode))
         if self.running:
             self.spawn_worker()
 
     def _reap_exited(self, events: dict[object, int]) -> None:
-        exited = [wid for fd, wid in self.sentinels.items() if fd in events]
-        if not self.sentinels:  # no pidfd on this platform: poll
+        if self.sentinels:
+            exited = [wid for fd, wid in self.sentinels.items() if fd in events]
+        else:  # no pidfd on this platform
             exited = [wid for wid, proc in self.processes.items() if proc.poll() is not None]
         for worker_id in exited:
             self._reap(worker_id)
 
-    # -- messages ----------------------------------------------------------------
+    # -- messages ------------------------------------------------------------------------
 
     def _send(self, outbox: Outbox) -> None:
         for dest, msg in outbox:
             try:
                 self.router.send_multipart([dest, *to_frames(msg)])
-            except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY): nothing to tell it
-                log.debug("node %s: cannot reach %r: %s", self.state.name, dest, exc)
+            except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY): nothing to tell it
+                log.debug("node %s: cannot reach %r: %s", self.state.settings.name, dest, exc)
 
-    def _on_router(self) -> None:
+    def _receive(self, sock: zmq.Socket) -> list[list[bytes]]:
+        messages = []
         while True:
             try:
-                sender, *frames = self.router.recv_multipart(zmq.NOBLOCK)
+                messages.append(sock.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
-                return
+                return messages
+
+    def _on_router(self, now: float) -> None:
+        for sender, *frames in self._receive(self.router):
             try:
                 msg = from_frames(frames)
             except ProtocolError as exc:
-                log.warning("node %s: dropped message from %r: %s", self.state.name, sender, exc)
+                log.warning("node %s: dropped message from %r: %s", self.state.settings.name, sender, exc)
                 continue
-            self._dispatch(sender, msg)
+            self._dispatch(sender, msg, now)
 
-    def _dispatch(self, sender: bytes, msg: Message) -> None:
-        if isinstance(msg, WorkerUp):
-            self._send(self.state.worker_up(sender))
+    def _dispatch(self, sender: bytes, msg: Message, now: float) -> None:
+        state = self.state
+        if isinstance(msg, WorkerReport):
+            state.worker_report(sender, msg)
+        elif isinstance(msg, WorkerUp):
+            self._send(state.worker_up(sender))
         elif isinstance(msg, Hello):
-            self._send(self.state.client_hello(msg))
+            self._send(state.client_hello(msg, now))
         elif isinstance(msg, Goodbye):
-            self._send(self.state.client_goodbye(msg.client_id))
-        elif isinstance(msg, Shutdown) and self.owner_pid is not None:
+            self._send(state.client_goodbye(msg.client_id))
+        elif isinstance(msg, PeerHello):
+            self._subscribe(msg.pub)
+            self._send([(sender, state.heartbeat(now))])
+        elif isinstance(msg, Status):
+            self._send([(sender, StatusReply([s.to_info() for s in state.status(now)]))])
+        elif isinstance(msg, Shutdown) and self.options.owner_pid is not None:
             self.running = False
         else:
-            log.warning("node %s: unexpected %s from %r", self.state.name, type(msg).__name__, sender)
+            log.warning("node %s: unexpected %s from %r", state.settings.name, type(msg).__name__, sender)
 
-    # -- loop --------------------------------------------------------------------
+    def _on_heartbeats(self, sock: zmq.Socket, now: float) -> None:
+        for frames in self._receive(sock):
+            try:
+                msg = from_frames(frames)
+                if not isinstance(msg, Heartbeat):
+                    raise ProtocolError(f"{type(msg).__name__} where a heartbeat was expected")
+                stats = NodeStats.from_info(msg.info)
+            except ProtocolError as exc:
+                log.warning("node %s: dropped heartbeat: %s", self.state.settings.name, exc)
+                continue
+            for control, pub in self.state.peer_heard(stats, now):
+                self._subscribe(pub)
+                if control not in self.seeds:
+                    self._hello_peer(control)
+
+    def _subscribe(self, pub: str) -> None:
+        if pub not in self.subscribed and pub != self.state.settings.pub:
+            self.subscribed.add(pub)
+            self.sub.connect(pub)
+
+    def _hello_peer(self, control: str) -> None:
+        """Introduce this node to a peer, so that it subscribes to us too."""
+        sock = self.seeds.get(control)
+        if sock is None:
+            sock = self._socket(zmq.DEALER, IDENTITY=self.state.settings.node_id)  # type: ignore[arg-type]
+            sock.connect(control)
+            self.seeds[control] = sock
+            self.poller.register(sock, zmq.POLLIN)
+        s = self.state.settings
+        sock.send_multipart(to_frames(PeerHello(s.node_id, s.control, s.pub)), zmq.NOBLOCK)
+
+    # -- loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        for _ in range(self.n_workers):
+        for _ in range(self.options.workers):
             self.spawn_worker()
+        for seed in self.options.seeds:
+            if seed != self.endpoint:
+                self._hello_peer(seed)
+        next_beat = time.monotonic()
         try:
             while self.running:
-                timeout_ms = None if self.sentinels or not self.processes else FALLBACK_POLL_S * 1000
-                events = dict(self.poller.poll(timeout_ms if self.owner_fd is not None else 1000))
+                timeout_s = max(0.0, next_beat - time.monotonic())
+                if not self.sentinels and self.processes:
+                    timeout_s = min(timeout_s, processes.FALLBACK_POLL_S)
+                events = dict(self.poller.poll(timeout_s * 1000))
+                now = time.monotonic()
                 if self._owner_gone(events):
                     break
                 if self.router in events:
-                    self._on_router()
+                    self._on_router(now)
+                for sock in [self.sub, *self.seeds.values()]:
+                    if sock in events:
+                        self._on_heartbeats(sock, now)
                 self._reap_exited(events)
+                if now >= next_beat:
+                    self._beat(now)
+                    next_beat = now + self.options.heartbeat_interval_s
         finally:
-            self.stop_workers()
-            self.close()
+            self._stop()
+
+    def _beat(self, now: float) -> None:
+        state = self.state
+        state.sample_load(now)
+        self._send(state.expire_clients(now))
+        for lost in state.peers.expire(now):
+            log.info("node %s: peer %s silent for %.1f s, declared dead", state.settings.name, lost.name,
+                     self.options.liveness_s)
+        for seed, sock in self.seeds.items():
+            if all(p.control != seed for p in state.peers.nodes.values()):
+                self._hello_peer(seed)
+        self.pub.send_multipart(to_frames(state.heartbeat(now)), zmq.NOBLOCK)
 
     def _owner_gone(self, events: dict[object, int]) -> bool:
-        if self.owner_pid is None:
+        if self.options.owner_pid is None:
             return False
         if self.owner_fd is not None:
             return self.owner_fd in events
-        return os.getppid() != self.owner_pid
+        return os.getppid() != self.options.owner_pid
 
     def request_stop(self, *_: object) -> None:
         self.running = False
 
-    def stop_workers(self) -> None:
+    def _stop(self) -> None:
+        """Hand back what the workers hold, stop them, close everything."""
         self.running = False
+        self._send(self.state.leaving())
         for worker_id in self.processes:
             self._send([(worker_id, Shutdown())])
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
@@ -256,44 +314,17 @@ class Node:
                 proc.kill()
                 proc.wait()
         self.processes.clear()
-
-    def close(self) -> None:
         for fd in [*self.sentinels, self.owner_fd]:
             if fd is not None:
                 os.close(fd)
         self.sentinels.clear()
-        self.router.close(linger=0)
+        for sock in [self.router, self.pub, self.sub, *self.seeds.values()]:
+            sock.close(linger=0)
         self.context.term()
 
 
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run one node in the foreground (used by the embedded cluster)."""
-    parser = argparse.ArgumentParser(prog="python -m fabric.node")
-    parser.add_argument("endpoint")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--credits", type=int, default=2)
-    parser.add_argument("--name", default="")
-    parser.add_argument("--owner-pid", type=int, default=None, help="exit when this process exits")
-    parser.add_argument("--announce", action="store_true", help="print the bound endpoint on stdout")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("FABRIC_LOG_LEVEL", "WARNING"), format="%(asctime)s %(name)s %(message)s")
-    node = Node(args.endpoint, args.workers, name=args.name, credits=args.credits, owner_pid=args.owner_pid)
-    if args.owner_pid is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C belongs to the owning client
-    else:
-        signal.signal(signal.SIGINT, node.request_stop)
-    signal.signal(signal.SIGTERM, node.request_stop)
-    if args.announce:
-        print(node.endpoint, flush=True)
-    node.run()
-
-
-if __name__ == "__main__":
-    main()
+def _pub_endpoint(control: str) -> str:
+    if control.startswith("ipc://"):
+        return f"{control}-heartbeat"
+    host = control[len("tcp://") :].rpartition(":")[0]
+    return f"tcp://{host}:*"

@@ -6,22 +6,29 @@ A message is one ZeroMQ multipart message (after any ROUTER routing-id frame)::
     frame 1..n   payload  raw bytes (serialized tasks, results, functions), never
                           inspected by a router; sent without copying when large
 
-Control plane (client <-> node, worker <-> node, on the node's ROUTER)::
+Control plane (client <-> node, worker <-> node, node <-> node, on the node's ROUTER)::
 
-    HELLO        client -> node     client_id, ventilator endpoint, sink endpoint
-    WELCOME      node   -> client   node_id, node name, worker count
+    HELLO        client -> node     client_id, ventilator endpoint, sink endpoint;
+                                    re-sent every heartbeat interval as the client's heartbeat
     GOODBYE      client -> node     client_id
+    PEER_HELLO   node   -> node     node_id, control endpoint, heartbeat endpoint
+    HEARTBEAT    node   -> anyone   node_id, info map (see fabric.heartbeat.NodeStats): the
+                                    reply to HELLO and PEER_HELLO, and what the node PUBlishes
+    STATUS       anyone -> node     (asks for the node's view of the cluster)
+    STATUS_REPLY node   -> asker    list of info maps, one per live node
+    NODE_LEAVING node   -> client   node_id: re-queue what its workers hold
     WORKER_UP    worker -> node     worker_id, pid
-    ATTACH       node   -> worker   client_id, ventilator, sink, credits
+    WORKER_REPORT worker -> node    tasks done, failed, busy seconds, running now
+    ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id
     DETACH       node   -> worker   client_id
     WORKER_LOST  node   -> client   worker_id, exit code, reason
     SHUTDOWN     node   -> worker / client -> embedded node
 
 Data plane (worker <-> client, never through the node)::
 
-    READY        worker -> ventilator   credits (batches it may hold)
+    READY        worker -> ventilator   credits (batches it may hold, from now on), node_id
     TASK_BATCH   ventilator -> worker   batch_id, fn digest, mode, codec, item frame
-                                        counts, has_fn | [fn] + item payload frames
+                                        counts, has_fn, items | [fn] + item payload frames
     RESULT_BATCH worker -> sink         batch_id, codec, errors, elapsed_s | result frames
 
 Anything that does not parse raises :class:`~fabric.errors.ProtocolError`, which
@@ -46,7 +53,7 @@ Buffer = Any  # bytes, memoryview or zmq.Frame: whatever supports the buffer pro
 
 class Kind(enum.IntEnum):
     HELLO = 1
-    WELCOME = 2
+    HEARTBEAT = 2
     GOODBYE = 3
     WORKER_UP = 4
     ATTACH = 5
@@ -56,6 +63,11 @@ class Kind(enum.IntEnum):
     READY = 9
     TASK_BATCH = 10
     RESULT_BATCH = 11
+    PEER_HELLO = 12
+    STATUS = 13
+    STATUS_REPLY = 14
+    NODE_LEAVING = 15
+    WORKER_REPORT = 16
 
 
 class Mode(enum.IntEnum):
@@ -105,13 +117,55 @@ class Hello(Message):
     sink: str
 
 
+def _is_str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
 @dataclass(frozen=True, slots=True)
-class Welcome(Message):
-    KIND = Kind.WELCOME
-    CHECKS = (bytes, str, int)
+class Heartbeat(Message):
+    KIND = Kind.HEARTBEAT
+    CHECKS = (bytes, _is_str_map)
     node_id: bytes
-    name: str
-    workers: int
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHello(Message):
+    KIND = Kind.PEER_HELLO
+    CHECKS = (bytes, str, str)
+    node_id: bytes
+    control: str
+    pub: str
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Message):
+    KIND = Kind.STATUS
+    CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply(Message):
+    KIND = Kind.STATUS_REPLY
+    CHECKS = (lambda v: isinstance(v, list) and all(_is_str_map(i) for i in v),)
+    nodes: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLeaving(Message):
+    KIND = Kind.NODE_LEAVING
+    CHECKS = (bytes,)
+    node_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReport(Message):
+    KIND = Kind.WORKER_REPORT
+    CHECKS = (int, int, float, bool)
+    done: int
+    failed: int
+    busy_s: float
+    running: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +186,12 @@ class WorkerUp(Message):
 @dataclass(frozen=True, slots=True)
 class Attach(Message):
     KIND = Kind.ATTACH
-    CHECKS = (bytes, str, str, int)
+    CHECKS = (bytes, str, str, int, bytes)
     client_id: bytes
     ventilator: str
     sink: str
     credits: int
+    node_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +219,9 @@ class Shutdown(Message):
 @dataclass(frozen=True, slots=True)
 class Ready(Message):
     KIND = Kind.READY
-    CHECKS = (int,)
+    CHECKS = (int, bytes)
     credits: int
+    node_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +230,14 @@ class TaskBatch(Message):
     MAP/STARMAP batches have a single item list, so ``item_frames`` is ``[k]``."""
 
     KIND = Kind.TASK_BATCH
-    CHECKS = (int, bytes, lambda m: m in (0, 1, 2), int, _is_list_of_int, bool)
+    CHECKS = (int, bytes, lambda m: m in (0, 1, 2), int, _is_list_of_int, bool, int)
     batch_id: int
     digest: bytes
     mode: int
     codec: int
     item_frames: list[int]
     has_fn: bool
+    n_items: int
     payload: Sequence[Buffer] = ()
 
 
@@ -197,7 +254,10 @@ class ResultBatch(Message):
 
 _BY_KIND: dict[int, type[Message]] = {
     cls.KIND: cls
-    for cls in (Hello, Welcome, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch)
+    for cls in (
+        Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
+        PeerHello, Status, StatusReply, NodeLeaving, WorkerReport,
+    )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "payload") for cls in _BY_KIND.values()  # type: ignore[arg-type]

@@ -94,7 +94,7 @@ class Batch:
     sizer: BatchSizer | None = None
 
     def frames(self, with_fn: bool) -> list[Any]:
-        header = TaskBatch(self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn)
+        header = TaskBatch(self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn, self.n_items)
         head = to_frames(header)
         return [*head, self.fn_payload, *self.payload] if with_fn else [*head, *self.payload]
 
@@ -137,14 +137,21 @@ class Ventilator:
         self.in_flight: dict[int, tuple[bytes, Batch]] = {}
         self.held: dict[bytes, set[int]] = {}
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
+        self.node_of: dict[bytes, bytes] = {}  # worker -> its node
+        self.paused: set[bytes] = set()  # nodes over their load limit: no new batches
         self.call_sizers: dict[bytes, BatchSizer] = {}
 
     # -- workers -----------------------------------------------------------------
 
-    def add_credits(self, worker_id: bytes, credits: int) -> None:
-        self.held.setdefault(worker_id, set())
-        self.shipped.setdefault(worker_id, set())
+    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> list[tuple[Batch, BaseException]]:
+        """A worker (re)attached with ``credits`` free slots: whatever it held
+        before is lost to it, so its batches are re-queued first."""
+        failed = self.worker_lost(worker_id, "re-attached") if worker_id in self.held else []
+        self.held[worker_id] = set()
+        self.shipped[worker_id] = set()
+        self.node_of[worker_id] = node_id
         self.credits.extend([worker_id] * max(0, credits))
+        return failed
 
     @property
     def workers(self) -> int:
@@ -154,11 +161,17 @@ class Ventilator:
     def total_credits(self) -> int:
         return len(self.credits) + len(self.in_flight)
 
+    def node_lost(self, node_id: bytes, reason: str) -> list[tuple[Batch, BaseException]]:
+        """Every worker of the node is lost (it died, was cut off, or is leaving)."""
+        workers = [w for w, n in self.node_of.items() if n == node_id]
+        return [failure for w in workers for failure in self.worker_lost(w, reason)]
+
     def worker_lost(self, worker_id: bytes, reason: str = "") -> list[tuple[Batch, BaseException]]:
         """Forget the worker and re-queue its batches; return those given up,
         each with its error (a single task that crashed its worker too often)."""
         batch_ids = self.held.pop(worker_id, None)
         self.shipped.pop(worker_id, None)
+        self.node_of.pop(worker_id, None)
         if batch_ids is None:
             return []
         self.credits = deque(w for w in self.credits if w != worker_id)
@@ -186,17 +199,29 @@ class Ventilator:
 
     def dispatch(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
         """Yield (worker id, batch, frames) for every batch that has a credit."""
-        while self.credits:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            worker_id = self.credits.popleft()
-            shipped = self.shipped[worker_id]
-            with_fn = batch.digest not in shipped
-            shipped.add(batch.digest)
-            self.in_flight[batch.batch_id] = (worker_id, batch)
-            self.held[worker_id].add(batch.batch_id)
-            yield worker_id, batch, batch.frames(with_fn)
+        set_aside: list[bytes] = []  # credits of workers on paused nodes
+        try:
+            while self.credits:
+                worker_id = self.credits.popleft()
+                if self.node_of.get(worker_id) in self.paused:
+                    set_aside.append(worker_id)
+                    continue
+                batch = self._next_batch()
+                if batch is None:
+                    self.credits.appendleft(worker_id)
+                    return
+                yield self._send(worker_id, batch)
+        finally:
+            self.credits.extend(set_aside)
+
+    def _send(self, worker_id: bytes, batch: Batch) -> tuple[bytes, Batch, list[Any]]:
+        """Mark the batch in flight; ship the function with it if the worker lacks it."""
+        shipped = self.shipped[worker_id]
+        with_fn = batch.digest not in shipped
+        shipped.add(batch.digest)
+        self.in_flight[batch.batch_id] = (worker_id, batch)
+        self.held[worker_id].add(batch.batch_id)
+        return worker_id, batch, batch.frames(with_fn)
 
     def _next_batch(self) -> Batch | None:
         for queue in (self.urgent, self.bulk):
@@ -213,7 +238,7 @@ class Ventilator:
         """Merge queued submits of the same function into one batch, sized by
         the function's measured cost and split fairly over the free credits."""
         sizer = self.call_sizers.setdefault(first.digest, BatchSizer())
-        fair_share = -(-(len(self.urgent) + 1) // max(1, len(self.credits)))
+        fair_share = -(-(len(self.urgent) + 1) // (len(self.credits) + 1))
         limit = min(sizer.next_size(), fair_share, MAX_MERGED_CALLS)
         group = [first]
         while len(group) < limit and self.urgent and self.urgent[0].digest == first.digest:

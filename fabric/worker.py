@@ -28,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from . import codec
+from . import codec, processes
 from .errors import ProtocolError, SerializationError
 from .protocol import (
     Attach,
@@ -38,6 +38,7 @@ from .protocol import (
     ResultBatch,
     Shutdown,
     TaskBatch,
+    WorkerReport,
     WorkerUp,
     from_frames,
     to_frames,
@@ -46,6 +47,7 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 BATCH_ERROR = -1  # error index meaning "every item of the batch"
+REPORT_INTERVAL_S = 0.25  # counters go to the node at most this often
 
 
 @dataclass
@@ -161,10 +163,16 @@ class Worker:
         self.links: dict[bytes, ClientLink] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
-        self.parent_fd = _pidfd(parent_pid)
+        self.parent_fd = processes.pidfd(parent_pid)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
         self.running = True
+        self.done = 0
+        self.failed = 0
+        self.busy_s = 0.0
+        self.reported_at = time.monotonic()
+        self.reported_busy_s = 0.0
+        self.report_due = False
 
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -176,9 +184,10 @@ class Worker:
         self.control.send_multipart(to_frames(WorkerUp(self.worker_id, os.getpid())))
         try:
             while self.running:
-                events = dict(self.poller.poll(1000))
+                events = dict(self.poller.poll(REPORT_INTERVAL_S * 1000 if self.report_due else 1000))
                 if not events and not self._parent_alive():
                     break
+                self._report()
                 if self.parent_fd is not None and self.parent_fd in events:
                     break
                 if self.control in events:
@@ -212,13 +221,13 @@ class Worker:
                 return
 
     def _attach(self, msg: Attach) -> None:
-        if msg.client_id in self.links:
-            return
+        if msg.client_id in self.links:  # re-attached after the client lost sight of us: start afresh
+            self._detach(msg.client_id)
         link = ClientLink(self._socket(zmq.DEALER), self._socket(zmq.DEALER))
         link.sink.setsockopt(zmq.LINGER, 500)
         link.ventilator.connect(msg.ventilator)
         link.sink.connect(msg.sink)
-        link.ventilator.send_multipart(to_frames(Ready(msg.credits)))
+        link.ventilator.send_multipart(to_frames(Ready(msg.credits, msg.node_id)))
         self.poller.register(link.ventilator, zmq.POLLIN)
         self.links[msg.client_id] = link
 
@@ -243,6 +252,23 @@ class Worker:
             return
         result = run_batch(link, batch)
         link.sink.send_multipart(to_frames(result), copy=False)
+        self._count(batch, result)
+
+    def _count(self, batch: TaskBatch, result: ResultBatch) -> None:
+        n_items = batch.n_items
+        failed = n_items if any(e[0] == BATCH_ERROR for e in result.errors) else len(result.errors)
+        self.done += n_items - failed
+        self.failed += failed
+        self.busy_s += result.elapsed_s
+        self.report_due = True
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if self.report_due and now - self.reported_at >= REPORT_INTERVAL_S:
+            busy = (self.busy_s - self.reported_busy_s) / (now - self.reported_at) > 0.5
+            self.control.send_multipart(to_frames(WorkerReport(self.done, self.failed, self.busy_s, busy)))
+            self.reported_at, self.reported_busy_s = now, self.busy_s
+            self.report_due = False
 
     def close(self) -> None:
         for client_id in list(self.links):
@@ -253,19 +279,11 @@ class Worker:
         self.context.term()
 
 
-def _pidfd(pid: int) -> int | None:
-    """A file descriptor that becomes readable when ``pid`` exits (Linux), else None."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process: ``python -m fabric.worker ENDPOINT ID PARENT_PID``."""
     node_endpoint, worker_id, parent_pid = argv if argv is not None else sys.argv[1:4]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C belongs to the client
-    logging.basicConfig(level=os.environ.get("FABRIC_LOG_LEVEL", "WARNING"), format="%(asctime)s %(name)s %(message)s")
+    processes.configure_logging()
     Worker(node_endpoint, worker_id.encode(), int(parent_pid)).run()
 
 

@@ -12,7 +12,7 @@ POSTS = 5_000
 
 def test_every_posted_command_runs():
     context = zmq.Context()
-    loop = IOLoop(context, b"c-test", "127.0.0.1", retries=3)
+    loop = IOLoop(context, b"c-test", "127.0.0.1", retries=3, heartbeat_interval_s=1.0, liveness_s=3.0)
     loop.start()
     ran = []
     start = threading.Barrier(THREADS)

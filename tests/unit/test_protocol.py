@@ -9,14 +9,19 @@ from fabric.protocol import (
     Attach,
     Detach,
     Goodbye,
+    Heartbeat,
     Hello,
     Kind,
+    NodeLeaving,
+    PeerHello,
     Ready,
     ResultBatch,
     Shutdown,
+    Status,
+    StatusReply,
     TaskBatch,
-    Welcome,
     WorkerLost,
+    WorkerReport,
     WorkerUp,
     from_frames,
     to_frames,
@@ -24,15 +29,20 @@ from fabric.protocol import (
 
 MESSAGES = [
     Hello(b"c-1", "ipc:///tmp/x/ventilator", "tcp://127.0.0.1:5000"),
-    Welcome(b"n-1", "embedded", 4),
+    Heartbeat(b"n-1", {"name": "alpha", "workers": 4, "peers": [["tcp://a:1", "tcp://a:2"]]}),
     Goodbye(b"c-1"),
+    PeerHello(b"n-1", "tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101"),
+    Status(),
+    StatusReply([{"name": "alpha"}, {"name": "beta"}]),
+    NodeLeaving(b"n-1"),
+    WorkerReport(10, 1, 0.5, True),
     WorkerUp(b"w-1", 1234),
-    Attach(b"c-1", "ipc:///v", "ipc:///s", 2),
+    Attach(b"c-1", "ipc:///v", "ipc:///s", 2, b"n-1"),
     Detach(b"c-1"),
     WorkerLost(b"w-1", -9, "killed by signal SIGKILL"),
     Shutdown(),
-    Ready(2),
-    TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, [b"fn", b"a", b"b0", b"b1"]),
+    Ready(2, b"n-1"),
+    TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, 2, [b"fn", b"a", b"b0", b"b1"]),
     ResultBatch(7, 1, [[3, "ValueError", "bad", "tb", None]], 0.25, [b"results"]),
 ]
 
@@ -46,7 +56,7 @@ def test_round_trip(msg):
 
 
 def test_payload_frames_are_kept_as_given():
-    batch = TaskBatch(1, b"d", 0, 0, [2], False, [b"x", memoryview(b"y")])
+    batch = TaskBatch(1, b"d", 0, 0, [2], False, 5, [b"x", memoryview(b"y")])
     back = from_frames(to_frames(batch))
     assert [bytes(p) for p in back.payload] == [b"x", b"y"]
 
@@ -64,13 +74,15 @@ MALFORMED = {
     "kind is not int": [header(PROTOCOL_VERSION, "READY", 1)],
     "too few fields": [header(PROTOCOL_VERSION, Kind.HELLO, b"c")],
     "too many fields": [header(PROTOCOL_VERSION, Kind.READY, 1, 2)],
-    "wrong type": [header(PROTOCOL_VERSION, Kind.READY, "two")],
-    "bool for int": [header(PROTOCOL_VERSION, Kind.READY, True)],
-    "bad mode": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 7, 0, [1], False), b"x"],
-    "frame count mismatch": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [2], False), b"x"],
-    "negative frame count": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [-1], False)],
+    "wrong type": [header(PROTOCOL_VERSION, Kind.READY, "two", b"n")],
+    "bool for int": [header(PROTOCOL_VERSION, Kind.READY, True, b"n")],
+    "bad mode": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 7, 0, [1], False, 1), b"x"],
+    "frame count mismatch": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [2], False, 1), b"x"],
+    "negative frame count": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [-1], False, 1)],
     "bad error record": [header(PROTOCOL_VERSION, Kind.RESULT_BATCH, 1, 0, [[1, "E"]], 0.1), b"r"],
-    "payload on control message": [header(PROTOCOL_VERSION, Kind.READY, 1), b"extra"],
+    "payload on control message": [header(PROTOCOL_VERSION, Kind.READY, 1, b"n"), b"extra"],
+    "heartbeat info not a map": [header(PROTOCOL_VERSION, Kind.HEARTBEAT, b"n", [1, 2])],
+    "status reply of non-maps": [header(PROTOCOL_VERSION, Kind.STATUS_REPLY, [1])],
 }
 
 

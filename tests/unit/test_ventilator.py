@@ -47,7 +47,7 @@ def test_nothing_is_sent_without_credit():
     vent = Ventilator()
     vent.enqueue(map_batch(range(3)))
     assert list(vent.dispatch()) == []
-    vent.add_credits(b"w1", 1)
+    vent.worker_ready(b"w1", 1, b"n1")
     sent = list(vent.dispatch())
     assert [w for w, _, _ in sent] == [b"w1"]
     assert list(vent.dispatch()) == []
@@ -55,8 +55,8 @@ def test_nothing_is_sent_without_credit():
 
 def test_function_is_shipped_once_per_worker():
     vent = Ventilator()
-    vent.add_credits(b"w1", 2)
-    vent.add_credits(b"w2", 1)
+    vent.worker_ready(b"w1", 2, b"n1")
+    vent.worker_ready(b"w2", 1, b"n1")
     for _ in range(3):
         vent.enqueue(map_batch(range(2)))
     has_fn = {}
@@ -69,7 +69,7 @@ def test_function_is_shipped_once_per_worker():
 
 def test_result_returns_the_credit_and_duplicates_are_refused():
     vent = Ventilator()
-    vent.add_credits(b"w1", 1)
+    vent.worker_ready(b"w1", 1, b"n1")
     batch = map_batch(range(2))
     vent.enqueue(batch)
     list(vent.dispatch())
@@ -84,7 +84,7 @@ def test_submits_go_before_map_chunks():
     vent = Ventilator()
     vent.enqueue(map_batch(range(2)))
     vent.enqueue(call_batch())
-    vent.add_credits(b"w1", 1)
+    vent.worker_ready(b"w1", 1, b"n1")
     [(_, batch, _)] = list(vent.dispatch())
     assert batch.mode == Mode.CALL
 
@@ -93,8 +93,8 @@ def test_queued_submits_of_one_function_merge_over_free_credits():
     vent = Ventilator()
     for _ in range(10):
         vent.enqueue(call_batch())
-    vent.add_credits(b"w1", 1)
-    vent.add_credits(b"w2", 1)
+    vent.worker_ready(b"w1", 1, b"n1")
+    vent.worker_ready(b"w2", 1, b"n1")
     vent.call_sizers.clear()
     vent.observe(call_batch(), 1e-6)  # tiny tasks: merge as many as fairness allows
     sent = list(vent.dispatch())
@@ -105,14 +105,14 @@ def test_queued_submits_of_one_function_merge_over_free_credits():
 
 def test_abandoned_batches_are_skipped():
     vent = Ventilator()
-    vent.add_credits(b"w1", 1)
+    vent.worker_ready(b"w1", 1, b"n1")
     vent.enqueue(map_batch(range(2), Owner(wanted=False)))
     assert list(vent.dispatch()) == []
 
 
 def test_lost_batch_is_split_and_requeued_first():
     vent = Ventilator()
-    vent.add_credits(b"w1", 1)
+    vent.worker_ready(b"w1", 1, b"n1")
     lost = map_batch(range(10))
     vent.enqueue(lost)
     vent.enqueue(map_batch(range(100, 102)))
@@ -131,7 +131,7 @@ def test_single_task_fails_after_retries():
     vent.enqueue(call_batch(owner))
     for attempt in range(3):
         worker = f"w{attempt}".encode()
-        vent.add_credits(worker, 1)
+        vent.worker_ready(worker, 1, b"n1")
         [(_, batch, _)] = list(vent.dispatch())
         failed = vent.worker_lost(worker, "killed by signal SIGSEGV")
     assert len(failed) == 1
@@ -143,3 +143,38 @@ def test_single_task_fails_after_retries():
 
 def test_unknown_worker_lost_is_harmless():
     assert Ventilator().worker_lost(b"nobody") == []
+
+
+def test_ready_again_resets_the_worker():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 1, b"n1")
+    vent.enqueue(map_batch(range(4)))
+    list(vent.dispatch())
+    vent.worker_ready(b"w1", 2, b"n1")  # it re-attached: what it held is re-queued
+    assert [b.n_items for b in vent.bulk] == [2, 2]
+    assert list(vent.credits) == [b"w1", b"w1"]
+    assert not vent.in_flight
+
+
+def test_node_lost_requeues_all_its_workers_batches():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 1, b"n1")
+    vent.worker_ready(b"w2", 1, b"n2")
+    vent.enqueue(map_batch(range(2)))
+    vent.enqueue(map_batch(range(2)))
+    list(vent.dispatch())
+    vent.node_lost(b"n1", "silent")
+    assert vent.workers == 1 and len(vent.in_flight) == 1 and len(vent.bulk) == 2
+
+
+def test_paused_nodes_get_no_batches():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 1, b"n1")
+    vent.worker_ready(b"w2", 1, b"n2")
+    vent.paused.add(b"n1")
+    for _ in range(2):
+        vent.enqueue(map_batch(range(2)))
+    assert [w for w, _, _ in vent.dispatch()] == [b"w2"]
+    assert b"w1" in vent.credits
+    vent.paused.clear()
+    assert [w for w, _, _ in vent.dispatch()] == [b"w1"]

@@ -1,0 +1,168 @@
+"""``fabric-node``: run a node daemon in the foreground, or ask a cluster for its status.
+
+::
+
+    fabric-node start --config cluster.toml --name alpha
+    fabric-node start --bind tcp://127.0.0.1:7100 --join tcp://127.0.0.1:7200 --workers 4
+    fabric-node status --config cluster.toml
+    fabric-node status tcp://127.0.0.1:7100
+
+This is the only place that configures logging (to stderr).  A configuration
+mistake exits with status 2 and a message naming the file, key and reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import asdict, replace
+
+import zmq
+
+from . import processes
+from .config import ClusterConfig, ConfigError, check_address, default_workers, load_config
+from .errors import ProtocolError
+from .heartbeat import NodeStats
+from .node import Node, NodeOptions
+from .protocol import Status, StatusReply, from_frames, to_frames
+
+STATUS_TIMEOUT_S = 3.0
+DEFAULT_BIND = "tcp://127.0.0.1:7100"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fabric-node", description="Run or inspect fabric nodes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="run a node in the foreground (SIGINT/SIGTERM stop it cleanly)")
+    start.add_argument("--config", help="cluster.toml: seed nodes and cluster settings")
+    start.add_argument("--name", help="this node's name; with --config, picks its [[node]] entry")
+    start.add_argument("--bind", help=f"control endpoint tcp://HOST:PORT (default {DEFAULT_BIND}, or the config's)")
+    start.add_argument("--join", action="append", default=[], metavar="ADDRESS", help="a seed peer (repeatable)")
+    start.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    start.add_argument("--prefetch", type=int, help="batches each worker may hold (default 2)")
+    start.add_argument("--max-load", type=float, help="whole-machine CPU %% above which no new batches are taken")
+    start.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 1)")
+    start.add_argument("--liveness", type=float, help="seconds of silence before a peer or client is dead (default 3)")
+    start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without authentication")
+    start.add_argument("--owner-pid", type=int, help=argparse.SUPPRESS)  # embedded: exit with the owner
+    start.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)  # print the bound endpoint
+
+    status = commands.add_parser("status", help="print a table of the live nodes")
+    status.add_argument("address", nargs="?", help="any node's control endpoint")
+    status.add_argument("--config", help="cluster.toml: ask its nodes in turn")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def node_options(args: argparse.Namespace) -> NodeOptions:
+    """Merge cluster.toml (if any) with the command line; the command line wins."""
+    config = load_config(args.config) if args.config else ClusterConfig()
+    if args.config and args.name:
+        entry = config.node(args.name)
+        options = NodeOptions(
+            bind=entry.address, workers=entry.workers, name=entry.name, prefetch=entry.prefetch,
+            max_load=entry.max_load, seeds=tuple(n.address for n in config.nodes if n.name != entry.name),
+        )
+    else:
+        seeds = tuple(n.address for n in config.nodes)
+        options = NodeOptions(bind=DEFAULT_BIND, workers=default_workers(), name=args.name or "", seeds=seeds)
+    options = replace(
+        options, heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
+        insecure=config.insecure or args.insecure, owner_pid=args.owner_pid,
+    )
+    overrides = {
+        "bind": args.bind, "workers": args.workers, "prefetch": args.prefetch, "max_load": args.max_load,
+        "heartbeat_interval_s": args.heartbeat_interval, "liveness_s": args.liveness,
+    }
+    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    for seed in args.join:
+        check_address(seed, "--join")
+    return replace(options, seeds=options.seeds + tuple(args.join))
+
+
+def start(args: argparse.Namespace) -> int:
+    processes.configure_logging("WARNING" if args.owner_pid else "INFO")
+    options = node_options(args)
+    node = Node(options)
+    signal.signal(signal.SIGTERM, node.request_stop)
+    # An embedded node leaves ctrl-C to its owning client; a daemon stops on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN if options.owner_pid else node.request_stop)
+    if args.announce:
+        print(node.endpoint, flush=True)
+    logging.getLogger(__name__).info(
+        "node %s on %s (heartbeats on %s), %d workers", node.state.settings.name, node.endpoint,
+        node.state.settings.pub, options.workers,
+    )
+    node.run()
+    return 0
+
+
+def ask_status(address: str, timeout_s: float = STATUS_TIMEOUT_S) -> list[NodeStats]:
+    """The node's view of the live cluster; raises TimeoutError if it does not answer."""
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send_multipart(to_frames(Status()))
+        if not sock.poll(timeout_s * 1000):
+            raise TimeoutError(f"no answer from {address} within {timeout_s:.0f} s")
+        reply = from_frames(sock.recv_multipart())
+        if not isinstance(reply, StatusReply):
+            raise ProtocolError(f"{address} answered {type(reply).__name__}, not STATUS_REPLY")
+        return [NodeStats.from_info(info) for info in reply.nodes]
+    finally:
+        sock.close()
+
+
+def format_table(nodes: list[NodeStats]) -> str:
+    header = ["name", "address", "workers", "busy", "done", "failed", "tasks/s", "cpu%", "mem%", "state", "cache",
+              "age s"]
+    rows = [
+        [n.name, n.control, n.workers, n.busy, n.done, n.failed, f"{n.tasks_per_s:.0f}", f"{n.cpu_percent:.0f}",
+         f"{n.memory_percent:.0f}", "accepting" if n.accepting else f"paused>{n.max_load:.0f}%", n.cache_entries,
+         f"{n.age_s:.1f}"]
+        for n in sorted(nodes, key=lambda n: n.name)
+    ]
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def status(args: argparse.Namespace) -> int:
+    addresses = [args.address] if args.address else [n.address for n in load_config(args.config).nodes]
+    if not addresses:
+        raise ConfigError("status needs an ADDRESS or a --config naming at least one node")
+    errors = []
+    for address in addresses:
+        try:
+            nodes = ask_status(address)
+        except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
+            errors.append(str(exc))
+            continue
+        if args.json:
+            print(json.dumps([{**asdict(n), "node_id": n.node_id.decode()} for n in nodes], indent=2))
+        else:
+            print(format_table(nodes))
+        return 0
+    print("fabric-node: no node answered: " + "; ".join(errors), file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return start(args) if args.command == "start" else status(args)
+    except ConfigError as exc:
+        parser.exit(2, f"fabric-node: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

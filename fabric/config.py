@@ -1,0 +1,183 @@
+"""Cluster configuration: ``cluster.toml`` parsed into frozen dataclasses.
+
+Every key, its default and its unit, in one place::
+
+    [cluster]
+    heartbeat_interval_s = 1.0    # how often each node publishes a heartbeat
+    liveness_s = 3.0              # silence after which a node (or client) is declared dead
+    retries = 3                   # attempts for a task whose worker dies
+    insecure = false              # allow binding non-loopback addresses without authentication
+
+    [[node]]                      # one table per seed node
+    name = "alpha"                # unique
+    address = "tcp://127.0.0.1:7100"   # control endpoint; heartbeats go out on a port the node announces
+    workers = 2                   # worker processes (cores to use); default: every core
+    prefetch = 2                  # batches each worker may hold (1 running + queued)
+    max_load = 100.0              # whole-machine CPU % above which the node takes no new batches
+
+A mistake (unknown key, wrong type, duplicate node, bad address) raises
+:class:`ConfigError` naming the file, the key and the reason, before anything
+starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import FabricError
+
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+DEFAULT_LIVENESS_S = 3.0
+DEFAULT_RETRIES = 3
+DEFAULT_PREFETCH = 2  # one batch running, one waiting in the worker's socket
+DEFAULT_MAX_LOAD = 100.0
+
+
+class ConfigError(FabricError, ValueError):
+    """A cluster file or node option is wrong; says where and why."""
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    address: str
+    workers: int = field(default_factory=default_workers)
+    prefetch: int = DEFAULT_PREFETCH
+    max_load: float = DEFAULT_MAX_LOAD
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    nodes: tuple[NodeConfig, ...] = ()
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    liveness_s: float = DEFAULT_LIVENESS_S
+    retries: int = DEFAULT_RETRIES
+    insecure: bool = False
+    source: str = "<defaults>"
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"{self.source}: no [[node]] named {name!r} (have: {', '.join(n.name for n in self.nodes)})")
+
+
+_CLUSTER_KEYS = {"heartbeat_interval_s": float, "liveness_s": float, "retries": int, "insecure": bool}
+_NODE_KEYS = {"name": str, "address": str, "workers": int, "prefetch": int, "max_load": float}
+
+
+def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
+    """Read and check a cluster file."""
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_config(data, source)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> ClusterConfig:
+    _check_keys(data, {"cluster": dict, "node": list}, source, "")
+    cluster = _typed(data.get("cluster", {}), _CLUSTER_KEYS, source, "cluster.")
+    nodes = tuple(_node(entry, source, i) for i, entry in enumerate(data.get("node", [])))
+    _check_unique(nodes, source)
+    config = ClusterConfig(nodes=nodes, source=source, **cluster)
+    _check_positive(config, source)
+    return config
+
+
+def _node(entry: object, source: str, index: int) -> NodeConfig:
+    where = f"node[{index}]."
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{source}: {where[:-1]}: expected a table, got {type(entry).__name__}")
+    values = _typed(entry, _NODE_KEYS, source, where)
+    for key in ("name", "address"):
+        if key not in values:
+            raise ConfigError(f"{source}: {where}{key}: missing (every node needs a name and an address)")
+    check_address(values["address"], f"{source}: {where}address")
+    node = NodeConfig(**values)
+    for key in ("workers", "prefetch"):
+        if getattr(node, key) < 1:
+            raise ConfigError(f"{source}: {where}{key}: must be >= 1, got {getattr(node, key)}")
+    if not 0 <= node.max_load <= 100:
+        raise ConfigError(f"{source}: {where}max_load: a CPU percentage from 0 to 100, got {node.max_load}")
+    return node
+
+
+def _typed(table: dict[str, Any], spec: dict[str, type], source: str, where: str) -> dict[str, Any]:
+    _check_keys(table, spec, source, where)
+    values = {}
+    for key, value in table.items():
+        expected = spec[key]
+        if expected is float and type(value) is int:
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(
+                f"{source}: {where}{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}"
+            )
+        values[key] = value
+    return values
+
+
+def _check_keys(table: dict[str, Any], spec: dict[str, type], source: str, where: str) -> None:
+    for key, value in table.items():
+        if key not in spec:
+            raise ConfigError(f"{source}: {where}{key}: unknown key (known: {', '.join(sorted(spec))})")
+        if spec[key] in (dict, list) and not isinstance(value, spec[key]):
+            raise ConfigError(f"{source}: {where}{key}: expected a {'table' if spec[key] is dict else 'list'}")
+
+
+def _check_unique(nodes: tuple[NodeConfig, ...], source: str) -> None:
+    for key in ("name", "address"):
+        seen: set[str] = set()
+        for i, node in enumerate(nodes):
+            value = getattr(node, key)
+            if value in seen:
+                raise ConfigError(f"{source}: node[{i}].{key}: duplicate {key} {value!r}")
+            seen.add(value)
+
+
+def _check_positive(config: ClusterConfig, source: str) -> None:
+    if config.heartbeat_interval_s <= 0:
+        raise ConfigError(f"{source}: cluster.heartbeat_interval_s: must be > 0")
+    if config.liveness_s <= config.heartbeat_interval_s:
+        raise ConfigError(f"{source}: cluster.liveness_s: must exceed heartbeat_interval_s (several beats)")
+    if config.retries < 1:
+        raise ConfigError(f"{source}: cluster.retries: must be >= 1")
+
+
+def check_address(address: str, where: str) -> tuple[str, int]:
+    """A ``tcp://HOST:PORT`` endpoint with an IP address or ``localhost``; returns (host, port)."""
+    prefix = "tcp://"
+    host, sep, port = address[len(prefix) :].rpartition(":") if address.startswith(prefix) else ("", "", "")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: {address!r} is not tcp://HOST:PORT")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ConfigError(f"{where}: {host!r} is not an IP address or localhost") from None
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
