@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     start.add_argument("--prefetch", type=int, help="batches each worker may hold (default 2)")
     start.add_argument("--max-load", type=float, help="whole-machine CPU %% above which no new batches are taken")
+    start.add_argument("--memory-limit-mb", type=int, help="worker RSS above which it is killed and replaced")
     start.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 1)")
     start.add_argument("--liveness", type=float, help="seconds of silence before a peer or client is dead (default 3)")
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without authentication")
@@ -66,7 +67,8 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         entry = config.node(args.name)
         options = NodeOptions(
             bind=entry.address, workers=entry.workers, name=entry.name, prefetch=entry.prefetch,
-            max_load=entry.max_load, seeds=tuple(n.address for n in config.nodes if n.name != entry.name),
+            max_load=entry.max_load, memory_limit_mb=entry.memory_limit_mb,
+            seeds=tuple(n.address for n in config.nodes if n.name != entry.name),
         )
     else:
         seeds = tuple(n.address for n in config.nodes)
@@ -77,6 +79,7 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
     )
     overrides = {
         "bind": args.bind, "workers": args.workers, "prefetch": args.prefetch, "max_load": args.max_load,
+        "memory_limit_mb": args.memory_limit_mb,
         "heartbeat_interval_s": args.heartbeat_interval, "liveness_s": args.liveness,
     }
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})

@@ -30,8 +30,6 @@ from typing import Any, TypeVar
 
 import zmq
 
-from . import codec
-from .batching import BatchSizer, balance_limit
 from .config import (
     DEFAULT_PREFETCH,
     ClusterConfig,
@@ -43,19 +41,14 @@ from .config import (
     load_config,
 )
 from .embedded import EmbeddedNode
-from .errors import ClosedError
+from .errors import ClosedError, SerializationError
 from .heartbeat import NodeStats
-from .futures import Future, FutureGroup
 from .io_loop import IOLoop
-from .mapping import MapStream, sized_length
-from .protocol import Mode
-from .ventilator import Batch, next_batch_id
+from .options import TaskOptions
+from .submission import FunctionShipper, TaskAPI
 
 __all__ = ["Fabric", "connect"]
 
-T = TypeVar("T")
-R = TypeVar("R")
-_NO_INITIAL: Any = object()
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
 
 
@@ -64,31 +57,42 @@ def connect(
     *,
     workers: int | None = None,
     prefetch: int | None = None,
+    memory_limit_mb: int = 0,
     retries: int | None = None,
     heartbeat_interval_s: float | None = None,
     liveness_s: float | None = None,
+    connect_timeout_s: float | None = None,
+    max_message_bytes: int | None = None,
     insecure: bool | None = None,
 ) -> Fabric:
     """Start using a fabric.
 
     - ``connect()``: the embedded default, a local node with ``workers`` worker
-      processes (default: one per core), stopped when the fabric shuts down.
+      processes (default: one per core, each holding ``prefetch`` batches and
+      killed and replaced above ``memory_limit_mb`` of RSS, 0 for no limit),
+      stopped when the fabric shuts down.
     - ``connect("cluster.toml")``: the nodes a cluster file names.
     - ``connect("tcp://host:port")``: one running node; the others are learned
       from its heartbeats.
 
-    Keywords override the cluster file's settings.
+    Keywords override the cluster file's settings (see :mod:`fabric.config`):
+    ``connect_timeout_s`` is how long queued work waits for any worker before
+    failing with :class:`~fabric.NoNodesError`; ``max_message_bytes`` caps one
+    serialized batch of arguments or results.
     """
     for name, value in (("workers", workers), ("prefetch", prefetch), ("retries", retries)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     config = _cluster_config(address)
-    overrides = {"heartbeat_interval_s": heartbeat_interval_s, "liveness_s": liveness_s, "retries": retries,
-                 "insecure": insecure}
+    overrides = {
+        "heartbeat_interval_s": heartbeat_interval_s, "liveness_s": liveness_s, "retries": retries,
+        "connect_timeout_s": connect_timeout_s, "max_message_bytes": max_message_bytes, "insecure": insecure,
+    }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if address is None:
         embedded = EmbeddedNode(
-            workers or default_workers(), prefetch or DEFAULT_PREFETCH, config.heartbeat_interval_s, config.liveness_s
+            workers or default_workers(), prefetch or DEFAULT_PREFETCH, config.heartbeat_interval_s, config.liveness_s,
+            memory_limit_mb,
         )
         return Fabric([embedded.endpoint], embedded.bind_where, config, embedded=embedded)
     controls = [node.address for node in config.nodes]
@@ -130,18 +134,23 @@ def client_bind_host(control: str, insecure: bool) -> str:
     return local
 
 
-class Fabric(concurrent.futures.Executor):
+class Fabric(TaskAPI, concurrent.futures.Executor):
     """Runs functions on the workers of every node it is connected to.
 
     A :class:`concurrent.futures.Executor`: code written for
-    ``ProcessPoolExecutor`` works unchanged.  Thread-safe.
+    ``ProcessPoolExecutor`` works unchanged.  Thread-safe.  ``submit``,
+    ``map``, ``map_reduce`` and ``options`` come from
+    :class:`~fabric.submission.TaskAPI`.
     """
 
     def __init__(
         self, controls: list[str], bind_where: str, config: ClusterConfig, *, embedded: EmbeddedNode | None = None
     ) -> None:
+        self._fabric = self
+        self._task_options = TaskOptions()
+        self._config = config
         self._embedded = embedded
-        self._functions = codec.FunctionCache()
+        self._shipper = FunctionShipper(config.retries)
         self._context = zmq.Context()
         self._closed = False
         self.address = controls[0]
@@ -149,6 +158,7 @@ class Fabric(concurrent.futures.Executor):
             self._io = IOLoop(
                 self._context, f"c-{uuid.uuid4().hex[:12]}".encode(), bind_where, retries=config.retries,
                 heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
+                connect_timeout_s=config.connect_timeout_s, max_message_bytes=config.max_message_bytes,
             )
             for control in controls:
                 self._io.add_node(control, embedded.sentinel() if embedded else None)
@@ -159,80 +169,18 @@ class Fabric(concurrent.futures.Executor):
             raise
         _open_fabrics.add(self)
 
-    # -- Executor API ---------------------------------------------------------------
+    # -- shared by the task API (fabric.submission) ---------------------------------
 
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:
-        """Run ``fn(*args, **kwargs)`` on a worker; every keyword goes to ``fn``.
+    def _shipped(self, fn: Callable[..., Any], options: TaskOptions) -> tuple[bytes, bytes]:
+        return self._shipper.get(fn, options)
 
-        Raises :class:`~fabric.SerializationError` here, in the caller, when the
-        function or an argument cannot be serialized.
-        """
-        self._check_open()
-        digest, fn_payload = self._functions.get(fn)
-        payload = codec.pickle_frames((args, kwargs))
-        future = Future()
-        owner = FutureGroup([future])
-        batch = Batch(next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1, owner)
-        self._io.post_batch(batch)
-        return future
-
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        ordered: bool = True,
-    ) -> Iterator[R]:
-        """Lazily apply ``fn`` to every item (``fn(*items)`` for several iterables).
-
-        Results come in input order, or as they finish with ``ordered=False``.
-        Work starts at once; input is read as results are consumed, with a
-        bounded number of batches in flight.  ``chunksize`` fixes the batch
-        size (default: adapted to a few ms of work per batch).  ``timeout``
-        bounds the wait, from this call, as in ``Executor.map``.
-        """
-        self._check_open()
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        mode = Mode.MAP if len(iterables) == 1 else Mode.STARMAP
-        items = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
-        limit = balance_limit(sized_length(iterables), self._io.workers() or default_workers())
-        stream = MapStream(
-            self._functions.get(fn),
-            mode,
-            items,
-            post=self._io.post_batch,
-            capacity=self._io.capacity,
-            sizer=BatchSizer(chunksize, limit),
-            ordered=ordered,
-            deadline=None if timeout is None else time.monotonic() + timeout,
-        )
-        stream.start()
-        return stream.results()
-
-    def map_reduce(
-        self,
-        mapper: Callable[[T], R],
-        reducer: Callable[[Any, R], Any],
-        iterable: Iterable[T],
-        *,
-        initial: Any = _NO_INITIAL,
-        ordered: bool = False,
-        chunksize: int | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """``reduce(reducer, map(mapper, iterable), initial)``, folding in the client.
-
-        The mapper runs on the workers; the reducer folds each result into the
-        accumulator as it arrives, so no list of all results is kept.  Results
-        are folded in completion order (the reducer should be associative and
-        commutative), or in input order with ``ordered=True``.
-        """
-        results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered)
-        if initial is _NO_INITIAL:
-            return functools.reduce(reducer, results)
-        return functools.reduce(reducer, results, initial)
+    def _check_size(self, payload: list[Any], what: str) -> None:
+        size = sum(len(memoryview(frame)) for frame in payload)
+        if size > self._config.max_message_bytes:
+            raise SerializationError(
+                f"{what} serialize to {size:,} bytes, over max_message_bytes={self._config.max_message_bytes:,}; "
+                "raise it with connect(max_message_bytes=...) or in cluster.toml, or send a reference instead"
+            )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work, optionally cancel what has not started, and

@@ -181,6 +181,9 @@ def binding_guard(fn: object, _seen: set[int] | None = None) -> tuple[int, ...]:
     reads, its closure cells and defaults, recursively through the by-value
     functions among them.  Functions pickled by reference (importable) have an
     empty guard."""
+    wrapped = getattr(fn, "__wrapped__", None)
+    if wrapped is not None and not isinstance(fn, types.FunctionType):
+        return binding_guard(wrapped, _seen)
     if not isinstance(fn, types.FunctionType) or not _pickled_by_value(fn):
         return ()
     seen = _seen if _seen is not None else set()

@@ -6,6 +6,8 @@ Every key, its default and its unit, in one place::
     heartbeat_interval_s = 1.0    # how often each node publishes a heartbeat
     liveness_s = 3.0              # silence after which a node (or client) is declared dead
     retries = 3                   # attempts for a task whose worker dies
+    connect_timeout_s = 30.0      # how long queued work waits for any worker before NoNodesError
+    max_message_bytes = 1073741824  # cap on one serialized batch of arguments or results (1 GiB)
     insecure = false              # allow binding non-loopback addresses without authentication
 
     [[node]]                      # one table per seed node
@@ -14,6 +16,7 @@ Every key, its default and its unit, in one place::
     workers = 2                   # worker processes (cores to use); default: every core
     prefetch = 2                  # batches each worker may hold (1 running + queued)
     max_load = 100.0              # whole-machine CPU % above which the node takes no new batches
+    memory_limit_mb = 0           # RSS above which a worker is killed and replaced (0: no limit)
 
 A mistake (unknown key, wrong type, duplicate node, bad address) raises
 :class:`ConfigError` naming the file, the key and the reason, before anything
@@ -36,6 +39,8 @@ DEFAULT_LIVENESS_S = 3.0
 DEFAULT_RETRIES = 3
 DEFAULT_PREFETCH = 2  # one batch running, one waiting in the worker's socket
 DEFAULT_MAX_LOAD = 100.0
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 
 
 class ConfigError(FabricError, ValueError):
@@ -56,6 +61,7 @@ class NodeConfig:
     workers: int = field(default_factory=default_workers)
     prefetch: int = DEFAULT_PREFETCH
     max_load: float = DEFAULT_MAX_LOAD
+    memory_limit_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class ClusterConfig:
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     liveness_s: float = DEFAULT_LIVENESS_S
     retries: int = DEFAULT_RETRIES
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     insecure: bool = False
     source: str = "<defaults>"
 
@@ -74,8 +82,11 @@ class ClusterConfig:
         raise ConfigError(f"{self.source}: no [[node]] named {name!r} (have: {', '.join(n.name for n in self.nodes)})")
 
 
-_CLUSTER_KEYS = {"heartbeat_interval_s": float, "liveness_s": float, "retries": int, "insecure": bool}
-_NODE_KEYS = {"name": str, "address": str, "workers": int, "prefetch": int, "max_load": float}
+_CLUSTER_KEYS = {
+    "heartbeat_interval_s": float, "liveness_s": float, "retries": int, "connect_timeout_s": float,
+    "max_message_bytes": int, "insecure": bool,
+}
+_NODE_KEYS = {"name": str, "address": str, "workers": int, "prefetch": int, "max_load": float, "memory_limit_mb": int}
 
 
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
@@ -113,6 +124,8 @@ def _node(entry: object, source: str, index: int) -> NodeConfig:
     for key in ("workers", "prefetch"):
         if getattr(node, key) < 1:
             raise ConfigError(f"{source}: {where}{key}: must be >= 1, got {getattr(node, key)}")
+    if node.memory_limit_mb < 0:
+        raise ConfigError(f"{source}: {where}memory_limit_mb: must be >= 0 (0: no limit), got {node.memory_limit_mb}")
     if not 0 <= node.max_load <= 100:
         raise ConfigError(f"{source}: {where}max_load: a CPU percentage from 0 to 100, got {node.max_load}")
     return node
@@ -158,6 +171,10 @@ def _check_positive(config: ClusterConfig, source: str) -> None:
         raise ConfigError(f"{source}: cluster.liveness_s: must exceed heartbeat_interval_s (several beats)")
     if config.retries < 1:
         raise ConfigError(f"{source}: cluster.retries: must be >= 1")
+    if config.connect_timeout_s <= 0:
+        raise ConfigError(f"{source}: cluster.connect_timeout_s: must be > 0")
+    if config.max_message_bytes < 1024:
+        raise ConfigError(f"{source}: cluster.max_message_bytes: must be >= 1024")
 
 
 def check_address(address: str, where: str) -> tuple[str, int]:

@@ -27,13 +27,16 @@ STOP_TIMEOUT_S = 5.0
 class EmbeddedNode:
     """One local node process and its private socket directory."""
 
-    def __init__(self, workers: int, prefetch: int, heartbeat_interval_s: float, liveness_s: float) -> None:
+    def __init__(
+        self, workers: int, prefetch: int, heartbeat_interval_s: float, liveness_s: float, memory_limit_mb: int = 0
+    ) -> None:
         self.dir = tempfile.mkdtemp(prefix="fabric-")
         self.bind_where = f"ipc://{self.dir}" if zmq.has("ipc") else "127.0.0.1"
         requested = f"{self.bind_where}/node" if zmq.has("ipc") else "tcp://127.0.0.1:*"
         cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", requested, "--name", "embedded"]
         cmd += ["--workers", str(workers), "--prefetch", str(prefetch), "--heartbeat-interval", str(heartbeat_interval_s)]
-        cmd += ["--liveness", str(liveness_s), "--owner-pid", str(os.getpid()), "--announce"]
+        cmd += ["--liveness", str(liveness_s), "--memory-limit-mb", str(memory_limit_mb)]
+        cmd += ["--owner-pid", str(os.getpid()), "--announce"]
         self.process = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         line = self.process.stdout.readline().decode().strip() if self.process.stdout else ""
         if not line:

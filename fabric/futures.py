@@ -24,7 +24,14 @@ ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 
 
 class Future(concurrent.futures.Future):  # type: ignore[type-arg]
-    """The outcome of one submitted task; a :class:`concurrent.futures.Future`."""
+    """The outcome of one submitted task; a :class:`concurrent.futures.Future`.
+
+    ``task`` names the submitted function, for messages.
+    """
+
+    def __init__(self, task: str = "") -> None:
+        super().__init__()
+        self.task = task
 
 
 def as_completed(fs: Iterable[concurrent.futures.Future], timeout: float | None = None) -> Iterator[Any]:
@@ -79,6 +86,10 @@ class FutureGroup:
                 future.set_result(results[index])
             else:
                 future.set_exception(codec.rebuild_error(record))
+
+    def describe(self, batch: Any) -> str:
+        names = sorted({f.task for f in self.futures})
+        return f"task {', '.join(names)}" + (f" ({len(self.futures)} calls)" if len(self.futures) > 1 else "")
 
     def cancel(self, batch: Any) -> None:
         for future in self.futures:

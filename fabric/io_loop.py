@@ -63,13 +63,17 @@ class IOLoop:
 
     def __init__(
         self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
-        heartbeat_interval_s: float, liveness_s: float,
+        heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float = 30.0,
+        max_message_bytes: int = 1 << 30,
     ) -> None:
         self.client_id = client_id
         self.context = context
         self.ventilator = Ventilator(retries)
         self.membership = Membership(liveness_s)
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self._starved_since: float | None = None  # work queued while no worker was known
         self.vent = self._router()
         self.sink = self._router()
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
@@ -167,7 +171,8 @@ class IOLoop:
             self.poller.register(exit_sentinel, zmq.POLLIN)
 
     def _hello(self, sock: zmq.Socket) -> None:
-        sock.send_multipart(to_frames(Hello(self.client_id, self.vent_endpoint, self.sink_endpoint)), zmq.NOBLOCK)
+        hello = Hello(self.client_id, self.vent_endpoint, self.sink_endpoint, self.max_message_bytes)
+        sock.send_multipart(to_frames(hello), zmq.NOBLOCK)
 
     def _subscribe(self, pub: str) -> None:
         if pub not in self.subscribed:
@@ -207,9 +212,27 @@ class IOLoop:
             log.warning("client: node %s silent for %.1f s, declared dead", stats.name, self.membership.liveness_s)
             self.declared_dead.add(stats.node_id)
             self._node_lost(stats.node_id, f"node {stats.name} stopped answering")
+        self._check_starved(now)
+
+    def _check_starved(self, now: float) -> None:
+        """Queued work with no worker anywhere waits ``connect_timeout_s``, then fails."""
+        if self.ventilator.workers or not self.ventilator.has_pending():
+            self._starved_since = None
+        elif self._starved_since is None:
+            self._starved_since = now
+        elif now - self._starved_since > self.connect_timeout_s:
+            self._starved_since = None
+            exc = NoNodesError(
+                f"no worker was reachable for {self.connect_timeout_s:.0f} s (nodes tried: "
+                f"{', '.join(self.controls) or 'none'}); start a node or check the addresses"
+            )
+            for batch in self.ventilator.drop_pending():
+                batch.owner.fail(batch, exc)
 
     def _timeout_ms(self, now: float) -> float:
         deadlines = [self._next_hello, self.membership.next_expiry() or self._next_hello]
+        if self._starved_since is not None:
+            deadlines.append(self._starved_since + self.connect_timeout_s)
         return max(0.0, min(deadlines) - now) * 1000 + 1
 
     # -- loop ---------------------------------------------------------------------------

@@ -64,6 +64,8 @@ class MapStream:
         sizer: BatchSizer,
         ordered: bool,
         deadline: float | None,
+        retries: int | None = None,
+        check_size: Callable[[list[Any], str], None] | None = None,
     ) -> None:
         self._digest, self._fn_payload = fn_info
         self._mode = mode
@@ -73,9 +75,12 @@ class MapStream:
         self.sizer = sizer
         self._ordered = ordered
         self._deadline = deadline
+        self._retries = retries
+        self._check_size = check_size
         self._encoder = codec.PayloadEncoder()
         self._cond = threading.Condition()
         self._lengths: dict[int, int] = {}  # chunk seq -> items
+        self._starts: dict[int, int] = {}  # chunk seq -> index of its first item in the input
         self._filled: dict[int, int] = {}
         self._parts: dict[int, list[Part]] = {}
         self._complete: deque[int] = deque()  # unordered only: seqs in completion order
@@ -104,6 +109,11 @@ class MapStream:
 
     def fail(self, batch: Batch, exc: BaseException) -> None:
         self._add(batch.seq, Part(batch.offset, batch.n_items, exc=exc))
+
+    def describe(self, batch: Batch) -> str:
+        start = self._starts.get(batch.seq)
+        where = f"item {start + batch.offset}" if start is not None else "an item"
+        return f"map {where}" + (f" (and the {batch.n_items - 1} after it)" if batch.n_items > 1 else "")
 
     def cancel(self, batch: Batch) -> None:
         self.fail(batch, concurrent.futures.CancelledError("the map was cancelled by shutdown(cancel_futures=True)"))
@@ -175,11 +185,19 @@ class MapStream:
         except SerializationError:
             self._post_unencodable(chunk)
             return
+        index = self._items_posted
         seq = self._new_seq(len(chunk))
+        if self._check_size is not None:
+            try:
+                self._check_size(payload, f"map input items {index}..{index + len(chunk) - 1}")
+            except SerializationError as exc:
+                self._add(seq, Part(0, len(chunk), exc=exc))
+                self._exhausted = True
+                return
         self._post(
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
-                len(chunk), self, seq=seq, sizer=self.sizer,
+                len(chunk), self, seq=seq, sizer=self.sizer, retries=self._retries,
             )
         )
 
@@ -201,6 +219,7 @@ class MapStream:
         seq = self._posted
         with self._cond:
             self._lengths[seq] = n_items
+            self._starts[seq] = self._items_posted
         self._posted += 1
         self._items_posted += n_items
         return seq
@@ -212,6 +231,7 @@ class MapStream:
                 if seq is not None:
                     self._filled.pop(seq)
                     del self._lengths[seq]
+                    del self._starts[seq]
                     return seq, self._parts.pop(seq)
                 if self._deadline is None:
                     self._cond.wait()

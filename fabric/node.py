@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import psutil
 import zmq
 
 from . import processes
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 SHUTDOWN_GRACE_S = 2.0
+HEALTH_CHECK_S = 0.2  # worker memory and SIGSTOP checks; a worker over its limit dies within this
 
 
 def new_id(prefix: str) -> bytes:
@@ -72,6 +74,7 @@ class NodeOptions:
     liveness_s: float = DEFAULT_LIVENESS_S
     seeds: tuple[str, ...] = ()  # control endpoints of peers to join
     insecure: bool = False
+    memory_limit_mb: int = 0  # RSS above which a worker is killed and replaced; 0: no limit
     owner_pid: int | None = None  # embedded: exit when this process exits
 
 
@@ -117,6 +120,9 @@ class Node:
         self.subscribed: set[str] = set()
         self.seeds: dict[str, zmq.Socket] = {}
         self.processes: dict[bytes, subprocess.Popen[bytes]] = {}
+        self.health: dict[bytes, psutil.Process] = {}
+        self.stopped_since: dict[bytes, float] = {}
+        self.kill_reasons: dict[bytes, str] = {}
         self.sentinels: dict[int, bytes] = {}
         self.owner_fd = processes.pidfd(options.owner_pid) if options.owner_pid else None
         if self.owner_fd is not None:
@@ -144,6 +150,7 @@ class Node:
         cmd = [sys.executable, "-m", "fabric.worker", self.endpoint, worker_id.decode(), str(os.getpid())]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         self.processes[worker_id] = proc
+        self.health[worker_id] = psutil.Process(proc.pid)
         self.state.worker_spawned(worker_id, proc.pid)
         fd = processes.pidfd(proc.pid)
         if fd is not None:
@@ -153,15 +160,44 @@ class Node:
     def _reap(self, worker_id: bytes) -> None:
         proc = self.processes.pop(worker_id)
         exitcode = proc.wait()
+        self.health.pop(worker_id, None)
+        self.stopped_since.pop(worker_id, None)
+        reason = self.kill_reasons.pop(worker_id, "") or describe_exit(exitcode)
         for fd in [fd for fd, wid in self.sentinels.items() if wid == worker_id]:
             self.poller.unregister(fd)
             os.close(fd)
             del self.sentinels[fd]
         if self.running:
-            log.warning("node %s: worker %s %s", self.state.settings.name, worker_id.decode(), describe_exit(exitcode))
-        self._send(self.state.worker_exited(worker_id, exitcode))
+            level = logging.INFO if exitcode == 0 else logging.WARNING
+            log.log(level, "node %s: worker %s %s", self.state.settings.name, worker_id.decode(), reason)
+        self._send(self.state.worker_exited(worker_id, exitcode, reason))
         if self.running:
             self.spawn_worker()
+
+    def _check_health(self, now: float) -> None:
+        """Kill workers over their memory limit, or stopped (SIGSTOP) for longer
+        than the liveness timeout; their exit then follows the usual path."""
+        limit_bytes = self.options.memory_limit_mb * 1024 * 1024
+        for worker_id, proc in list(self.health.items()):
+            try:
+                stopped = proc.status() == psutil.STATUS_STOPPED
+                rss = proc.memory_info().rss if limit_bytes else 0
+            except psutil.Error:
+                continue  # exiting: its sentinel reports it
+            if limit_bytes and rss > limit_bytes:
+                self._kill(worker_id, f"exceeded its memory limit of {self.options.memory_limit_mb} MB "
+                                      f"(RSS {rss // (1024 * 1024)} MB)")
+            elif not stopped:
+                self.stopped_since.pop(worker_id, None)
+            elif now - self.stopped_since.setdefault(worker_id, now) > self.options.liveness_s:
+                self._kill(worker_id, f"was stopped (hung) for more than {self.options.liveness_s:.1f} s")
+
+    def _kill(self, worker_id: bytes, reason: str) -> None:
+        if worker_id in self.kill_reasons:
+            return
+        self.kill_reasons[worker_id] = reason
+        self.health.pop(worker_id, None)
+        self.processes[worker_id].kill()
 
     def _reap_exited(self, events: dict[object, int]) -> None:
         if self.sentinels:
@@ -256,10 +292,10 @@ class Node:
         for seed in self.options.seeds:
             if seed != self.endpoint:
                 self._hello_peer(seed)
-        next_beat = time.monotonic()
+        next_beat = next_health = time.monotonic()
         try:
             while self.running:
-                timeout_s = max(0.0, next_beat - time.monotonic())
+                timeout_s = max(0.0, min(next_beat, next_health) - time.monotonic())
                 if not self.sentinels and self.processes:
                     timeout_s = min(timeout_s, processes.FALLBACK_POLL_S)
                 events = dict(self.poller.poll(timeout_s * 1000))
@@ -272,6 +308,9 @@ class Node:
                     if sock in events:
                         self._on_heartbeats(sock, now)
                 self._reap_exited(events)
+                if now >= next_health:
+                    self._check_health(now)
+                    next_health = now + HEALTH_CHECK_S
                 if now >= next_beat:
                     self._beat(now)
                     next_beat = now + self.options.heartbeat_interval_s

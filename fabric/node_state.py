@@ -73,19 +73,22 @@ class NodeState:
         if record is not None:
             record.report = report
 
-    def worker_exited(self, worker_id: bytes, exitcode: int) -> Outbox:
+    def worker_exited(self, worker_id: bytes, exitcode: int, reason: str = "") -> Outbox:
         record = self.workers.pop(worker_id, None)
         if record is None:
             return []
         self.lost_done += record.report.done
         self.lost_failed += record.report.failed
-        lost = WorkerLost(worker_id, exitcode, describe_exit(exitcode))
+        lost = WorkerLost(worker_id, exitcode, reason or describe_exit(exitcode))
         return [(client_id, lost) for client_id in record.clients if client_id in self.clients]
 
     def _attach(self, record: WorkerRecord, hello: Hello) -> tuple[bytes, Message]:
         record.clients.add(hello.client_id)
         settings = self.settings
-        return record.worker_id, Attach(hello.client_id, hello.ventilator, hello.sink, settings.credits, settings.node_id)
+        attach = Attach(
+            hello.client_id, hello.ventilator, hello.sink, settings.credits, settings.node_id, hello.max_message_bytes
+        )
+        return record.worker_id, attach
 
     # -- clients -------------------------------------------------------------------
 

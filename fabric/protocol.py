@@ -8,7 +8,7 @@ A message is one ZeroMQ multipart message (after any ROUTER routing-id frame)::
 
 Control plane (client <-> node, worker <-> node, node <-> node, on the node's ROUTER)::
 
-    HELLO        client -> node     client_id, ventilator endpoint, sink endpoint;
+    HELLO        client -> node     client_id, ventilator endpoint, sink endpoint, size cap;
                                     re-sent every heartbeat interval as the client's heartbeat
     GOODBYE      client -> node     client_id
     PEER_HELLO   node   -> node     node_id, control endpoint, heartbeat endpoint
@@ -19,7 +19,7 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
     NODE_LEAVING node   -> client   node_id: re-queue what its workers hold
     WORKER_UP    worker -> node     worker_id, pid
     WORKER_REPORT worker -> node    tasks done, failed, busy seconds, running now
-    ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id
+    ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id, size cap
     DETACH       node   -> worker   client_id
     WORKER_LOST  node   -> client   worker_id, exit code, reason
     SHUTDOWN     node   -> worker / client -> embedded node
@@ -111,10 +111,11 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     KIND = Kind.HELLO
-    CHECKS = (bytes, str, str)
+    CHECKS = (bytes, str, str, int)
     client_id: bytes
     ventilator: str
     sink: str
+    max_message_bytes: int
 
 
 def _is_str_map(value: object) -> bool:
@@ -186,12 +187,13 @@ class WorkerUp(Message):
 @dataclass(frozen=True, slots=True)
 class Attach(Message):
     KIND = Kind.ATTACH
-    CHECKS = (bytes, str, str, int, bytes)
+    CHECKS = (bytes, str, str, int, bytes, int)
     client_id: bytes
     ventilator: str
     sink: str
     credits: int
     node_id: bytes
+    max_message_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,10 @@ class BatchOwner(Protocol):
         """The batch was dropped before it ran (shutdown with cancel_futures)."""
         ...
 
+    def describe(self, batch: Batch) -> str:
+        """Name the batch's task(s) for an error message."""
+        ...
+
     def merge(self, owners: list[BatchOwner]) -> BatchOwner:
         """One owner for merged CALL batches (only futures' owners are merged)."""
         ...
@@ -92,6 +96,7 @@ class Batch:
     offset: int = 0
     attempts: int = 0
     sizer: BatchSizer | None = None
+    retries: int | None = None  # per-call override of the ventilator's default
 
     def frames(self, with_fn: bool) -> list[Any]:
         header = TaskBatch(self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn, self.n_items)
@@ -183,7 +188,7 @@ class Ventilator:
                 self._queue_for(batch).extendleft((second, first))
                 continue
             batch.attempts += 1
-            if batch.attempts >= self.retries:
+            if batch.attempts >= (batch.retries or self.retries):
                 failed.append((batch, crash_error(batch, reason)))
             else:
                 self._queue_for(batch).appendleft(batch)
@@ -291,14 +296,16 @@ class Ventilator:
             held.clear()
         return dropped
 
+    def has_pending(self) -> bool:
+        return any(b.owner.alive() for b in itertools.chain(self.urgent, self.bulk))
+
     def idle(self) -> bool:
-        return not (self.in_flight or any(b.owner.alive() for b in itertools.chain(self.urgent, self.bulk)))
+        return not (self.in_flight or self.has_pending())
 
 
 def crash_error(batch: Batch, reason: str) -> WorkerCrashedError:
     return WorkerCrashedError(
-        f"task {batch.offset} of its batch killed its worker on {batch.attempts} attempts "
-        f"(last: {reason or 'worker lost'}); it may crash the interpreter (a segmentation fault in native code, os._exit) "
-        "it may crash the interpreter (a segmentation fault in native code, os._exit) "
+        f"{batch.owner.describe(batch)} killed its worker on {batch.attempts} attempts (last: {reason or 'lost'}); "
+        "the task may crash the interpreter (a segmentation fault in native code, os._exit) "
         "or use more memory than the machine or the worker's memory limit allows"
     )

@@ -28,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from . import codec, processes
+from . import codec, options, processes
 from .errors import ProtocolError, SerializationError
 from .protocol import (
     Attach,
@@ -56,6 +56,7 @@ class ClientLink:
 
     ventilator: zmq.Socket
     sink: zmq.Socket
+    max_message_bytes: int
     functions: dict[bytes, Callable[..., Any]] = field(default_factory=dict)
     encoders: dict[bytes, codec.PayloadEncoder] = field(default_factory=dict)
 
@@ -118,7 +119,7 @@ def run_batch(link: ClientLink, batch: TaskBatch) -> ResultBatch:
             return _batch_failed(batch, exc, started)
         results, errors = apply(fn, batch.mode, items)
     encoder = link.encoders.setdefault(batch.digest, codec.PayloadEncoder())
-    result_codec, payload = _encode_results(encoder, results, errors)
+    result_codec, payload = _encode_results(encoder, results, errors, link.max_message_bytes)
     return ResultBatch(batch.batch_id, result_codec, errors, time.perf_counter() - started, payload)
 
 
@@ -136,19 +137,41 @@ def _batch_failed(batch: TaskBatch, exc: BaseException, started: float) -> Resul
     return ResultBatch(batch.batch_id, codec.PICKLE, errors, time.perf_counter() - started, codec.pickle_frames(None))
 
 
-def _encode_results(encoder: codec.PayloadEncoder, results: list[Any], errors: list[codec.ErrorRecord]):
-    """Encode the result list; results that cannot be serialized become errors."""
+def _encode_results(
+    encoder: codec.PayloadEncoder, results: list[Any], errors: list[codec.ErrorRecord], max_bytes: int
+) -> tuple[int, list[Any]]:
+    """Encode the result list; results that cannot be serialized, or that
+    would take the batch over ``max_bytes``, become errors."""
     try:
-        return encoder.encode(results)
+        encoded = encoder.encode(results)
+        if _size(encoded[1]) <= max_bytes:
+            return encoded
     except SerializationError:
         pass
+    sizes = {}
     for index, value in enumerate(results):
         try:
-            codec.pickle_frames(value)
+            sizes[index] = _size(codec.pickle_frames(value))
         except SerializationError as exc:
-            errors.append(codec.error_record(index, SerializationError(f"result of task {index}: {exc}")))
-            results[index] = None
+            _fail_result(results, errors, index, SerializationError(f"result of task {index}: {exc}"))
+    total = sum(sizes.values())
+    for index in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if total <= max_bytes:
+            break
+        total -= sizes[index]
+        message = f"result of task {index} is {sizes[index]:,} bytes; with the rest of its batch that is over "
+        message += f"max_message_bytes={max_bytes:,} (raise it with connect(max_message_bytes=...) or in cluster.toml)"
+        _fail_result(results, errors, index, SerializationError(message))
     return encoder.encode(results)
+
+
+def _fail_result(results: list[Any], errors: list[codec.ErrorRecord], index: int, exc: BaseException) -> None:
+    errors.append(codec.error_record(index, exc))
+    results[index] = None
+
+
+def _size(frames: list[Any]) -> int:
+    return sum(len(memoryview(f)) for f in frames)
 
 
 class Worker:
@@ -223,7 +246,7 @@ class Worker:
     def _attach(self, msg: Attach) -> None:
         if msg.client_id in self.links:  # re-attached after the client lost sight of us: start afresh
             self._detach(msg.client_id)
-        link = ClientLink(self._socket(zmq.DEALER), self._socket(zmq.DEALER))
+        link = ClientLink(self._socket(zmq.DEALER), self._socket(zmq.DEALER), msg.max_message_bytes)
         link.sink.setsockopt(zmq.LINGER, 500)
         link.ventilator.connect(msg.ventilator)
         link.sink.connect(msg.sink)
@@ -253,6 +276,8 @@ class Worker:
         result = run_batch(link, batch)
         link.sink.send_multipart(to_frames(result), copy=False)
         self._count(batch, result)
+        if options.recycle_requested():  # a task was interrupted: leave no trace of it
+            self.running = False
 
     def _count(self, batch: TaskBatch, result: ResultBatch) -> None:
         n_items = batch.n_items

@@ -4,7 +4,7 @@ from fabric.heartbeat import NodeStats
 from fabric.node_state import NodeSettings, NodeState, describe_exit
 from fabric.protocol import Attach, Detach, Heartbeat, Hello, NodeLeaving, WorkerLost, WorkerReport
 
-HELLO = Hello(b"c-1", "ipc:///v", "ipc:///s")
+HELLO = Hello(b"c-1", "ipc:///v", "ipc:///s", 1024)
 SETTINGS = NodeSettings(b"n-1", "alpha", "tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101", 3, 100.0, 3.0)
 
 
@@ -20,7 +20,7 @@ def test_workers_attach_to_clients_in_either_order():
     state.worker_spawned(b"w-1", 10)
     out = state.client_hello(HELLO, now=0.0)
     assert [type(m) for _, m in out] == [Heartbeat]  # the worker is not up yet
-    assert state.worker_up(b"w-1") == [(b"w-1", Attach(b"c-1", "ipc:///v", "ipc:///s", 3, b"n-1"))]
+    assert state.worker_up(b"w-1") == [(b"w-1", Attach(b"c-1", "ipc:///v", "ipc:///s", 3, b"n-1", 1024))]
     assert state.worker_up(b"w-1") == []  # a repeated WORKER_UP changes nothing
 
 

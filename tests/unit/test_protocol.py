@@ -28,7 +28,7 @@ from fabric.protocol import (
 )
 
 MESSAGES = [
-    Hello(b"c-1", "ipc:///tmp/x/ventilator", "tcp://127.0.0.1:5000"),
+    Hello(b"c-1", "ipc:///tmp/x/ventilator", "tcp://127.0.0.1:5000", 1 << 30),
     Heartbeat(b"n-1", {"name": "alpha", "workers": 4, "peers": [["tcp://a:1", "tcp://a:2"]]}),
     Goodbye(b"c-1"),
     PeerHello(b"n-1", "tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101"),
@@ -37,7 +37,7 @@ MESSAGES = [
     NodeLeaving(b"n-1"),
     WorkerReport(10, 1, 0.5, True),
     WorkerUp(b"w-1", 1234),
-    Attach(b"c-1", "ipc:///v", "ipc:///s", 2, b"n-1"),
+    Attach(b"c-1", "ipc:///v", "ipc:///s", 2, b"n-1", 1 << 30),
     Detach(b"c-1"),
     WorkerLost(b"w-1", -9, "killed by signal SIGKILL"),
     Shutdown(),

@@ -31,6 +31,9 @@ class Owner:
     def cancel(self, batch):
         self.failed.append((batch, None))
 
+    def describe(self, batch):
+        return "the test task"
+
 
 def map_batch(items, owner=None):
     codec_id, payload = codec.PayloadEncoder().encode(list(items))

@@ -1,0 +1,169 @@
+"""submit / map / map_reduce / options: the task API of a fabric and of its views.
+
+User threads call these; they serialize in the calling thread, so an
+unserializable function or argument raises here, and hand batches to the
+client's I/O thread.  :class:`TaskAPI` is shared by :class:`~fabric.Fabric`
+and by :class:`FabricView`, the object ``fx.options(...)`` returns: a view
+carries per-call :class:`~fabric.options.TaskOptions` and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import codec
+from .batching import BatchSizer, balance_limit
+from .errors import SerializationError
+from .futures import Future, FutureGroup
+from .mapping import MapStream, sized_length
+from .options import Guarded, TaskOptions
+from .protocol import Mode
+from .ventilator import Batch, next_batch_id
+
+if TYPE_CHECKING:
+    from .client import Fabric
+
+T = TypeVar("T")
+R = TypeVar("R")
+_NO_INITIAL: Any = object()
+MAX_GUARDS = 256  # wrapped (function, options) pairs kept, so their pickles are reused
+
+
+class TaskAPI:
+    """Task submission, parameterised by the options of ``self``."""
+
+    _fabric: Fabric
+    _task_options: TaskOptions
+
+    def options(self, **changes: Any) -> FabricView:
+        """A view whose calls use these options (``task_timeout``, ``retries``,
+        ``retry_on``, ``cache``); the fabric itself is unchanged."""
+        return FabricView(self._fabric, self._task_options.merged(**changes))
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; every keyword goes to ``fn``.
+
+        Raises :class:`~fabric.SerializationError` here, in the caller, when the
+        function or an argument cannot be serialized.
+        """
+        fabric = self._fabric
+        fabric._check_open()
+        options = self._task_options
+        digest, fn_payload = fabric._shipped(fn, options)
+        payload = codec.pickle_frames((args, kwargs))
+        fabric._check_size(payload, f"the arguments of {_name(fn)}")
+        future = Future(_name(fn))
+        batch = Batch(
+            next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
+            FutureGroup([future]), retries=options.retries,
+        )
+        fabric._io.post_batch(batch)
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        ordered: bool = True,
+        **options: Any,
+    ) -> Iterator[R]:
+        """Lazily apply ``fn`` to every item (``fn(*items)`` for several iterables).
+
+        Results come in input order, or as they finish with ``ordered=False``.
+        Work starts at once; input is read as results are consumed, with a
+        bounded number of batches in flight.  ``chunksize`` fixes the batch
+        size (default: adapted to a few ms of work per batch).  ``timeout``
+        bounds the caller's wait, from this call, as in ``Executor.map``; task
+        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
+        given as keywords.
+        """
+        fabric = self._fabric
+        fabric._check_open()
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        task_options = self._task_options.merged(**options)
+        mode = Mode.MAP if len(iterables) == 1 else Mode.STARMAP
+        items = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
+        limit = balance_limit(sized_length(iterables), fabric._io.workers() or 1)
+        stream = MapStream(
+            fabric._shipped(fn, task_options),
+            mode,
+            items,
+            post=fabric._io.post_batch,
+            capacity=fabric._io.capacity,
+            sizer=BatchSizer(chunksize, limit),
+            ordered=ordered,
+            deadline=None if timeout is None else time.monotonic() + timeout,
+            retries=task_options.retries,
+            check_size=fabric._check_size,
+        )
+        stream.start()
+        return stream.results()
+
+    def map_reduce(
+        self,
+        mapper: Callable[[T], R],
+        reducer: Callable[[Any, R], Any],
+        iterable: Iterable[T],
+        *,
+        initial: Any = _NO_INITIAL,
+        ordered: bool = False,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """``reduce(reducer, map(mapper, iterable), initial)``, folding in the client.
+
+        The mapper runs on the workers; the reducer folds each result into the
+        accumulator as it arrives, so no list of all results is kept.  Results
+        are folded in completion order (the reducer should be associative and
+        commutative), or in input order with ``ordered=True``.
+        """
+        results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
+        if initial is _NO_INITIAL:
+            return functools.reduce(reducer, results)
+        return functools.reduce(reducer, results, initial)
+
+
+class FabricView(TaskAPI):
+    """``fx.options(...)``: the fabric's task API with other per-call options."""
+
+    def __init__(self, fabric: Fabric, options: TaskOptions) -> None:
+        self._fabric = fabric
+        self._task_options = options
+
+    def __repr__(self) -> str:
+        return f"<fabric.FabricView of {self._fabric!r} with {self._task_options}>"
+
+
+class FunctionShipper:
+    """Digest and pickle of each function, wrapped in :class:`Guarded` when its
+    options need it (wrappers are kept, so their pickles are reused too)."""
+
+    def __init__(self, default_retries: int) -> None:
+        self.default_retries = default_retries
+        self.pickles = codec.FunctionCache()
+        self.guards: OrderedDict[tuple[int, TaskOptions], Guarded] = OrderedDict()
+
+    def get(self, fn: Callable[..., Any], options: TaskOptions) -> tuple[bytes, bytes]:
+        if not callable(fn):
+            raise SerializationError(f"{fn!r:.80} is not callable")
+        if not options.guards():
+            return self.pickles.get(fn)
+        key = (id(fn), options)
+        guarded = self.guards.get(key)
+        if guarded is None or guarded.__wrapped__ is not fn:
+            guarded = self.guards[key] = Guarded(fn, options, self.default_retries)
+            if len(self.guards) > MAX_GUARDS:
+                self.guards.popitem(last=False)
+        return self.pickles.get(guarded)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", type(fn).__name__)
