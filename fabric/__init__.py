@@ -17,8 +17,8 @@ from .errors import (
     WorkerCrashedError,
     WorkerLostError,
 )
-from .heartbeat import NodeStats, WorkerStats
 from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
+from .heartbeat import NodeStats, WorkerStats
 
 __version__ = "0.1.0"
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
-import time
 from dataclasses import asdict, replace
 
 import zmq
@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 1)")
     start.add_argument("--liveness", type=float, help="seconds of silence before a peer or client is dead (default 3)")
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without authentication")
+    start.add_argument("--cache-dir", help="directory of this node's result-cache shard (default: the config's)")
     start.add_argument("--owner-pid", type=int, help=argparse.SUPPRESS)  # embedded: exit with the owner
     start.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)  # print the bound endpoint
+    start.add_argument("--owner-dir", help=argparse.SUPPRESS)  # embedded: the owner's socket dir, removed at exit
 
     status = commands.add_parser("status", help="print a table of the live nodes")
     status.add_argument("address", nargs="?", help="any node's control endpoint")
@@ -73,9 +75,10 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
     else:
         seeds = tuple(n.address for n in config.nodes)
         options = NodeOptions(bind=DEFAULT_BIND, workers=default_workers(), name=args.name or "", seeds=seeds)
+    cache = replace(config.cache, dir=args.cache_dir) if args.cache_dir else config.cache
     options = replace(
         options, heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
-        insecure=config.insecure or args.insecure, owner_pid=args.owner_pid,
+        insecure=config.insecure or args.insecure, owner_pid=args.owner_pid, cache=cache,
     )
     overrides = {
         "bind": args.bind, "workers": args.workers, "prefetch": args.prefetch, "max_load": args.max_load,
@@ -101,7 +104,11 @@ def start(args: argparse.Namespace) -> int:
         "node %s on %s (heartbeats on %s), %d workers", node.state.settings.name, node.endpoint,
         node.state.settings.pub, options.workers,
     )
-    node.run()
+    try:
+        node.run()
+    finally:
+        if args.owner_dir:  # the owner may have died without cleaning up its sockets
+            shutil.rmtree(args.owner_dir, ignore_errors=True)
     return 0
 
 

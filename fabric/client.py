@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import functools
 import os
 import socket
-import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import zmq
 
+from .cache import FabricCache
 from .config import (
     DEFAULT_PREFETCH,
     ClusterConfig,
@@ -159,7 +158,9 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
                 self._context, f"c-{uuid.uuid4().hex[:12]}".encode(), bind_where, retries=config.retries,
                 heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
                 connect_timeout_s=config.connect_timeout_s, max_message_bytes=config.max_message_bytes,
+                cache_replicas=config.cache.replicas,
             )
+            self.cache = FabricCache(self._io.cache)
             for control in controls:
                 self._io.add_node(control, embedded.sentinel() if embedded else None)
             self._io.start()

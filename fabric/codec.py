@@ -19,11 +19,13 @@ decodes result batches, the worker does the opposite.  Headers never come here
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import time
 import traceback
 import types
 import weakref
+from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +50,21 @@ def _msgpack_packer() -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True, strict_types=True, datetime=False, default=_refuse)
 
 
+def _refuse_file(obj: object) -> object:
+    raise pickle.PicklingError(f"cannot send an open file ({getattr(obj, 'name', '?')!r}); send its path or contents")
+
+
+class _DataPickler(cloudpickle.Pickler):
+    """cloudpickle for data, except that open files are refused: cloudpickle would
+    send a snapshot of a file's contents, and the task's writes would be lost."""
+
+    dispatch_table = ChainMap(
+        {t: _refuse_file for t in (io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom,
+                                   io.FileIO)},
+        cloudpickle.Pickler.dispatch_table,
+    )
+
+
 def pickle_frames(obj: object) -> Frames:
     """Pickle protocol 5; large buffers travel as extra frames without copying."""
     buffers: list[pickle.PickleBuffer] = []
@@ -56,7 +73,9 @@ def pickle_frames(obj: object) -> Frames:
     except Exception:
         buffers.clear()
         try:
-            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+            stream = io.BytesIO()
+            _DataPickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+            data = stream.getvalue()
         except Exception as exc:
             raise SerializationError(f"cannot serialize {_describe(obj)}: {exc}") from exc
     return [data, *(b.raw() for b in buffers)]
@@ -213,7 +232,7 @@ def _global_names(code: types.CodeType) -> list[str]:
 
 def _cell_is_set(cell: types.CellType) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True

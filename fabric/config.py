@@ -10,6 +10,12 @@ Every key, its default and its unit, in one place::
     max_message_bytes = 1073741824  # cap on one serialized batch of arguments or results (1 GiB)
     insecure = false              # allow binding non-loopback addresses without authentication
 
+    [cache]                       # the result cache, one shard per node on the hash ring
+    dir = ""                      # where shards live; "" = $FABRIC_CACHE_DIR, $XDG_CACHE_HOME/fabric or ~/.cache/fabric
+    max_entries = 1000000         # entries per node shard (least recently used go first)
+    max_bytes = 1073741824        # bytes of stored results per node shard (1 GiB); also the node's ring weight
+    replicas = 1                  # 2 also stores each entry on the next distinct node of the ring
+
     [[node]]                      # one table per seed node
     name = "alpha"                # unique
     address = "tcp://127.0.0.1:7100"   # control endpoint; heartbeats go out on a port the node announces
@@ -28,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,8 @@ DEFAULT_PREFETCH = 2  # one batch running, one waiting in the worker's socket
 DEFAULT_MAX_LOAD = 100.0
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+DEFAULT_CACHE_ENTRIES = 1_000_000
+DEFAULT_CACHE_BYTES = 1 << 30
 
 
 class ConfigError(FabricError, ValueError):
@@ -65,6 +73,26 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    dir: str = ""
+    max_entries: int = DEFAULT_CACHE_ENTRIES
+    max_bytes: int = DEFAULT_CACHE_BYTES
+    replicas: int = 1
+
+    def shard_path(self, node_name: str) -> Path:
+        """The node's shard file under the cache directory."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node_name) or "node"
+        return Path(self.dir or default_cache_dir()) / f"{safe}.sqlite"
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("FABRIC_CACHE_DIR"):
+        return Path(os.environ["FABRIC_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fabric"
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     nodes: tuple[NodeConfig, ...] = ()
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
@@ -73,6 +101,7 @@ class ClusterConfig:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     insecure: bool = False
+    cache: CacheConfig = CacheConfig()
     source: str = "<defaults>"
 
     def node(self, name: str) -> NodeConfig:
@@ -86,6 +115,7 @@ _CLUSTER_KEYS = {
     "heartbeat_interval_s": float, "liveness_s": float, "retries": int, "connect_timeout_s": float,
     "max_message_bytes": int, "insecure": bool,
 }
+_CACHE_KEYS = {"dir": str, "max_entries": int, "max_bytes": int, "replicas": int}
 _NODE_KEYS = {"name": str, "address": str, "workers": int, "prefetch": int, "max_load": float, "memory_limit_mb": int}
 
 
@@ -102,11 +132,17 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> ClusterConfig:
-    _check_keys(data, {"cluster": dict, "node": list}, source, "")
+    _check_keys(data, {"cluster": dict, "node": list, "cache": dict}, source, "")
     cluster = _typed(data.get("cluster", {}), _CLUSTER_KEYS, source, "cluster.")
+    cache = CacheConfig(**_typed(data.get("cache", {}), _CACHE_KEYS, source, "cache."))
+    if cache.replicas not in (1, 2):
+        raise ConfigError(f"{source}: cache.replicas: 1 or 2, got {cache.replicas}")
+    for key in ("max_entries", "max_bytes"):
+        if getattr(cache, key) < 1:
+            raise ConfigError(f"{source}: cache.{key}: must be >= 1, got {getattr(cache, key)}")
     nodes = tuple(_node(entry, source, i) for i, entry in enumerate(data.get("node", [])))
     _check_unique(nodes, source)
-    config = ClusterConfig(nodes=nodes, source=source, **cluster)
+    config = ClusterConfig(nodes=nodes, source=source, cache=cache, **cluster)
     _check_positive(config, source)
     return config
 

@@ -34,9 +34,10 @@ class EmbeddedNode:
         self.bind_where = f"ipc://{self.dir}" if zmq.has("ipc") else "127.0.0.1"
         requested = f"{self.bind_where}/node" if zmq.has("ipc") else "tcp://127.0.0.1:*"
         cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", requested, "--name", "embedded"]
-        cmd += ["--workers", str(workers), "--prefetch", str(prefetch), "--heartbeat-interval", str(heartbeat_interval_s)]
+        cmd += ["--workers", str(workers), "--prefetch", str(prefetch)]
+        cmd += ["--heartbeat-interval", str(heartbeat_interval_s)]
         cmd += ["--liveness", str(liveness_s), "--memory-limit-mb", str(memory_limit_mb)]
-        cmd += ["--owner-pid", str(os.getpid()), "--announce"]
+        cmd += ["--owner-pid", str(os.getpid()), "--owner-dir", self.dir, "--announce"]
         self.process = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         line = self.process.stdout.readline().decode().strip() if self.process.stdout else ""
         if not line:

@@ -57,6 +57,10 @@ class NodeStats:
     max_load: float = 100.0
     clients: int = 0
     cache_entries: int = 0
+    cache_bytes: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_weight: int = 0  # the node's weight on the cache ring (MiB of shard capacity); 0: no cache
     peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every peer it knows
     per_worker: tuple[WorkerStats, ...] = ()
     age_s: float = field(default=0.0, compare=False)
@@ -95,7 +99,8 @@ def _check_types(stats: NodeStats) -> None:
     for name, kind in expected.items():
         if type(getattr(stats, name)) is not kind:
             raise ProtocolError(f"heartbeat field {name} is not {kind.__name__}")
-    for name in ("workers", "busy", "done", "failed", "clients", "cache_entries"):
+    for name in ("workers", "busy", "done", "failed", "clients", "cache_entries", "cache_bytes", "cache_hits",
+                 "cache_misses", "cache_weight"):
         if type(getattr(stats, name)) is not int:
             raise ProtocolError(f"heartbeat field {name} is not int")
 

@@ -36,12 +36,16 @@ from typing import Any
 
 import zmq
 
+from .cache import CacheClient
 from .errors import ClosedError, NoNodesError, ProtocolError
 from .heartbeat import Membership, NodeStats
 from .protocol import (
+    CacheCleared,
+    CacheHits,
     Goodbye,
     Heartbeat,
     Hello,
+    Message,
     NodeLeaving,
     Ready,
     ResultBatch,
@@ -64,7 +68,7 @@ class IOLoop:
     def __init__(
         self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
         heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float = 30.0,
-        max_message_bytes: int = 1 << 30,
+        max_message_bytes: int = 1 << 30, cache_replicas: int = 1,
     ) -> None:
         self.client_id = client_id
         self.context = context
@@ -74,6 +78,7 @@ class IOLoop:
         self.connect_timeout_s = connect_timeout_s
         self.max_message_bytes = max_message_bytes
         self._starved_since: float | None = None  # work queued while no worker was known
+        self.cache = CacheClient(self, cache_replicas, connect_timeout_s)
         self.vent = self._router()
         self.sink = self._router()
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
@@ -179,8 +184,21 @@ class IOLoop:
             self.subscribed.add(pub)
             self.sub.connect(pub)
 
+    def send_to_node(self, node_id: bytes, msg: Message) -> bool:
+        """Send on a live node's control socket (I/O thread); False if unknown."""
+        stats = self.membership.nodes.get(node_id)
+        sock = self.controls.get(stats.control) if stats else None
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart(to_frames(msg), zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:
+            return False
+        return True
+
     def _on_heartbeat(self, stats: NodeStats, now: float) -> None:
         if self.membership.observe(stats, now):
+            self.cache.nodes_changed(self.membership.nodes.values())
             self._subscribe(stats.pub)
             self.add_node(stats.control)
             if stats.node_id in self.declared_dead:  # back from the dead: its workers re-attach
@@ -199,6 +217,8 @@ class IOLoop:
 
     def _node_lost(self, node_id: bytes, reason: str) -> None:
         self.ventilator.paused.discard(node_id)
+        self.cache.nodes_changed(self.membership.nodes.values())
+        self.cache.node_lost(node_id)
         for batch, exc in self.ventilator.node_lost(node_id, reason):
             batch.owner.fail(batch, exc)
 
@@ -213,6 +233,7 @@ class IOLoop:
             self.declared_dead.add(stats.node_id)
             self._node_lost(stats.node_id, f"node {stats.name} stopped answering")
         self._check_starved(now)
+        self.cache.expire(now)
 
     def _check_starved(self, now: float) -> None:
         """Queued work with no worker anywhere waits ``connect_timeout_s``, then fails."""
@@ -333,12 +354,16 @@ class IOLoop:
                 log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
                 for batch, exc in self.ventilator.worker_lost(msg.worker_id, msg.reason):
                     batch.owner.fail(batch, exc)
+            elif isinstance(msg, CacheHits):
+                self.cache.on_hits(msg)
+            elif isinstance(msg, CacheCleared):
+                self.cache.on_cleared(msg)
             elif isinstance(msg, NodeLeaving):
                 stats = self.membership.remove(msg.node_id)
                 self._node_lost(msg.node_id, f"node {stats.name if stats else '?'} left")
 
     def _dispatch(self) -> None:
-        for worker_id, batch, frames in self.ventilator.dispatch():
+        for worker_id, _batch, frames in self.ventilator.dispatch():
             try:
                 self.vent.send_multipart([worker_id, *frames], copy=False)
             except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)

@@ -21,26 +21,33 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .batching import BatchSizer
-from .errors import SerializationError
+from .errors import CacheKeyError, SerializationError
 from .protocol import Mode
 from .ventilator import Batch, next_batch_id
 
+if TYPE_CHECKING:
+    from .cache import CachedFunction
+
 MIN_WINDOW = 4  # chunks in flight or unread per stream, before workers are known
+CACHE_HIT_S = 1e-6  # what an all-hit chunk tells the batch sizer each item cost
 WINDOW_PER_CREDIT = 2
 
 
 @dataclass(slots=True)
 class Part:
-    """Outcome of one batch: encoded results, or an exception for all its items."""
+    """Outcome of some items of a chunk: encoded results (one payload, or one
+    pickle per item for cache hits), or an exception for all of them.  The
+    items are ``offset..offset+n_items`` of the chunk, or ``indices``."""
 
     offset: int
     n_items: int
@@ -48,6 +55,28 @@ class Part:
     payload: list[Any] | None = None
     errors: list[codec.ErrorRecord] | None = None
     exc: BaseException | None = None
+    indices: list[int] | None = None
+    blobs: list[bytes] | None = None
+
+    def positions(self) -> Sequence[int]:
+        return self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
+
+    def decode(self) -> tuple[list[Any], tuple[int, BaseException] | None]:
+        """The part's values and its first error as (index within the part, exception)."""
+        if self.exc is not None:
+            return [None] * self.n_items, (0, self.exc)
+        try:
+            if self.blobs is not None:
+                return [pickle.loads(b) for b in self.blobs], None
+            values = codec.decode(self.codec_id, self.payload or [])
+        except SerializationError as exc:
+            return [None] * self.n_items, (0, exc)
+        if not isinstance(values, list) or len(values) != self.n_items:
+            values = [None] * self.n_items  # a batch-level failure carries no per-item results
+        if not self.errors:
+            return values, None
+        record = min(self.errors, key=lambda e: e[0])
+        return values, (max(0, record[0]), codec.rebuild_error(record))
 
 
 class MapStream:
@@ -66,6 +95,7 @@ class MapStream:
         deadline: float | None,
         retries: int | None = None,
         check_size: Callable[[list[Any], str], None] | None = None,
+        cache: CachedFunction | None = None,
     ) -> None:
         self._digest, self._fn_payload = fn_info
         self._mode = mode
@@ -77,6 +107,8 @@ class MapStream:
         self._deadline = deadline
         self._retries = retries
         self._check_size = check_size
+        self._cache = cache
+        self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
         self._encoder = codec.PayloadEncoder()
         self._cond = threading.Condition()
         self._lengths: dict[int, int] = {}  # chunk seq -> items
@@ -105,10 +137,10 @@ class MapStream:
         raise TypeError("map chunks are never merged")
 
     def deliver(self, batch: Batch, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None:
-        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors))
+        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors, indices=batch.indices))
 
     def fail(self, batch: Batch, exc: BaseException) -> None:
-        self._add(batch.seq, Part(batch.offset, batch.n_items, exc=exc))
+        self._add(batch.seq, Part(batch.offset, batch.n_items, exc=exc, indices=batch.indices))
 
     def describe(self, batch: Batch) -> str:
         start = self._starts.get(batch.seq)
@@ -147,11 +179,13 @@ class MapStream:
                     if self._input_error is not None:
                         raise self._input_error
                     return
-                results, error = self._assemble(self._wait_chunk())
+                seq, length, parts = self._wait_chunk()
+                results, error = _assemble(length, parts)
                 self._yielded += 1
                 if error is not None:
                     yield results[: error[0]]
                     raise error[1]
+                self._store(seq, results)
                 yield results
         finally:
             self.close()
@@ -180,40 +214,72 @@ class MapStream:
                 self._post_chunk(chunk)
 
     def _post_chunk(self, chunk: list[Any]) -> None:
-        try:
-            codec_id, payload = self._encoder.encode(chunk)
-        except SerializationError:
-            self._post_unencodable(chunk)
-            return
-        index = self._items_posted
+        start = self._items_posted
         seq = self._new_seq(len(chunk))
-        if self._check_size is not None:
-            try:
-                self._check_size(payload, f"map input items {index}..{index + len(chunk) - 1}")
-            except SerializationError as exc:
-                self._add(seq, Part(0, len(chunk), exc=exc))
-                self._exhausted = True
-                return
+        if self._cache is None:
+            self._post_items(seq, start, chunk, None)
+            return
+        try:
+            keys = self._cache.keys(chunk, start)
+        except CacheKeyError as exc:
+            self._fail_from(seq, 0, len(chunk), None, exc)
+            return
+        hits = self._cache.lookup(keys)
+        if hits:
+            found = sorted(hits)
+            self._add(seq, Part(0, len(found), indices=found, blobs=[hits[i] for i in found]))
+        misses = [i for i in range(len(chunk)) if i not in hits]
+        if not misses:
+            self.sizer.observe(len(chunk), CACHE_HIT_S * len(chunk))  # all hits: let chunks grow
+            return
+        self._to_store[seq] = (misses, [keys[i] for i in misses])
+        if hits:
+            self._post_items(seq, start, [chunk[i] for i in misses], misses)
+        else:
+            self._post_items(seq, start, chunk, None)
+
+    def _post_items(self, seq: int, start: int, items: list[Any], indices: list[int] | None) -> None:
+        """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch."""
+        try:
+            codec_id, payload = self._encoder.encode(items)
+            if self._check_size is not None:
+                self._check_size(payload, f"map input items {start}..{start + len(items) - 1}")
+        except SerializationError as exc:
+            self._post_unencodable(seq, start, items, indices, exc)
+            return
         self._post(
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
-                len(chunk), self, seq=seq, sizer=self.sizer, retries=self._retries,
+                len(items), self, seq=seq, sizer=self.sizer, retries=self._retries, indices=indices,
             )
         )
 
-    def _post_unencodable(self, chunk: list[Any]) -> None:
-        """Send the items before the first unencodable one; fail the map there."""
-        bad = next(i for i, item in enumerate(chunk) if not _encodes(item))
+    def _post_unencodable(
+        self, seq: int, start: int, items: list[Any], indices: list[int] | None, exc: SerializationError
+    ) -> None:
+        """Send the items before the first one that cannot be encoded; fail the map there."""
+        bad = next((i for i, item in enumerate(items) if not _encodes(item)), None)
+        if bad is None:  # every item encodes alone: the batch was too large
+            self._fail_from(seq, 0, len(items), indices, exc)
+            return
         if bad:
-            self._post_chunk(chunk[:bad])
-        index = self._items_posted
-        seq = self._new_seq(len(chunk) - bad)
-        try:
-            codec.pickle_frames(chunk[bad])
-        except SerializationError as exc:
-            error = SerializationError(f"map input item {index}: {exc}")
-            self._add(seq, Part(0, len(chunk) - bad, exc=error))
+            self._post_items(seq, start, items[:bad], indices[:bad] if indices else None)
+        position = indices[bad] if indices else bad
+        error = SerializationError(f"map input item {start + position}: {_encoding_error(items[bad])}")
+        self._fail_from(seq, bad, len(items), indices, error)
+
+    def _fail_from(self, seq: int, first: int, count: int, indices: list[int] | None, exc: BaseException) -> None:
+        """Fail items ``first..count`` of what was posted for chunk ``seq``; stop reading input."""
+        part = Part(first, count - first, exc=exc, indices=indices[first:] if indices else None)
+        self._add(seq, part)
         self._exhausted = True
+
+    def _store(self, seq: int, results: list[Any]) -> None:
+        """Write the results computed for a cached chunk's misses back to the cache."""
+        entry = self._to_store.pop(seq, None)
+        if entry is not None and self._cache is not None:
+            positions, keys = entry
+            self._cache.store(keys, [results[p] for p in positions])
 
     def _new_seq(self, n_items: int) -> int:
         seq = self._posted
@@ -224,15 +290,15 @@ class MapStream:
         self._items_posted += n_items
         return seq
 
-    def _wait_chunk(self) -> tuple[int, list[Part]]:
+    def _wait_chunk(self) -> tuple[int, int, list[Part]]:
         with self._cond:
             while True:
                 seq = self._ready_seq()
                 if seq is not None:
                     self._filled.pop(seq)
-                    del self._lengths[seq]
+                    length = self._lengths.pop(seq)
                     del self._starts[seq]
-                    return seq, self._parts.pop(seq)
+                    return seq, length, self._parts.pop(seq)
                 if self._deadline is None:
                     self._cond.wait()
                 else:
@@ -248,46 +314,34 @@ class MapStream:
         length = self._lengths.get(seq)
         return seq if length is not None and self._filled.get(seq, 0) >= length else None
 
-    def _assemble(self, chunk: tuple[int, list[Part]]) -> tuple[list[Any], tuple[int, BaseException] | None]:
-        """Results of a chunk in item order, and its first error with its index."""
-        _, parts = chunk
-        if len(parts) > 1:
-            parts.sort(key=lambda p: p.offset)
-        results: list[Any] = []
-        first_error: tuple[int, BaseException] | None = None
-        for part in parts:
-            error = _part_error(part, results)
-            if error is not None and (first_error is None or error[0] < first_error[0]):
-                first_error = error
-        return results, first_error
 
 
-def _part_error(part: Part, results: list[Any]) -> tuple[int, BaseException] | None:
-    """Append the part's results; return its first error as (chunk index, exception)."""
-    if part.exc is not None:
-        results.extend(itertools.repeat(None, part.n_items))
-        return part.offset, part.exc
-    try:
-        values = codec.decode(part.codec_id, part.payload or [])
-    except SerializationError as exc:
-        results.extend(itertools.repeat(None, part.n_items))
-        return part.offset, exc
-    if isinstance(values, list) and len(values) == part.n_items:
-        results.extend(values)
-    else:  # a batch-level failure carries no per-item results
-        results.extend(itertools.repeat(None, part.n_items))
-    if not part.errors:
-        return None
-    record = min(part.errors, key=lambda e: e[0])
-    return part.offset + max(0, record[0]), codec.rebuild_error(record)
+def _assemble(length: int, parts: list[Part]) -> tuple[list[Any], tuple[int, BaseException] | None]:
+    """Results of a chunk in item order, and its first error as (index, exception)."""
+    if len(parts) == 1 and parts[0].indices is None:  # the common case: one batch, no copy
+        return parts[0].decode()
+    results: list[Any] = [None] * length
+    first_error: tuple[int, BaseException] | None = None
+    for part in parts:
+        values, error = part.decode()
+        positions = part.positions()
+        for position, value in zip(positions, values):
+            results[position] = value
+        if error is not None and (first_error is None or positions[error[0]] < first_error[0]):
+            first_error = (positions[error[0]], error[1])
+    return results, first_error
 
 
 def _encodes(item: Any) -> bool:
+    return _encoding_error(item) is None
+
+
+def _encoding_error(item: Any) -> SerializationError | None:
     try:
         codec.pickle_frames(item)
-    except SerializationError:
-        return False
-    return True
+    except SerializationError as exc:
+        return exc
+    return None
 
 
 def sized_length(iterables: Iterable[Any]) -> int | None:

@@ -31,11 +31,23 @@ import psutil
 import zmq
 
 from . import processes
-from .config import DEFAULT_HEARTBEAT_INTERVAL_S, DEFAULT_LIVENESS_S, DEFAULT_PREFETCH, ConfigError, is_loopback
-from .errors import ProtocolError
+from .config import (
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_LIVENESS_S,
+    DEFAULT_PREFETCH,
+    CacheConfig,
+    ConfigError,
+    is_loopback,
+)
+from .errors import ProtocolError, StoreError
 from .heartbeat import NodeStats
 from .node_state import NodeSettings, NodeState, Outbox, describe_exit
 from .protocol import (
+    CacheClear,
+    CacheCleared,
+    CacheGet,
+    CacheHits,
+    CachePut,
     Goodbye,
     Heartbeat,
     Hello,
@@ -49,6 +61,7 @@ from .protocol import (
     from_frames,
     to_frames,
 )
+from .store import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +88,7 @@ class NodeOptions:
     seeds: tuple[str, ...] = ()  # control endpoints of peers to join
     insecure: bool = False
     memory_limit_mb: int = 0  # RSS above which a worker is killed and replaced; 0: no limit
+    cache: CacheConfig = CacheConfig()
     owner_pid: int | None = None  # embedded: exit when this process exits
 
 
@@ -109,11 +123,14 @@ class Node:
         self.sub = self._socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         node_id = new_id("n")
+        name = options.name or f"node-{os.getpid()}"
         settings = NodeSettings(
-            node_id, options.name or f"node-{os.getpid()}", control, pub, options.prefetch, options.max_load,
-            options.liveness_s,
+            node_id, name, control, pub, options.prefetch, options.max_load, options.liveness_s,
+            cache_weight=max(1, options.cache.max_bytes >> 20),
         )
         self.state = NodeState(settings)
+        cache = options.cache
+        self.store = ResultStore(cache.shard_path(name), max_entries=cache.max_entries, max_bytes=cache.max_bytes)
         self.poller = zmq.Poller()
         for sock in (self.router, self.sub):
             self.poller.register(sock, zmq.POLLIN)
@@ -246,12 +263,34 @@ class Node:
         elif isinstance(msg, PeerHello):
             self._subscribe(msg.pub)
             self._send([(sender, state.heartbeat(now))])
+        elif isinstance(msg, (CacheGet, CachePut, CacheClear)):
+            self._on_cache(sender, msg)
         elif isinstance(msg, Status):
             self._send([(sender, StatusReply([s.to_info() for s in state.status(now)]))])
         elif isinstance(msg, Shutdown) and self.options.owner_pid is not None:
             self.running = False
         else:
             log.warning("node %s: unexpected %s from %r", state.settings.name, type(msg).__name__, sender)
+
+    def _on_cache(self, sender: bytes, msg: CacheGet | CachePut | CacheClear) -> None:
+        """Serve this node's shard of the result cache; a store failure is logged
+        and answered as misses, so the fabric keeps running."""
+        try:
+            if isinstance(msg, CacheGet):
+                found = self.store.get_many(msg.keys)
+                indices = sorted(found)
+                self._send([(sender, CacheHits(msg.request_id, indices, [found[i] for i in indices]))])
+            elif isinstance(msg, CachePut):
+                self.store.put_many(msg.fn_digest, [(k, bytes(v)) for k, v in zip(msg.keys, msg.payload)])
+            else:
+                removed = self.store.clear(msg.fn_digest or None)
+                self._send([(sender, CacheCleared(msg.request_id, removed))])
+        except StoreError as exc:
+            log.error("node %s: result store failed: %s", self.state.settings.name, exc)
+            if isinstance(msg, CacheGet):
+                self._send([(sender, CacheHits(msg.request_id, []))])
+            elif isinstance(msg, CacheClear):
+                self._send([(sender, CacheCleared(msg.request_id, 0))])
 
     def _on_heartbeats(self, sock: zmq.Socket, now: float) -> None:
         for frames in self._receive(sock):
@@ -320,11 +359,12 @@ class Node:
     def _beat(self, now: float) -> None:
         state = self.state
         state.sample_load(now)
+        state.cache = self.store.stats()
         self._send(state.expire_clients(now))
         for lost in state.peers.expire(now):
             log.info("node %s: peer %s silent for %.1f s, declared dead", state.settings.name, lost.name,
                      self.options.liveness_s)
-        for seed, sock in self.seeds.items():
+        for seed in self.seeds:
             if all(p.control != seed for p in state.peers.nodes.values()):
                 self._hello_peer(seed)
         self.pub.send_multipart(to_frames(state.heartbeat(now)), zmq.NOBLOCK)
@@ -360,6 +400,7 @@ class Node:
         for sock in [self.router, self.pub, self.sub, *self.seeds.values()]:
             sock.close(linger=0)
         self.context.term()
+        self.store.close()
 
 
 def _pub_endpoint(control: str) -> str:

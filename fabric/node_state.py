@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .heartbeat import LoadMonitor, Membership, NodeStats, WorkerStats
 from .protocol import Attach, Detach, Heartbeat, Hello, Message, NodeLeaving, WorkerLost, WorkerReport
+from .store import StoreStats
 
 Outbox = list[tuple[bytes, Message]]  # (routing id on the control ROUTER, message)
 
@@ -26,6 +27,7 @@ class NodeSettings:
     credits: int  # batches each worker may hold
     max_load: float  # whole-machine CPU % above which no new batches are taken
     liveness_s: float  # silence after which a client or peer is declared dead
+    cache_weight: int = 0  # MiB of result-cache shard; 0: this node holds no cache
 
 
 @dataclass
@@ -55,6 +57,7 @@ class NodeState:
         self.accepting = True
         self.lost_done = 0  # tasks done by workers that have since exited
         self.lost_failed = 0
+        self.cache = StoreStats(0, 0, 0, 0, 0)  # refreshed by the loop at each heartbeat
 
     # -- workers -------------------------------------------------------------------
 
@@ -146,6 +149,11 @@ class NodeState:
             memory_percent=self.load.memory_percent,
             max_load=s.max_load,
             clients=len(self.clients),
+            cache_entries=self.cache.entries,
+            cache_bytes=self.cache.bytes,
+            cache_hits=self.cache.hits,
+            cache_misses=self.cache.misses,
+            cache_weight=s.cache_weight,
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
             per_worker=tuple(
                 WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running)

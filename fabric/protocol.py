@@ -24,6 +24,14 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
     WORKER_LOST  node   -> client   worker_id, exit code, reason
     SHUTDOWN     node   -> worker / client -> embedded node
 
+Result cache (client <-> the key's owner node, see fabric.cache)::
+
+    CACHE_GET     client -> node   request_id, keys
+    CACHE_HITS    node -> client   request_id, indices of the keys found | one value frame per hit
+    CACHE_PUT     client -> node   function digest, keys | one value frame per key
+    CACHE_CLEAR   client -> node   request_id, function digest (empty: everything)
+    CACHE_CLEARED node -> client   request_id, entries removed
+
 Data plane (worker <-> client, never through the node)::
 
     READY        worker -> ventilator   credits (batches it may hold, from now on), node_id
@@ -68,6 +76,11 @@ class Kind(enum.IntEnum):
     STATUS_REPLY = 14
     NODE_LEAVING = 15
     WORKER_REPORT = 16
+    CACHE_GET = 17
+    CACHE_HITS = 18
+    CACHE_PUT = 19
+    CACHE_CLEAR = 20
+    CACHE_CLEARED = 21
 
 
 class Mode(enum.IntEnum):
@@ -105,6 +118,7 @@ class Message:
     __slots__ = ()
     KIND: ClassVar[Kind]
     CHECKS: ClassVar[tuple[Check, ...]]
+    HAS_PAYLOAD: ClassVar[bool] = False
     payload: Sequence[Buffer] = ()
 
 
@@ -232,6 +246,7 @@ class TaskBatch(Message):
     MAP/STARMAP batches have a single item list, so ``item_frames`` is ``[k]``."""
 
     KIND = Kind.TASK_BATCH
+    HAS_PAYLOAD = True
     CHECKS = (int, bytes, lambda m: m in (0, 1, 2), int, _is_list_of_int, bool, int)
     batch_id: int
     digest: bytes
@@ -246,6 +261,7 @@ class TaskBatch(Message):
 @dataclass(frozen=True, slots=True)
 class ResultBatch(Message):
     KIND = Kind.RESULT_BATCH
+    HAS_PAYLOAD = True
     CHECKS = (int, int, _is_error_list, float)
     batch_id: int
     codec: int
@@ -254,11 +270,60 @@ class ResultBatch(Message):
     payload: Sequence[Buffer] = ()
 
 
+def _is_list_of_bytes(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, bytes) for v in value)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheGet(Message):
+    KIND = Kind.CACHE_GET
+    CHECKS = (int, _is_list_of_bytes)
+    request_id: int
+    keys: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHits(Message):
+    KIND = Kind.CACHE_HITS
+    HAS_PAYLOAD = True
+    CHECKS = (int, _is_list_of_int)
+    request_id: int
+    indices: list[int]
+    payload: Sequence[Buffer] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CachePut(Message):
+    KIND = Kind.CACHE_PUT
+    HAS_PAYLOAD = True
+    CHECKS = (bytes, _is_list_of_bytes)
+    fn_digest: bytes
+    keys: list[bytes]
+    payload: Sequence[Buffer] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheClear(Message):
+    KIND = Kind.CACHE_CLEAR
+    CHECKS = (int, bytes)
+    request_id: int
+    fn_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCleared(Message):
+    KIND = Kind.CACHE_CLEARED
+    CHECKS = (int, int)
+    request_id: int
+    removed: int
+
+
 _BY_KIND: dict[int, type[Message]] = {
     cls.KIND: cls
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
-        PeerHello, Status, StatusReply, NodeLeaving, WorkerReport,
+        PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
+        CacheCleared,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {
@@ -303,10 +368,22 @@ def from_frames(frames: Sequence[Buffer]) -> Message:
         if not _passes(check, value):
             raise ProtocolError(f"{cls.__name__}.{name}: bad value {value!r:.80}")
     payload = frames[1:]
-    if cls is TaskBatch and sum(values[4]) + values[5] != len(payload):
-        raise ProtocolError("TaskBatch: payload frame count does not match its header")
-    if payload and cls not in (TaskBatch, ResultBatch):
+    if payload and not cls.HAS_PAYLOAD:
         raise ProtocolError(f"{cls.__name__} carries no payload, got {len(payload)} frames")
+    expected = _expected_frames(cls, values)
+    if expected is not None and expected != len(payload):
+        raise ProtocolError(f"{cls.__name__}: {len(payload)} payload frames, its header says {expected}")
     if payload:
         return cls(*values, payload=payload)  # type: ignore[call-arg]
     return cls(*values)  # type: ignore[call-arg]
+
+
+def _expected_frames(cls: type[Message], values: list[Any]) -> int | None:
+    """Payload frames a header promises, where it says."""
+    if cls is TaskBatch:
+        return sum(values[4]) + values[5]
+    if cls is CacheHits:
+        return len(values[1])
+    if cls is CachePut:
+        return len(values[1])
+    return None

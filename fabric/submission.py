@@ -9,7 +9,9 @@ carries per-call :class:`~fabric.options.TaskOptions` and nothing else.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import pickle
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
 from .batching import BatchSizer, balance_limit
+from .cache import CachedFunction, wants_cache
 from .errors import SerializationError
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length
@@ -57,6 +60,8 @@ class TaskAPI:
         payload = codec.pickle_frames((args, kwargs))
         fabric._check_size(payload, f"the arguments of {_name(fn)}")
         future = Future(_name(fn))
+        if wants_cache(fn, options.cache) and _served_from_cache(fabric, fn, args, kwargs, future):
+            return future
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=options.retries,
@@ -102,6 +107,8 @@ class TaskAPI:
             deadline=None if timeout is None else time.monotonic() + timeout,
             retries=task_options.retries,
             check_size=fabric._check_size,
+            cache=CachedFunction(fabric._io.cache, fn, mode == Mode.STARMAP) if wants_cache(fn, task_options.cache)
+            else None,
         )
         stream.start()
         return stream.results()
@@ -163,6 +170,26 @@ class FunctionShipper:
             if len(self.guards) > MAX_GUARDS:
                 self.guards.popitem(last=False)
         return self.pickles.get(guarded)
+
+
+def _served_from_cache(fabric: Fabric, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                       future: Future) -> bool:
+    """Resolve ``future`` from the cache if the call is stored; otherwise arrange
+    for its result (not an exception) to be stored when it arrives."""
+    cached_fn = CachedFunction(fabric._io.cache, fn)
+    key = cached_fn.call_key(args, kwargs)
+    hit = cached_fn.lookup([key]).get(0)
+    if hit is not None:
+        future.set_running_or_notify_cancel()
+        future.set_result(pickle.loads(hit))
+        return True
+
+    def store(done: concurrent.futures.Future) -> None:
+        if not done.cancelled() and done.exception() is None:
+            cached_fn.store([key], [done.result()])
+
+    future.add_done_callback(store)
+    return False
 
 
 def _name(fn: Callable[..., Any]) -> str:

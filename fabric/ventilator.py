@@ -97,6 +97,8 @@ class Batch:
     attempts: int = 0
     sizer: BatchSizer | None = None
     retries: int | None = None  # per-call override of the ventilator's default
+    indices: list[int] | None = None  # positions in the owner's chunk, when not contiguous (cache misses)
+    suspect: bool = False  # it was running when its worker died: never merged again, so a poison task is isolated
 
     def frames(self, with_fn: bool) -> list[Any]:
         header = TaskBatch(self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn, self.n_items)
@@ -126,6 +128,8 @@ class Batch:
                 n_items=stop - start,
                 owner=self.owner.slice(start, stop),
                 offset=self.offset + start,
+                suspect=True,
+                indices=self.indices[start:stop] if self.indices is not None else None,
             )
             for (item_frames, payload), codec_id, (start, stop) in zip(parts, codec_ids, bounds)
         )
@@ -138,9 +142,11 @@ class Ventilator:
         self.retries = retries
         self.urgent: deque[Batch] = deque()
         self.bulk: deque[Batch] = deque()
-        self.credits: deque[bytes] = deque()  # one entry per free credit
+        self.free: dict[bytes, int] = {}  # worker -> credits not in use
         self.in_flight: dict[int, tuple[bytes, Batch]] = {}
-        self.held: dict[bytes, set[int]] = {}
+        self.held: dict[bytes, dict[int, None]] = {}  # worker -> its batch ids, in the order it runs them
+        self._sends = 0
+        self._last_send: dict[bytes, int] = {}
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self.paused: set[bytes] = set()  # nodes over their load limit: no new batches
@@ -152,11 +158,17 @@ class Ventilator:
         """A worker (re)attached with ``credits`` free slots: whatever it held
         before is lost to it, so its batches are re-queued first."""
         failed = self.worker_lost(worker_id, "re-attached") if worker_id in self.held else []
-        self.held[worker_id] = set()
+        self.held[worker_id] = {}
         self.shipped[worker_id] = set()
         self.node_of[worker_id] = node_id
-        self.credits.extend([worker_id] * max(0, credits))
+        self.free[worker_id] = max(0, credits)
+        self._last_send[worker_id] = -1
         return failed
+
+    @property
+    def credits(self) -> int:
+        """Free credits of the workers on nodes that accept work."""
+        return sum(n for w, n in self.free.items() if self.node_of.get(w) not in self.paused)
 
     @property
     def workers(self) -> int:
@@ -164,7 +176,7 @@ class Ventilator:
 
     @property
     def total_credits(self) -> int:
-        return len(self.credits) + len(self.in_flight)
+        return sum(self.free.values()) + len(self.in_flight)
 
     def node_lost(self, node_id: bytes, reason: str) -> list[tuple[Batch, BaseException]]:
         """Every worker of the node is lost (it died, was cut off, or is leaving)."""
@@ -173,26 +185,32 @@ class Ventilator:
 
     def worker_lost(self, worker_id: bytes, reason: str = "") -> list[tuple[Batch, BaseException]]:
         """Forget the worker and re-queue its batches; return those given up,
-        each with its error (a single task that crashed its worker too often)."""
+        each with its error (a single task that crashed its worker too often).
+
+        Only the batch the worker was running (the first it was sent) can have
+        killed it: that one is split, or charged an attempt when it is a single
+        task; the batches waiting behind it go back to the queue unchanged."""
         batch_ids = self.held.pop(worker_id, None)
-        self.shipped.pop(worker_id, None)
-        self.node_of.pop(worker_id, None)
-        if batch_ids is None:
+        for table in (self.shipped, self.node_of, self.free, self._last_send):
+            table.pop(worker_id, None)
+        if not batch_ids:
             return []
-        self.credits = deque(w for w in self.credits if w != worker_id)
-        failed: list[tuple[Batch, BaseException]] = []
-        for batch_id in sorted(batch_ids, reverse=True):
-            _, batch = self.in_flight.pop(batch_id)
-            if batch.n_items > 1:
-                first, second = batch.split()
-                self._queue_for(batch).extendleft((second, first))
-                continue
-            batch.attempts += 1
-            if batch.attempts >= (batch.retries or self.retries):
-                failed.append((batch, crash_error(batch, reason)))
-            else:
-                self._queue_for(batch).appendleft(batch)
-        return failed
+        running, *waiting = [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
+        for batch in reversed(waiting):
+            self._queue_for(batch).appendleft(batch)
+        return self._retry(running, reason)
+
+    def _retry(self, batch: Batch, reason: str) -> list[tuple[Batch, BaseException]]:
+        if batch.n_items > 1:
+            first, second = batch.split()
+            self._queue_for(batch).extendleft((second, first))
+            return []
+        batch.attempts += 1
+        batch.suspect = True
+        if batch.attempts >= (batch.retries or self.retries):
+            return [(batch, crash_error(batch, reason))]
+        self._queue_for(batch).appendleft(batch)
+        return []
 
     def _queue_for(self, batch: Batch) -> deque[Batch]:
         return self.urgent if batch.mode == Mode.CALL else self.bulk
@@ -204,20 +222,26 @@ class Ventilator:
 
     def dispatch(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
         """Yield (worker id, batch, frames) for every batch that has a credit."""
-        set_aside: list[bytes] = []  # credits of workers on paused nodes
-        try:
-            while self.credits:
-                worker_id = self.credits.popleft()
-                if self.node_of.get(worker_id) in self.paused:
-                    set_aside.append(worker_id)
-                    continue
-                batch = self._next_batch()
-                if batch is None:
-                    self.credits.appendleft(worker_id)
-                    return
-                yield self._send(worker_id, batch)
-        finally:
-            self.credits.extend(set_aside)
+        while True:
+            worker_id = self._least_loaded()
+            if worker_id is None:
+                return
+            batch = self._next_batch()
+            if batch is None:
+                return
+            yield self._send(worker_id, batch)
+
+    def _least_loaded(self) -> bytes | None:
+        """The worker with the most free credits (an idle one before one that
+        would queue the batch behind its running task), least recently used
+        among equals; None when no worker on an accepting node has a credit."""
+        best, best_rank = None, None
+        for worker_id, free in self.free.items():
+            if free and self.node_of.get(worker_id) not in self.paused:
+                rank = (free, -self._last_send[worker_id])
+                if best_rank is None or rank > best_rank:
+                    best, best_rank = worker_id, rank
+        return best
 
     def _send(self, worker_id: bytes, batch: Batch) -> tuple[bytes, Batch, list[Any]]:
         """Mark the batch in flight; ship the function with it if the worker lacks it."""
@@ -225,7 +249,10 @@ class Ventilator:
         with_fn = batch.digest not in shipped
         shipped.add(batch.digest)
         self.in_flight[batch.batch_id] = (worker_id, batch)
-        self.held[worker_id].add(batch.batch_id)
+        self.held[worker_id][batch.batch_id] = None
+        self.free[worker_id] -= 1
+        self._sends += 1
+        self._last_send[worker_id] = self._sends
         return worker_id, batch, batch.frames(with_fn)
 
     def _next_batch(self) -> Batch | None:
@@ -242,11 +269,15 @@ class Ventilator:
     def _merge_calls(self, first: Batch) -> Batch:
         """Merge queued submits of the same function into one batch, sized by
         the function's measured cost and split fairly over the free credits."""
+        if first.suspect:
+            return first
         sizer = self.call_sizers.setdefault(first.digest, BatchSizer())
-        fair_share = -(-(len(self.urgent) + 1) // (len(self.credits) + 1))
+        fair_share = -(-(len(self.urgent) + 1) // self.credits)
         limit = min(sizer.next_size(), fair_share, MAX_MERGED_CALLS)
         group = [first]
-        while len(group) < limit and self.urgent and self.urgent[0].digest == first.digest:
+        while (
+            len(group) < limit and self.urgent and self.urgent[0].digest == first.digest and not self.urgent[0].suspect
+        ):
             batch = self.urgent.popleft()
             if batch.owner.claim():
                 group.append(batch)
@@ -261,7 +292,7 @@ class Ventilator:
             first.codec,
             [n for b in group for n in b.item_frames],
             [f for b in group for f in b.payload],
-            len(group),
+            sum(b.n_items for b in group),
             owner,
             attempts=max(b.attempts for b in group),
         )
@@ -272,8 +303,8 @@ class Ventilator:
         if entry is None or entry[0] != worker_id:
             return None
         del self.in_flight[batch_id]
-        self.held[worker_id].discard(batch_id)
-        self.credits.append(worker_id)
+        self.held[worker_id].pop(batch_id, None)
+        self.free[worker_id] += 1
         return entry[1]
 
     def observe(self, batch: Batch, elapsed_s: float) -> None:
@@ -292,7 +323,8 @@ class Ventilator:
         """Forget every batch sent (the client is closing or lost its nodes)."""
         dropped = [batch for _, batch in self.in_flight.values()]
         self.in_flight.clear()
-        for held in self.held.values():
+        for worker_id, held in self.held.items():
+            self.free[worker_id] += len(held)
             held.clear()
         return dropped
 

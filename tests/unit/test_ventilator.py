@@ -79,7 +79,7 @@ def test_result_returns_the_credit_and_duplicates_are_refused():
     assert vent.complete(b"w2", batch.batch_id) is None  # not the worker it was sent to
     assert vent.complete(b"w1", batch.batch_id) is batch
     assert vent.complete(b"w1", batch.batch_id) is None  # late duplicate
-    assert list(vent.credits) == [b"w1"]
+    assert vent.free == {b"w1": 1}
     assert vent.idle()
 
 
@@ -144,6 +144,45 @@ def test_single_task_fails_after_retries():
     assert vent.idle()
 
 
+def test_an_idle_worker_is_preferred_to_a_busy_ones_prefetch_slot():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 2, b"n1")
+    vent.enqueue(call_batch())
+    list(vent.dispatch())  # w1 is running one batch
+    vent.worker_ready(b"w2", 2, b"n1")
+    vent.enqueue(call_batch())
+    assert [w for w, _, _ in vent.dispatch()] == [b"w2"]
+
+
+def test_only_the_running_batch_is_charged_when_its_worker_dies():
+    vent = Ventilator(retries=2)
+    vent.worker_ready(b"w1", 2, b"n1")
+    poison, bystander = Owner(), Owner()
+    vent.enqueue(call_batch(poison, digest=b"p" * 16))
+    vent.enqueue(call_batch(bystander, digest=b"q" * 16))
+    sent = [b for _, b, _ in vent.dispatch()]
+    assert vent.worker_lost(b"w1", "killed by signal SIGKILL") == []
+    assert [b.attempts for b in sent] == [1, 0]
+    assert list(vent.urgent) == sent  # both back, in their order
+
+
+def test_merged_batches_count_every_item_so_splits_cover_every_future():
+    vent = Ventilator()
+    for _ in range(8):
+        vent.enqueue(call_batch())
+    vent.observe(call_batch(), 1e-6)
+    vent.worker_ready(b"w1", 1, b"n1")
+    [(_, merged, _)] = list(vent.dispatch())
+    assert merged.n_items == 8 and len(merged.item_frames) == 8
+    vent.worker_lost(b"w1")
+    halves = list(vent.urgent)
+    assert [h.n_items for h in halves] == [4, 4]
+    vent.enqueue(call_batch())
+    vent.worker_ready(b"w2", 3, b"n1")
+    sent = [b for _, b, _ in vent.dispatch()]  # suspects go alone, so the poison is isolated
+    assert [b.n_items for b in sent] == [4, 4, 1]
+
+
 def test_unknown_worker_lost_is_harmless():
     assert Ventilator().worker_lost(b"nobody") == []
 
@@ -155,7 +194,7 @@ def test_ready_again_resets_the_worker():
     list(vent.dispatch())
     vent.worker_ready(b"w1", 2, b"n1")  # it re-attached: what it held is re-queued
     assert [b.n_items for b in vent.bulk] == [2, 2]
-    assert list(vent.credits) == [b"w1", b"w1"]
+    assert vent.free == {b"w1": 2}
     assert not vent.in_flight
 
 
@@ -178,6 +217,6 @@ def test_paused_nodes_get_no_batches():
     for _ in range(2):
         vent.enqueue(map_batch(range(2)))
     assert [w for w, _, _ in vent.dispatch()] == [b"w2"]
-    assert b"w1" in vent.credits
+    assert vent.free[b"w1"] == 1 and vent.credits == 0
     vent.paused.clear()
     assert [w for w, _, _ in vent.dispatch()] == [b"w1"]

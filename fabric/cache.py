@@ -1,0 +1,316 @@
+"""Client side of the result cache: the hash ring, batched lookups and write-backs.
+
+::
+
+    caller thread: keys = item_keys(fn digest, chunk) ─► lookup(keys) ─┐ (blocks one round trip)
+    I/O thread:    group keys by ring owner ── CACHE_GET ──► owner node's ResultStore
+                   CACHE_HITS ◄── found values ───────────── (fabric.store, in the node process)
+    caller thread: hits go straight to the caller; misses run as a normal batch,
+                   and their results go back ── CACHE_PUT ──► owner (and its replica)
+
+The lookup is made by the client, batched per chunk, so a hit never touches a
+worker or crosses the network twice (owner -> client), and a miss costs one
+extra round trip per chunk, not per task.  The ring is a ``uhashring.HashRing``
+of the live nodes that hold a shard, weighted by shard size; it follows the
+heartbeats, so when one of N nodes joins or leaves only about 1/N of the keys
+change owner.  With ``replicas = 2`` an entry is also written to the next
+distinct node of the ring, which becomes its owner if the first one dies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from uhashring import HashRing
+
+from .cache_key import call_key, function_digest, item_keys
+from .errors import CacheKeyError
+from .heartbeat import NodeStats
+from .protocol import CacheClear, CacheCleared, CacheGet, CacheHits, CachePut, Message
+
+if TYPE_CHECKING:
+    from .io_loop import IOLoop
+
+_request_ids = itertools.count(1)
+
+
+class CacheRing:
+    """Live nodes holding a cache shard, on a consistent-hash ring."""
+
+    def __init__(self, replicas: int = 1) -> None:
+        self.replicas = replicas
+        self._members: dict[str, int] = {}
+        self._ring: HashRing | None = None
+
+    def update(self, nodes: Iterable[NodeStats]) -> bool:
+        """Follow membership; True when the ring changed."""
+        members = {n.node_id.hex(): n.cache_weight for n in nodes if n.cache_weight > 0}
+        if members == self._members:
+            return False
+        self._members = members
+        self._ring = HashRing(nodes={name: {"weight": w} for name, w in members.items()}) if members else None
+        return True
+
+    def owners(self, key: bytes) -> list[bytes]:
+        """The key's owner first, then its replica (distinct nodes)."""
+        if self._ring is None:
+            return []
+        if self.replicas == 1:
+            return [bytes.fromhex(self._ring.get_node(key.hex()))]
+        return [bytes.fromhex(n["nodename"]) for n in self._ring.range(key.hex(), size=self.replicas, unique=True)]
+
+    def node_ids(self) -> list[bytes]:
+        return [bytes.fromhex(name) for name in self._members]
+
+    def __bool__(self) -> bool:
+        return self._ring is not None
+
+
+@dataclass
+class Lookup:
+    """One batched lookup from a caller thread, answered by one or more owners."""
+
+    keys: list[bytes]
+    deadline: float
+    found: dict[int, bytes] = field(default_factory=dict)
+    waiting: dict[int, tuple[bytes, list[int]]] = field(default_factory=dict)  # request id -> (node, key indices)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Clearing:
+    deadline: float
+    waiting: set[int] = field(default_factory=set)
+    removed: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """``fx.cache.stats()``: this client's hits and misses; entries and bytes
+    stored on each node (from their heartbeats)."""
+
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    nodes: dict[str, dict[str, int]]
+
+
+class CacheClient:
+    """Lookups, write-backs and clears, routed on the ring.  Caller threads call
+    ``lookup``/``store``/``clear``; everything else runs in the I/O thread."""
+
+    def __init__(self, io: IOLoop, replicas: int, timeout_s: float) -> None:
+        self.io = io
+        self.ring = CacheRing(replicas)
+        self.timeout_s = timeout_s
+        self.lookups: dict[int, Lookup] = {}  # request id -> lookup
+        # (deadline, start, give up): work waiting for a first node with a shard
+        self.parked: list[tuple[float, Callable[[], None], Callable[[], None]]] = []
+        self.clearings: dict[int, Clearing] = {}
+        self.hits = 0
+        self.misses = 0
+
+    # -- caller threads ---------------------------------------------------------------
+
+    def lookup(self, keys: list[bytes]) -> dict[int, bytes]:
+        """Stored values by index into ``keys``; misses are absent.  Waits one
+        round trip (or, before any node is known, up to the timeout)."""
+        if not keys:
+            return {}
+        request = Lookup(keys, time.monotonic() + self.timeout_s)
+        if not self.io.post(lambda: self._start(request)):
+            return {}
+        request.done.wait(self.timeout_s + 1)
+        found = dict(request.found)
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        return found
+
+    def store(self, fn_digest: bytes, keys: list[bytes], values: list[Any]) -> None:
+        """Write results back to their owners (fire and forget)."""
+        blobs = [pickle.dumps(v, protocol=5) for v in values]
+        if keys:
+            self.io.post(lambda: self._put(fn_digest, keys, blobs))
+
+    def clear(self, fn_digest: bytes) -> int:
+        """Remove one function's entries (empty digest: all) from every node."""
+        clearing = Clearing(time.monotonic() + self.timeout_s)
+        if self.io.post(lambda: self._start_clear(clearing, fn_digest)):
+            clearing.done.wait(self.timeout_s + 1)
+        return clearing.removed
+
+    def stats(self) -> CacheStats:
+        nodes = {
+            n.name: {"entries": n.cache_entries, "bytes": n.cache_bytes, "hits": n.cache_hits,
+                     "misses": n.cache_misses}
+            for n in self.io.nodes() if n.cache_weight > 0
+        }
+        return CacheStats(
+            self.hits, self.misses, sum(n["entries"] for n in nodes.values()), sum(n["bytes"] for n in nodes.values()),
+            nodes,
+        )
+
+    # -- I/O thread -------------------------------------------------------------------
+
+    def _park(self, start: Callable[[], None], give_up: Callable[[], None]) -> bool:
+        """Hold ``start`` until a node with a shard is known; True if held."""
+        if self.ring:
+            return False
+        self.parked.append((time.monotonic() + self.timeout_s, start, give_up))
+        return True
+
+    def _start(self, request: Lookup) -> None:
+        if self._park(lambda: self._start(request), request.done.set):
+            return
+        by_owner: dict[bytes, list[int]] = {}
+        for index, key in enumerate(request.keys):
+            by_owner.setdefault(self.ring.owners(key)[0], []).append(index)
+        for node_id, indices in by_owner.items():
+            request_id = next(_request_ids)
+            if self._send(node_id, CacheGet(request_id, [request.keys[i] for i in indices])):
+                request.waiting[request_id] = (node_id, indices)
+                self.lookups[request_id] = request
+        if not request.waiting:
+            request.done.set()
+
+    def _put(self, fn_digest: bytes, keys: list[bytes], blobs: list[bytes]) -> None:
+        if self._park(lambda: self._put(fn_digest, keys, blobs), lambda: None):
+            return
+        by_node: dict[bytes, list[int]] = {}
+        for index, key in enumerate(keys):
+            for node_id in self.ring.owners(key):
+                by_node.setdefault(node_id, []).append(index)
+        for node_id, indices in by_node.items():
+            self._send(node_id, CachePut(fn_digest, [keys[i] for i in indices], [blobs[i] for i in indices]))
+
+    def _start_clear(self, clearing: Clearing, fn_digest: bytes) -> None:
+        if self._park(lambda: self._start_clear(clearing, fn_digest), clearing.done.set):
+            return
+        for node_id in self.ring.node_ids():
+            request_id = next(_request_ids)
+            if self._send(node_id, CacheClear(request_id, fn_digest)):
+                clearing.waiting.add(request_id)
+                self.clearings[request_id] = clearing
+        if not clearing.waiting:
+            clearing.done.set()
+
+    def _send(self, node_id: bytes, msg: Message) -> bool:
+        return self.io.send_to_node(node_id, msg)
+
+    def on_hits(self, msg: CacheHits) -> None:
+        request = self.lookups.pop(msg.request_id, None)
+        if request is None:
+            return
+        _, indices = request.waiting.pop(msg.request_id)
+        for hit, value in zip(msg.indices, msg.payload):
+            if hit < len(indices):
+                request.found[indices[hit]] = bytes(value)
+        if not request.waiting:
+            request.done.set()
+
+    def on_cleared(self, msg: CacheCleared) -> None:
+        clearing = self.clearings.pop(msg.request_id, None)
+        if clearing is not None:
+            clearing.waiting.discard(msg.request_id)
+            clearing.removed += msg.removed
+            if not clearing.waiting:
+                clearing.done.set()
+
+    def nodes_changed(self, nodes: Iterable[NodeStats]) -> None:
+        """Membership changed: follow it; start what waited for a first node."""
+        self.ring.update(nodes)
+        if self.ring and self.parked:
+            parked, self.parked = self.parked, []
+            for _, start, _ in parked:
+                start()
+
+    def node_lost(self, node_id: bytes) -> None:
+        """Answers from a lost node will not come: count them as misses."""
+        for request_id, request in list(self.lookups.items()):
+            if request.waiting[request_id][0] == node_id:
+                self._give_up(request_id, request)
+
+    def expire(self, now: float) -> None:
+        for request_id, request in list(self.lookups.items()):
+            if now > request.deadline:
+                self._give_up(request_id, request)
+        expired = [p for p in self.parked if now > p[0]]
+        for item in expired:
+            self.parked.remove(item)
+            item[2]()
+        for request_id, clearing in list(self.clearings.items()):
+            if now > clearing.deadline:
+                del self.clearings[request_id]
+                clearing.done.set()
+
+    def _give_up(self, request_id: int, request: Lookup) -> None:
+        del self.lookups[request_id]
+        del request.waiting[request_id]
+        if not request.waiting:
+            request.done.set()
+
+
+class CachedFunction:
+    """One cached call site: the function's stable digest and the client to ask.
+
+    Raises :class:`~fabric.CacheKeyError` at construction when the function's
+    identity cannot be derived stably (it reads a global with no stable encoding)."""
+
+    __slots__ = ("client", "fn_digest", "star")
+
+    def __init__(self, client: CacheClient, fn: Callable[..., Any], star: bool = False) -> None:
+        self.client = client
+        self.fn_digest = function_digest(fn)
+        self.star = star
+
+    def keys(self, items: list[Any], start: int) -> list[bytes]:
+        try:
+            return item_keys(self.fn_digest, items, self.star)
+        except CacheKeyError as exc:
+            raise CacheKeyError(f"{exc} (in the chunk of map input starting at item {start})") from exc
+
+    def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        return call_key(self.fn_digest, args, kwargs)
+
+    def lookup(self, keys: list[bytes]) -> dict[int, bytes]:
+        return self.client.lookup(keys)
+
+    def store(self, keys: list[bytes], values: list[Any]) -> None:
+        self.client.store(self.fn_digest, keys, values)
+
+
+class FabricCache:
+    """``fx.cache``: statistics and clearing of the cluster's result cache."""
+
+    def __init__(self, client: CacheClient) -> None:
+        self._client = client
+
+    def stats(self) -> CacheStats:
+        """Hits and misses of this client; entries and bytes per node."""
+        return self._client.stats()
+
+    def clear(self, fn: Callable[..., Any] | None = None) -> int:
+        """Forget the stored results of ``fn``, or of everything; returns how many."""
+        return self._client.clear(function_digest(fn) if fn is not None else b"")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cached(fn: F) -> F:
+    """Mark ``fn`` as pure: fabric reuses stored results of identical calls, as
+    if every call passed ``cache=True``."""
+    fn.__fabric_cached__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def wants_cache(fn: Callable[..., Any], option: bool) -> bool:
+    return option or bool(getattr(fn, "__fabric_cached__", False))

@@ -1,0 +1,68 @@
+"""The cache ring follows membership and moves only about 1/N of the keys."""
+
+import hashlib
+
+import pytest
+
+from fabric.cache import CacheRing
+from fabric.heartbeat import NodeStats
+
+KEYS = [hashlib.blake2b(str(i).encode(), digest_size=20).digest() for i in range(10_000)]
+
+
+def node(name, weight=1024):
+    return NodeStats(node_id=name.encode(), name=name, control=f"tcp://{name}:1", pub=f"tcp://{name}:2",
+                     cache_weight=weight)
+
+
+def owners(ring):
+    return {key: ring.owners(key)[0] for key in KEYS}
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_join_and_leave_move_about_one_nth(n):
+    ring = CacheRing()
+    nodes = [node(f"n{i}") for i in range(n)]
+    ring.update(nodes)
+    before = owners(ring)
+    ring.update([*nodes, node("joiner")])
+    moved = sum(before[k] != o for k, o in owners(ring).items())
+    assert moved / len(KEYS) <= 1 / (n + 1) + 0.05
+    assert all(o == b"joiner" for k, o in owners(ring).items() if before[k] != o)  # only to the joiner
+    ring.update(nodes[1:])
+    after_leave = owners(ring)
+    moved = sum(before[k] != after_leave[k] for k in KEYS)
+    assert moved / len(KEYS) <= 1 / n + 0.05
+    assert all(before[k] == nodes[0].node_id for k in KEYS if before[k] != after_leave[k])  # only the leaver's
+
+
+def test_weights_shift_load():
+    ring = CacheRing()
+    ring.update([node("small", 100), node("big", 300)])
+    share = sum(o == b"big" for o in owners(ring).values()) / len(KEYS)
+    assert 0.65 < share < 0.85
+
+
+def test_replicas_are_distinct_nodes_and_nodes_without_cache_are_left_out():
+    ring = CacheRing(replicas=2)
+    assert ring.update([node("a"), node("b"), node("c"), node("nocache", 0)])
+    assert not ring.update([node("a"), node("b"), node("c")])  # same cache members: unchanged
+    for key in KEYS[:200]:
+        first, second = ring.owners(key)
+        assert first != second and b"nocache" not in (first, second)
+
+
+def test_replica_becomes_owner_when_the_owner_leaves():
+    ring = CacheRing(replicas=2)
+    nodes = [node("a"), node("b"), node("c")]
+    ring.update(nodes)
+    pairs = {key: ring.owners(key) for key in KEYS[:500]}
+    ring.update([n for n in nodes if n.name != "a"])
+    for key, (first, second) in pairs.items():
+        if first == b"a":
+            assert ring.owners(key)[0] == second
+
+
+def test_empty_ring():
+    ring = CacheRing()
+    assert not ring and ring.owners(KEYS[0]) == []
