@@ -1,0 +1,125 @@
+"""Fixtures for tests that run real fabrics: a shared one, fresh ones, and a
+check that fails loudly when a test leaves child processes behind.
+
+Models: pyzmq ``tests/conftest.py`` (teardown fails when sockets remain open)
+and dask ``distributed/pytest_resourceleaks.py`` (processes leaked by a test).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+import zmq
+from helpers import Gate, all_gone, fabric_pids, gone, wait_for, wait_workers
+
+import fabric
+
+WORKERS = 2
+LEAK_GRACE_S = 5.0  # the node's own stop timeout: a child still alive after it has leaked
+
+_shared: list[fabric.Fabric] = []  # module-scoped fabrics, whose processes outlive one test
+
+
+def _shutdown_and_check(fx: fabric.Fabric, **shutdown_kwargs: bool) -> None:
+    """Shut ``fx`` down; fail if its node or any of its workers is still alive."""
+    pids = fabric_pids(fx)
+    fx.shutdown(**shutdown_kwargs)
+    wait_for(lambda: all_gone(pids), LEAK_GRACE_S, f"the processes of {fx!r} to exit")
+
+
+@pytest.fixture(scope="module")
+def fx() -> Iterator[fabric.Fabric]:
+    """One fabric with 2 workers shared by a module's behaviour tests.
+
+    Tests using it must leave it as they found it: no task left running.
+    """
+    shared = fabric.connect(workers=WORKERS)
+    _shared.append(shared)
+    wait_workers(shared, WORKERS)
+    try:
+        yield shared
+    finally:
+        _shared.remove(shared)
+        _shutdown_and_check(shared)
+
+
+def _new_children(before: set[int]) -> list[psutil.Process]:
+    """Live descendants of this process started since ``before``, except those
+    of the shared fabrics."""
+    shared = {pid for fx in _shared for pid in fabric_pids(fx)}
+    children = psutil.Process().children(recursive=True)
+    return [p for p in children if p.pid not in before and p.pid not in shared and not gone(p.pid)]
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"{process.pid} {' '.join(process.cmdline())}"
+    except psutil.Error:
+        return str(process.pid)
+
+
+@pytest.fixture
+def no_leaked_processes() -> Iterator[None]:
+    """Fail the test if it leaves a child process behind (killing the leftovers)."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    try:
+        wait_for(lambda: not _new_children(before), LEAK_GRACE_S, "the test's child processes to exit")
+    except AssertionError:
+        leaked = _new_children(before)
+    else:
+        return
+    for process in leaked:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    pytest.fail("leaked child processes:\n" + "\n".join(map(_describe, leaked)), pytrace=False)
+
+
+@pytest.fixture
+def make_fabric(no_leaked_processes: None) -> Iterator[Callable[..., fabric.Fabric]]:
+    """Factory of fresh fabrics (2 workers unless told), all workers up, shut down after the test."""
+    made: list[fabric.Fabric] = []
+
+    def make(**kwargs: int) -> fabric.Fabric:
+        kwargs.setdefault("workers", WORKERS)
+        new = fabric.connect(**kwargs)
+        made.append(new)
+        # Every worker up first: a worker still starting when the fabric shuts
+        # down misses its SHUTDOWN and costs the node's 2 s grace.
+        wait_workers(new, kwargs["workers"])
+        return new
+
+    yield make
+    for each in made:
+        _shutdown_and_check(each, wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def fresh_fx(make_fabric: Callable[..., fabric.Fabric]) -> fabric.Fabric:
+    """A fabric of its own for a test that breaks, blocks or shuts it down."""
+    return make_fabric()
+
+
+@pytest.fixture
+def gate(tmp_path) -> Iterator[Gate]:
+    """A gate for blocking tasks; opened at teardown so no task stays blocked."""
+    g = Gate(tmp_path / "gate")
+    yield g
+    g.open()
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[zmq.Context]:
+    """A context for raw sockets; teardown fails if a test leaves one open."""
+    context = zmq.Context()
+    yield context
+    open_sockets = [s for s in context._sockets if not s.closed]
+    for sock in open_sockets:
+        sock.close(linger=0)
+    context.term()
+    assert not open_sockets, f"{len(open_sockets)} sockets left open"

@@ -1,0 +1,199 @@
+"""Shared test helpers: polling with a deadline, the processes of a fabric, gates
+and fault injection.
+
+The task functions here are imported by reference on the workers (the embedded
+node hands the client's ``sys.path`` to them), so keep this module's imports
+light.  Models: dask ``distributed/chaos.py`` for the ways to crash a worker,
+``utils_test.wait_for`` style polling instead of sleeps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+T = TypeVar("T")
+
+POLL_INTERVAL_S = 0.005
+GATE_TIMEOUT_S = 60.0  # a task waiting on a gate gives up after this, so no worker hangs forever
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy; return that value.
+
+    Raises AssertionError naming ``what`` (or the predicate) after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate!r}")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def wait_resolved(futures: list[Any], stall_s: float) -> None:
+    """Wait until every future is done; fail as soon as none has finished for
+    ``stall_s`` (lost futures hang forever, so a plain timeout would be slow)."""
+    last_done, last_progress = -1, time.monotonic()
+    while (done := sum(f.done() for f in futures)) < len(futures):
+        now = time.monotonic()
+        if done > last_done:
+            last_done, last_progress = done, now
+        elif now - last_progress > stall_s:
+            unresolved = len(futures) - done
+            raise AssertionError(f"{unresolved} of {len(futures)} futures unresolved, no progress for {stall_s} s")
+        time.sleep(POLL_INTERVAL_S)
+
+
+# -- processes -------------------------------------------------------------------
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting to be reaped counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def live_children(process: psutil.Process) -> list[psutil.Process]:
+    """Direct children that have not exited."""
+    return [p for p in process.children() if not gone(p.pid)]
+
+
+def node_pid(fx: Any) -> int:
+    """Pid of the embedded node of a fabric started by ``fabric.connect()``."""
+    return fx._embedded.process.pid
+
+
+def node_process(fx: Any) -> psutil.Process:
+    return psutil.Process(node_pid(fx))
+
+
+def fabric_pids(fx: Any) -> set[int]:
+    """The embedded node and every process under it (empty once the node has exited)."""
+    try:
+        node = node_process(fx)
+        return {node.pid, *(p.pid for p in node.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def worker_pids(fx: Any) -> set[int]:
+    """Pids of the live worker processes of an embedded fabric."""
+    return {p.pid for p in live_children(node_process(fx))}
+
+
+def wait_workers(fx: Any, count: int, timeout_s: float = 10.0) -> set[int]:
+    """Wait until the node has ``count`` live workers and the client holds
+    credits from as many; return their pids."""
+    wait_for(lambda: len(worker_pids(fx)) == count and fx.workers() == count, timeout_s, f"{count} workers")
+    return worker_pids(fx)
+
+
+def all_gone(pids: set[int]) -> bool:
+    return all(gone(pid) for pid in pids)
+
+
+# -- gates: a task blocks until the test opens its gate ----------------------------
+
+
+class Gate:
+    """A file that tasks wait for; ``open()`` creates it.  Only its path travels."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def open(self) -> None:
+        Path(self.path).touch()
+
+
+def gated(gate_path: str, value: T, started_dir: str | None = None) -> T:
+    """Return ``value`` once the gate at ``gate_path`` is open (a task that blocks).
+
+    With ``started_dir``, first create a file named after the worker's pid
+    there, so a test can wait until workers are inside the task.
+    """
+    if started_dir is not None:
+        Path(started_dir, str(os.getpid())).touch()
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while not os.path.exists(gate_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate_path} never opened")
+        time.sleep(0.001)
+    return value
+
+
+# -- tasks -------------------------------------------------------------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def spin_square(x: int, seconds: float = 1e-4) -> int:
+    """``x * x`` after ``seconds`` of busy work."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return x * x
+
+
+def pid_after(_: object, seconds: float = 0.002) -> int:
+    """The worker's pid, after a little work so that a map spreads over workers."""
+    spin_square(0, seconds)
+    return os.getpid()
+
+
+# -- fault injection (dask's chaos.py: exit, kill, segfault) ------------------------
+
+
+def die_by_exit() -> None:
+    os._exit(3)
+
+
+def die_by_sigkill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_by_segfault() -> None:
+    ctypes.string_at(0)
+
+
+CRASHES: dict[str, Callable[[], None]] = {
+    "exit": die_by_exit,
+    "sigkill": die_by_sigkill,
+    "segfault": die_by_segfault,
+}
+
+
+def crash_once(x: int, at: int, how: str, marker: str) -> int:
+    """``x * x``, except that the first worker to reach item ``at`` dies by ``how``.
+
+    ``marker`` is created atomically before dying, so a retry of the same item
+    returns normally: the worker crashes exactly once.
+    """
+    if x == at:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return spin_square(x)
+        os.close(fd)
+        CRASHES[how]()
+    return spin_square(x)
+
+
+def crash_always(x: int, at: int, how: str) -> int:
+    """``x * x``, except that item ``at`` kills its worker on every attempt."""
+    if x == at:
+        CRASHES[how]()
+    return spin_square(x, 0)
