@@ -3,9 +3,11 @@
 The import name is ``fabric``; the distribution is ``zmq-fabric``.
 """
 
+from .cache import CacheStats, cached
 from .client import Fabric, connect
 from .config import ConfigError
 from .errors import (
+    CacheKeyError,
     ClosedError,
     FabricError,
     NoNodesError,
@@ -13,6 +15,7 @@ from .errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    StoreError,
     TaskTimeoutError,
     WorkerCrashedError,
     WorkerLostError,
@@ -23,6 +26,10 @@ from .heartbeat import NodeStats, WorkerStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheKeyError",
+    "CacheStats",
+    "StoreError",
+    "cached",
     "ALL_COMPLETED",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",

@@ -38,6 +38,15 @@ class NoNodesError(FabricError):
     """No node can be reached to run work."""
 
 
+class CacheKeyError(FabricError, TypeError):
+    """A cached call has an argument (or its function reads a value) with no
+    stable encoding, so no cache key can be derived for it."""
+
+
+class StoreError(FabricError):
+    """A node's result store failed (disk full, locked, unreadable)."""
+
+
 class TaskTimeoutError(FabricError, TimeoutError):
     """A task ran longer than its ``task_timeout``."""
 

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 HWM = 100_000  # credits keep queues far below this; it only guards against a bug
 CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (start-up time)
+GOODBYE_LINGER_MS = 200  # how long closing waits to deliver GOODBYE; a node missing it forgets us by liveness
 
 
 class IOLoop:
@@ -165,7 +166,7 @@ class IOLoop:
         if control not in self.controls:
             sock = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, self.client_id)
-            sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.LINGER, GOODBYE_LINGER_MS)
             sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
             sock.connect(control)
             self.controls[control] = sock

@@ -383,8 +383,11 @@ class Node:
         """Hand back what the workers hold, stop them, close everything."""
         self.running = False
         self._send(self.state.leaving())
-        for worker_id in self.processes:
-            self._send([(worker_id, Shutdown())])
+        for worker_id, proc in self.processes.items():
+            if self.state.workers.get(worker_id, None) is not None and self.state.workers[worker_id].up:
+                self._send([(worker_id, Shutdown())])
+            else:  # still starting: it would never hear SHUTDOWN
+                proc.terminate()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for proc in self.processes.values():
             try:

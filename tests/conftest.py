@@ -7,7 +7,9 @@ and dask ``distributed/pytest_resourceleaks.py`` (processes leaked by a test).
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterator
 
 import psutil
@@ -16,6 +18,9 @@ import zmq
 from helpers import Gate, all_gone, fabric_pids, gone, wait_for, wait_workers
 
 import fabric
+
+# Embedded nodes keep their result-cache shard under FABRIC_CACHE_DIR: never the user's own cache.
+os.environ["FABRIC_CACHE_DIR"] = tempfile.mkdtemp(prefix="fabric-test-cache-")
 
 WORKERS = 2
 LEAK_GRACE_S = 5.0  # the node's own stop timeout: a child still alive after it has leaked

@@ -79,15 +79,6 @@ def test_a_worker_that_dies_mid_batch_once_loses_no_result(fresh_fx, tmp_path, h
     assert_serves_with_every_worker(fresh_fx)
 
 
-LOST_IN_REMERGE = (
-    "fabric bug: Ventilator._merge_calls gives a merged batch n_items=len(group), the number of batches merged; "
-    "after a worker loss the split halves (several items each) are merged again with too small an n_items, so "
-    "the next loss splits off only n_items futures: the others are never resolved (they stay RUNNING), and a "
-    "poison task is never isolated (crash loop)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=LOST_IN_REMERGE)
 def test_a_poison_task_among_10000_fails_alone(fresh_fx):
     n, poison = 10_000, 1234
     futures = [fresh_fx.submit(crash_always, x, poison, "exit") for x in range(n)]
@@ -101,8 +92,6 @@ def test_a_poison_task_among_10000_fails_alone(fresh_fx):
 
 
 def test_a_poison_item_in_a_map_raises_worker_crashed_error(fresh_fx):
-    # The poison is the first item: an innocent item charged with its crashes
-    # (the bug below) sits after it and cannot change where the map raises.
     task = functools.partial(crash_always, at=0, how="exit")
     results = fresh_fx.map(task, range(1000))
     with pytest.raises(fabric.WorkerCrashedError, match="exited with code 3"):
@@ -110,14 +99,6 @@ def test_a_poison_item_in_a_map_raises_worker_crashed_error(fresh_fx):
     assert_serves_with_every_worker(fresh_fx)
 
 
-INNOCENT_CHARGED = (
-    "fabric bug: when a worker dies, every single-task batch it held is charged an attempt, also one still "
-    "waiting in its prefetch slot that never ran; a task queued behind a poison task on the same worker fails "
-    "with WorkerCrashedError ('task square killed its worker on 3 attempts') for crashes it did not cause"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=INNOCENT_CHARGED)
 def test_a_task_prefetched_behind_a_poison_task_does_not_fail_with_it(make_fabric):
     fx = make_fabric(workers=1)
     wait_workers(fx, 1)

@@ -294,12 +294,6 @@ def test_map_yields_the_results_before_a_failing_item_then_raises(fx, chunksize,
 # -- serialization -------------------------------------------------------------------------
 
 
-OPEN_FILE_IS_COPIED = (
-    "fabric bug: a text file opened for reading is not refused; cloudpickle, fabric's fallback for arguments, "
-    "ships a StringIO copy of the whole file's content, so the task reads a snapshot and its writes are lost"
-)
-
-
 @pytest.mark.parametrize("where", ["args", "kwargs"])
 @pytest.mark.parametrize(
     "kind",
@@ -307,7 +301,7 @@ OPEN_FILE_IS_COPIED = (
         "lock",
         "binary-file",
         "file-for-writing",
-        pytest.param("file-for-reading", marks=pytest.mark.xfail(strict=True, reason=OPEN_FILE_IS_COPIED)),
+        pytest.param("file-for-reading"),
     ],
 )
 def test_an_unpicklable_argument_raises_at_submit(fx, tmp_path, where, kind):
@@ -433,14 +427,6 @@ def occupy_every_credit(fx, gate):
     return blockers
 
 
-HEAD_OF_LINE = (
-    "fabric bug: a worker's credits sit side by side in the ventilator's credit queue, so the second batch goes "
-    "to the worker already running the first (into its prefetch slot) while another worker is idle; a quick "
-    "task waits for a slow one"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=HEAD_OF_LINE)
 def test_a_quick_task_does_not_wait_behind_a_blocked_one_while_a_worker_is_idle(fresh_fx, gate):
     wait_workers(fresh_fx, 2)
     blocked = fresh_fx.submit(gated, gate.path, "blocked")

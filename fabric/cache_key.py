@@ -1,0 +1,395 @@
+"""Stable cache keys: a digest of a function's identity and of a call's arguments.
+
+cloudpickle bytes are not stable across processes, so keys come from a
+deterministic, type-tagged encoding instead:
+
+- A function pickled by value (defined in ``__main__`` or a notebook cell, a
+  lambda, a closure) is identified by its code (bytecode, constants, names,
+  argument layout, recursively through nested code), its defaults, its
+  closure values and the values of the module globals its code reads,
+  recursively through the by-value functions among them.  Editing the body, a
+  default, a closure value or a global (``K = 3`` -> ``K = 5``) changes the key;
+  the same source in a new process gives the same key.
+- An importable function is identified by module, qualified name and the
+  version of the distribution that provides it.
+- Arguments are encoded by exact type (``1``, ``1.0`` and ``True`` differ;
+  dict and set order does not matter).  Anything without a stable encoding (an
+  open file, a lock, a generator) raises :class:`~fabric.CacheKeyError`
+  naming the argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import functools
+import hashlib
+import importlib.metadata
+import math
+import pathlib
+import struct
+import sys
+import types
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .codec import _cell_is_set, _global_names, _pickled_by_value, binding_guard
+from .errors import CacheKeyError
+
+MAX_DEPTH = 64
+_NAN = struct.pack(">d", math.nan)
+
+
+class _Unstable(Exception):
+    """Raised inside the encoder; turned into CacheKeyError with context."""
+
+
+class Encoder:
+    """Writes a deterministic byte encoding of values into one bytearray."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self._stack: set[int] = set()  # containers being encoded: a cycle has no encoding
+
+    def value(self, obj: Any) -> None:
+        writer = _WRITERS.get(type(obj))
+        if writer is not None:
+            writer(self, obj)
+            return
+        self._other(obj)
+
+    def _other(self, obj: Any) -> None:
+        if len(self._stack) > MAX_DEPTH or id(obj) in self._stack:
+            raise _Unstable(f"a cyclic or too deeply nested {type(obj).__name__}")
+        self._stack.add(id(obj))
+        try:
+            _encode_other(self, obj)
+        finally:
+            self._stack.discard(id(obj))
+
+    def tag(self, tag: bytes, text: str = "") -> None:
+        data = text.encode("utf-8", "surrogatepass")
+        self.out += tag + len(data).to_bytes(4, "big") + data
+
+    def container(self, tag: bytes, items: Any) -> None:
+        if len(self._stack) > MAX_DEPTH or id(items) in self._stack:
+            raise _Unstable(f"a cyclic or too deeply nested {type(items).__name__}")
+        self._stack.add(id(items))
+        try:
+            self.out += tag + len(items).to_bytes(8, "big")
+            for item in items:
+                self.value(item)
+        finally:
+            self._stack.discard(id(items))
+
+    def unordered(self, tag: bytes, encodings: list[bytes]) -> None:
+        """Sets and dicts: their parts sorted by encoding, so order does not matter."""
+        self.out += tag + len(encodings).to_bytes(8, "big")
+        for encoding in sorted(encodings):
+            self.out += len(encoding).to_bytes(8, "big") + encoding
+
+    def sub(self, obj: Any) -> bytes:
+        """The encoding of ``obj`` alone, sharing the cycle guard."""
+        outer, self.out = self.out, bytearray()
+        try:
+            self.value(obj)
+            return bytes(self.out)
+        finally:
+            self.out = outer
+
+
+def _float(e: Encoder, x: float) -> None:
+    e.out += b"f" + (_NAN if x != x else struct.pack(">d", x))
+
+
+def _dict(e: Encoder, d: dict[Any, Any]) -> None:
+    if id(d) in e._stack or len(e._stack) > MAX_DEPTH:
+        raise _Unstable("a cyclic or too deeply nested dict")
+    e._stack.add(id(d))
+    try:
+        e.unordered(b"{", [e.sub(k) + e.sub(v) for k, v in d.items()])
+    finally:
+        e._stack.discard(id(d))
+
+
+_WRITERS: dict[type, Callable[[Encoder, Any], None]] = {
+    type(None): lambda e, x: e.out.extend(b"N"),
+    bool: lambda e, x: e.out.extend(b"T" if x else b"F"),
+    int: lambda e, x: e.tag(b"i", str(x)),
+    float: _float,
+    complex: lambda e, x: (_float(e, x.real), _float(e, x.imag)),
+    str: lambda e, x: e.tag(b"s", x),
+    bytes: lambda e, x: e.out.extend(b"b" + len(x).to_bytes(8, "big") + x),
+    bytearray: lambda e, x: e.out.extend(b"B" + len(x).to_bytes(8, "big") + x),
+    tuple: lambda e, x: e.container(b"(", x),
+    list: lambda e, x: e.container(b"[", x),
+    dict: _dict,
+    set: lambda e, x: e.unordered(b"<", [e.sub(i) for i in x]),
+    frozenset: lambda e, x: e.unordered(b">", [e.sub(i) for i in x]),
+    range: lambda e, x: e.tag(b"r", f"{x.start},{x.stop},{x.step}"),
+    slice: lambda e, x: (e.out.extend(b":"), e.value((x.start, x.stop, x.step))),
+    type(Ellipsis): lambda e, x: e.out.extend(b"E"),
+    datetime.datetime: lambda e, x: e.tag(b"Dt", x.isoformat()),
+    datetime.date: lambda e, x: e.tag(b"Dd", x.isoformat()),
+    datetime.time: lambda e, x: e.tag(b"Dh", x.isoformat()),
+    datetime.timedelta: lambda e, x: e.tag(b"Dl", f"{x.days},{x.seconds},{x.microseconds}"),
+    decimal.Decimal: lambda e, x: e.tag(b"d", str(x)),
+    fractions.Fraction: lambda e, x: e.tag(b"q", f"{x.numerator}/{x.denominator}"),
+    uuid.UUID: lambda e, x: e.out.extend(b"u" + x.bytes),
+}
+
+
+def _encode_other(e: Encoder, obj: Any) -> None:
+    """Values without an exact-type writer: numpy, enums, paths, dataclasses,
+    functions, classes, modules, plain objects."""
+    cls = type(obj)
+    if cls.__module__ == "numpy":
+        _numpy(e, obj)
+    elif isinstance(obj, enum.Enum):
+        e.out += b"e" + _class_identity(cls)
+        e.value(obj.value)
+    elif isinstance(obj, pathlib.PurePath):
+        e.tag(b"p", f"{cls.__name__}:{obj}")
+    elif isinstance(obj, types.ModuleType):
+        e.tag(b"m", f"{obj.__name__}=={_version(obj.__name__)}")
+    elif isinstance(obj, type):
+        e.out += b"c" + _class_identity(obj)
+    elif callable(obj) and not dataclasses.is_dataclass(obj) and _is_function_like(obj):
+        e.out += b"x" + function_digest(obj)
+    elif dataclasses.is_dataclass(obj):
+        e.out += b"@" + _class_identity(cls)
+        e.value(tuple(getattr(obj, f.name) for f in dataclasses.fields(obj)))
+    elif isinstance(obj, (int, float, str, bytes, tuple, list, dict, set, frozenset)):
+        e.out += b"^" + _class_identity(cls)  # a subclass of a plain type: its class, then its plain value
+        _WRITERS[next(t for t in cls.__mro__ if t in _WRITERS)](e, obj)
+    elif _plain_object(obj):
+        e.out += b"o" + _class_identity(cls)
+        _dict(e, vars(obj))
+    else:
+        raise _Unstable(f"no stable cache key for an object of type {cls.__qualname__}")
+
+
+def _numpy(e: Encoder, obj: Any) -> None:
+    import numpy
+
+    if isinstance(obj, numpy.ndarray):
+        if obj.dtype.hasobject:
+            e.tag(b"A", f"{obj.dtype.str}{obj.shape}")
+            e.value(obj.tolist())
+            return
+        e.tag(b"a", f"{obj.dtype.str}{obj.shape}")
+        e.out += numpy.ascontiguousarray(obj).tobytes()
+    elif isinstance(obj, numpy.generic):
+        e.tag(b"g", obj.dtype.str)
+        e.out += obj.tobytes()
+    else:
+        raise _Unstable(f"no stable cache key for an object of type numpy.{type(obj).__qualname__}")
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python, not in C
+
+
+def _plain_object(obj: Any) -> bool:
+    """An instance of a Python class whose state is just its ``__dict__`` (no
+    slots, no custom pickling); C types such as files never are."""
+    cls = type(obj)
+    return (
+        bool(cls.__flags__ & _HEAP_TYPE)
+        and all(base.__flags__ & _HEAP_TYPE or base is object for base in cls.__mro__)
+        and hasattr(obj, "__dict__")
+        and not hasattr(cls, "__slots__")
+        and cls.__reduce_ex__ is object.__reduce_ex__
+        and getattr(cls, "__getstate__", object.__getstate__) is object.__getstate__
+    )
+
+
+def _is_function_like(obj: Any) -> bool:
+    return isinstance(
+        obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)
+    ) or hasattr(obj, "__wrapped__")
+
+
+# -- functions ---------------------------------------------------------------------------
+
+_digests: dict[int, tuple[Callable[[], Any], tuple[int, ...], bytes]] = {}
+
+
+def function_digest(fn: Callable[..., Any]) -> bytes:
+    """16-byte digest of a function's identity (see the module docstring)."""
+    guard = binding_guard(fn)
+    entry = _digests.get(id(fn))
+    if entry is not None and entry[0]() is fn and entry[1] == guard:
+        return entry[2]
+    encoder = Encoder()
+    try:
+        _function(encoder, fn, set())
+    except _Unstable as exc:
+        raise CacheKeyError(f"cannot derive a cache key for {_label(fn)}: {exc}") from None
+    digest = hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
+    if len(_digests) > 4096:
+        _digests.clear()
+    _digests[id(fn)] = (_weak(fn), guard, digest)
+    return digest
+
+
+def _weak(obj: Any) -> Callable[[], Any]:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+def _function(e: Encoder, fn: Any, seen: set[int]) -> None:
+    wrapped = getattr(fn, "__wrapped__", None)
+    if wrapped is not None and not isinstance(fn, types.FunctionType):
+        _function(e, wrapped, seen)  # fabric's Guarded: options do not change results
+    elif isinstance(fn, functools.partial):
+        e.out += b"P"
+        _function(e, fn.func, seen)
+        e.value((fn.args, fn.keywords))
+    elif isinstance(fn, types.MethodType):
+        e.out += b"M"
+        _function(e, fn.__func__, seen)
+        e.value(fn.__self__)
+    elif isinstance(fn, types.FunctionType) and _pickled_by_value(fn):
+        _by_value(e, fn, seen)
+    elif isinstance(fn, type):
+        e.out += b"c" + _class_identity(fn)
+    elif isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)) or hasattr(fn, "__qualname__"):
+        module = getattr(fn, "__module__", None) or ""
+        e.tag(b"R", f"{module}:{fn.__qualname__}=={_version(module)}")
+    elif callable(fn) and _plain_object(fn):  # an instance with __call__
+        e.out += b"o" + _class_identity(type(fn))
+        _dict(e, vars(fn))
+    else:
+        raise _Unstable(f"no stable identity for a callable of type {type(fn).__qualname__}")
+
+
+def _by_value(e: Encoder, fn: types.FunctionType, seen: set[int]) -> None:
+    if id(fn) in seen:  # recursion: the name is enough, the body is already encoded
+        e.tag(b"@", fn.__qualname__)
+        return
+    seen.add(id(fn))
+    e.tag(b"F", fn.__qualname__)
+    _code(e, fn.__code__)
+    e.value(fn.__defaults__)
+    e.value(fn.__kwdefaults__)
+    for cell in fn.__closure__ or ():
+        _captured(e, cell.cell_contents if _cell_is_set(cell) else None, seen, f"closure of {fn.__qualname__}")
+    for name in sorted(set(_global_names(fn.__code__))):
+        if name in fn.__globals__:
+            e.tag(b"G", name)
+            _captured(e, fn.__globals__[name], seen, f"global {name!r} read by {fn.__qualname__}")
+
+
+def _captured(e: Encoder, value: Any, seen: set[int], where: str) -> None:
+    try:
+        if isinstance(value, types.FunctionType) and _pickled_by_value(value):
+            _by_value(e, value, seen)
+        elif callable(value) and _is_function_like(value) and not isinstance(value, type):
+            _function(e, value, seen)
+        else:
+            e.value(value)
+    except _Unstable as exc:
+        raise _Unstable(f"{where}: {exc}") from None
+
+
+def _code(e: Encoder, code: types.CodeType) -> None:
+    e.out += b"C" + code.co_code
+    e.value((code.co_names, code.co_varnames, code.co_argcount, code.co_posonlyargcount,
+             code.co_kwonlyargcount, code.co_flags))
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code(e, const)
+        else:
+            e.value(const)
+
+
+def _class_identity(cls: type) -> bytes:
+    """Importable classes by name and version; classes defined in ``__main__``
+    by name and the digests of their functions."""
+    name = f"{cls.__module__}:{cls.__qualname__}"
+    if cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__:
+        return f"{name}=={_version(cls.__module__)}".encode()
+    encoder = Encoder()
+    encoder.tag(b"K", name)
+    for attr, value in sorted(vars(cls).items()):
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if isinstance(value, types.FunctionType):
+            encoder.tag(b"k", attr)
+            encoder.out += function_digest(value)
+        elif not attr.startswith("__") and not isinstance(value, (property, types.MemberDescriptorType)):
+            encoder.tag(b"k", attr)
+            encoder.value(value)
+    return hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _version(module: str) -> str:
+    """The version of the distribution that provides ``module``, else ''."""
+    top = module.partition(".")[0]
+    if not top or top == "__main__" or top in sys.builtin_module_names or top in sys.stdlib_module_names:
+        return ""
+    for dist in _distributions().get(top, ()):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return str(getattr(sys.modules.get(top), "__version__", ""))
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return dict(importlib.metadata.packages_distributions())
+
+
+def _label(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+# -- calls -------------------------------------------------------------------------------
+
+
+def call_key(fn_digest: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """20-byte key of ``fn(*args, **kwargs)`` for the function with ``fn_digest``."""
+    encoder = Encoder()
+    for index, arg in enumerate(args):
+        _argument(encoder, arg, f"argument {index}")
+    for name in sorted(kwargs):
+        encoder.tag(b"=", name)
+        _argument(encoder, kwargs[name], f"argument {name!r}")
+    return hashlib.blake2b(fn_digest + bytes(encoder.out), digest_size=20).digest()
+
+
+def _argument(encoder: Encoder, value: Any, label: str) -> None:
+    try:
+        encoder.value(value)
+    except _Unstable as exc:
+        raise CacheKeyError(f"{label}: {exc}") from None
+
+
+def item_keys(fn_digest: bytes, items: list[Any], star: bool) -> list[bytes]:
+    """Keys of a map chunk: each item is the argument (or, ``star``, the arguments)."""
+    base = hashlib.blake2b(fn_digest, digest_size=20)
+    keys = []
+    encoder = Encoder()
+    for index, item in enumerate(items):
+        encoder.out = bytearray()
+        try:
+            if star:
+                for arg in item:
+                    encoder.value(arg)
+            else:
+                encoder.value(item)
+        except _Unstable as exc:
+            raise CacheKeyError(f"map item {index}: {exc}") from None
+        h = base.copy()
+        h.update(encoder.out)
+        keys.append(h.digest())
+    return keys

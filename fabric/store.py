@@ -1,0 +1,285 @@
+"""One node's shard of the result cache: a memory LRU in front of a sqlite file.
+
+Lives in the node process and is driven from its loop only (one thread), on
+``CACHE_GET`` / ``CACHE_PUT`` / ``CACHE_CLEAR`` messages.  Entries survive a
+node restart; several node processes on one machine may share a file (WAL
+journal, busy timeout).  Both layers evict the least recently used entry
+first: the memory layer by its own bounds, the file by ``max_entries`` and
+``max_bytes``.  Recency on disk is a counter updated in batches (at most once
+per ``TOUCH_FLUSH_S``), so a hit never writes to disk by itself.
+
+A file that is not a readable store (corrupt, or of another schema) is moved
+aside with a warning at start and replaced by an empty one.  Entry and byte
+counts are read once at start and kept up to date by this process, so
+statistics and eviction never scan the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TOUCH_FLUSH_S = 1.0
+SQL_CHUNK = 500  # parameters per IN (...) query
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    key BLOB PRIMARY KEY, fn BLOB NOT NULL, value BLOB NOT NULL, size INTEGER NOT NULL, last_used INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_fn ON results (fn);
+CREATE INDEX IF NOT EXISTS results_last_used ON results (last_used);
+"""
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    evictions: int
+
+
+class ResultStore:
+    """Bounded key -> bytes store with LRU eviction; ``path=None`` keeps memory only."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        max_entries: int = 1_000_000,
+        max_bytes: int = 1 << 30,
+        memory_entries: int = 10_000,
+        memory_bytes: int = 64 << 20,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.memory_entries = memory_entries
+        self.memory_bytes = memory_bytes
+        self._memory: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()  # key -> (fn, value)
+        self._memory_size = 0
+        self._touched: set[bytes] = set()
+        self._flushed_at = time.monotonic()
+        self._clock = 0
+        self._entries = self._bytes = 0  # of the file (or of memory, without one)
+        self.hits = self.misses = self.evictions = 0
+        self._db = self._open(self.path) if self.path is not None else None
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect(path)
+        except sqlite3.DatabaseError as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("result store %s is unreadable (%s); moved aside to %s, starting empty", path, exc, aside)
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return self._connect(path)
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            existing = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'results'").fetchone()[0]
+            if existing and version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._clock, self._entries, self._bytes = db.execute(
+                "SELECT coalesce(max(last_used), 0), count(*), coalesce(sum(size), 0) FROM results"
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get_many(self, keys: list[bytes]) -> dict[int, bytes]:
+        """Values by index into ``keys``, for the keys present."""
+        found: dict[int, bytes] = {}
+        wanted: dict[bytes, list[int]] = {}
+        for index, key in enumerate(keys):
+            entry = self._memory.get(key)
+            if entry is not None:
+                self._memory.move_to_end(key)
+                found[index] = entry[1]
+                self._touched.add(key)
+            else:
+                wanted.setdefault(key, []).append(index)
+        if wanted and self._db is not None:
+            for key, fn, value in self._select(list(wanted)):
+                for index in wanted[key]:
+                    found[index] = value
+                self._remember(key, fn, value)
+                self._touched.add(key)
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        self._flush_touches()
+        return found
+
+    def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+        return self._in_chunks("SELECT key, fn, value FROM results WHERE key IN ({})", keys)
+
+    def _sizes(self, keys: list[bytes]) -> list[tuple[bytes, int]]:
+        return self._in_chunks("SELECT key, size FROM results WHERE key IN ({})", keys)
+
+    def _in_chunks(self, query: str, keys: list[bytes]) -> list[Any]:
+        rows = []
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            rows += self._sql(query.format(",".join("?" * len(chunk))), chunk).fetchall()
+        return rows
+
+    # -- writes -------------------------------------------------------------------------
+
+    def put_many(self, fn_digest: bytes, entries: list[tuple[bytes, bytes]]) -> None:
+        """Insert or replace, then evict until within bounds."""
+        for key, value in entries:
+            self._remember(key, fn_digest, value)
+        if self._db is None:
+            self._evict_memory_only()
+            return
+        replaced = dict(self._sizes([key for key, _ in entries]))
+        rows = []
+        for key, value in entries:
+            self._clock += 1
+            rows.append((key, fn_digest, value, len(value), self._clock))
+            self._entries += key not in replaced
+            self._bytes += len(value) - replaced.pop(key, 0)
+        self._transaction(
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO results (key, fn, value, size, last_used) VALUES (?, ?, ?, ?, ?)", rows
+            )
+        )
+        self._evict_disk()
+
+    def clear(self, fn_digest: bytes | None = None) -> int:
+        """Remove one function's entries, or all; return how many."""
+        doomed = [k for k, (fn, _) in self._memory.items() if fn_digest is None or fn == fn_digest]
+        for key in doomed:
+            self._forget(key)
+        if self._db is None:
+            self._entries, self._bytes = len(self._memory), self._memory_size
+            return len(doomed)
+        where, params = ("", ()) if fn_digest is None else (" WHERE fn = ?", (fn_digest,))
+        count, size = self._sql(f"SELECT count(*), coalesce(sum(size), 0) FROM results{where}", params).fetchone()
+        self._sql(f"DELETE FROM results{where}", params)
+        self._entries -= count
+        self._bytes -= size
+        return count
+
+    def _remember(self, key: bytes, fn: bytes, value: bytes) -> None:
+        if len(value) > self.memory_bytes:
+            return
+        self._forget(key)
+        self._memory[key] = (fn, value)
+        self._memory_size += len(value)
+        while len(self._memory) > self.memory_entries or self._memory_size > self.memory_bytes:
+            _, (_, old) = self._memory.popitem(last=False)
+            self._memory_size -= len(old)
+
+    def _forget(self, key: bytes) -> None:
+        entry = self._memory.pop(key, None)
+        if entry is not None:
+            self._memory_size -= len(entry[1])
+
+    def _evict_memory_only(self) -> None:
+        while len(self._memory) > self.max_entries or self._memory_size > self.max_bytes:
+            _, (_, old) = self._memory.popitem(last=False)
+            self._memory_size -= len(old)
+            self.evictions += 1
+        self._entries, self._bytes = len(self._memory), self._memory_size
+
+    def _evict_disk(self) -> None:
+        excess = max(0, self._entries - self.max_entries)
+        if self._bytes > self.max_bytes:
+            excess = max(excess, self._entries_to_free(self._bytes - self.max_bytes))
+        if not excess:
+            return
+        self._flush_touches(force=True)
+        doomed = self._sql("SELECT key, size FROM results ORDER BY last_used LIMIT ?", (excess,)).fetchall()
+        self._transaction(lambda db: db.executemany("DELETE FROM results WHERE key = ?", [(k,) for k, _ in doomed]))
+        for key, size in doomed:
+            self._forget(key)
+            self._entries -= 1
+            self._bytes -= size
+        self.evictions += len(doomed)
+
+    def _entries_to_free(self, bytes_over: int) -> int:
+        """How many of the least recently used entries add up to ``bytes_over``."""
+        freed = count = 0
+        for (size,) in self._sql("SELECT size FROM results ORDER BY last_used"):
+            if freed >= bytes_over:
+                break
+            freed += size
+            count += 1
+        return count
+
+    def _flush_touches(self, force: bool = False) -> None:
+        """Record recent hits as recent uses on disk, in one batch."""
+        if self._db is None or not self._touched:
+            return
+        if not force and time.monotonic() - self._flushed_at < TOUCH_FLUSH_S:
+            return
+        rows = []
+        for key in self._touched:
+            self._clock += 1
+            rows.append((self._clock, key))
+        self._touched.clear()
+        self._flushed_at = time.monotonic()
+        self._transaction(lambda db: db.executemany("UPDATE results SET last_used = ? WHERE key = ?", rows))
+
+    # -- sqlite ---------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"result store {self.path} is closed")
+        return self._db
+
+    def _sql(self, query: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        try:
+            return self._connection().execute(query, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"result store {self.path}: {exc}") from exc
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], object]) -> None:
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"result store {self.path}: {exc}") from exc
+
+    def stats(self) -> StoreStats:
+        return StoreStats(self._entries, self._bytes, self.hits, self.misses, self.evictions)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._flush_touches(force=True)
+            self._db.close()
+            self._db = None
