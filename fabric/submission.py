@@ -57,11 +57,11 @@ class TaskAPI:
         fabric._check_open()
         options = self._task_options
         digest, fn_payload = fabric._shipped(fn, options)
-        payload = codec.pickle_frames((args, kwargs))
-        fabric._check_size(payload, f"the arguments of {_name(fn)}")
         future = Future(_name(fn))
         if wants_cache(fn, options.cache) and _served_from_cache(fabric, fn, args, kwargs, future):
             return future
+        payload = codec.pickle_frames((args, kwargs))
+        fabric._check_size(payload, f"the arguments of {_name(fn)}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=options.retries,

@@ -1,0 +1,128 @@
+"""Cache keys: stable across processes, sensitive to every edit, exact about types."""
+
+import dataclasses
+import math
+import os.path
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from fabric.cache_key import call_key, function_digest, item_keys
+from fabric.errors import CacheKeyError
+from fabric.options import Guarded, TaskOptions
+
+
+def cell(source):
+    """Run source as a notebook cell: in a namespace whose module is __main__."""
+    namespace = {"__name__": "__main__"}
+    exec(source, namespace)
+    return namespace
+
+
+BASE = "K = 3\ndef helper(x):\n    return x + K\ndef f(x, scale=2):\n    return helper(x) * scale\n"
+
+
+def digest_of(source, name="f"):
+    return function_digest(cell(source)[name])
+
+
+def test_same_source_same_digest_and_every_edit_changes_it():
+    digests = {
+        "base": digest_of(BASE),
+        "global": digest_of(BASE.replace("K = 3", "K = 5")),
+        "default": digest_of(BASE.replace("scale=2", "scale=3")),
+        "body": digest_of(BASE.replace("* scale", "* scale + 1")),
+        "helper body": digest_of(BASE.replace("x + K", "x - K")),
+    }
+    assert digest_of(BASE) == digests["base"]
+    assert len(set(digests.values())) == len(digests)
+
+
+def test_closure_values_and_lambdas():
+    make = cell("def make(n):\n    return lambda x: x + n\n")["make"]
+    assert function_digest(make(1)) == function_digest(make(1))
+    assert function_digest(make(1)) != function_digest(make(2))
+    assert function_digest(lambda x: x + 1) != function_digest(lambda x: x + 2)
+
+
+def test_functions_with_the_same_name_differ_by_body():
+    assert digest_of("def f(x):\n    return x\n") != digest_of("def f(x):\n    return -x\n")
+
+
+def test_recursive_functions_have_a_digest():
+    source = "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n"
+    assert digest_of(source, "fact") == digest_of(source, "fact")
+
+
+def test_importable_functions_by_name_and_options_do_not_matter():
+    assert function_digest(os.path.join) == function_digest(os.path.join)
+    assert function_digest(os.path.join) != function_digest(os.path.split)
+    f = cell(BASE)["f"]
+    assert function_digest(Guarded(f, TaskOptions(retries=5, task_timeout=2.0), 3)) == function_digest(f)
+
+
+SCRIPT = BASE + "from fabric.cache_key import function_digest, call_key\nprint(call_key(function_digest(f), (1, 'a'), {'b': [1.5]}).hex())\n"
+
+
+def test_stable_across_processes(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(SCRIPT)
+    runs = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(runs) == 1 and len(runs.pop().strip()) == 40
+
+
+D = function_digest(abs)
+
+
+def key(*args, **kwargs):
+    return call_key(D, args, kwargs)
+
+
+def test_exact_types_and_unordered_containers():
+    assert len({key(1), key(1.0), key(True), key("1"), key(b"1"), key((1,)), key([1]), key(None)}) == 8
+    assert key(0.0) != key(-0.0) and key(math.nan) == key(math.nan)
+    assert key({"a": 1, "b": 2}) == key({"b": 2, "a": 1})
+    assert key({1, 2, 3}) == key({3, 1, 2}) and key({1, 2}) != key(frozenset({1, 2}))
+    assert key(1, b=2) == key(1, **{"b": 2}) and key(1, b=2) != key(1, 2)
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+def test_dataclasses_and_numpy():
+    assert key(Point(1, 2)) == key(Point(1, 2)) and key(Point(1, 2)) != key(Point(2, 1))
+    np = pytest.importorskip("numpy")
+    assert key(np.arange(5)) == key(np.arange(5))
+    assert key(np.arange(5)) != key(np.arange(5.0)) and key(np.zeros((2, 3))) != key(np.zeros((3, 2)))
+    assert key(np.float64(1.5)) != key(1.5)
+
+
+def test_unstable_arguments_raise_naming_them(tmp_path):
+    with open(tmp_path / "f", "w") as handle, pytest.raises(CacheKeyError, match="argument 0"):
+        key(handle)
+    with pytest.raises(CacheKeyError, match="argument 'lock'"):
+        key(lock=threading.Lock())
+    cyclic = [1]
+    cyclic.append(cyclic)
+    with pytest.raises(CacheKeyError, match="cyclic"):
+        key(cyclic)
+    with pytest.raises(CacheKeyError, match="map item 1"):
+        item_keys(D, [1, threading.Lock()], star=False)
+
+
+def test_unstable_global_raises_naming_it():
+    namespace = cell("def f(x):\n    return LOCK\n")
+    namespace["LOCK"] = threading.Lock()
+    with pytest.raises(CacheKeyError, match="LOCK"):
+        function_digest(namespace["f"])
+
+
+def test_item_keys_match_call_key():
+    assert item_keys(D, [1, "a"], star=False) == [key(1), key("a")]
+    assert item_keys(D, [(1, 2), ("a", None)], star=True) == [key(1, 2), key("a", None)]

@@ -1,0 +1,110 @@
+"""A node's result-store shard: bounds, LRU order, persistence, corruption recovery, stats."""
+
+import logging
+import sqlite3
+
+from fabric.store import ResultStore
+
+FN = b"f" * 16
+OTHER = b"g" * 16
+
+
+def key(i):
+    return i.to_bytes(20, "big")
+
+
+def fill(store, n, fn=FN, size=10):
+    store.put_many(fn, [(key(i), bytes([i % 256]) * size) for i in range(n)])
+
+
+def test_round_trip_and_misses(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite")
+    fill(store, 3)
+    assert store.get_many([key(0), key(7), key(2)]) == {0: b"\0" * 10, 2: b"\2" * 10}
+    stats = store.stats()
+    assert (stats.entries, stats.bytes, stats.hits, stats.misses) == (3, 30, 2, 1)
+
+
+def test_survives_reopening_and_is_shared_between_processes_files(tmp_path):
+    path = tmp_path / "s.sqlite"
+    first = ResultStore(path)
+    fill(first, 5)
+    second = ResultStore(path)  # a second node process on the same machine
+    assert len(second.get_many([key(i) for i in range(5)])) == 5
+    first.close()
+    second.close()
+    reopened = ResultStore(path, memory_entries=0)
+    assert reopened.stats().entries == 5
+    assert reopened.get_many([key(4)]) == {0: b"\4" * 10}
+
+
+def test_least_recently_used_is_evicted_first_by_entries(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite", max_entries=3, memory_entries=0)
+    fill(store, 3)
+    store.get_many([key(0)])  # key 0 is now the most recently used
+    store.put_many(FN, [(key(3), b"new")])
+    assert sorted(store.get_many([key(i) for i in range(4)])) == [0, 2, 3]
+    assert store.stats().evictions == 1 and store.stats().entries == 3
+
+
+def test_bytes_bound(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite", max_bytes=100, memory_entries=0)
+    fill(store, 20, size=10)  # 200 bytes asked for, 100 allowed
+    stats = store.stats()
+    assert stats.bytes <= 100 and stats.entries == 10
+    assert sorted(store.get_many([key(i) for i in range(20)])) == list(range(10, 20))
+
+
+def test_memory_layer_is_bounded_and_disk_keeps_the_rest(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite", memory_entries=5)
+    fill(store, 50)
+    assert len(store._memory) == 5
+    assert len(store.get_many([key(i) for i in range(50)])) == 50
+
+
+def test_clear_one_function_or_all(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite")
+    fill(store, 4, fn=FN)
+    store.put_many(OTHER, [(key(100), b"x")])
+    assert store.clear(FN) == 4
+    assert store.get_many([key(0), key(100)]) == {1: b"x"}
+    assert store.clear() == 1 and store.stats().entries == 0
+
+
+def test_replacing_an_entry_counts_it_once(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite")
+    store.put_many(FN, [(key(1), b"abc")])
+    store.put_many(FN, [(key(1), b"abcdef")])
+    assert (store.stats().entries, store.stats().bytes) == (1, 6)
+
+
+def test_corrupt_file_is_moved_aside_and_replaced(tmp_path, caplog):
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with caplog.at_level(logging.WARNING, logger="fabric.store"):
+        store = ResultStore(path)
+    assert "moved aside" in caplog.text
+    assert list(tmp_path.glob("s.sqlite.corrupt-*"))
+    fill(store, 2)
+    assert len(store.get_many([key(0), key(1)])) == 2
+
+
+def test_a_store_of_another_schema_version_is_moved_aside(tmp_path, caplog):
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE results (key BLOB)")
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    with caplog.at_level(logging.WARNING, logger="fabric.store"):
+        store = ResultStore(path)
+    assert "schema version 99" in caplog.text
+    fill(store, 1)
+    assert store.stats().entries == 1
+
+
+def test_memory_only(tmp_path):
+    store = ResultStore(None, max_entries=2)
+    fill(store, 3)
+    assert sorted(store.get_many([key(i) for i in range(3)])) == [1, 2]
+    assert store.stats().entries == 2
