@@ -63,7 +63,10 @@ def test_importable_functions_by_name_and_options_do_not_matter():
     assert function_digest(Guarded(f, TaskOptions(retries=5, task_timeout=2.0), 3)) == function_digest(f)
 
 
-SCRIPT = BASE + "from fabric.cache_key import function_digest, call_key\nprint(call_key(function_digest(f), (1, 'a'), {'b': [1.5]}).hex())\n"
+SCRIPT = BASE + (
+    "from fabric.cache_key import function_digest, call_key\n"
+    "print(call_key(function_digest(f), (1, 'a'), {'b': [1.5]}).hex())\n"
+)
 
 
 def test_stable_across_processes(tmp_path):

@@ -63,7 +63,7 @@ def test_function_is_shipped_once_per_worker():
     for _ in range(3):
         vent.enqueue(map_batch(range(2)))
     has_fn = {}
-    for worker, batch, frames in vent.dispatch():
+    for worker, _, frames in vent.dispatch():
         header = from_frames(frames)
         has_fn.setdefault(worker, []).append(header.has_fn)
         assert bytes(header.payload[0]) == b"FN" if header.has_fn else True
