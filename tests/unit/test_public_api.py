@@ -7,11 +7,10 @@ import fabric
 
 def test_exported_names():
     assert sorted(fabric.__all__) == sorted([
-        "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CacheKeyError", "CacheStats", "StoreError",
-        "cached",
-        "ClosedError", "ConfigError", "Fabric", "FabricError",
-        "Future", "NoNodesError", "NodeStats", "WorkerStats", "ProtocolError", "RemoteError", "RemoteTraceback", "SerializationError", "TaskTimeoutError",
-        "WorkerCrashedError", "WorkerLostError", "as_completed", "connect", "wait",
+        "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CacheKeyError", "CacheStats", "ClosedError",
+        "ConfigError", "Fabric", "FabricError", "Future", "NoNodesError", "NodeStats", "ProtocolError", "RemoteError",
+        "RemoteTraceback", "SerializationError", "StoreError", "TaskTimeoutError", "WorkerCrashedError",
+        "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "wait",
     ])
 
 
