@@ -1,0 +1,162 @@
+"""``fabric-bench`` / ``python -m benchmarks``: run the workloads, judge the targets, report.
+
+::
+
+    fabric-bench [--quick] [--workers N] [--only W1,W3,...] [--peers NAMES] [--repeat K]
+                 [--json OUT] [--markdown OUT.md]
+
+Systems are started once, warmed, and measured in turn inside each repetition,
+so a noisy moment of the shared machine hits every system alike; each figure
+is the median of the repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+
+from . import cluster, report, suite
+from . import workloads as wl
+from .measure import Figures
+from .systems import PEERS, SYSTEMS, System
+
+ALL = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "startup", "rss", "cluster", "faults"]
+PER_SYSTEM = {"W1": suite.w1_empty_map, "W2": suite.w2_submit, "W4": suite.w4_latency, "W5": suite.w5_payload,
+              "W6": suite.w6_wordcount}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fabric-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: under 2 minutes on 2 cores")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the smoke test's sizes
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for every system (default 2)")
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated peers (of {','.join(PEERS)})")
+    parser.add_argument("--repeat", type=int, help="repetitions per figure (default 5, quick 3)")
+    parser.add_argument("--json", default="benchmarks/out/latest.json", help="where to write the JSON")
+    parser.add_argument("--markdown", help="also write a Markdown report here")
+    return parser.parse_args(argv)
+
+
+def start_systems(names: list[str], workers: int, skipped: dict[str, str]) -> dict[str, System]:
+    systems = {}
+    for name in names:
+        cls = SYSTEMS[name]
+        reason = cls.missing()
+        if reason:
+            skipped[name] = reason
+            print(f"skipping {name}: {reason}", file=sys.stderr)
+            continue
+        systems[name] = cls(workers)
+        systems[name].start()
+    return systems
+
+
+def judge(figures: Figures, workers: int) -> list[str]:
+    """Mark fabric's figures against the targets; return notes on peers' bests."""
+    notes = []
+    fabric_w1 = figures.best("W1 empty map", "items/s", "fabric")
+    peer_bests = {s: figures.best("W1 empty map", "items/s", s) for s in PEERS}
+    peer_bests = {s: f for s, f in peer_bests.items() if f is not None}
+    if fabric_w1 and peer_bests:
+        best_peer, best = max(peer_bests.items(), key=lambda kv: kv[1].median)
+        ppe = peer_bests.get("PPE")
+        met = fabric_w1.median >= best.median and (ppe is None or fabric_w1.median >= 2 * ppe.median)
+        figures.judge("W1 empty map", fabric_w1.metric, f">= best peer ({best_peer} {best.metric}), >= 2x PPE", met)
+        notes.append(f"W1 per worker core: fabric {fabric_w1.median / workers:,.0f} items/s")
+    _at_least(figures, "W2 submit+gather", "tasks/s", 50_000)
+    eff = figures.get("W3 1 ms tasks", "efficiency %", "fabric")
+    if eff:
+        peers = [f.median for (w, m, s), f in figures.items.items() if w == eff.workload and m == eff.metric
+                 and s != "fabric"]
+        figures.judge(eff.workload, eff.metric, ">= 95 % and >= every peer",
+                      eff.median >= 95 and all(eff.median >= p - 1 for p in peers))
+    _at_most(figures, "W4 round trip", "median µs", 200)
+    _at_most(figures, "start-up", "s to first result", 0.5)
+    _at_least(figures, "W7 cache", "second run speed-up ×", 50)
+    _at_least(figures, "W7 cache", "hits/s per core", 100_000 / workers)
+    _at_most(figures, "W7 cache", "all-miss overhead %", 10)
+    _at_most(figures, "memory", "client peak RSS MB, 10M items", 150)
+    _at_most(figures, "cluster", "failure detection s", 3.5)
+    _at_most(figures, "faults", "time with a worker killed at 50 % ÷ clean", 1.3)
+    two = figures.get("cluster", "empty items/s, 2 nodes × 1 worker", "fabric")
+    one = figures.get("cluster", "empty items/s, 1 node × 2 workers", "fabric")
+    if two and one:
+        figures.judge("cluster", two.metric, ">= 90 % of 1 node × 2 workers", two.median >= 0.9 * one.median)
+    return notes
+
+
+def _at_least(figures: Figures, workload: str, metric: str, bound: float) -> None:
+    figure = figures.get(workload, metric, "fabric")
+    if figure:
+        figures.judge(workload, metric, f">= {bound:,.0f}", figure.median >= bound)
+
+
+def _at_most(figures: Figures, workload: str, metric: str, bound: float) -> None:
+    figure = figures.get(workload, metric, "fabric")
+    if figure:
+        figures.judge(workload, metric, f"<= {bound:g}", figure.median <= bound)
+
+
+def rss_run(figures: Figures, sizes: list[int]) -> None:
+    for n in sizes:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.rss", str(n)], capture_output=True, text=True,
+                             check=True)
+        figures.add("memory", f"client peak RSS MB, {n // 1_000_000 or n}{'M' if n >= 1_000_000 else ''} items",
+                    "fabric", json.loads(out.stdout)["peak_rss_mb"], "MB", False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    repeat = args.repeat or (3 if args.quick or args.tiny else 5)
+    sizes = suite.Sizes.for_mode(mode)
+    only = set(args.only.split(","))
+    names = ["serial", *[p for p in PEERS if p in args.peers.split(",")], "fabric"]
+    names = [n for n in SYSTEMS if n in names]  # the start order of SYSTEMS
+    figures, skipped = Figures(), {}
+    iterations = wl.calibrate(0.001)
+    started = time.monotonic()
+    if "startup" in only:
+        for _ in range(repeat):
+            suite.startup({n: SYSTEMS[n] for n in names if not SYSTEMS[n].missing()}, args.workers, figures)
+    systems = start_systems(names, args.workers, skipped)
+    try:
+        for _ in range(repeat):
+            for key, workload in PER_SYSTEM.items():
+                if key in only:
+                    workload(systems, sizes, figures)
+            if "W3" in only:
+                suite.w3_cpu(systems, sizes, figures, iterations)
+    finally:
+        for system in systems.values():
+            system.stop()
+    for _ in range(repeat if mode != "full" else 3):
+        if "W7" in only:
+            suite.w7_cache(args.workers, sizes, figures, iterations)
+        if "W8" in only:
+            suite.w8_scaling(args.workers, sizes, figures, iterations)
+        if "faults" in only:
+            suite.faults(args.workers, sizes, figures, iterations)
+        if "cluster" in only:
+            cluster.two_nodes_vs_one(sizes.w1, iterations, sizes.w3, figures)
+            cluster.failure_detection(figures, iterations)
+    if "rss" in only:
+        rss_run(figures, [1_000_000, 3_000_000, 10_000_000] if mode == "full" else [100_000, 300_000])
+    notes = judge(figures, args.workers)
+    notes.append(f"{mode} run, {repeat} repetitions, {args.workers} workers, {time.monotonic() - started:.0f} s")
+    notes += [f"{name} skipped: {reason}" for name, reason in skipped.items()]
+    facts = report.machine()
+    header, table = report.rows(figures, [n for n in names if n not in skipped])
+    print(report.text_table(header, table))
+    print("\n".join(notes))
+    report.write_json(args.json, figures, facts, skipped)
+    if args.markdown:
+        command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
+        with open(args.markdown, "w") as out:
+            out.write(report.markdown(header, table, facts, command, notes))
+    return 0

@@ -1,0 +1,212 @@
+"""One small adapter per system, each used idiomatically with its batching knobs.
+
+Every adapter runs the same top-level functions (``workloads.py``) on the same
+number of worker processes.  ``maps`` lists the bulk-map variants of a system
+(its knobs); the harness reports each and takes the best as the system's
+figure.  A system whose package is missing is skipped with a printed reason.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import importlib.util
+import multiprocessing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import fabric
+
+MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]]
+
+
+class System:
+    """Start/stop plus the operations the workloads need."""
+
+    name = "?"
+    requires: str | None = None  # an importable module, or None
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    @classmethod
+    def missing(cls) -> str | None:
+        if cls.requires and importlib.util.find_spec(cls.requires) is None:
+            return f"{cls.requires} is not installed (pip install '.[bench]')"
+        return None
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def maps(self) -> dict[str, MapFn]:
+        raise NotImplementedError
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def balanced(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """A map of tasks of some cost, with the knob a user would pick for it."""
+        return next(iter(self.maps().values()))(fn, items)
+
+    def round_trip(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        return self.submit_all(fn, [arg])[0]
+
+    def reduce(self, mapper: Callable[[Any], Any], reducer: Callable[[Any, Any], Any], items: Iterable[Any],
+               initial: Any) -> Any:
+        return functools.reduce(reducer, self.maps()[self.reduce_map](mapper, items), initial)
+
+    reduce_map = ""
+
+
+class Serial(System):
+    """The per-core ceiling: a plain loop in this process."""
+
+    name = "serial"
+
+    def maps(self) -> dict[str, MapFn]:
+        return {"map": lambda fn, items: list(map(fn, items))}
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return [fn(x) for x in items]
+
+    reduce_map = "map"
+
+
+class Fabric(System):
+    name = "fabric"
+
+    def start(self) -> None:
+        self.fx = fabric.connect(workers=self.workers)
+        self.fx.submit(abs, 1).result()
+        fabric.wait([self.fx.submit(abs, 1) for _ in range(self.workers * 4)])
+
+    def stop(self) -> None:
+        self.fx.shutdown()
+
+    def maps(self) -> dict[str, MapFn]:
+        return {"map": lambda fn, items: list(self.fx.map(fn, items))}  # default settings: no knob
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        futures = [self.fx.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+
+    def round_trip(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        return self.fx.submit(fn, arg).result()
+
+    def reduce(self, mapper, reducer, items, initial):
+        return self.fx.map_reduce(mapper, reducer, items, initial=initial)
+
+
+class Pool(System):
+    name = "mp.Pool"
+
+    def start(self) -> None:
+        self.pool = multiprocessing.get_context("fork").Pool(self.workers)
+        self.pool.map(abs, range(self.workers * 4))
+
+    def stop(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+    def maps(self) -> dict[str, MapFn]:
+        return {
+            "map": lambda fn, items: self.pool.map(fn, items),
+            "imap c=10000": lambda fn, items: list(self.pool.imap(fn, items, chunksize=10_000)),
+        }
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        pending = [self.pool.apply_async(fn, (x,)) for x in items]
+        return [p.get() for p in pending]
+
+    def reduce(self, mapper, reducer, items, initial):
+        return functools.reduce(reducer, self.pool.imap_unordered(mapper, items, chunksize=256), initial)
+
+
+class ProcessPool(System):
+    name = "PPE"
+
+    def start(self) -> None:
+        self.ppe = concurrent.futures.ProcessPoolExecutor(self.workers)
+        list(self.ppe.map(abs, range(self.workers * 4)))
+
+    def stop(self) -> None:
+        self.ppe.shutdown()
+
+    def maps(self) -> dict[str, MapFn]:
+        return {
+            f"map c={c}": functools.partial(self._map, chunksize=c) for c in (1000, 10_000)
+        }
+
+    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int) -> list[Any]:
+        return list(self.ppe.map(fn, items, chunksize=chunksize))
+
+    def balanced(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return self._map(fn, items, chunksize=max(1, len(items) // (4 * self.workers)))
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        futures = [self.ppe.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+
+    reduce_map = "map c=1000"
+
+
+class Loky(System):
+    name = "loky"
+    requires = "loky"
+
+    def start(self) -> None:
+        import loky
+
+        self.executor = loky.get_reusable_executor(max_workers=self.workers)
+        list(self.executor.map(abs, range(self.workers * 4)))
+
+    def stop(self) -> None:
+        self.executor.shutdown()
+
+    def maps(self) -> dict[str, MapFn]:
+        return {"map c=10000": lambda fn, items: list(self.executor.map(fn, items, chunksize=10_000))}
+
+    def balanced(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return list(self.executor.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        futures = [self.executor.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+
+    reduce_map = "map c=10000"
+
+
+class Dask(System):
+    name = "dask"
+    requires = "distributed"
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+        self.client = Client(self.cluster)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+    def maps(self) -> dict[str, MapFn]:
+        return {"bag": self._bag}
+
+    def _bag(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        import dask.bag
+
+        data = list(items)
+        return dask.bag.from_sequence(data, npartitions=self.workers * 4).map(fn).compute()
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return self.client.gather([self.client.submit(fn, x, pure=False) for x in items])
+
+    reduce_map = "bag"
+
+
+# Fork-based pools start before fabric and dask start their threads.
+SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (Serial, Pool, ProcessPool, Loky, Fabric, Dask)}
+PEERS = [name for name in SYSTEMS if name not in ("fabric", "serial")]
