@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
 import zmq
-from helpers import Gate, all_gone, fabric_pids, gone, wait_for, wait_workers
+from helpers import Gate, all_gone, fabric_pids, gone, wait_for, wait_workers, worker_processes
 
 import fabric
 
@@ -128,3 +130,30 @@ def zmq_context() -> Iterator[zmq.Context]:
         sock.close(linger=0)
     context.term()
     assert not open_sockets, f"{len(open_sockets)} sockets left open"
+
+
+# -- daemon nodes ------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """Start ``fabric-node`` daemons (killed at teardown); the test's functions import on their workers."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(address: str, *, workers: int = 1, join: str | None = None, max_load: float | None = None,
+              heartbeat_interval_s: float = 0.2, liveness_s: float = 1.0) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", str(workers),
+               "--heartbeat-interval", str(heartbeat_interval_s), "--liveness", str(liveness_s),
+               "--cache-dir", str(tmp_path / "cache")]
+        cmd += ["--join", join] if join else []
+        cmd += ["--max-load", str(max_load)] if max_load is not None else []
+        node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        started.append(node)
+        return node
+
+    yield start
+    workers = worker_processes({node.pid for node in started})
+    for process in [*started, *workers]:
+        process.kill()
+    for node in started:
+        node.wait()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,3 +198,24 @@ def crash_always(x: int, at: int, how: str) -> int:
     if x == at:
         CRASHES[how]()
     return spin_square(x, 0)
+
+
+# -- daemon nodes --------------------------------------------------------------------
+
+
+def free_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def worker_processes(node_pids: set[int]) -> list[psutil.Process]:
+    """Live worker processes of these nodes."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.ppid() in node_pids and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found

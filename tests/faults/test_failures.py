@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import spin_square, square, wait_for, wait_workers, worker_pids
+from helpers import free_address, spin_square, square, wait_for, wait_workers, worker_pids, worker_processes
 
 import fabric
 
@@ -128,45 +128,6 @@ def test_a_stopped_worker_is_replaced_and_its_tasks_run_elsewhere_once(make_fabr
 
 
 # -- daemon nodes ---------------------------------------------------------------------------
-
-
-def free_address() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
-@pytest.fixture
-def start_node(tmp_path):
-    """Start ``fabric-node`` daemons (killed at teardown); the test's functions import on their workers."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(address: str, *, workers: int = 1, join: str | None = None) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", str(workers),
-               "--heartbeat-interval", "0.2", "--liveness", "1.0", "--cache-dir", str(tmp_path / "cache")]
-        cmd += ["--join", join] if join else []
-        node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-        started.append(node)
-        return node
-
-    yield start
-    workers = worker_processes({node.pid for node in started})
-    for process in [*started, *workers]:
-        process.kill()
-    for node in started:
-        node.wait()
-
-
-def worker_processes(node_pids: set[int]) -> list[psutil.Process]:
-    """Live worker processes of these nodes."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.ppid() in node_pids and child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child)
-        except psutil.Error:
-            continue
-    return found
 
 
 def node_stats(fx: fabric.Fabric) -> dict[str, fabric.NodeStats]:

@@ -1,0 +1,165 @@
+"""Nodes on separate hosts: Linux network namespaces joined by a bridge, each host with
+its own address in 198.18.0.0/15 (the range set aside for benchmarking).
+
+    namespace fb<id>br:  bridge br0 ── veth ── fb<id>h0 (client, 198.18.0.1)
+                                   ── veth ── fb<id>h1 (node,   198.18.0.2)
+                                   ── veth ── fb<id>h2 (node,   198.18.0.3)
+
+The fixture creates and deletes every namespace (deleting a namespace deletes
+its veth ends) and skips, saying why, where namespaces cannot be made.
+Nothing is ever sent outside these addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+pytestmark = pytest.mark.netns
+
+SUBNET = "198.18.0"
+NODE_PORT = 7100
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@dataclass
+class Hosts:
+    run_id: str
+    names: list[str]
+
+    def address(self, index: int) -> str:
+        return f"{SUBNET}.{index + 1}"
+
+    def link(self, index: int) -> str:
+        return f"fb{self.run_id}v{index}"
+
+    def exec(self, index: int, *cmd: str, **popen: object) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        return subprocess.Popen(["ip", "netns", "exec", self.names[index], *cmd], env=env, text=True, **popen)
+
+
+def _can_make_namespaces() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2 ('ip') is not installed"
+    probe = f"fbprobe{os.getpid()}"
+    try:
+        ip("netns", "add", probe)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        return f"cannot create a network namespace here: {getattr(exc, 'stderr', exc)!r}"
+    ip("netns", "del", probe)
+    return None
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    reason = _can_make_namespaces()
+    if reason:
+        pytest.skip(reason)
+    run_id = f"{os.getpid() % 100000}"
+    bridge = f"fb{run_id}br"
+    made = Hosts(run_id, [f"fb{run_id}h{i}" for i in range(3)])
+    created = []
+    try:
+        ip("netns", "add", bridge)
+        created.append(bridge)
+        ip("-n", bridge, "link", "add", "br0", "type", "bridge")
+        ip("-n", bridge, "link", "set", "br0", "up")
+        for index, name in enumerate(made.names):
+            ip("netns", "add", name)
+            created.append(name)
+            outer, inner = made.link(index), f"fb{run_id}p{index}"
+            ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+            ip("link", "set", outer, "netns", name)
+            ip("link", "set", inner, "netns", bridge)
+            ip("-n", bridge, "link", "set", inner, "master", "br0", "up")
+            ip("-n", name, "addr", "add", f"{made.address(index)}/24", "dev", outer)
+            ip("-n", name, "link", "set", outer, "up")
+            ip("-n", name, "link", "set", "lo", "up")
+        yield made
+    finally:
+        for name in reversed(created):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+CLIENT = textwrap.dedent(
+    """
+    import json, subprocess, sys, time
+    import fabric
+    from helpers import spin_square
+
+    seed, n, cut = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    with fabric.connect(seed, insecure=True, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
+        deadline = time.monotonic() + 30
+        while fx.workers() < 2 and time.monotonic() < deadline:
+            fabric.wait([fx.submit(spin_square, 0)], timeout=0.2)
+        got = []
+        for index, value in enumerate(fx.map(spin_square, range(n), ordered=False)):
+            got.append(value)
+            if cut and index == n // 4:
+                subprocess.run(cut, check=True)      # cut one node's link mid-map
+        done = {node.name: node.done for node in fx.nodes()}
+        print(json.dumps({"count": len(got), "distinct": len(set(got)), "sum": sum(got), "done": done,
+                          "workers": fx.workers()}))
+    """
+)
+
+
+def start_nodes(hosts: Hosts) -> list[subprocess.Popen[str]]:
+    seed = f"tcp://{hosts.address(1)}:{NODE_PORT}"
+    nodes = []
+    for index in (1, 2):
+        cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", f"tcp://{hosts.address(index)}:{NODE_PORT}",
+               "--name", f"host{index}", "--workers", "1", "--insecure", "--heartbeat-interval", "0.25",
+               "--liveness", "1.5", "--join", seed]
+        nodes.append(hosts.exec(index, *cmd, stderr=subprocess.DEVNULL))
+    return nodes
+
+
+def run_client(hosts: Hosts, tmp_path, n: int, cut: list[str]) -> dict:
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    seed = f"tcp://{hosts.address(1)}:{NODE_PORT}"
+    client = hosts.exec(0, sys.executable, str(script), seed, str(n), *cut, stdout=subprocess.PIPE)
+    out, _ = client.communicate(timeout=120)
+    assert client.returncode == 0
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def nodes(hosts: Hosts) -> Iterator[list[subprocess.Popen[str]]]:
+    started = start_nodes(hosts)
+    try:
+        yield started
+    finally:
+        for node in started:
+            node.kill()
+            node.wait()
+
+
+def test_a_map_runs_across_two_hosts(hosts, nodes, tmp_path):
+    n = 20_000
+    result = run_client(hosts, tmp_path, n, [])
+    assert (result["count"], result["distinct"], result["sum"]) == (n, n, sum(x * x for x in range(n)))
+    assert result["workers"] == 2
+    assert all(done > 0 for done in result["done"].values()) and len(result["done"]) == 2
+
+
+def test_cutting_a_hosts_link_mid_map_loses_and_duplicates_nothing(hosts, nodes, tmp_path):
+    n = 20_000
+    cut = ["ip", "-n", hosts.names[2], "link", "set", hosts.link(2), "down"]
+    result = run_client(hosts, tmp_path, n, cut)
+    assert (result["count"], result["distinct"], result["sum"]) == (n, n, sum(x * x for x in range(n)))
+    assert "host2" not in result["done"]  # declared dead once cut off
