@@ -21,7 +21,7 @@ Every key, its default and its unit, in one place::
     address = "tcp://127.0.0.1:7100"   # control endpoint; heartbeats go out on a port the node announces
     workers = 2                   # worker processes (cores to use); default: every core
     prefetch = 2                  # batches each worker may hold (1 running + queued)
-    max_load = 100.0              # whole-machine CPU % above which the node takes no new batches
+    max_load = 100.0              # whole-machine CPU % at or above which the node takes no new batches (100: never)
     memory_limit_mb = 0           # RSS above which a worker is killed and replaced (0: no limit)
 
 A mistake (unknown key, wrong type, duplicate node, bad address) raises

@@ -129,7 +129,8 @@ class NodeState:
 
     def sample_load(self, now: float) -> None:
         self.load.sample(self.stats().done, now)
-        self.accepting = self.load.cpu_percent <= self.settings.max_load
+        # Below the limit to take work (0 drains a node); 100 % never pauses.
+        self.accepting = self.settings.max_load >= 100 or self.load.cpu_percent < self.settings.max_load
 
     def stats(self) -> NodeStats:
         s = self.settings
