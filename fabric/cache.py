@@ -20,6 +20,7 @@ distinct node of the ring, which becomes its owner if the first one dies.
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import threading
 import time
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgpack
 from uhashring import HashRing
 
 from .cache_key import call_key, function_digest, item_keys
@@ -36,6 +38,8 @@ from .protocol import CacheClear, CacheCleared, CacheGet, CacheHits, CachePut, M
 
 if TYPE_CHECKING:
     from .io_loop import IOLoop
+
+log = logging.getLogger(__name__)
 
 _request_ids = itertools.count(1)
 
@@ -47,6 +51,7 @@ class CacheRing:
         self.replicas = replicas
         self._members: dict[str, int] = {}
         self._ring: HashRing | None = None
+        self._only = b""
 
     def update(self, nodes: Iterable[NodeStats]) -> bool:
         """Follow membership; True when the ring changed."""
@@ -55,12 +60,15 @@ class CacheRing:
             return False
         self._members = members
         self._ring = HashRing(nodes={name: {"weight": w} for name, w in members.items()}) if members else None
+        self._only = bytes.fromhex(next(iter(members))) if members else b""
         return True
 
     def owners(self, key: bytes) -> list[bytes]:
         """The key's owner first, then its replica (distinct nodes)."""
         if self._ring is None:
             return []
+        if len(self._members) == 1:  # one node (the embedded default) owns everything
+            return [self._only]
         if self.replicas == 1:
             return [bytes.fromhex(self._ring.get_node(key.hex()))]
         return [bytes.fromhex(n["nodename"]) for n in self._ring.range(key.hex(), size=self.replicas, unique=True)]
@@ -189,7 +197,8 @@ class CacheClient:
             for node_id in self.ring.owners(key):
                 by_node.setdefault(node_id, []).append(index)
         for node_id, indices in by_node.items():
-            self._send(node_id, CachePut(fn_digest, [keys[i] for i in indices], [blobs[i] for i in indices]))
+            values = msgpack.packb([blobs[i] for i in indices], use_bin_type=True)
+            self._send(node_id, CachePut(fn_digest, [keys[i] for i in indices], [values]))
 
     def _start_clear(self, clearing: Clearing, fn_digest: bytes) -> None:
         if self._park(lambda: self._start_clear(clearing, fn_digest), clearing.done.set):
@@ -210,9 +219,15 @@ class CacheClient:
         if request is None:
             return
         _, indices = request.waiting.pop(msg.request_id)
-        for hit, value in zip(msg.indices, msg.payload):
-            if hit < len(indices):
-                request.found[indices[hit]] = bytes(value)
+        try:
+            values = msgpack.unpackb(msg.payload[0], raw=False) if msg.payload else []
+        except (ValueError, msgpack.UnpackException) as exc:
+            log.warning("client: dropped malformed cache reply: %s", exc)
+            values = []
+        if isinstance(values, list) and len(values) == len(msg.indices):
+            for hit, value in zip(msg.indices, values):
+                if hit < len(indices) and isinstance(value, bytes):
+                    request.found[indices[hit]] = value
         if not request.waiting:
             request.done.set()
 

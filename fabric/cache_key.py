@@ -120,7 +120,7 @@ def _dict(e: Encoder, d: dict[Any, Any]) -> None:
 _WRITERS: dict[type, Callable[[Encoder, Any], None]] = {
     type(None): lambda e, x: e.out.extend(b"N"),
     bool: lambda e, x: e.out.extend(b"T" if x else b"F"),
-    int: lambda e, x: e.tag(b"i", str(x)),
+    int: lambda e, x: e.out.extend(b"i%d;" % x),
     float: _float,
     complex: lambda e, x: (_float(e, x.real), _float(e, x.imag)),
     str: lambda e, x: e.tag(b"s", x),
@@ -336,12 +336,15 @@ def _version(module: str) -> str:
     top = module.partition(".")[0]
     if not top or top == "__main__" or top in sys.builtin_module_names or top in sys.stdlib_module_names:
         return ""
-    for dist in _distributions().get(top, ()):
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if isinstance(version, str):
+        return version
+    for dist in [top, *_distributions().get(top, ())]:  # the mapping is slow to build: try the name first
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             continue
-    return str(getattr(sys.modules.get(top), "__version__", ""))
+    return ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -374,22 +377,46 @@ def _argument(encoder: Encoder, value: Any, label: str) -> None:
         raise CacheKeyError(f"{label}: {exc}") from None
 
 
+def _flat(obj: Any) -> bytes | None:
+    """The encoding of an int, str or float, or a tuple of them, without an
+    Encoder (the hot path of a cached map); None for anything else.  The bytes
+    are the ones the Encoder writes."""
+    kind = type(obj)
+    if kind is int:
+        return b"i%d;" % obj
+    if kind is str:
+        data = obj.encode("utf-8", "surrogatepass")
+        return b"s" + len(data).to_bytes(4, "big") + data
+    if kind is float:
+        return b"f" + (_NAN if obj != obj else struct.pack(">d", obj))
+    if kind is tuple:
+        parts = [_flat(x) if type(x) is not tuple else None for x in obj]
+        if None not in parts:
+            return b"(" + len(obj).to_bytes(8, "big") + b"".join(parts)  # type: ignore[arg-type]
+    return None
+
+
+def _item_encoding(item: Any, star: bool, encoder: Encoder) -> bytes:
+    flat = _flat(item)
+    if flat is not None:
+        return flat[9:] if star else flat  # star: the tuple's items, without its header
+    encoder.out = bytearray()
+    for arg in item if star else (item,):
+        encoder.value(arg)
+    return bytes(encoder.out)
+
+
 def item_keys(fn_digest: bytes, items: list[Any], star: bool) -> list[bytes]:
     """Keys of a map chunk: each item is the argument (or, ``star``, the arguments)."""
     base = hashlib.blake2b(fn_digest, digest_size=20)
     keys = []
     encoder = Encoder()
     for index, item in enumerate(items):
-        encoder.out = bytearray()
         try:
-            if star:
-                for arg in item:
-                    encoder.value(arg)
-            else:
-                encoder.value(item)
+            data = _item_encoding(item, star, encoder)
         except _Unstable as exc:
             raise CacheKeyError(f"map item {index}: {exc}") from None
         h = base.copy()
-        h.update(encoder.out)
+        h.update(data)
         keys.append(h.digest())
     return keys

@@ -225,7 +225,9 @@ class MapStream:
             self._fail_from(seq, 0, len(chunk), None, exc)
             return
         hits = self._cache.lookup(keys)
-        if hits:
+        if len(hits) == len(chunk):  # all hits: one contiguous part, the fast path of _assemble
+            self._add(seq, Part(0, len(chunk), blobs=[hits[i] for i in range(len(chunk))]))
+        elif hits:
             found = sorted(hits)
             self._add(seq, Part(0, len(found), indices=found, blobs=[hits[i] for i in found]))
         misses = [i for i in range(len(chunk)) if i not in hits]

@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import msgpack
 import psutil
 import zmq
 
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 SHUTDOWN_GRACE_S = 2.0
+STORE_FLUSH_BATCH = 500  # cache entries written to disk per idle moment (~2 ms: a lookup may wait that long)
 HEALTH_CHECK_S = 0.2  # worker memory and SIGSTOP checks; a worker over its limit dies within this
 
 
@@ -279,18 +281,28 @@ class Node:
             if isinstance(msg, CacheGet):
                 found = self.store.get_many(msg.keys)
                 indices = sorted(found)
-                self._send([(sender, CacheHits(msg.request_id, indices, [found[i] for i in indices]))])
+                values = [msgpack.packb([found[i] for i in indices], use_bin_type=True)] if indices else []
+                self._send([(sender, CacheHits(msg.request_id, indices, values))])
             elif isinstance(msg, CachePut):
-                self.store.put_many(msg.fn_digest, [(k, bytes(v)) for k, v in zip(msg.keys, msg.payload)])
+                values = msgpack.unpackb(msg.payload[0], raw=False) if msg.payload else []
+                if not isinstance(values, list) or len(values) != len(msg.keys):
+                    raise ProtocolError("CACHE_PUT: its values do not match its keys")
+                self.store.put_many(msg.fn_digest, [(k, v) for k, v in zip(msg.keys, values) if isinstance(v, bytes)])
             else:
                 removed = self.store.clear(msg.fn_digest or None)
                 self._send([(sender, CacheCleared(msg.request_id, removed))])
-        except StoreError as exc:
-            log.error("node %s: result store failed: %s", self.state.settings.name, exc)
+        except (StoreError, ProtocolError, ValueError, msgpack.UnpackException) as exc:
+            log.error("node %s: cache request failed: %s", self.state.settings.name, exc)
             if isinstance(msg, CacheGet):
                 self._send([(sender, CacheHits(msg.request_id, []))])
             elif isinstance(msg, CacheClear):
                 self._send([(sender, CacheCleared(msg.request_id, 0))])
+
+    def _flush_store(self) -> None:
+        try:
+            self.store.flush(STORE_FLUSH_BATCH)
+        except StoreError as exc:
+            log.error("node %s: result store failed: %s", self.state.settings.name, exc)
 
     def _on_heartbeats(self, sock: zmq.Socket, now: float) -> None:
         for frames in self._receive(sock):
@@ -335,6 +347,8 @@ class Node:
         try:
             while self.running:
                 timeout_s = max(0.0, min(next_beat, next_health) - time.monotonic())
+                if self.store.pending:
+                    timeout_s = 0.0  # idle moments go to writing the cache shard
                 if not self.sentinels and self.processes:
                     timeout_s = min(timeout_s, processes.FALLBACK_POLL_S)
                 events = dict(self.poller.poll(timeout_s * 1000))
@@ -347,6 +361,8 @@ class Node:
                     if sock in events:
                         self._on_heartbeats(sock, now)
                 self._reap_exited(events)
+                if not events and self.store.pending:
+                    self._flush_store()
                 if now >= next_health:
                     self._check_health(now)
                     next_health = now + HEALTH_CHECK_S

@@ -27,8 +27,8 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
 Result cache (client <-> the key's owner node, see fabric.cache)::
 
     CACHE_GET     client -> node   request_id, keys
-    CACHE_HITS    node -> client   request_id, indices of the keys found | one value frame per hit
-    CACHE_PUT     client -> node   function digest, keys | one value frame per key
+    CACHE_HITS    node -> client   request_id, indices of the keys found | one frame: msgpack list of values
+    CACHE_PUT     client -> node   function digest, keys | one frame: msgpack list of values
     CACHE_CLEAR   client -> node   request_id, function digest (empty: everything)
     CACHE_CLEARED node -> client   request_id, entries removed
 
@@ -382,8 +382,6 @@ def _expected_frames(cls: type[Message], values: list[Any]) -> int | None:
     """Payload frames a header promises, where it says."""
     if cls is TaskBatch:
         return sum(values[4]) + values[5]
-    if cls is CacheHits:
-        return len(values[1])
-    if cls is CachePut:
-        return len(values[1])
+    if cls in (CacheHits, CachePut):
+        return 1 if values[1] else 0
     return None

@@ -5,8 +5,10 @@ Lives in the node process and is driven from its loop only (one thread), on
 node restart; several node processes on one machine may share a file (WAL
 journal, busy timeout).  Both layers evict the least recently used entry
 first: the memory layer by its own bounds, the file by ``max_entries`` and
-``max_bytes``.  Recency on disk is a counter updated in batches (at most once
-per ``TOUCH_FLUSH_S``), so a hit never writes to disk by itself.
+``max_bytes``.  Recency on disk is a counter written in one batch, only when
+an eviction needs it (and at close); serving hits never writes to disk.  Past
+``MAX_TOUCHED`` remembered hits the oldest recency is forgotten, so under
+heavy churn the disk order is approximately, not exactly, least recently used.
 
 A file that is not a readable store (corrupt, or of another schema) is moved
 aside with a warning at start and replaced by an empty one.  Entry and byte
@@ -16,6 +18,7 @@ statistics and eviction never scan the table.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -31,7 +34,7 @@ from .errors import StoreError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-TOUCH_FLUSH_S = 1.0
+MAX_TOUCHED = 20_000  # recent hits whose recency is remembered until written
 SQL_CHUNK = 500  # parameters per IN (...) query
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -60,7 +63,7 @@ class ResultStore:
         *,
         max_entries: int = 1_000_000,
         max_bytes: int = 1 << 30,
-        memory_entries: int = 10_000,
+        memory_entries: int = 100_000,
         memory_bytes: int = 64 << 20,
     ) -> None:
         self.path = Path(path) if path is not None else None
@@ -71,7 +74,7 @@ class ResultStore:
         self._memory: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()  # key -> (fn, value)
         self._memory_size = 0
         self._touched: set[bytes] = set()
-        self._flushed_at = time.monotonic()
+        self._pending: dict[bytes, tuple[bytes, bytes]] = {}  # put, not yet on disk
         self._clock = 0
         self._entries = self._bytes = 0  # of the file (or of memory, without one)
         self.hits = self.misses = self.evictions = 0
@@ -119,7 +122,7 @@ class ResultStore:
         found: dict[int, bytes] = {}
         wanted: dict[bytes, list[int]] = {}
         for index, key in enumerate(keys):
-            entry = self._memory.get(key)
+            entry = self._memory.get(key) or self._pending.get(key)
             if entry is not None:
                 self._memory.move_to_end(key)
                 found[index] = entry[1]
@@ -134,7 +137,8 @@ class ResultStore:
                 self._touched.add(key)
         self.hits += len(found)
         self.misses += len(keys) - len(found)
-        self._flush_touches()
+        if len(self._touched) > MAX_TOUCHED:
+            self._touched.clear()
         return found
 
     def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes, bytes]]:
@@ -153,15 +157,25 @@ class ResultStore:
     # -- writes -------------------------------------------------------------------------
 
     def put_many(self, fn_digest: bytes, entries: list[tuple[bytes, bytes]]) -> None:
-        """Insert or replace, then evict until within bounds."""
+        """Insert or replace.  The entries are served at once; the disk write
+        waits for :meth:`flush` (the node calls it between messages, so hits
+        never queue behind writes)."""
         for key, value in entries:
             self._remember(key, fn_digest, value)
+            if self._db is not None:
+                self._pending[key] = (fn_digest, value)
         if self._db is None:
             self._evict_memory_only()
+
+    def flush(self, max_entries: int | None = None) -> None:
+        """Write pending entries to disk (at most ``max_entries``), then evict."""
+        if not self._pending:
             return
-        replaced = dict(self._sizes([key for key, _ in entries]))
+        keys = list(itertools.islice(self._pending, max_entries))
+        replaced = dict(self._sizes(keys))
         rows = []
-        for key, value in entries:
+        for key in keys:
+            fn_digest, value = self._pending.pop(key)
             self._clock += 1
             rows.append((key, fn_digest, value, len(value), self._clock))
             self._entries += key not in replaced
@@ -175,6 +189,7 @@ class ResultStore:
 
     def clear(self, fn_digest: bytes | None = None) -> int:
         """Remove one function's entries, or all; return how many."""
+        self.flush()
         doomed = [k for k, (fn, _) in self._memory.items() if fn_digest is None or fn == fn_digest]
         for key in doomed:
             self._forget(key)
@@ -216,7 +231,7 @@ class ResultStore:
             excess = max(excess, self._entries_to_free(self._bytes - self.max_bytes))
         if not excess:
             return
-        self._flush_touches(force=True)
+        self._flush_touches()
         doomed = self._sql("SELECT key, size FROM results ORDER BY last_used LIMIT ?", (excess,)).fetchall()
         self._transaction(lambda db: db.executemany("DELETE FROM results WHERE key = ?", [(k,) for k, _ in doomed]))
         for key, size in doomed:
@@ -235,18 +250,15 @@ class ResultStore:
             count += 1
         return count
 
-    def _flush_touches(self, force: bool = False) -> None:
+    def _flush_touches(self) -> None:
         """Record recent hits as recent uses on disk, in one batch."""
         if self._db is None or not self._touched:
-            return
-        if not force and time.monotonic() - self._flushed_at < TOUCH_FLUSH_S:
             return
         rows = []
         for key in self._touched:
             self._clock += 1
             rows.append((self._clock, key))
         self._touched.clear()
-        self._flushed_at = time.monotonic()
         self._transaction(lambda db: db.executemany("UPDATE results SET last_used = ? WHERE key = ?", rows))
 
     # -- sqlite ---------------------------------------------------------------------------
@@ -276,10 +288,17 @@ class ResultStore:
             raise StoreError(f"result store {self.path}: {exc}") from exc
 
     def stats(self) -> StoreStats:
-        return StoreStats(self._entries, self._bytes, self.hits, self.misses, self.evictions)
+        """Counts include writes still pending (a pending replacement counts twice until flushed)."""
+        pending = len(self._pending), sum(len(v) for _, v in self._pending.values())
+        return StoreStats(self._entries + pending[0], self._bytes + pending[1], self.hits, self.misses, self.evictions)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def close(self) -> None:
         if self._db is not None:
-            self._flush_touches(force=True)
+            self.flush()
+            self._flush_touches()
             self._db.close()
             self._db = None

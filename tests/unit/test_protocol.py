@@ -50,8 +50,8 @@ MESSAGES = [
     TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, 2, [b"fn", b"a", b"b0", b"b1"]),
     ResultBatch(7, 1, [[3, "ValueError", "bad", "tb", None]], 0.25, [b"results"]),
     CacheGet(3, [b"k" * 20, b"j" * 20]),
-    CacheHits(3, [1], [b"value"]),
-    CachePut(b"f" * 16, [b"k" * 20], [b"value"]),
+    CacheHits(3, [1], [b"\x91\xc4\x05value"]),
+    CachePut(b"f" * 16, [b"k" * 20], [b"\x91\xc4\x05value"]),
     CacheClear(4, b""),
     CacheCleared(4, 12),
 ]
@@ -93,7 +93,7 @@ MALFORMED = {
     "payload on control message": [header(PROTOCOL_VERSION, Kind.READY, 1, b"n"), b"extra"],
     "heartbeat info not a map": [header(PROTOCOL_VERSION, Kind.HEARTBEAT, b"n", [1, 2])],
     "status reply of non-maps": [header(PROTOCOL_VERSION, Kind.STATUS_REPLY, [1])],
-    "cache hits missing a value": [header(PROTOCOL_VERSION, Kind.CACHE_HITS, 1, [0, 1]), b"v"],
+    "cache hits without their values": [header(PROTOCOL_VERSION, Kind.CACHE_HITS, 1, [0, 1])],
     "cache put keys not bytes": [header(PROTOCOL_VERSION, Kind.CACHE_PUT, b"f", ["k"]), b"v"],
 }
 

@@ -15,6 +15,7 @@ def key(i):
 
 def fill(store, n, fn=FN, size=10):
     store.put_many(fn, [(key(i), bytes([i % 256]) * size) for i in range(n)])
+    store.flush()
 
 
 def test_round_trip_and_misses(tmp_path):
@@ -43,6 +44,7 @@ def test_least_recently_used_is_evicted_first_by_entries(tmp_path):
     fill(store, 3)
     store.get_many([key(0)])  # key 0 is now the most recently used
     store.put_many(FN, [(key(3), b"new")])
+    store.flush()
     assert sorted(store.get_many([key(i) for i in range(4)])) == [0, 2, 3]
     assert store.stats().evictions == 1 and store.stats().entries == 3
 
@@ -66,6 +68,7 @@ def test_clear_one_function_or_all(tmp_path):
     store = ResultStore(tmp_path / "s.sqlite")
     fill(store, 4, fn=FN)
     store.put_many(OTHER, [(key(100), b"x")])
+    assert store.get_many([key(100)]) == {0: b"x"}  # served before it reaches the disk
     assert store.clear(FN) == 4
     assert store.get_many([key(0), key(100)]) == {1: b"x"}
     assert store.clear() == 1 and store.stats().entries == 0
@@ -74,7 +77,9 @@ def test_clear_one_function_or_all(tmp_path):
 def test_replacing_an_entry_counts_it_once(tmp_path):
     store = ResultStore(tmp_path / "s.sqlite")
     store.put_many(FN, [(key(1), b"abc")])
+    store.flush()
     store.put_many(FN, [(key(1), b"abcdef")])
+    store.flush()
     assert (store.stats().entries, store.stats().bytes) == (1, 6)
 
 
