@@ -112,6 +112,9 @@ class IOLoop:
     def _router(self) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A worker that re-attaches reconnects under the same identity: its new connection
+        # must take over at once, or its READY is dropped as a duplicate and it is never used.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.LINGER, 0)

@@ -116,7 +116,7 @@ class Node:
         check_bind(options.bind, options.insecure)
         self.options = options
         self.context = zmq.Context()
-        self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1)
+        self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1, ROUTER_HANDOVER=1)
         self.router.bind(options.bind)
         control = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub = self._socket(zmq.PUB, SNDHWM=100)

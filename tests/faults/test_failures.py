@@ -243,3 +243,21 @@ def test_random_kills_during_random_maps_lose_and_duplicate_nothing(start_node):
             assert sorted(got) == [x * x for x in range(n)]  # every task once, equal to the serial result
             rounds += 1
         assert rounds >= 3
+
+
+def hold_the_gil(seconds: float) -> None:
+    """Keep this process's GIL for about ``seconds`` in one C call: the client's I/O
+    thread can neither say hello nor read, as when a long C extension call runs."""
+    probe = 10**7
+    started = time.perf_counter()
+    sum(range(probe))
+    sum(range(int(probe * seconds / (time.perf_counter() - started))))
+
+
+def test_a_client_forgotten_while_its_thread_was_starved_gets_its_workers_back(make_fabric):
+    fx = make_fabric(workers=2, **FAST)
+    wait_workers(fx, 2)
+    assert list(fx.map(square, range(1000))) == [x * x for x in range(1000)]
+    hold_the_gil(2.5)  # past the liveness timeout: the node forgets us and detaches its workers
+    assert list(fx.map(square, range(20_000), timeout=30)) == [x * x for x in range(20_000)]
+    wait_for(lambda: fx.workers() == 2, 10, "both workers serving the client again")
