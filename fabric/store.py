@@ -122,9 +122,12 @@ class ResultStore:
         found: dict[int, bytes] = {}
         wanted: dict[bytes, list[int]] = {}
         for index, key in enumerate(keys):
-            entry = self._memory.get(key) or self._pending.get(key)
+            entry = self._memory.get(key)
             if entry is not None:
                 self._memory.move_to_end(key)
+            else:
+                entry = self._pending.get(key)  # put, pushed out of memory, not yet on disk
+            if entry is not None:
                 found[index] = entry[1]
                 self._touched.add(key)
             else:

@@ -108,6 +108,14 @@ def test_a_store_of_another_schema_version_is_moved_aside(tmp_path, caplog):
     assert store.stats().entries == 1
 
 
+def test_writes_pushed_out_of_memory_before_reaching_disk_are_still_served(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite", memory_entries=2)
+    store.put_many(FN, [(key(i), b"v%d" % i) for i in range(5)])  # not flushed: 3 live only in the write queue
+    assert store.get_many([key(i) for i in range(5)]) == {i: b"v%d" % i for i in range(5)}
+    store.flush()
+    assert store.get_many([key(0)]) == {0: b"v0"}
+
+
 def test_memory_only(tmp_path):
     store = ResultStore(None, max_entries=2)
     fill(store, 3)
