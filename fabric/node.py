@@ -250,7 +250,11 @@ class Node:
             except ProtocolError as exc:
                 log.warning("node %s: dropped message from %r: %s", self.state.settings.name, sender, exc)
                 continue
-            self._dispatch(sender, msg, now)
+            try:
+                self._dispatch(sender, msg, now)
+            except Exception:  # one bad message must not take the node and its workers down
+                log.exception("node %s: failed to handle %s from %r", self.state.settings.name,
+                              type(msg).__name__, sender)
 
     def _dispatch(self, sender: bytes, msg: Message, now: float) -> None:
         state = self.state
