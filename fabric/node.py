@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 SHUTDOWN_GRACE_S = 2.0
 STORE_FLUSH_BATCH = 500  # cache entries written to disk per idle moment (~2 ms: a lookup may wait that long)
+STORE_IDLE_S = 0.02  # quiet time before writing: lookups in a busy map never wait behind writes
+STORE_MAX_PENDING = 200_000  # past this many pending writes (or STORE_MAX_PENDING_BYTES), write even when busy
+STORE_MAX_PENDING_BYTES = 64 << 20
 HEALTH_CHECK_S = 0.2  # worker memory and SIGSTOP checks; a worker over its limit dies within this
 
 
@@ -147,6 +150,7 @@ class Node:
         if self.owner_fd is not None:
             self.poller.register(self.owner_fd, zmq.POLLIN)
         self.running = True
+        self.last_message = 0.0
 
     def _socket(self, kind: int, **options: int) -> zmq.Socket:
         sock = self.context.socket(kind)
@@ -244,6 +248,7 @@ class Node:
                 return messages
 
     def _on_router(self, now: float) -> None:
+        self.last_message = now
         for sender, *frames in self._receive(self.router):
             try:
                 msg = from_frames(frames)
@@ -352,7 +357,7 @@ class Node:
             while self.running:
                 timeout_s = max(0.0, min(next_beat, next_health) - time.monotonic())
                 if self.store.pending:
-                    timeout_s = 0.0  # idle moments go to writing the cache shard
+                    timeout_s = min(timeout_s, STORE_IDLE_S)  # quiet moments go to writing the cache shard
                 if not self.sentinels and self.processes:
                     timeout_s = min(timeout_s, processes.FALLBACK_POLL_S)
                 events = dict(self.poller.poll(timeout_s * 1000))
@@ -365,7 +370,11 @@ class Node:
                     if sock in events:
                         self._on_heartbeats(sock, now)
                 self._reap_exited(events)
-                if not events and self.store.pending:
+                if self.store.pending and (
+                    (not events and now - self.last_message >= STORE_IDLE_S)
+                    or self.store.pending > STORE_MAX_PENDING
+                    or self.store.pending_bytes > STORE_MAX_PENDING_BYTES
+                ):
                     self._flush_store()
                 if now >= next_health:
                     self._check_health(now)

@@ -75,6 +75,7 @@ class ResultStore:
         self._memory_size = 0
         self._touched: set[bytes] = set()
         self._pending: dict[bytes, tuple[bytes, bytes]] = {}  # put, not yet on disk
+        self._pending_bytes = 0
         self._clock = 0
         self._entries = self._bytes = 0  # of the file (or of memory, without one)
         self.hits = self.misses = self.evictions = 0
@@ -166,6 +167,8 @@ class ResultStore:
         for key, value in entries:
             self._remember(key, fn_digest, value)
             if self._db is not None:
+                old = self._pending.get(key)
+                self._pending_bytes += len(value) - (len(old[1]) if old else 0)
                 self._pending[key] = (fn_digest, value)
         if self._db is None:
             self._evict_memory_only()
@@ -179,6 +182,7 @@ class ResultStore:
         rows = []
         for key in keys:
             fn_digest, value = self._pending.pop(key)
+            self._pending_bytes -= len(value)
             self._clock += 1
             rows.append((key, fn_digest, value, len(value), self._clock))
             self._entries += key not in replaced
@@ -292,12 +296,16 @@ class ResultStore:
 
     def stats(self) -> StoreStats:
         """Counts include writes still pending (a pending replacement counts twice until flushed)."""
-        pending = len(self._pending), sum(len(v) for _, v in self._pending.values())
+        pending = len(self._pending), self._pending_bytes
         return StoreStats(self._entries + pending[0], self._bytes + pending[1], self.hits, self.misses, self.evictions)
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
 
     def close(self) -> None:
         if self._db is not None:
