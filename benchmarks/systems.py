@@ -123,58 +123,55 @@ class Pool(System):
         return functools.reduce(reducer, self.pool.imap_unordered(mapper, items, chunksize=256), initial)
 
 
-class ProcessPool(System):
-    name = "PPE"
+class FuturesExecutor(System):
+    """A concurrent.futures executor, with its chunksize knob."""
+
+    chunksizes: tuple[int, ...] = (1000, 10_000)
+
+    def new_executor(self) -> concurrent.futures.Executor:
+        raise NotImplementedError
 
     def start(self) -> None:
-        self.ppe = concurrent.futures.ProcessPoolExecutor(self.workers)
-        list(self.ppe.map(abs, range(self.workers * 4)))
-
-    def stop(self) -> None:
-        self.ppe.shutdown()
-
-    def maps(self) -> dict[str, MapFn]:
-        return {
-            f"map c={c}": functools.partial(self._map, chunksize=c) for c in (1000, 10_000)
-        }
-
-    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int) -> list[Any]:
-        return list(self.ppe.map(fn, items, chunksize=chunksize))
-
-    def balanced(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        return self._map(fn, items, chunksize=max(1, len(items) // (4 * self.workers)))
-
-    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        futures = [self.ppe.submit(fn, x) for x in items]
-        return [f.result() for f in futures]
-
-    reduce_map = "map c=1000"
-
-
-class Loky(System):
-    name = "loky"
-    requires = "loky"
-
-    def start(self) -> None:
-        import loky
-
-        self.executor = loky.get_reusable_executor(max_workers=self.workers)
+        self.executor = self.new_executor()
         list(self.executor.map(abs, range(self.workers * 4)))
 
     def stop(self) -> None:
         self.executor.shutdown()
 
     def maps(self) -> dict[str, MapFn]:
-        return {"map c=10000": lambda fn, items: list(self.executor.map(fn, items, chunksize=10_000))}
+        return {f"map c={c}": functools.partial(self._map, chunksize=c) for c in self.chunksizes}
+
+    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int) -> list[Any]:
+        return list(self.executor.map(fn, items, chunksize=chunksize))
 
     def balanced(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        return list(self.executor.map(fn, items, chunksize=max(1, len(items) // (4 * self.workers))))
+        return self._map(fn, items, chunksize=max(1, len(items) // (4 * self.workers)))
 
     def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         futures = [self.executor.submit(fn, x) for x in items]
         return [f.result() for f in futures]
 
-    reduce_map = "map c=10000"
+    @property
+    def reduce_map(self) -> str:  # type: ignore[override]
+        return f"map c={self.chunksizes[0]}"
+
+
+class ProcessPool(FuturesExecutor):
+    name = "PPE"
+
+    def new_executor(self) -> concurrent.futures.Executor:
+        return concurrent.futures.ProcessPoolExecutor(self.workers)
+
+
+class Loky(FuturesExecutor):
+    name = "loky"
+    requires = "loky"
+    chunksizes = (10_000,)
+
+    def new_executor(self) -> concurrent.futures.Executor:
+        import loky
+
+        return loky.get_reusable_executor(max_workers=self.workers)
 
 
 class Dask(System):
