@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from fabric.cache import CacheRing
+from fabric.cache import RING_MAX_WEIGHT, CacheRing, ring_weight
 from fabric.heartbeat import NodeStats
 
 KEYS = [hashlib.blake2b(str(i).encode(), digest_size=20).digest() for i in range(10_000)]
@@ -66,3 +66,10 @@ def test_replica_becomes_owner_when_the_owner_leaves():
 def test_empty_ring():
     ring = CacheRing()
     assert not ring and ring.owners(KEYS[0]) == []
+
+
+def test_ring_weights_stay_small_whatever_the_shard_size():
+    # One ring point set per weight unit: a weight per MiB made a 1 GiB node cost 0.19 s to add.
+    assert ring_weight(1024) == 16
+    assert ring_weight(1) == 1
+    assert ring_weight(10**7) == RING_MAX_WEIGHT

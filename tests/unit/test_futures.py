@@ -1,0 +1,86 @@
+"""fabric.Future shares a few Conditions among all futures: it must still behave
+exactly as a concurrent.futures.Future, whatever wakes its waiters."""
+
+import concurrent.futures
+import threading
+
+import pytest
+from helpers import wait_for
+
+from fabric.futures import CONDITION_STRIPES, Future
+
+
+def test_has_the_fields_of_a_concurrent_future():
+    # Future.__init__ sets the base class's fields itself: a new Python that adds one must fail here.
+    assert set(vars(Future("t"))) - {"task"} == set(vars(concurrent.futures.Future()))
+
+
+def test_futures_share_conditions():
+    futures = [Future() for _ in range(2 * CONDITION_STRIPES)]
+    assert len({id(f._condition) for f in futures}) <= CONDITION_STRIPES
+
+
+def _same_stripe_pair() -> tuple[Future, Future]:
+    first = Future()
+    for _ in range(CONDITION_STRIPES):
+        other = Future()
+        if other._condition is first._condition:
+            return first, other
+    raise AssertionError("no two futures share a Condition")
+
+
+def _waiting_thread(future: Future, timeout_s: float) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(future.result(timeout_s))
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    wait_for(lambda: future._condition._waiters, 5, "the waiter to block")
+    return thread, outcome
+
+
+def test_a_wake_up_for_another_future_is_not_a_timeout():
+    waited, other = _same_stripe_pair()
+    thread, outcome = _waiting_thread(waited, 30)
+    other.set_running_or_notify_cancel()
+    other.set_result("other")  # wakes every waiter of the shared Condition
+    wait_for(lambda: waited._condition._waiters, 5, "the waiter to block again")
+    assert outcome == []
+    waited.set_running_or_notify_cancel()
+    waited.set_result("mine")
+    thread.join(5)
+    assert outcome == ["mine"]
+
+
+def test_timeout_and_cancel_and_exception_still_hold():
+    future = Future()
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.01)
+    with pytest.raises(TimeoutError):
+        future.exception(timeout=0.01)
+    waited, _ = _same_stripe_pair()
+    thread, outcome = _waiting_thread(waited, 30)
+    assert waited.cancel()
+    thread.join(5)
+    assert isinstance(outcome[0], concurrent.futures.CancelledError)
+    failing = Future()
+    failing.set_running_or_notify_cancel()
+    failing.set_exception(KeyError("k"))
+    assert isinstance(failing.exception(0), KeyError)
+    with pytest.raises(KeyError):
+        failing.result()
+
+
+def test_wait_and_as_completed_accept_them():
+    futures = [Future() for _ in range(3)]
+    for index, future in enumerate(futures):
+        future.set_running_or_notify_cancel()
+        future.set_result(index)
+    done, not_done = concurrent.futures.wait(futures, timeout=5)
+    assert done == set(futures) and not not_done
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=5)) == [0, 1, 2]
