@@ -15,7 +15,8 @@ from .measure import Figure, Figures
 
 def machine() -> dict[str, Any]:
     versions = {}
-    for package in ("pyzmq", "msgpack", "cloudpickle", "psutil", "uhashring", "zmq-fabric", "loky", "distributed"):
+    for package in ("pyzmq", "msgpack", "cloudpickle", "psutil", "uhashring", "zmq-fabric", "loky", "joblib", "dask",
+                    "distributed", "ray", "ipyparallel"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -3,11 +3,15 @@
 ::
 
     fabric-bench [--quick] [--workers N] [--only W1,W3,...] [--peers NAMES] [--repeat K]
-                 [--json OUT] [--markdown OUT.md]
+                 [--json OUT] [--markdown OUT.md] [--plot OUT.png]
 
-Systems are started once, warmed, and measured in turn inside each repetition,
-so a noisy moment of the shared machine hits every system alike; each figure
-is the median of the repetitions.
+The peers: mp.Pool, ProcessPoolExecutor (PPE), loky, dask.distributed, ray and
+ipyparallel, each with its knobs (``systems.py``); the ones not installed are
+skipped with the reason.  Systems are started once, warmed, and measured in
+turn inside each repetition, so a noisy moment of the shared machine hits every
+system alike; each figure is the median of the repetitions.  Slow systems get
+fewer items (their ``caps``): figures are rates.  ``--plot`` draws the rates per
+core of W1, W3 and W8 (needs matplotlib).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from . import cluster, report, suite
+from . import cluster, plot, report, suite
 from . import workloads as wl
 from .measure import Figures
 from .systems import PEERS, SYSTEMS, System
@@ -39,6 +43,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help="repetitions per figure (default 5, quick 3)")
     parser.add_argument("--json", default="benchmarks/out/latest.json", help="where to write the JSON")
     parser.add_argument("--markdown", help="also write a Markdown report here")
+    parser.add_argument("--plot", metavar="OUT.png", help="also draw the rates per core of W1, W3, W8 (matplotlib)")
     return parser.parse_args(argv)
 
 
@@ -151,10 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     notes.append(f"{mode} run, {repeat} repetitions, {args.workers} workers, {time.monotonic() - started:.0f} s")
     notes += [f"{name} skipped: {reason}" for name, reason in skipped.items()]
     facts = report.machine()
-    header, table = report.rows(figures, [n for n in names if n not in skipped])
+    ran = [n for n in names if n not in skipped]
+    header, table = report.rows(figures, ran)
     print(report.text_table(header, table))
     print("\n".join(notes))
     report.write_json(args.json, figures, facts, skipped)
+    if args.plot:
+        plot.write(args.plot, figures, ran, args.workers)
     if args.markdown:
         command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
         with open(args.markdown, "w") as out:

@@ -43,14 +43,14 @@ class Sizes:
 def w1_empty_map(systems: dict[str, System], sizes: Sizes, figures: Figures) -> None:
     for name, system in systems.items():
         for variant, run in system.maps().items():
-            n = sizes.w1 if name != "dask" else min(sizes.w1, 20_000)
+            n = system.cap(sizes.w1, "W1", variant)
             figures.add("W1 empty map", f"items/s {variant}", name, n / timed(lambda: run(wl.identity, range(n))),
                         "items/s")
 
 
 def w2_submit(systems: dict[str, System], sizes: Sizes, figures: Figures) -> None:
     for name, system in systems.items():
-        n = sizes.w2 if name != "dask" else min(sizes.w2, 2_000)
+        n = system.cap(sizes.w2, "W2")
         elapsed = timed(lambda: system.submit_all(wl.identity, list(range(n))))
         figures.add("W2 submit+gather", "tasks/s", name, n / elapsed, "tasks/s")
 
@@ -74,7 +74,7 @@ def w4_latency(systems: dict[str, System], sizes: Sizes, figures: Figures) -> No
     for name, system in systems.items():
         if name == "serial":
             continue
-        samples = sorted(timed(lambda: system.round_trip(wl.identity, 1)) for _ in range(sizes.w4))
+        samples = sorted(timed(lambda: system.round_trip(wl.identity, 1)) for _ in range(system.cap(sizes.w4, "W4")))
         figures.add("W4 round trip", "median µs", name, 1e6 * statistics.median(samples), "µs", False)
         figures.add("W4 round trip", "p99 µs", name, 1e6 * samples[int(0.99 * (len(samples) - 1))], "µs", False)
 
@@ -82,21 +82,21 @@ def w4_latency(systems: dict[str, System], sizes: Sizes, figures: Figures) -> No
 def w5_payload(systems: dict[str, System], sizes: Sizes, figures: Figures) -> None:
     blobs = [os.urandom(1 << 20) for _ in range(sizes.w5)]
     for name, system in systems.items():
-        run = next(iter(system.maps().values()))
-        figures.add("W5 1 MB arguments", "MB/s", name, len(blobs) / timed(lambda: run(len, blobs)), "MB/s")
+        run, some = next(iter(system.maps().values())), blobs[: system.cap(len(blobs), "W5")]
+        figures.add("W5 1 MB arguments", "MB/s", name, len(some) / timed(lambda: run(len, some)), "MB/s")
 
 
 def w6_wordcount(systems: dict[str, System], sizes: Sizes, figures: Figures) -> None:
     lines = list(wl.corpus(sizes.w6))
     expected = sum((wl.count_words(line) for line in lines[:100]), Counter())
     for name, system in systems.items():
-        total = None
+        total, some = None, lines[: system.cap(len(lines), "W6")]
 
         def run() -> None:
             nonlocal total
-            total = system.reduce(wl.count_words, wl.merge_counts, lines, Counter())
+            total = system.reduce(wl.count_words, wl.merge_counts, some, Counter())
 
-        figures.add("W6 word count", "lines/s", name, len(lines) / timed(run), "lines/s")
+        figures.add("W6 word count", "lines/s", name, len(some) / timed(run), "lines/s")
         assert total is not None and all(total[w] >= n for w, n in expected.items())
 
 

@@ -3,7 +3,9 @@
 Every adapter runs the same top-level functions (``workloads.py``) on the same
 number of worker processes.  ``maps`` lists the bulk-map variants of a system
 (its knobs); the harness reports each and takes the best as the system's
-figure.  A system whose package is missing is skipped with a printed reason.
+figure.  ``caps`` bounds the items a slow system gets in a workload, so a full
+run stays short.  A system whose package is missing is skipped with a printed
+reason.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import importlib.util
+import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import fabric
+
+from . import workloads as wl
 
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]]
 
@@ -25,6 +31,9 @@ class System:
 
     name = "?"
     requires: str | None = None  # an importable module, or None
+    caps: dict[str, int] = {}
+    """Most items per workload ("W1", "W2", "W4", "W5", "W6"; "W1 <variant>" for one map variant): a slow system's
+    turn stays within ~2–3 s of a full run.  Figures are rates (items / elapsed), so fewer items are fine."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -34,6 +43,10 @@ class System:
         if cls.requires and importlib.util.find_spec(cls.requires) is None:
             return f"{cls.requires} is not installed (pip install '.[bench]')"
         return None
+
+    def cap(self, n: int, workload: str, variant: str = "") -> int:
+        """``n`` items, bounded by the caps of the workload and of the map variant."""
+        return min(n, self.caps.get(workload, n), self.caps.get(f"{workload} {variant}", n))
 
     def start(self) -> None: ...
 
@@ -100,6 +113,7 @@ class Fabric(System):
 
 class Pool(System):
     name = "mp.Pool"
+    reduce_chunksize = 256
 
     def start(self) -> None:
         self.pool = multiprocessing.get_context("fork").Pool(self.workers)
@@ -120,7 +134,8 @@ class Pool(System):
         return [p.get() for p in pending]
 
     def reduce(self, mapper, reducer, items, initial):
-        return functools.reduce(reducer, self.pool.imap_unordered(mapper, items, chunksize=256), initial)
+        return functools.reduce(reducer, self.pool.imap_unordered(mapper, items, chunksize=self.reduce_chunksize),
+                                initial)
 
 
 class FuturesExecutor(System):
@@ -158,6 +173,8 @@ class FuturesExecutor(System):
 
 class ProcessPool(FuturesExecutor):
     name = "PPE"
+    chunksizes = (1000, 10_000, 1)  # 1: the map's default, one task per item
+    caps = {"W1 map c=1": 30_000}  # at 13 k items/s
 
     def new_executor(self) -> concurrent.futures.Executor:
         return concurrent.futures.ProcessPoolExecutor(self.workers)
@@ -177,6 +194,8 @@ class Loky(FuturesExecutor):
 class Dask(System):
     name = "dask"
     requires = "distributed"
+    # at 34 k items/s, 650 tasks/s, 10 ms a round trip, 38 MB/s, 17 k lines/s
+    caps = {"W1": 20_000, "W2": 1_500, "W4": 200, "W5": 80, "W6": 40_000}
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
@@ -204,6 +223,81 @@ class Dask(System):
     reduce_map = "bag"
 
 
-# Fork-based pools start before fabric and dask start their threads.
-SYSTEMS: dict[str, type[System]] = {cls.name: cls for cls in (Serial, Pool, ProcessPool, Loky, Fabric, Dask)}
+class Ray(Pool):
+    """ray.util.multiprocessing.Pool keeps multiprocessing.Pool's API (hence mp.Pool's reduce); tasks are ray.remote."""
+
+    name = "ray"
+    requires = "ray"
+    reduce_chunksize = 1000  # a chunk is an actor call: ~1 ms
+    # at 0.5 M items/s, 2 k tasks/s, 1.2 ms a round trip, 70 k lines/s
+    caps = {"W1": 500_000, "W2": 4_000, "W4": 1_000, "W6": 100_000}
+
+    def start(self) -> None:
+        import ray
+        from ray.util.multiprocessing import Pool as RayPool
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+        ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 _node_ip_address="127.0.0.1")
+        self.remote = functools.cache(ray.remote)  # one remote function per task function, as a user keeps it
+        self.pool = RayPool(self.workers)  # actors of 0 CPU: the tasks of submit_all still get both CPUs
+        self.pool.map(abs, range(self.workers * 4))
+        self.submit_all(wl.identity, list(range(self.workers * 4)))  # ray.remote takes no builtin
+
+    def stop(self) -> None:
+        import ray
+
+        super().stop()
+        ray.shutdown()
+
+    def maps(self) -> dict[str, MapFn]:
+        return {
+            "map": self.pool.map,  # chunks of n / (4 × workers)
+            "map c=10000": functools.partial(self.pool.map, chunksize=10_000),
+        }
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        import ray
+
+        remote = self.remote(fn)
+        return ray.get([remote.remote(x) for x in items])
+
+
+class IPyParallel(System):
+    """A controller and engines on loopback: a DirectView splits a map evenly, a LoadBalancedView deals chunks."""
+
+    name = "ipyparallel"
+    requires = "ipyparallel"
+    caps = {"W2": 1_500, "W4": 500}  # at 650 tasks/s, 2.6 ms a round trip
+
+    def start(self) -> None:
+        import ipyparallel
+
+        self.cluster = ipyparallel.Cluster(n=self.workers, controller_ip="127.0.0.1", log_level=logging.WARNING)
+        self.client = self.cluster.start_and_connect_sync()
+        self.dview, self.lview = self.client[:], self.client.load_balanced_view()
+        self.dview.map_sync(abs, range(self.workers * 4))
+
+    def stop(self) -> None:
+        self.client.close()
+        self.cluster.stop_engines_sync()  # before the controller: each engine's nanny unregisters, then exits
+        self.cluster.stop_controller_sync()
+
+    def maps(self) -> dict[str, MapFn]:
+        return {
+            "dview map": self.dview.map_sync,
+            "lview map c=10000": functools.partial(self.lview.map_sync, chunksize=10_000),
+        }
+
+    def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        pending = [self.lview.apply_async(fn, x) for x in items]
+        return [p.get() for p in pending]
+
+    reduce_map = "dview map"
+
+
+# Fork-based pools start before fabric, dask, ray and ipyparallel start their threads.
+SYSTEMS: dict[str, type[System]] = {
+    cls.name: cls for cls in (Serial, Pool, ProcessPool, Loky, Fabric, Dask, Ray, IPyParallel)
+}
 PEERS = [name for name in SYSTEMS if name not in ("fabric", "serial")]

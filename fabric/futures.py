@@ -48,7 +48,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     ``task`` names the submitted function, for messages.
     """
 
-    def __init__(self, task: str = "") -> None:  # noqa: B027 - the base __init__ is replaced, not extended
+    def __init__(self, task: str = "") -> None:
         # The fields of concurrent.futures.Future.__init__ (a test pins them), with a
         # shared Condition: building one only to drop it costs as much as keeping it.
         self._condition = _next_condition()

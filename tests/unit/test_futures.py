@@ -35,7 +35,7 @@ def _waiting_thread(future: Future, timeout_s: float) -> tuple[threading.Thread,
     def wait() -> None:
         try:
             outcome.append(future.result(timeout_s))
-        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
+        except BaseException as exc:  # the outcome is what the test checks
             outcome.append(exc)
 
     thread = threading.Thread(target=wait)
