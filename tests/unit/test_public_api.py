@@ -1,6 +1,8 @@
 """The public names are exactly these; everything else is private."""
 
 import concurrent.futures
+import subprocess
+import sys
 
 import fabric
 
@@ -22,3 +24,15 @@ def test_error_tree():
     assert issubclass(fabric.TaskTimeoutError, TimeoutError)
     assert issubclass(fabric.Fabric, concurrent.futures.Executor)
     assert issubclass(fabric.Future, concurrent.futures.Future)
+
+
+def test_names_load_on_first_use_and_workers_skip_the_client():
+    code = (
+        "import sys, fabric.worker, fabric.node\n"
+        "assert 'fabric.client' not in sys.modules and 'fabric.cache' not in sys.modules, sorted(sys.modules)\n"
+        "assert fabric.connect is sys.modules['fabric.client'].connect\n"
+        "from fabric import *\n"
+        "assert Future is sys.modules['fabric.futures'].Future\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert set(fabric.__all__) <= set(dir(fabric))
