@@ -46,9 +46,10 @@ _LAZY = {
 }
 
 __all__ = [
-    "CacheKeyError", "ClosedError", "FabricError", "NoNodesError", "ProtocolError", "RemoteError", "RemoteTraceback",
-    "SerializationError", "StoreError", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError",
-    *_LAZY,
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CacheKeyError", "CacheStats", "ClosedError",
+    "ConfigError", "Fabric", "FabricError", "Future", "NoNodesError", "NodeStats", "ProtocolError", "RemoteError",
+    "RemoteTraceback", "SerializationError", "StoreError", "TaskTimeoutError", "WorkerCrashedError",
+    "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "wait",
 ]
 
 
