@@ -174,7 +174,7 @@ class FuturesExecutor(System):
 class ProcessPool(FuturesExecutor):
     name = "PPE"
     chunksizes = (1000, 10_000, 1)  # 1: the map's default, one task per item
-    caps = {"W1 map c=1": 30_000}  # at 13 k items/s
+    caps = {"W1 map c=1": 20_000}  # at 10 k items/s
 
     def new_executor(self) -> concurrent.futures.Executor:
         return concurrent.futures.ProcessPoolExecutor(self.workers)
@@ -194,8 +194,8 @@ class Loky(FuturesExecutor):
 class Dask(System):
     name = "dask"
     requires = "distributed"
-    # at 34 k items/s, 650 tasks/s, 10 ms a round trip, 38 MB/s, 17 k lines/s
-    caps = {"W1": 20_000, "W2": 1_500, "W4": 200, "W5": 80, "W6": 40_000}
+    # at 29 k items/s, 480 tasks/s, 10.5 ms a round trip, 33 MB/s, 18 k lines/s
+    caps = {"W1": 20_000, "W2": 1_000, "W4": 200, "W5": 80, "W6": 40_000}
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
@@ -229,8 +229,8 @@ class Ray(Pool):
     name = "ray"
     requires = "ray"
     reduce_chunksize = 1000  # a chunk is an actor call: ~1 ms
-    # at 0.5 M items/s, 2 k tasks/s, 1.2 ms a round trip, 70 k lines/s
-    caps = {"W1": 500_000, "W2": 4_000, "W4": 1_000, "W6": 100_000}
+    # at 230 k items/s, 1.5 k tasks/s, 1.3 ms a round trip, 60 k lines/s
+    caps = {"W1": 250_000, "W2": 3_000, "W4": 1_000, "W6": 100_000}
 
     def start(self) -> None:
         import ray
@@ -241,8 +241,9 @@ class Ray(Pool):
                  _node_ip_address="127.0.0.1")
         self.remote = functools.cache(ray.remote)  # one remote function per task function, as a user keeps it
         self.pool = RayPool(self.workers)  # actors of 0 CPU: the tasks of submit_all still get both CPUs
-        self.pool.map(abs, range(self.workers * 4))
-        self.submit_all(wl.identity, list(range(self.workers * 4)))  # ray.remote takes no builtin
+        warm = list(range(self.workers * 4))
+        self.pool.map(wl.identity, warm)
+        self.submit_all(wl.identity, warm)  # ray.remote takes Python functions, not builtins such as abs
 
     def stop(self) -> None:
         import ray
@@ -268,12 +269,12 @@ class IPyParallel(System):
 
     name = "ipyparallel"
     requires = "ipyparallel"
-    caps = {"W2": 1_500, "W4": 500}  # at 650 tasks/s, 2.6 ms a round trip
+    caps = {"W2": 750, "W4": 500}  # at 340 tasks/s, 2.8 ms a round trip
 
     def start(self) -> None:
         import ipyparallel
 
-        self.cluster = ipyparallel.Cluster(n=self.workers, controller_ip="127.0.0.1", log_level=logging.WARNING)
+        self.cluster = ipyparallel.Cluster(n=self.workers, controller_ip="127.0.0.1")
         self.client = self.cluster.start_and_connect_sync()
         self.dview, self.lview = self.client[:], self.client.load_balanced_view()
         self.dview.map_sync(abs, range(self.workers * 4))

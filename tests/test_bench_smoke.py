@@ -1,18 +1,28 @@
-"""The benchmark harness runs end to end on tiny sizes and writes its JSON (no speed asserts)."""
+"""The benchmark harness runs end to end on tiny sizes and writes its JSON and plot (no speed asserts)."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
-def test_quick_run_writes_the_json_schema(tmp_path):
-    out = tmp_path / "bench.json"
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run, shared by the tests: its outputs' directory."""
+    out = tmp_path_factory.mktemp("bench")
     subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W4", "--peers", "mp.Pool",
-         "--repeat", "1", "--json", str(out), "--markdown", str(tmp_path / "report.md")],
+        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W3,W4,W8", "--peers", "mp.Pool",
+         "--repeat", "1", "--json", str(out / "bench.json"), "--markdown", str(out / "report.md"),
+         "--plot", str(out / "bench.png")],
         check=True, timeout=300, capture_output=True,
     )
-    data = json.loads(out.read_text())
+    return out
+
+
+def test_quick_run_writes_the_json_schema(run):
+    data = json.loads((run / "bench.json").read_text())
     assert {"machine", "skipped", "figures"} <= set(data)
     assert data["machine"]["cpus"] >= 1 and data["machine"]["packages"]["pyzmq"]
     systems = {f["system"] for f in data["figures"]}
@@ -22,4 +32,9 @@ def test_quick_run_writes_the_json_schema(tmp_path):
         assert figure["min"] <= figure["median"] <= figure["max"]
     judged = [f for f in data["figures"] if f["met"] is not None]
     assert judged and all(f["system"] == "fabric" and f["target"] for f in judged)
-    assert "| workload |" in (tmp_path / "report.md").read_text()
+    assert "| workload |" in (run / "report.md").read_text()
+
+
+def test_plot_writes_a_png(run):
+    pytest.importorskip("matplotlib")
+    assert (run / "bench.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
