@@ -9,7 +9,10 @@ The peers: mp.Pool, ProcessPoolExecutor (PPE), loky, dask.distributed, ray and
 ipyparallel, each with its knobs (``systems.py``); the ones not installed are
 skipped with the reason.  Systems are started once, warmed, and measured in
 turn inside each repetition, so a noisy moment of the shared machine hits every
-system alike; each figure is the median of the repetitions.  Slow systems get
+system alike; each figure is the median of the repetitions.  Systems that keep
+daemons busy while idle (dask, ray, ipyparallel) are started for their own turn
+in each repetition instead, and each such start is a start-up figure.  The
+heap is frozen after each start (see ``_freeze_heap``).  Slow systems get
 fewer items (their ``caps``): figures are rates.  ``--plot`` draws the rates per
 core of W1, W3 and W8 (needs matplotlib).
 """
@@ -17,6 +20,7 @@ core of W1, W3 and W8 (needs matplotlib).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shlex
 import subprocess
@@ -29,6 +33,7 @@ from .measure import Figures
 from .systems import PEERS, SYSTEMS, System
 
 ALL = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "startup", "rss", "cluster", "faults"]
+FABRIC_ONLY_REPEATS = {"tiny": 1, "quick": 1, "full": 3}
 PER_SYSTEM = {"W1": suite.w1_empty_map, "W2": suite.w2_submit, "W4": suite.w4_latency, "W5": suite.w5_payload,
               "W6": suite.w6_wordcount}
 
@@ -47,17 +52,39 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _skip(name: str, skipped: dict[str, str]) -> bool:
+    """True (and the reason noted once) when the system's package is missing."""
+    reason = skipped.get(name) or SYSTEMS[name].missing()
+    if reason and name not in skipped:
+        skipped[name] = reason
+        print(f"skipping {name}: {reason}", file=sys.stderr)
+    return reason is not None
+
+
+def _freeze_heap() -> None:
+    """Every system's modules and clusters live in this process; frozen, their objects no longer make each
+    full garbage collection longer for whichever system is being measured (they cost submit-heavy
+    workloads such as W2 20-35 %, more than any one system's own heap)."""
+    gc.collect()
+    gc.freeze()
+
+
+def run_workloads(systems: dict[str, System], serial: System, only: set[str], sizes: suite.Sizes, figures: Figures,
+                  iterations: int) -> None:
+    """One repetition of every per-system workload asked for, on ``systems``."""
+    for key, workload in PER_SYSTEM.items():
+        if key in only:
+            workload(systems, sizes, figures)
+    if "W3" in only:
+        suite.w3_cpu(systems, sizes, figures, iterations, serial)
+
+
 def start_systems(names: list[str], workers: int, skipped: dict[str, str]) -> dict[str, System]:
     systems = {}
     for name in names:
-        cls = SYSTEMS[name]
-        reason = cls.missing()
-        if reason:
-            skipped[name] = reason
-            print(f"skipping {name}: {reason}", file=sys.stderr)
-            continue
-        systems[name] = cls(workers)
-        systems[name].start()
+        if not _skip(name, skipped):
+            systems[name] = SYSTEMS[name](workers)
+            systems[name].start()
     return systems
 
 
@@ -126,21 +153,27 @@ def main(argv: list[str] | None = None) -> int:
     figures, skipped = Figures(), {}
     iterations = wl.calibrate(0.001)
     started = time.monotonic()
+    resident = [n for n in names if not SYSTEMS[n].daemons]
+    visiting = [n for n in names if SYSTEMS[n].daemons and not _skip(n, skipped)]
     if "startup" in only:
         for _ in range(repeat):
-            suite.startup({n: SYSTEMS[n] for n in names if not SYSTEMS[n].missing()}, args.workers, figures)
-    systems = start_systems(names, args.workers, skipped)
+            suite.startup({n: SYSTEMS[n] for n in resident if not _skip(n, skipped)}, args.workers, figures)
+    systems = start_systems(resident, args.workers, skipped)
+    _freeze_heap()
     try:
         for _ in range(repeat):
-            for key, workload in PER_SYSTEM.items():
-                if key in only:
-                    workload(systems, sizes, figures)
-            if "W3" in only:
-                suite.w3_cpu(systems, sizes, figures, iterations)
+            run_workloads(systems, systems["serial"], only, sizes, figures, iterations)
+            for name in visiting:  # started for its turn only; each start is a start-up figure
+                visitor = suite.start_timed(SYSTEMS[name](args.workers), figures)
+                _freeze_heap()
+                try:
+                    run_workloads({name: visitor}, systems["serial"], only, sizes, figures, iterations)
+                finally:
+                    visitor.stop()
     finally:
         for system in systems.values():
             system.stop()
-    for _ in range(repeat if mode != "full" else 3):
+    for _ in range(FABRIC_ONLY_REPEATS[mode]):  # fabric against itself: fewer rounds are enough
         if "W7" in only:
             suite.w7_cache(args.workers, sizes, figures, iterations)
         if "W8" in only:

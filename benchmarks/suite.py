@@ -55,9 +55,8 @@ def w2_submit(systems: dict[str, System], sizes: Sizes, figures: Figures) -> Non
         figures.add("W2 submit+gather", "tasks/s", name, n / elapsed, "tasks/s")
 
 
-def w3_cpu(systems: dict[str, System], sizes: Sizes, figures: Figures, iterations: int) -> None:
+def w3_cpu(systems: dict[str, System], sizes: Sizes, figures: Figures, iterations: int, serial: System) -> None:
     """1 ms tasks; efficiency against the serial rate measured around each run."""
-    serial = systems["serial"]
     items = [iterations] * sizes.w3
     for name, system in systems.items():
         if name == "serial":
@@ -102,16 +101,19 @@ def w6_wordcount(systems: dict[str, System], sizes: Sizes, figures: Figures) -> 
 
 def startup(system_types: dict[str, type[System]], workers: int, figures: Figures) -> None:
     for name, cls in system_types.items():
-        if name == "serial":
-            continue
-        system = cls(workers)
+        if name != "serial":
+            start_timed(cls(workers), figures).stop()
 
-        def first_result() -> None:
-            system.start()
-            system.round_trip(wl.identity, 1)
 
-        figures.add("start-up", "s to first result", name, timed(first_result), "s", False)
-        system.stop()
+def start_timed(system: System, figures: Figures) -> System:
+    """Start ``system``, recording the time to its first result."""
+
+    def first_result() -> None:
+        system.start()
+        system.round_trip(wl.identity, 1)
+
+    figures.add("start-up", "s to first result", system.name, timed(first_result), "s", False)
+    return system
 
 
 def w7_cache(workers: int, sizes: Sizes, figures: Figures, iterations: int) -> None:

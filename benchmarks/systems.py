@@ -31,6 +31,9 @@ class System:
 
     name = "?"
     requires: str | None = None  # an importable module, or None
+    daemons = False
+    """It keeps scheduler or worker daemons busy even when idle (heartbeats, polling): started for its own turn
+    only, so it does not load the machine while the others are measured (it cost fabric's W4 ~40 %)."""
     caps: dict[str, int] = {}
     """Most items per workload ("W1", "W2", "W4", "W5", "W6"; "W1 <variant>" for one map variant): a slow system's
     turn stays within ~2–3 s of a full run.  Figures are rates (items / elapsed), so fewer items are fine."""
@@ -194,6 +197,7 @@ class Loky(FuturesExecutor):
 class Dask(System):
     name = "dask"
     requires = "distributed"
+    daemons = True
     # at 29 k items/s, 480 tasks/s, 10.5 ms a round trip, 33 MB/s, 18 k lines/s
     caps = {"W1": 20_000, "W2": 1_000, "W4": 200, "W5": 80, "W6": 40_000}
 
@@ -228,6 +232,7 @@ class Ray(Pool):
 
     name = "ray"
     requires = "ray"
+    daemons = True
     reduce_chunksize = 1000  # a chunk is an actor call: ~1 ms
     # at 230 k items/s, 1.5 k tasks/s, 1.3 ms a round trip, 60 k lines/s
     caps = {"W1": 250_000, "W2": 3_000, "W4": 1_000, "W6": 100_000}
@@ -269,6 +274,7 @@ class IPyParallel(System):
 
     name = "ipyparallel"
     requires = "ipyparallel"
+    daemons = True
     caps = {"W2": 750, "W4": 500}  # at 340 tasks/s, 2.8 ms a round trip
 
     def start(self) -> None:
