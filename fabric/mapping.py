@@ -86,7 +86,7 @@ class MapStream:
         self,
         fn_info: tuple[bytes, bytes],
         mode: Mode,
-        items: Iterator[Any],
+        items: Iterator[Any] | Sequence[Any],
         *,
         post: Callable[[Batch], None],
         capacity: Callable[[], int],
@@ -100,6 +100,7 @@ class MapStream:
         self._digest, self._fn_payload = fn_info
         self._mode = mode
         self._items = items
+        self._sliced = not isinstance(items, Iterator)  # see sliced_input
         self._post = post
         self._capacity = capacity
         self.sizer = sizer
@@ -202,18 +203,26 @@ class MapStream:
     def _fill(self) -> None:
         while not self._exhausted and self._posted - self._yielded < self._window():
             size = self.sizer.next_size()
-            chunk: list[Any] = []
-            try:
-                chunk.extend(itertools.islice(self._items, size))
-            except Exception as exc:  # the caller's iterator failed: raise it at its position
-                self._input_error = exc
-                self._exhausted = True
+            chunk = self._take(size)
             if len(chunk) < size:
                 self._exhausted = True
-            if chunk:
+            if len(chunk):
                 self._post_chunk(chunk)
 
-    def _post_chunk(self, chunk: list[Any]) -> None:
+    def _take(self, size: int) -> Sequence[Any]:
+        """The next chunk: a slice of a sliceable input, else a list read from the iterator."""
+        if self._sliced:
+            start = self._items_posted
+            return self._items[start : start + size]  # type: ignore[no-any-return]
+        chunk: list[Any] = []
+        try:
+            chunk.extend(itertools.islice(self._items, size))
+        except Exception as exc:  # the caller's iterator failed: raise it at its position
+            self._input_error = exc
+            self._exhausted = True
+        return chunk
+
+    def _post_chunk(self, chunk: Sequence[Any]) -> None:
         start = self._items_posted
         seq = self._new_seq(len(chunk))
         if self._cache is None:
@@ -240,7 +249,7 @@ class MapStream:
         else:
             self._post_items(seq, start, chunk, None)
 
-    def _post_items(self, seq: int, start: int, items: list[Any], indices: list[int] | None) -> None:
+    def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None) -> None:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch."""
         try:
             codec_id, payload = self._encoder.encode(items)
@@ -257,7 +266,7 @@ class MapStream:
         )
 
     def _post_unencodable(
-        self, seq: int, start: int, items: list[Any], indices: list[int] | None, exc: SerializationError
+        self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None, exc: SerializationError
     ) -> None:
         """Send the items before the first one that cannot be encoded; fail the map there."""
         bad = next((i for i, item in enumerate(items) if not _encodes(item)), None)
@@ -344,6 +353,19 @@ def _encoding_error(item: Any) -> SerializationError | None:
     except SerializationError as exc:
         return exc
     return None
+
+
+def sliced_input(iterable: Iterable[Any]) -> Iterator[Any] | Sequence[Any]:
+    """What a one-input map reads: a range or a numpy array as itself, sliced into
+    chunks (a sub-range pickles in a few bytes, an array slice is a view sent as
+    one buffer: neither costs anything per item), anything else as an iterator."""
+    return iterable if isinstance(iterable, range) or is_array(iterable) else iter(iterable)  # type: ignore[return-value]
+
+
+def is_array(obj: object) -> bool:
+    """A numpy array of one or more dimensions (numpy itself is not imported)."""
+    kind = type(obj)
+    return kind.__name__ == "ndarray" and kind.__module__ == "numpy" and getattr(obj, "ndim", 0) >= 1
 
 
 def sized_length(iterables: Iterable[Any]) -> int | None:

@@ -22,7 +22,7 @@ from .batching import BatchSizer, balance_limit
 from .cache import CachedFunction, wants_cache
 from .errors import SerializationError
 from .futures import Future, FutureGroup
-from .mapping import MapStream, sized_length
+from .mapping import MapStream, sized_length, sliced_input
 from .options import Guarded, TaskOptions
 from .protocol import Mode
 from .ventilator import Batch, next_batch_id
@@ -94,7 +94,7 @@ class TaskAPI:
             raise TypeError("map() needs at least one iterable")
         task_options = self._task_options.merged(**options)
         mode = Mode.MAP if len(iterables) == 1 else Mode.STARMAP
-        items = iter(iterables[0]) if len(iterables) == 1 else zip(*iterables)
+        items = sliced_input(iterables[0]) if len(iterables) == 1 else zip(*iterables)
         limit = balance_limit(sized_length(iterables), fabric._io.workers() or 1)
         stream = MapStream(
             fabric._shipped(fn, task_options),

@@ -491,3 +491,15 @@ def test_a_function_from_a_module_on_sys_path_runs_on_the_workers(make_fabric, t
     fx = make_fabric()  # started after the sys.path change: its workers see the module
     assert list(fx.map(module.triple, range(1000))) == [(3 * x, name) for x in range(1000)]
     assert fx.submit(module.triple, 5).result(timeout=30) == (15, name)
+
+
+@pytest.mark.parametrize("shape", [(3000,), (1000, 3)])
+def test_map_over_a_numpy_array_gives_what_iterating_it_gives(fx, np, shape):
+    array = np.arange(3000, dtype=np.int64).reshape(shape)
+    got = [np.asarray(r).tolist() for r in fx.map(np.square, array)]
+    assert got == [np.square(row).tolist() for row in array]
+
+
+def test_map_over_a_range_with_a_step(fx):
+    items = range(10**6, -5, -7)
+    assert list(fx.map(square, items, chunksize=999)) == [x * x for x in items]

@@ -1,0 +1,41 @@
+"""What a map ships per chunk: a range or a numpy array is sliced, never read item by item."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from fabric import codec
+from fabric.batching import BatchSizer
+from fabric.mapping import MapStream, sliced_input
+from fabric.protocol import Mode
+
+
+def posted_chunks(items, chunksize):
+    """Start a map stream over ``items`` and decode the payload of every batch it posts."""
+    batches = []
+    stream = MapStream((b"digest", b"fn"), Mode.MAP, sliced_input(items), post=batches.append,
+                       capacity=lambda: 1000, sizer=BatchSizer(chunksize), ordered=True, deadline=None)
+    stream.start()
+    return [codec.decode(batch.codec, batch.payload) for batch in batches]
+
+
+def test_a_range_travels_as_sub_ranges():
+    chunks = posted_chunks(range(10, 1010, 3), chunksize=100)
+    assert all(isinstance(chunk, range) for chunk in chunks)
+    assert [x for chunk in chunks for x in chunk] == list(range(10, 1010, 3))
+
+
+@pytest.mark.parametrize("shape", [(1000,), (250, 4)])
+def test_a_numpy_array_travels_as_array_slices(shape):
+    array = np.arange(1000.0).reshape(shape)
+    chunks = posted_chunks(array, chunksize=64)
+    assert all(isinstance(chunk, np.ndarray) for chunk in chunks)
+    assert np.array_equal(np.concatenate(chunks), array)
+
+
+@pytest.mark.parametrize("items", [[1, 2, 3], (1, 2, 3), "abc", {1: "a", 2: "b", 3: "c"}])
+def test_other_inputs_are_read_as_iterators(items):
+    # A list is read lazily like any iterable: slicing it would copy, then pickle, the same items.
+    read = sliced_input(items)
+    assert isinstance(read, Iterator) and list(read) == list(items)
