@@ -186,6 +186,7 @@ class ProcessPool(FuturesExecutor):
 class Loky(FuturesExecutor):
     name = "loky"
     requires = "loky"
+    caps = {"W2": 10_000}  # at 6 k tasks/s
     chunksizes = (10_000,)
 
     def new_executor(self) -> concurrent.futures.Executor:
