@@ -34,9 +34,10 @@ class System:
     daemons = False
     """It keeps scheduler or worker daemons busy even when idle (heartbeats, polling): started for its own turn
     only, so it does not load the machine while the others are measured (it cost fabric's W4 ~40 %)."""
-    caps: dict[str, int] = {}
-    """Most items per workload ("W1", "W2", "W4", "W5", "W6"; "W1 <variant>" for one map variant): a slow system's
-    turn stays within ~2–3 s of a full run.  Figures are rates (items / elapsed), so fewer items are fine."""
+    caps: dict[str, float] = {}
+    """Share of a workload's items this system gets ("W1", "W2", "W4", "W5", "W6"; "W1 <variant>" for one map
+    variant), so that a slow system's turn stays within ~2–3 s in any mode.  Figures are rates (items / elapsed),
+    so fewer items are fine."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -48,8 +49,9 @@ class System:
         return None
 
     def cap(self, n: int, workload: str, variant: str = "") -> int:
-        """``n`` items, bounded by the caps of the workload and of the map variant."""
-        return min(n, self.caps.get(workload, n), self.caps.get(f"{workload} {variant}", n))
+        """Of ``n`` items, how many this system runs (at least one)."""
+        share = min(self.caps.get(workload, 1.0), self.caps.get(f"{workload} {variant}", 1.0))
+        return max(1, round(n * share))
 
     def start(self) -> None: ...
 
@@ -177,7 +179,7 @@ class FuturesExecutor(System):
 class ProcessPool(FuturesExecutor):
     name = "PPE"
     chunksizes = (1000, 10_000, 1)  # 1: the map's default, one task per item
-    caps = {"W1 map c=1": 20_000}  # at 10 k items/s
+    caps = {"W1 map c=1": 0.005}  # at 10 k items/s
 
     def new_executor(self) -> concurrent.futures.Executor:
         return concurrent.futures.ProcessPoolExecutor(self.workers)
@@ -186,7 +188,7 @@ class ProcessPool(FuturesExecutor):
 class Loky(FuturesExecutor):
     name = "loky"
     requires = "loky"
-    caps = {"W2": 10_000}  # at 6 k tasks/s
+    caps = {"W2": 0.2}  # at 6 k tasks/s
     chunksizes = (10_000,)
 
     def new_executor(self) -> concurrent.futures.Executor:
@@ -200,7 +202,7 @@ class Dask(System):
     requires = "distributed"
     daemons = True
     # at 29 k items/s, 480 tasks/s, 10.5 ms a round trip, 33 MB/s, 18 k lines/s
-    caps = {"W1": 20_000, "W2": 1_000, "W4": 200, "W5": 80, "W6": 40_000}
+    caps = {"W1": 0.005, "W2": 0.02, "W4": 0.1, "W5": 0.4, "W6": 0.2}
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
@@ -236,7 +238,7 @@ class Ray(Pool):
     daemons = True
     reduce_chunksize = 1000  # a chunk is an actor call: ~1 ms
     # at 230 k items/s, 1.5 k tasks/s, 1.3 ms a round trip, 60 k lines/s
-    caps = {"W1": 250_000, "W2": 3_000, "W4": 1_000, "W6": 100_000}
+    caps = {"W1": 0.0625, "W2": 0.06, "W4": 0.5, "W6": 0.5}
 
     def start(self) -> None:
         import ray
@@ -276,7 +278,7 @@ class IPyParallel(System):
     name = "ipyparallel"
     requires = "ipyparallel"
     daemons = True
-    caps = {"W2": 750, "W4": 500}  # at 340 tasks/s, 2.8 ms a round trip
+    caps = {"W2": 0.015, "W4": 0.25}  # at 340 tasks/s, 2.8 ms a round trip
 
     def start(self) -> None:
         import ipyparallel

@@ -1,6 +1,6 @@
 """Adaptive batch size: how many items go into the next task batch.
 
-Every batch costs a fixed ~100-200 us (two hops, headers, a wake-up), so tiny
+Every batch costs a fixed ~0.1-0.5 ms (two hops, headers, wake-ups), so tiny
 tasks must travel in large batches; long tasks must travel alone so that an
 idle worker can take the next one.  :class:`BatchSizer` aims each batch at
 ``TARGET_BATCH_S`` of worker time, measured from the results coming back
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 
-# 5 ms of work per batch keeps the fixed per-batch cost under ~4 % on the 2-core
-# reference machine (benchmarks/RESULTS.md, W3), while a batch is short enough
-# that a map's tail balances across workers.
-TARGET_BATCH_S = 0.005
+# 20 ms of work per batch.  Each batch wakes about eight threads across processes
+# (client, libzmq I/O threads, worker), and on a 2-vCPU virtual machine every
+# wake-up pre-empts a worker: with 5 ms batches 1 ms tasks ran at ~87 % of the
+# serial rate per core, with 20 ms at ~93-97 % (W3, benchmarks/RESULTS.md).  A map
+# of known length is still cut into at least four batches per worker, so its
+# tail balances.
+TARGET_BATCH_S = 0.02
 MAX_BATCH_ITEMS = 65_536  # bounds the memory of one batch of tiny items
 GROWTH = 8  # until measured, a stream grows its batches by at most this factor
 SMOOTHING = 0.3  # weight of the newest measurement in the per-item estimate
