@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 
-# 20 ms of work per batch.  Each batch wakes about eight threads across processes
-# (client, libzmq I/O threads, worker), and on a 2-vCPU virtual machine every
-# wake-up pre-empts a worker: with 5 ms batches 1 ms tasks ran at ~87 % of the
-# serial rate per core, with 20 ms at ~93-97 % (W3, benchmarks/RESULTS.md).  A map
-# of known length is still cut into at least four batches per worker, so its
-# tail balances.
-TARGET_BATCH_S = 0.02
+# 5 ms of work per batch keeps the fixed per-batch cost to a few % (W3 in
+# benchmarks/RESULTS.md), while a batch is short enough that a map's tail
+# balances and a client-side reduce stays fed.  20 ms was tried: W3 (1 ms tasks)
+# moved within its noise (~87-97 % either way on a 2-vCPU VM), while W6 (word
+# count, reduced in the client) fell from ~200 k to ~140 k lines/s, since the
+# client decodes and folds each result batch in one piece.
+TARGET_BATCH_S = 0.005
 MAX_BATCH_ITEMS = 65_536  # bounds the memory of one batch of tiny items
 GROWTH = 8  # until measured, a stream grows its batches by at most this factor
 SMOOTHING = 0.3  # weight of the newest measurement in the per-item estimate
