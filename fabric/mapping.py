@@ -181,6 +181,7 @@ class MapStream:
                         raise self._input_error
                     return
                 seq, length, parts = self._wait_chunk()
+                started = time.perf_counter()
                 results, error = _assemble(length, parts)
                 self._yielded += 1
                 if error is not None:
@@ -188,6 +189,8 @@ class MapStream:
                     raise error[1]
                 self._store(seq, results)
                 yield results
+                # Resumed once the caller has used every result of the chunk.
+                self.sizer.observe_caller(length, time.perf_counter() - started)
         finally:
             self.close()
 

@@ -1,8 +1,8 @@
-"""Batch sizes adapt to a few ms of work per batch, within fixed bounds."""
+"""Batch sizes adapt to a few ms of work per batch, on the workers and in the caller, within fixed bounds."""
 
 import pytest
 
-from fabric.batching import MAX_BATCH_ITEMS, TARGET_BATCH_S, BatchSizer, balance_limit
+from fabric.batching import CALLER_BATCH_S, MAX_BATCH_ITEMS, TARGET_BATCH_S, BatchSizer, balance_limit
 
 
 def test_unmeasured_starts_with_one_item():
@@ -28,6 +28,25 @@ def test_one_ms_tasks_aim_at_the_target():
     sizer = BatchSizer()
     for _ in range(20):
         sizer.observe(10, 10 * 0.001)
+        size = sizer.next_size()
+    assert size == round(TARGET_BATCH_S / 0.001)
+
+
+def test_a_caller_slower_than_the_workers_holds_batches_to_its_own_target():
+    # Word count: 5 us per line on a worker, 5 us per line to decode and fold in the caller.
+    sizer = BatchSizer()
+    for _ in range(20):
+        sizer.observe(100, 100 * 5e-6)
+        sizer.observe_caller(100, 100 * 5e-6)
+        size = sizer.next_size()
+    assert 0.99 * CALLER_BATCH_S / 5e-6 <= size <= CALLER_BATCH_S / 5e-6 < TARGET_BATCH_S / 5e-6
+
+
+def test_a_fast_caller_leaves_the_worker_target():
+    sizer = BatchSizer()
+    for _ in range(20):
+        sizer.observe(10, 10 * 0.001)
+        sizer.observe_caller(10, 10 * 1e-6)
         size = sizer.next_size()
     assert size == round(TARGET_BATCH_S / 0.001)
 
