@@ -24,7 +24,7 @@ import logging
 import pickle
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -295,7 +295,7 @@ class CachedFunction:
         self.fn_digest = function_digest(fn)
         self.star = star
 
-    def keys(self, items: list[Any], start: int) -> list[bytes]:
+    def keys(self, items: Sequence[Any], start: int) -> list[bytes]:
         try:
             return item_keys(self.fn_digest, items, self.star)
         except CacheKeyError as exc:

@@ -35,7 +35,7 @@ import sys
 import types
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .codec import _cell_is_set, _global_names, _pickled_by_value, binding_guard
@@ -406,7 +406,7 @@ def _item_encoding(item: Any, star: bool, encoder: Encoder) -> bytes:
     return bytes(encoder.out)
 
 
-def item_keys(fn_digest: bytes, items: list[Any], star: bool) -> list[bytes]:
+def item_keys(fn_digest: bytes, items: Sequence[Any], star: bool) -> list[bytes]:
     """Keys of a map chunk: each item is the argument (or, ``star``, the arguments)."""
     base = hashlib.blake2b(fn_digest, digest_size=20)
     keys = []

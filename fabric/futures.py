@@ -13,7 +13,7 @@ import concurrent.futures
 import itertools
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import codec
@@ -31,6 +31,9 @@ ALL_COMPLETED = concurrent.futures.ALL_COMPLETED
 # Futures share a few Conditions instead, and waits tolerate wake-ups meant for others.
 CONDITION_STRIPES = 64
 _DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
+
+
+_next_condition: Callable[[], threading.Condition]
 
 
 def _new_stripes() -> None:

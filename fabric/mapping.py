@@ -216,7 +216,7 @@ class MapStream:
         """The next chunk: a slice of a sliceable input, else a list read from the iterator."""
         if self._sliced:
             start = self._items_posted
-            return self._items[start : start + size]  # type: ignore[no-any-return]
+            return self._items[start : start + size]  # type: ignore[index]  # a Sequence when sliced
         chunk: list[Any] = []
         try:
             chunk.extend(itertools.islice(self._items, size))
