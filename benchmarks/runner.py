@@ -42,7 +42,7 @@ PER_SYSTEM = {"W1": suite.w1_empty_map, "W2": suite.w2_submit, "W4": suite.w4_la
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fabric-bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="small sizes: under 2 minutes on 2 cores")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the smoke test's sizes
     parser.add_argument("--workers", type=int, default=2, help="worker processes for every system (default 2)")
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")

@@ -9,6 +9,7 @@ light.  Models: dask ``distributed/chaos.py`` for the ways to crash a worker,
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import os
 import signal
@@ -44,15 +45,11 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str | None = No
 def wait_resolved(futures: list[Any], stall_s: float) -> None:
     """Wait until every future is done; fail as soon as none has finished for
     ``stall_s`` (lost futures hang forever, so a plain timeout would be slow)."""
-    last_done, last_progress = -1, time.monotonic()
-    while (done := sum(f.done() for f in futures)) < len(futures):
-        now = time.monotonic()
-        if done > last_done:
-            last_done, last_progress = done, now
-        elif now - last_progress > stall_s:
-            unresolved = len(futures) - done
-            raise AssertionError(f"{unresolved} of {len(futures)} futures unresolved, no progress for {stall_s} s")
-        time.sleep(POLL_INTERVAL_S)
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(pending, stall_s, concurrent.futures.FIRST_COMPLETED)
+        if not done:
+            raise AssertionError(f"{len(pending)} of {len(futures)} futures unresolved, no progress for {stall_s} s")
 
 
 # -- processes -------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end on tiny sizes and writes its JSON and plot (no speed asserts)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,12 @@ import pytest
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run, shared by the tests: its outputs' directory."""
     out = tmp_path_factory.mktemp("bench")
+    (out / "user-cache").mkdir()
     subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W3,W4,W8", "--peers", "mp.Pool",
+        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W3,W4,W7,W8", "--peers", "mp.Pool",
          "--repeat", "1", "--json", str(out / "bench.json"), "--markdown", str(out / "report.md"),
          "--plot", str(out / "bench.png")],
-        check=True, timeout=300, capture_output=True,
+        check=True, timeout=300, capture_output=True, env={**os.environ, "FABRIC_CACHE_DIR": str(out / "user-cache")},
     )
     return out
 
@@ -38,3 +40,10 @@ def test_quick_run_writes_the_json_schema(run):
 def test_plot_writes_a_png(run):
     pytest.importorskip("matplotlib")
     assert (run / "bench.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_run_leaves_the_users_cache_alone(run):
+    # W7 stores results through the cache: they go to the run's own directory, not the user's.
+    figures = json.loads((run / "bench.json").read_text())["figures"]
+    assert any(f["workload"] == "W7 cache" for f in figures)
+    assert not any((run / "user-cache").iterdir())

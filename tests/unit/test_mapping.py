@@ -39,3 +39,15 @@ def test_other_inputs_are_read_as_iterators(items):
     # A list is read lazily like any iterable: slicing it would copy, then pickle, the same items.
     read = sliced_input(items)
     assert isinstance(read, Iterator) and list(read) == list(items)
+
+
+def test_the_callers_time_with_each_chunk_reaches_the_batch_sizer():
+    batches = []
+    stream = MapStream((b"digest", b"fn"), Mode.MAP, sliced_input(range(300)), post=batches.append,
+                       capacity=lambda: 1000, sizer=BatchSizer(100), ordered=True, deadline=None)
+    stream.start()
+    for batch in batches:  # the workers' answers: each item doubled
+        items = codec.decode(batch.codec, batch.payload)
+        stream.deliver(batch, codec.PICKLE, codec.pickle_frames([2 * x for x in items]), [])
+    assert list(stream.results()) == [2 * x for x in range(300)]
+    assert stream.sizer.caller_per_item_s is not None and stream.sizer.caller_per_item_s > 0
