@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end on tiny sizes and writes its JSON and plot (no speed asserts)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -30,7 +31,10 @@ def test_quick_run_writes_the_json_schema(run):
     systems = {f["system"] for f in data["figures"]}
     assert {"fabric", "mp.Pool"} <= systems
     for figure in data["figures"]:
-        assert figure["values"] and all(v > 0 for v in figure["values"]), figure
+        values = figure["values"]
+        assert values and all(math.isfinite(v) for v in values), figure
+        if "overhead" not in figure["metric"]:  # an overhead within noise of zero may come out negative
+            assert all(v > 0 for v in values), figure
         assert figure["min"] <= figure["median"] <= figure["max"]
     judged = [f for f in data["figures"] if f["met"] is not None]
     assert judged and all(f["system"] == "fabric" and f["target"] for f in judged)
