@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
-from .batching import BatchSizer, balance_limit
+from .batching import BatchSizer
 from .cache import CachedFunction, wants_cache
 from .errors import SerializationError
 from .futures import Future, FutureGroup
@@ -83,7 +83,7 @@ class TaskAPI:
         Results come in input order, or as they finish with ``ordered=False``.
         Work starts at once; input is read as results are consumed, with a
         bounded number of batches in flight.  ``chunksize`` fixes the batch
-        size (default: adapted to a few ms of work per batch).  ``timeout``
+        size (default: adapted to 20-100 ms of work per batch).  ``timeout``
         bounds the caller's wait, from this call, as in ``Executor.map``; task
         options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
         given as keywords.
@@ -95,14 +95,13 @@ class TaskAPI:
         task_options = self._task_options.merged(**options)
         mode = Mode.MAP if len(iterables) == 1 else Mode.STARMAP
         items = sliced_input(iterables[0]) if len(iterables) == 1 else zip(*iterables)
-        limit = balance_limit(sized_length(iterables), fabric._io.workers() or 1)
         stream = MapStream(
             fabric._shipped(fn, task_options),
             mode,
             items,
             post=fabric._io.post_batch,
             capacity=fabric._io.capacity,
-            sizer=BatchSizer(chunksize, limit),
+            sizer=BatchSizer(chunksize, sized_length(iterables), fabric._io.workers() or 1),
             ordered=ordered,
             deadline=None if timeout is None else time.monotonic() + timeout,
             retries=task_options.retries,
