@@ -147,8 +147,7 @@ def rss_run(figures: Figures, sizes: list[int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     # The run's cache shards (W7 stores hundreds of thousands of results) go to a directory of
-    # its own: the user's cache stays as it was, and a large shard left by an earlier run does
-    # not slow the next run's node start-up (opening 1 M entries took ~0.25 s).
+    # its own: the user's cache stays as it was, and every run starts from an empty cache.
     with tempfile.TemporaryDirectory(prefix="fabric-bench-") as cache_dir:
         previous = os.environ.get("FABRIC_CACHE_DIR")
         os.environ["FABRIC_CACHE_DIR"] = cache_dir

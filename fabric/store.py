@@ -11,9 +11,12 @@ an eviction needs it (and at close); serving hits never writes to disk.  Past
 heavy churn the disk order is approximately, not exactly, least recently used.
 
 A file that is not a readable store (corrupt, or of another schema) is moved
-aside with a warning at start and replaced by an empty one.  Entry and byte
-counts are read once at start and kept up to date by this process, so
-statistics and eviction never scan the table.
+aside with a warning at start and replaced by an empty one.  The integrity
+check reads the whole file (~0.25 s per GiB when cached), so it runs only
+when a process that had the file open on this host died without closing it;
+each opener registers itself in the file for that.  Entry and byte counts are
+read once at start from a covering index and kept up to date by this process,
+so statistics and eviction never scan the table.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import sqlite3
 import time
 from collections import OrderedDict
@@ -29,11 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1 lacks the openers and the covering recency index: added on open
 MAX_TOUCHED = 20_000  # recent hits whose recency is remembered until written
 SQL_CHUNK = 500  # parameters per IN (...) query
 _SCHEMA = """
@@ -41,7 +48,9 @@ CREATE TABLE IF NOT EXISTS results (
     key BLOB PRIMARY KEY, fn BLOB NOT NULL, value BLOB NOT NULL, size INTEGER NOT NULL, last_used INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_fn ON results (fn);
-CREATE INDEX IF NOT EXISTS results_last_used ON results (last_used);
+CREATE INDEX IF NOT EXISTS results_recency ON results (last_used, size);
+DROP INDEX IF EXISTS results_last_used;
+CREATE TABLE IF NOT EXISTS openers (host TEXT NOT NULL, pid INTEGER NOT NULL, PRIMARY KEY (host, pid));
 """
 
 
@@ -79,6 +88,7 @@ class ResultStore:
         self._clock = 0
         self._entries = self._bytes = 0  # of the file (or of memory, without one)
         self.hits = self.misses = self.evictions = 0
+        self.checked = False  # whether opening ran the integrity check
         self._db = self._open(self.path) if self.path is not None else None
 
     # -- opening ------------------------------------------------------------------------
@@ -99,22 +109,35 @@ class ResultStore:
         db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            existing = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'results'").fetchone()[0]
-            if existing and version != SCHEMA_VERSION:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "results" in tables and version not in READABLE_VERSIONS:
                 raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("integrity check failed")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._clock, self._entries, self._bytes = db.execute(
+            self.checked = self._register(db) or "openers" not in tables
+            if self.checked and db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            self._clock, self._entries, self._bytes = db.execute(  # a scan of the covering recency index
                 "SELECT coalesce(max(last_used), 0), count(*), coalesce(sum(size), 0) FROM results"
             ).fetchone()
         except sqlite3.DatabaseError:
             db.close()
             raise
         return db
+
+    @staticmethod
+    def _register(db: sqlite3.Connection) -> bool:
+        """Record this process as an opener; whether one on this host died with the file open."""
+        host = socket.gethostname()
+        db.execute("BEGIN IMMEDIATE")
+        pids = [pid for (pid,) in db.execute("SELECT pid FROM openers WHERE host = ?", (host,))]
+        dead = [(host, pid) for pid in pids if not psutil.pid_exists(pid)]
+        db.executemany("DELETE FROM openers WHERE host = ? AND pid = ?", dead)
+        db.execute("INSERT OR REPLACE INTO openers (host, pid) VALUES (?, ?)", (host, os.getpid()))
+        db.execute("COMMIT")
+        return bool(dead)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -311,5 +334,6 @@ class ResultStore:
         if self._db is not None:
             self.flush()
             self._flush_touches()
+            self._sql("DELETE FROM openers WHERE host = ? AND pid = ?", (socket.gethostname(), os.getpid()))
             self._db.close()
             self._db = None

@@ -1,7 +1,11 @@
 """A node's result-store shard: bounds, LRU order, persistence, corruption recovery, stats."""
 
 import logging
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 
 from fabric.store import ResultStore
 
@@ -106,6 +110,70 @@ def test_a_store_of_another_schema_version_is_moved_aside(tmp_path, caplog):
     assert "schema version 99" in caplog.text
     fill(store, 1)
     assert store.stats().entries == 1
+
+
+def test_integrity_is_checked_only_after_an_opener_died_with_the_file_open(tmp_path):
+    path = tmp_path / "s.sqlite"
+    first = ResultStore(path)
+    assert first.checked  # a new file: nobody is known to have closed it
+    fill(first, 3)
+    second = ResultStore(path)  # the first is alive: no check
+    assert not second.checked
+    second.close()
+    first.close()
+    assert not ResultStore(path).checked
+
+
+# Opens the store, fills it, closes it (so every page is in the main file), opens it again and
+# says so, then waits to be killed with the file open.
+KILLED_OPENER = """
+import sys
+from fabric.store import ResultStore
+store = ResultStore(sys.argv[1])
+store.put_many(b"f" * 16, [(i.to_bytes(20, "big"), bytes(100)) for i in range(2000)])
+store.close()
+store = ResultStore(sys.argv[1])
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_file_left_open_by_a_killed_node_is_checked_and_moved_aside_if_corrupt(tmp_path, caplog):
+    path = tmp_path / "s.sqlite"
+    opener = subprocess.Popen([sys.executable, "-c", KILLED_OPENER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert opener.stdout.readline() == "open\n"
+    os.kill(opener.pid, signal.SIGKILL)
+    opener.wait()
+    with open(path, "r+b") as f:  # a page in the middle of the table, the header intact
+        f.seek(os.path.getsize(path) // 2)
+        f.write(b"\xff" * 4096)
+    with caplog.at_level(logging.WARNING, logger="fabric.store"):
+        store = ResultStore(path)
+    assert store.checked and "integrity check failed" in caplog.text
+    assert list(tmp_path.glob("s.sqlite.corrupt-*"))
+    fill(store, 2)
+    assert store.stats().entries == 2
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE results (key BLOB PRIMARY KEY, fn BLOB NOT NULL, value BLOB NOT NULL, size INTEGER NOT NULL,
+                              last_used INTEGER NOT NULL);
+        CREATE INDEX results_fn ON results (fn);
+        CREATE INDEX results_last_used ON results (last_used);
+        PRAGMA user_version = 1;
+    """)
+    db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?)", [(key(i), FN, b"v" * i, i, i) for i in range(1, 4)])
+    db.commit()
+    db.close()
+    store = ResultStore(path, memory_entries=0)
+    assert (store.stats().entries, store.stats().bytes) == (3, 6)
+    assert store.get_many([key(2)]) == {0: b"vv"}
+    store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_writes_pushed_out_of_memory_before_reaching_disk_are_still_served(tmp_path):
