@@ -15,6 +15,8 @@ of the live nodes that hold a shard, weighted by shard size; it follows the
 heartbeats, so when one of N nodes joins or leaves only about 1/N of the keys
 change owner.  With ``replicas = 2`` an entry is also written to the next
 distinct node of the ring, which becomes its owner if the first one dies.
+A node sits on the ring by its name, not its per-start id, so a node that
+restarts (same name, same shard file) owns the keys its shard holds again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import pickle
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,18 +61,18 @@ class CacheRing:
 
     def __init__(self, replicas: int = 1) -> None:
         self.replicas = replicas
-        self._members: dict[str, int] = {}
+        self._members: dict[str, tuple[bytes, int]] = {}  # ring name -> (node id, weight)
         self._ring: HashRing | None = None
         self._only = b""
 
     def update(self, nodes: Iterable[NodeStats]) -> bool:
         """Follow membership; True when the ring changed."""
-        members = {n.node_id.hex(): ring_weight(n.cache_weight) for n in nodes if n.cache_weight > 0}
+        members = _ring_members([n for n in nodes if n.cache_weight > 0])
         if members == self._members:
             return False
         self._members = members
-        self._ring = HashRing(nodes={name: {"weight": w} for name, w in members.items()}) if members else None
-        self._only = bytes.fromhex(next(iter(members))) if members else b""
+        self._ring = HashRing(nodes={name: {"weight": w} for name, (_, w) in members.items()}) if members else None
+        self._only = next(iter(members.values()))[0] if members else b""
         return True
 
     def owners(self, key: bytes) -> list[bytes]:
@@ -79,14 +82,24 @@ class CacheRing:
         if len(self._members) == 1:  # one node (the embedded default) owns everything
             return [self._only]
         if self.replicas == 1:
-            return [bytes.fromhex(self._ring.get_node(key.hex()))]
-        return [bytes.fromhex(n["nodename"]) for n in self._ring.range(key.hex(), size=self.replicas, unique=True)]
+            return [self._members[self._ring.get_node(key.hex())][0]]
+        return [self._members[n["nodename"]][0] for n in self._ring.range(key.hex(), size=self.replicas, unique=True)]
 
     def node_ids(self) -> list[bytes]:
-        return [bytes.fromhex(name) for name in self._members]
+        return [node_id for node_id, _ in self._members.values()]
 
     def __bool__(self) -> bool:
         return self._ring is not None
+
+
+def _ring_members(nodes: list[NodeStats]) -> dict[str, tuple[bytes, int]]:
+    """Ring name -> (node id, weight).  The ring name is the node's name; should two
+    live nodes share one (a misconfiguration), each is told apart by its id."""
+    names = Counter(n.name for n in nodes)
+    return {
+        n.name if names[n.name] == 1 else f"{n.name}@{n.node_id.hex()}": (n.node_id, ring_weight(n.cache_weight))
+        for n in nodes
+    }
 
 
 @dataclass

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="run a node in the foreground (SIGINT/SIGTERM stop it cleanly)")
     start.add_argument("--config", help="cluster.toml: seed nodes and cluster settings")
-    start.add_argument("--name", help="this node's name; with --config, picks its [[node]] entry")
+    start.add_argument("--name", help="this node's name (default: HOST:PORT of its bind); with --config, picks its "
+                       "[[node]] entry")
     start.add_argument("--bind", help=f"control endpoint tcp://HOST:PORT (default {DEFAULT_BIND}, or the config's)")
     start.add_argument("--join", action="append", default=[], metavar="ADDRESS", help="a seed peer (repeatable)")
     start.add_argument("--workers", type=int, help="worker processes (default: one per core)")

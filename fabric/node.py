@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -128,7 +129,7 @@ class Node:
         self.sub = self._socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         node_id = new_id("n")
-        name = options.name or f"node-{os.getpid()}"
+        name = options.name or default_name(control)
         settings = NodeSettings(
             node_id, name, control, pub, options.prefetch, options.max_load, options.liveness_s,
             cache_weight=max(1, options.cache.max_bytes >> 20),
@@ -433,6 +434,22 @@ class Node:
             sock.close(linger=0)
         self.context.term()
         self.store.close()
+
+
+def default_name(control: str) -> str:
+    """HOST:PORT of the bound control endpoint (the machine's name for a wildcard host).
+
+    Stable across restarts on a fixed port, so an unnamed node keeps its cache
+    shard file and its place on the cache ring, and unique among the cluster's
+    live nodes since no two can bind one address.
+    """
+    scheme, _, where = control.partition("://")
+    host, _, port = where.rpartition(":")
+    if scheme != "tcp" or not host:
+        return where
+    if host.strip("[]") in ("0.0.0.0", "::", "*"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
 
 
 def _pub_endpoint(control: str) -> str:

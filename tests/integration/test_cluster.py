@@ -49,6 +49,7 @@ def test_status_prints_every_node(start_node):
     addresses, _ = cluster(start_node, 2)
     with fabric.connect(addresses[0], **FAST) as fx:
         wait_for(lambda: len(fx.nodes()) == 2, 20, "both nodes")
+        assert {n.name for n in fx.nodes()} == {a.removeprefix("tcp://") for a in addresses}  # unnamed: HOST:PORT
     run = [sys.executable, "-m", "fabric.cli", "status", addresses[1]]
     table = subprocess.run(run, capture_output=True, text=True, check=True).stdout
     assert table.splitlines()[0].split()[:4] == ["name", "address", "workers", "busy"]

@@ -73,3 +73,23 @@ def test_ring_weights_stay_small_whatever_the_shard_size():
     assert ring_weight(1024) == 16
     assert ring_weight(1) == 1
     assert ring_weight(10**7) == RING_MAX_WEIGHT
+
+
+def test_a_restarted_node_owns_the_same_keys_under_its_new_id():
+    # Its shard file is keyed by its name and kept across restarts, so its keys must come back to it.
+    ring = CacheRing()
+    nodes = [node("a"), node("b"), node("c")]
+    ring.update(nodes)
+    before = owners(ring)
+    restarted = NodeStats(node_id=b"a-again", name="a", control="tcp://a:1", pub="tcp://a:2", cache_weight=1024)
+    assert ring.update([restarted, *nodes[1:]])
+    after = owners(ring)
+    assert all(after[k] == (b"a-again" if o == b"a" else o) for k, o in before.items())
+
+
+def test_nodes_sharing_a_name_are_still_told_apart():
+    ring = CacheRing()
+    twins = [NodeStats(node_id=i, name="same", control=f"tcp://h{i.hex()}:1", pub="tcp://h:2", cache_weight=1024)
+             for i in (b"x", b"y")]
+    ring.update(twins)
+    assert set(owners(ring).values()) == {b"x", b"y"}
