@@ -107,6 +107,17 @@ def _float(e: Encoder, x: float) -> None:
     e.out += b"f" + (_NAN if x != x else struct.pack(">d", x))
 
 
+def _complex(e: Encoder, x: complex) -> None:
+    e.out += b"c"  # tagged: untagged, [1+2j, 3.0] and [1.0, 2+3j] encoded alike
+    _float(e, x.real)
+    _float(e, x.imag)
+
+
+def _slice(e: Encoder, x: slice) -> None:
+    e.out += b":"
+    e.value((x.start, x.stop, x.step))
+
+
 def _dict(e: Encoder, d: dict[Any, Any]) -> None:
     if id(d) in e._stack or len(e._stack) > MAX_DEPTH:
         raise _Unstable("a cyclic or too deeply nested dict")
@@ -117,12 +128,12 @@ def _dict(e: Encoder, d: dict[Any, Any]) -> None:
         e._stack.discard(id(d))
 
 
-_WRITERS: dict[type, Callable[[Encoder, Any], None]] = {
+_WRITERS: dict[type, Callable[[Encoder, Any], object]] = {
     type(None): lambda e, x: e.out.extend(b"N"),
     bool: lambda e, x: e.out.extend(b"T" if x else b"F"),
     int: lambda e, x: e.out.extend(b"i%d;" % x),
     float: _float,
-    complex: lambda e, x: (_float(e, x.real), _float(e, x.imag)),
+    complex: _complex,
     str: lambda e, x: e.tag(b"s", x),
     bytes: lambda e, x: e.out.extend(b"b" + len(x).to_bytes(8, "big") + x),
     bytearray: lambda e, x: e.out.extend(b"B" + len(x).to_bytes(8, "big") + x),
@@ -132,7 +143,7 @@ _WRITERS: dict[type, Callable[[Encoder, Any], None]] = {
     set: lambda e, x: e.unordered(b"<", [e.sub(i) for i in x]),
     frozenset: lambda e, x: e.unordered(b">", [e.sub(i) for i in x]),
     range: lambda e, x: e.tag(b"r", f"{x.start},{x.stop},{x.step}"),
-    slice: lambda e, x: (e.out.extend(b":"), e.value((x.start, x.stop, x.step))),
+    slice: _slice,
     type(Ellipsis): lambda e, x: e.out.extend(b"E"),
     datetime.datetime: lambda e, x: e.tag(b"Dt", x.isoformat()),
     datetime.date: lambda e, x: e.tag(b"Dd", x.isoformat()),

@@ -115,13 +115,12 @@ def start(args: argparse.Namespace) -> int:
 
 def ask_status(address: str, timeout_s: float = STATUS_TIMEOUT_S) -> list[NodeStats]:
     """The node's view of the live cluster; raises TimeoutError if it does not answer."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(address)
         sock.send_multipart(to_frames(Status()))
-        if not sock.poll(timeout_s * 1000):
+        if not sock.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"no answer from {address} within {timeout_s:.0f} s")
         reply = from_frames(sock.recv_multipart())
         if not isinstance(reply, StatusReply):
@@ -132,8 +131,8 @@ def ask_status(address: str, timeout_s: float = STATUS_TIMEOUT_S) -> list[NodeSt
 
 
 def format_table(nodes: list[NodeStats]) -> str:
-    header = ["name", "address", "workers", "busy", "done", "failed", "tasks/s", "cpu%", "mem%", "state", "cache",
-              "age s"]
+    header: list[object] = ["name", "address", "workers", "busy", "done", "failed", "tasks/s", "cpu%", "mem%",
+                            "state", "cache", "age s"]
     rows = [
         [n.name, n.control, n.workers, n.busy, n.done, n.failed, f"{n.tasks_per_s:.0f}", f"{n.cpu_percent:.0f}",
          f"{n.memory_percent:.0f}", "accepting" if n.accepting else f"paused>{n.max_load:.0f}%", n.cache_entries,

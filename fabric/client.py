@@ -83,7 +83,7 @@ def connect(
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     config = _cluster_config(address)
-    overrides = {
+    overrides: dict[str, Any] = {
         "heartbeat_interval_s": heartbeat_interval_s, "liveness_s": liveness_s, "retries": retries,
         "connect_timeout_s": connect_timeout_s, "max_message_bytes": max_message_bytes, "insecure": insecure,
     }

@@ -125,11 +125,11 @@ class FutureGroup:
         for index, future in enumerate(self.futures):
             if future.done():
                 continue
-            record = failed.get(index)
-            if record is None:
+            failure = failed.get(index)
+            if failure is None:
                 future.set_result(results[index])
             else:
-                future.set_exception(codec.rebuild_error(record))
+                future.set_exception(codec.rebuild_error(failure))
 
     def describe(self, batch: Any) -> str:
         names = sorted({f.task for f in self.futures})

@@ -254,11 +254,11 @@ class IOLoop:
             for batch in self.ventilator.drop_pending():
                 batch.owner.fail(batch, exc)
 
-    def _timeout_ms(self, now: float) -> float:
+    def _timeout_ms(self, now: float) -> int:
         deadlines = [self._next_hello, self.membership.next_expiry() or self._next_hello]
         if self._starved_since is not None:
             deadlines.append(self._starved_since + self.connect_timeout_s)
-        return max(0.0, min(deadlines) - now) * 1000 + 1
+        return int(max(0.0, min(deadlines) - now) * 1000) + 1
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -325,14 +325,14 @@ class IOLoop:
 
     def _receive(self, sock: zmq.Socket, copy: bool) -> list[tuple[bytes, Any]]:
         """Every message waiting on a ROUTER, parsed; malformed ones are dropped."""
-        received = []
+        received: list[tuple[bytes, Any]] = []
         while True:
             try:
                 sender, *frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 return received
             try:
-                received.append((sender if copy else sender.bytes, from_frames(frames)))
+                received.append((sender.bytes if isinstance(sender, zmq.Frame) else sender, from_frames(frames)))
             except ProtocolError as exc:
                 self._malformed(exc)
 
@@ -356,8 +356,8 @@ class IOLoop:
                 continue
             if isinstance(msg, WorkerLost):
                 log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
-                for batch, exc in self.ventilator.worker_lost(msg.worker_id, msg.reason):
-                    batch.owner.fail(batch, exc)
+                for batch, error in self.ventilator.worker_lost(msg.worker_id, msg.reason):
+                    batch.owner.fail(batch, error)
             elif isinstance(msg, CacheHits):
                 self.cache.on_hits(msg)
             elif isinstance(msg, CacheCleared):

@@ -361,7 +361,7 @@ class Node:
                     timeout_s = min(timeout_s, STORE_IDLE_S)  # quiet moments go to writing the cache shard
                 if not self.sentinels and self.processes:
                     timeout_s = min(timeout_s, processes.FALLBACK_POLL_S)
-                events = dict(self.poller.poll(timeout_s * 1000))
+                events = dict(self.poller.poll(int(timeout_s * 1000)))
                 now = time.monotonic()
                 if self._owner_gone(events):
                     break

@@ -207,7 +207,7 @@ class Worker:
         self.control.send_multipart(to_frames(WorkerUp(self.worker_id, os.getpid())))
         try:
             while self.running:
-                events = dict(self.poller.poll(REPORT_INTERVAL_S * 1000 if self.report_due else 1000))
+                events = dict(self.poller.poll(int(REPORT_INTERVAL_S * 1000) if self.report_due else 1000))
                 if not events and not self._parent_alive():
                     break
                 self._report()

@@ -90,6 +90,8 @@ def test_exact_types_and_unordered_containers():
     assert key({"a": 1, "b": 2}) == key({"b": 2, "a": 1})
     assert key({1, 2, 3}) == key({3, 1, 2}) and key({1, 2}) != key(frozenset({1, 2}))
     assert key(1, b=2) == key(1, **{"b": 2}) and key(1, b=2) != key(1, 2)
+    assert key([1 + 2j, 3.0]) != key([1.0, 2 + 3j]) and key(1 + 2j) == key(complex(1, 2))
+    assert key(slice(1, 2)) != key((1, 2, None)) and key(slice(1, 2)) == key(slice(1, 2, None))
 
 
 @dataclasses.dataclass
