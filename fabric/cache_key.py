@@ -108,7 +108,7 @@ def _float(e: Encoder, x: float) -> None:
 
 
 def _complex(e: Encoder, x: complex) -> None:
-    e.out += b"c"  # tagged: untagged, [1+2j, 3.0] and [1.0, 2+3j] encoded alike
+    e.out += b"j"  # tagged: untagged, [1+2j, 3.0] and [1.0, 2+3j] encoded alike
     _float(e, x.real)
     _float(e, x.imag)
 
