@@ -1,0 +1,70 @@
+"""The examples run as a user runs them (their own process, functions in ``__main__``) and check themselves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import free_address
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(args: list[str], cache_dir: Path, cwd: Path = EXAMPLES) -> str:
+    """Run a Python process, its results cache in ``cache_dir``; its output, after checking it succeeded."""
+    done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FABRIC_CACHE_DIR": str(cache_dir)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_wordcount(tmp_path):
+    assert "OK: matches the serial count" in run(["wordcount.py", "20000"], tmp_path)
+
+
+def test_cached_sweep_serves_its_second_sweep_from_the_cache(tmp_path):
+    out = run(["cached_sweep.py", "40"], tmp_path)
+    assert "40 hits" in out and "OK: the second sweep was served from the cache" in out
+    assert "40 hits" in run(["cached_sweep.py", "40"], tmp_path)  # a rerun starts cold again: it clears first
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A cluster file naming two nodes on free loopback ports, and the two nodes started from it."""
+    config = tmp_path / "cluster.toml"
+    lines = ["[cluster]", "heartbeat_interval_s = 0.2", "liveness_s = 1.0"]
+    for name in ("alpha", "beta"):
+        lines += ["[[node]]", f'name = "{name}"', f'address = "{free_address()}"', "workers = 1"]
+    config.write_text("\n".join(lines) + "\n")
+    nodes = [
+        subprocess.Popen([sys.executable, "-m", "fabric.cli", "start", "--config", str(config), "--name", name,
+                          "--cache-dir", str(tmp_path / "cache")])
+        for name in ("alpha", "beta")
+    ]
+    try:
+        yield config
+    finally:
+        for node in nodes:
+            node.kill()
+            node.wait()
+
+
+def test_cluster_run_spreads_over_both_nodes(two_node_cluster, tmp_path):
+    out = run(["cluster_run.py", str(two_node_cluster), "20000"], tmp_path)
+    assert "OK: longest chain" in out
+    ran = {line.split()[0]: int(line.split()[-1].replace(",", "")) for line in out.splitlines()
+           if line.split()[:1] in (["alpha"], ["beta"])}
+    assert set(ran) == {"alpha", "beta"} and sum(ran.values()) >= 20000 and min(ran.values()) > 0, out
+
+
+def test_the_notebook_runs_top_to_bottom(tmp_path):
+    # Its code cells, in order, in one interpreter's __main__, as a notebook kernel runs them.
+    notebook = json.loads((EXAMPLES / "experiment.ipynb").read_text())
+    code = "\n\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")
+    out = run(["-c", code], tmp_path)
+    assert out.splitlines()[:2] == ["999999 2000000 True", "True"]  # the rebound global, then the new code
+    assert "hits 200, misses 200" in out
