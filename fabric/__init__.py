@@ -30,7 +30,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .cache import CacheStats, cached
     from .client import Fabric, connect
-    from .config import ConfigError
+    from .errors import ConfigError
     from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
     from .heartbeat import NodeStats, WorkerStats
 
@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CacheStats": "cache", "cached": "cache",
     "Fabric": "client", "connect": "client",
-    "ConfigError": "config",
+    "ConfigError": "errors",
     "ALL_COMPLETED": "futures", "FIRST_COMPLETED": "futures", "FIRST_EXCEPTION": "futures", "Future": "futures",
     "as_completed": "futures", "wait": "futures",
     "NodeStats": "heartbeat", "WorkerStats": "heartbeat",

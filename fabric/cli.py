@@ -6,6 +6,7 @@
     fabric-node start --bind tcp://127.0.0.1:7100 --join tcp://127.0.0.1:7200 --workers 4
     fabric-node status --config cluster.toml
     fabric-node status tcp://127.0.0.1:7100
+    fabric-node keygen cluster.key
 
 This is the only place that configures logging (to stderr).  A configuration
 mistake exits with status 2 and a message naming the file, key and reason.
@@ -23,12 +24,13 @@ from dataclasses import asdict, replace
 
 import zmq
 
-from . import processes
-from .config import ClusterConfig, ConfigError, check_address, default_workers, load_config
-from .errors import ProtocolError
+from . import processes, security
+from .config import ClusterConfig, check_address, default_workers, load_config
+from .errors import ConfigError, ProtocolError
 from .heartbeat import NodeStats
 from .node import Node, NodeOptions
 from .protocol import Status, StatusReply, from_frames, to_frames
+from .security import ClusterKey, write_key_file
 
 STATUS_TIMEOUT_S = 3.0
 DEFAULT_BIND = "tcp://127.0.0.1:7100"
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--memory-limit-mb", type=int, help="worker RSS above which it is killed and replaced")
     start.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 1)")
     start.add_argument("--liveness", type=float, help="seconds of silence before a peer or client is dead (default 3)")
-    start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without authentication")
+    start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a cluster key")
+    start.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
     start.add_argument("--cache-dir", help="directory of this node's result-cache shard (default: the config's)")
     start.add_argument("--owner-pid", type=int, help=argparse.SUPPRESS)  # embedded: exit with the owner
     start.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)  # print the bound endpoint
@@ -60,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("address", nargs="?", help="any node's control endpoint")
     status.add_argument("--config", help="cluster.toml: ask its nodes in turn")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
+
+    keygen = commands.add_parser("keygen", help="write a new cluster key (authenticates and encrypts all traffic)")
+    keygen.add_argument("path", help="the key file to create (readable by its owner only; never overwritten)")
     return parser
 
 
@@ -77,9 +84,11 @@ def node_options(args: argparse.Namespace) -> NodeOptions:
         seeds = tuple(n.address for n in config.nodes)
         options = NodeOptions(bind=DEFAULT_BIND, workers=default_workers(), name=args.name or "", seeds=seeds)
     cache = replace(config.cache, dir=args.cache_dir) if args.cache_dir else config.cache
+    key = ClusterKey.find(args.key_file or config.key_file)
     options = replace(
         options, heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
         insecure=config.insecure or args.insecure, owner_pid=args.owner_pid, cache=cache,
+        key_file=key.path if key is not None else "",
     )
     overrides = {
         "bind": args.bind, "workers": args.workers, "prefetch": args.prefetch, "max_load": args.max_load,
@@ -113,10 +122,11 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
-def ask_status(address: str, timeout_s: float = STATUS_TIMEOUT_S) -> list[NodeStats]:
+def ask_status(address: str, key: ClusterKey | None = None, timeout_s: float = STATUS_TIMEOUT_S) -> list[NodeStats]:
     """The node's view of the live cluster; raises TimeoutError if it does not answer."""
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    security.join(sock, key)
     try:
         sock.connect(address)
         sock.send_multipart(to_frames(Status()))
@@ -145,13 +155,15 @@ def format_table(nodes: list[NodeStats]) -> str:
 
 
 def status(args: argparse.Namespace) -> int:
-    addresses = [args.address] if args.address else [n.address for n in load_config(args.config).nodes]
+    config = load_config(args.config) if args.config else ClusterConfig()
+    addresses = [args.address] if args.address else [n.address for n in config.nodes]
     if not addresses:
         raise ConfigError("status needs an ADDRESS or a --config naming at least one node")
+    key = ClusterKey.find(args.key_file or config.key_file)
     errors = []
     for address in addresses:
         try:
-            nodes = ask_status(address)
+            nodes = ask_status(address, key)
         except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
             errors.append(str(exc))
             continue
@@ -164,11 +176,19 @@ def status(args: argparse.Namespace) -> int:
     return 1
 
 
+def keygen(args: argparse.Namespace) -> int:
+    key = write_key_file(args.path)
+    print(f"wrote {key.path}: copy it to every machine of the cluster and name it in cluster.toml "
+          "([cluster] key_file) or with --key-file; keep it private")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    commands = {"start": start, "status": status, "keygen": keygen}
     try:
-        return start(args) if args.command == "start" else status(args)
+        return commands[args.command](args)
     except ConfigError as exc:
         parser.exit(2, f"fabric-node: error: {exc}\n")
     return 0

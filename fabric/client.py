@@ -32,7 +32,6 @@ from .cache import FabricCache
 from .config import (
     DEFAULT_PREFETCH,
     ClusterConfig,
-    ConfigError,
     NodeConfig,
     check_address,
     default_workers,
@@ -40,10 +39,11 @@ from .config import (
     load_config,
 )
 from .embedded import EmbeddedNode
-from .errors import ClosedError, SerializationError
+from .errors import ClosedError, ConfigError, SerializationError
 from .heartbeat import NodeStats
 from .io_loop import IOLoop
 from .options import TaskOptions
+from .security import ClusterKey, Gatekeeper, gatekeeper
 from .submission import FunctionShipper, TaskAPI
 
 __all__ = ["Fabric", "connect"]
@@ -63,6 +63,7 @@ def connect(
     connect_timeout_s: float | None = None,
     max_message_bytes: int | None = None,
     insecure: bool | None = None,
+    key_file: str | os.PathLike[str] | None = None,
 ) -> Fabric:
     """Start using a fabric.
 
@@ -77,7 +78,9 @@ def connect(
     Keywords override the cluster file's settings (see :mod:`fabric.config`):
     ``connect_timeout_s`` is how long queued work waits for any worker before
     failing with :class:`~fabric.NoNodesError`; ``max_message_bytes`` caps one
-    serialized batch of arguments or results.
+    serialized batch of arguments or results; ``key_file`` is the cluster's
+    key, which authenticates and encrypts every connection (see
+    :mod:`fabric.security`; default: the cluster file's, or ``$FABRIC_KEY_FILE``).
     """
     for name, value in (("workers", workers), ("prefetch", prefetch), ("retries", retries)):
         if value is not None and value < 1:
@@ -88,14 +91,15 @@ def connect(
         "connect_timeout_s": connect_timeout_s, "max_message_bytes": max_message_bytes, "insecure": insecure,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    key = ClusterKey.find(key_file or config.key_file)
     if address is None:
         embedded = EmbeddedNode(
             workers or default_workers(), prefetch or DEFAULT_PREFETCH, config.heartbeat_interval_s, config.liveness_s,
-            memory_limit_mb,
+            memory_limit_mb, key,
         )
-        return Fabric([embedded.endpoint], embedded.bind_where, config, embedded=embedded)
+        return Fabric([embedded.endpoint], embedded.bind_where, config, key, embedded=embedded)
     controls = [node.address for node in config.nodes]
-    return Fabric(controls, client_bind_host(controls[0], config.insecure), config)
+    return Fabric(controls, client_bind_host(controls[0], config.insecure or key is not None), config, key)
 
 
 def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:
@@ -112,10 +116,10 @@ def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:
     return config
 
 
-def client_bind_host(control: str, insecure: bool) -> str:
+def client_bind_host(control: str, reachable: bool) -> str:
     """Where the client binds its ventilator and sink so that nodes reach them:
     loopback for loopback nodes, else this host's address on the route to the
-    node (which needs ``insecure`` until authentication exists)."""
+    node (``reachable``: allowed, with a cluster key or ``insecure``)."""
     if control.startswith("ipc://"):
         return "127.0.0.1"
     host, port = check_address(control, "connect()")
@@ -124,11 +128,11 @@ def client_bind_host(control: str, insecure: bool) -> str:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((host.strip("[]"), port))  # a UDP connect sends nothing; it only picks the route
         local = probe.getsockname()[0]
-    if not insecure:
+    if not reachable:
         raise ConfigError(
             f"nodes at {control} must reach this client at {local}, which is not loopback: fabric runs code sent "
-            "to its sockets and has no authentication yet; pass insecure=True (or insecure = true in cluster.toml) "
-            "on a network you trust"
+            "to its sockets; give the cluster a key (fabric-node keygen, then key_file= or key_file in "
+            "cluster.toml), or pass insecure=True (insecure = true) on a network you trust"
         )
     return local
 
@@ -143,7 +147,8 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     """
 
     def __init__(
-        self, controls: list[str], bind_where: str, config: ClusterConfig, *, embedded: EmbeddedNode | None = None
+        self, controls: list[str], bind_where: str, config: ClusterConfig, key: ClusterKey | None = None, *,
+        embedded: EmbeddedNode | None = None,
     ) -> None:
         self._fabric = self
         self._task_options = TaskOptions()
@@ -153,12 +158,14 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         self._context = zmq.Context()
         self._closed = False
         self.address = controls[0]
+        self._gatekeeper: Gatekeeper | None = None
         try:
+            self._gatekeeper = gatekeeper(self._context, key)
             self._io = IOLoop(
                 self._context, f"c-{uuid.uuid4().hex[:12]}".encode(), bind_where, retries=config.retries,
                 heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
                 connect_timeout_s=config.connect_timeout_s, max_message_bytes=config.max_message_bytes,
-                cache_replicas=config.cache.replicas,
+                cache_replicas=config.cache.replicas, key=key,
             )
             self.cache = FabricCache(self._io.cache)
             for control in controls:
@@ -166,7 +173,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._io.start()
         except BaseException:
             self._stop_embedded()
-            self._context.term()
+            self._release_context()
             raise
         _open_fabrics.add(self)
 
@@ -196,11 +203,16 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._io.wait_idle()
         self._io.stop()
         self._stop_embedded()
-        self._context.term()
+        self._release_context()
 
     def _stop_embedded(self) -> None:
         if self._embedded is not None:
             self._embedded.stop()
+
+    def _release_context(self) -> None:
+        if self._gatekeeper is not None:
+            self._gatekeeper.stop()
+        self._context.term()
 
     # -- helpers ---------------------------------------------------------------------
 

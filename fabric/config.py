@@ -8,7 +8,9 @@ Every key, its default and its unit, in one place::
     retries = 3                   # attempts for a task whose worker dies
     connect_timeout_s = 30.0      # how long queued work waits for any worker before NoNodesError
     max_message_bytes = 1073741824  # cap on one serialized batch of arguments or results (1 GiB)
-    insecure = false              # allow binding non-loopback addresses without authentication
+    key_file = ""                 # the cluster's CURVE key (fabric-node keygen), relative to this file;
+                                  # "" = $FABRIC_KEY_FILE, or none: loopback only
+    insecure = false              # allow binding non-loopback addresses without a key (no authentication)
 
     [cache]                       # the result cache, one shard per node on the hash ring
     dir = ""                      # where shards live; "" = $FABRIC_CACHE_DIR, $XDG_CACHE_HOME/fabric or ~/.cache/fabric
@@ -34,11 +36,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import FabricError
+from .errors import ConfigError
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_LIVENESS_S = 3.0
@@ -50,9 +52,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_CACHE_ENTRIES = 1_000_000
 DEFAULT_CACHE_BYTES = 1 << 30
 
-
-class ConfigError(FabricError, ValueError):
-    """A cluster file or node option is wrong; says where and why."""
 
 
 def default_workers() -> int:
@@ -101,6 +100,7 @@ class ClusterConfig:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     insecure: bool = False
+    key_file: str = ""  # resolved against the cluster file's directory
     cache: CacheConfig = CacheConfig()
     source: str = "<defaults>"
 
@@ -113,7 +113,7 @@ class ClusterConfig:
 
 _CLUSTER_KEYS = {
     "heartbeat_interval_s": float, "liveness_s": float, "retries": int, "connect_timeout_s": float,
-    "max_message_bytes": int, "insecure": bool,
+    "max_message_bytes": int, "insecure": bool, "key_file": str,
 }
 _CACHE_KEYS = {"dir": str, "max_entries": int, "max_bytes": int, "replicas": int}
 _NODE_KEYS = {"name": str, "address": str, "workers": int, "prefetch": int, "max_load": float, "memory_limit_mb": int}
@@ -128,7 +128,10 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         raise ConfigError(f"{source}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return parse_config(data, source)
+    config = parse_config(data, source)
+    if config.key_file:
+        config = replace(config, key_file=str(Path(path).parent / Path(config.key_file).expanduser()))
+    return config
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> ClusterConfig:

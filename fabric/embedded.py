@@ -20,6 +20,7 @@ import zmq
 
 from . import processes
 from .errors import NoNodesError
+from .security import ClusterKey
 
 STOP_TIMEOUT_S = 5.0
 
@@ -28,7 +29,8 @@ class EmbeddedNode:
     """One local node process and its private socket directory."""
 
     def __init__(
-        self, workers: int, prefetch: int, heartbeat_interval_s: float, liveness_s: float, memory_limit_mb: int = 0
+        self, workers: int, prefetch: int, heartbeat_interval_s: float, liveness_s: float, memory_limit_mb: int = 0,
+        key: ClusterKey | None = None,
     ) -> None:
         self.dir = tempfile.mkdtemp(prefix="fabric-")
         self.bind_where = f"ipc://{self.dir}" if zmq.has("ipc") else "127.0.0.1"
@@ -38,6 +40,7 @@ class EmbeddedNode:
         cmd += ["--heartbeat-interval", str(heartbeat_interval_s)]
         cmd += ["--liveness", str(liveness_s), "--memory-limit-mb", str(memory_limit_mb)]
         cmd += ["--owner-pid", str(os.getpid()), "--owner-dir", self.dir, "--announce"]
+        cmd += ["--key-file", key.path] if key is not None else []
         self.process = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         line = self.process.stdout.readline().decode().strip() if self.process.stdout else ""
         if not line:

@@ -72,3 +72,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
+
+
+class ConfigError(FabricError, ValueError):
+    """A cluster file, key file or node option is wrong; says where and why."""

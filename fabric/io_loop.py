@@ -36,6 +36,7 @@ from typing import Any
 
 import zmq
 
+from . import security
 from .cache import CacheClient
 from .errors import ClosedError, NoNodesError, ProtocolError
 from .heartbeat import Membership, NodeStats
@@ -54,6 +55,7 @@ from .protocol import (
     from_frames,
     to_frames,
 )
+from .security import ClusterKey
 from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,11 @@ class IOLoop:
     def __init__(
         self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
         heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float = 30.0,
-        max_message_bytes: int = 1 << 30, cache_replicas: int = 1,
+        max_message_bytes: int = 1 << 30, cache_replicas: int = 1, key: ClusterKey | None = None,
     ) -> None:
         self.client_id = client_id
         self.context = context
+        self.key = key
         self.ventilator = Ventilator(retries)
         self.membership = Membership(liveness_s)
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -85,10 +88,12 @@ class IOLoop:
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
         self.sink_endpoint = _bind(self.sink, bind_where, "sink")
         self.sub = context.socket(zmq.SUB)
+        security.join(self.sub, key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.setsockopt(zmq.LINGER, 0)
         self.subscribed: set[str] = set()
         self.controls: dict[str, zmq.Socket] = {}
+        self.handshakes = security.HandshakeWatch()
         self.embedded: dict[int, str] = {}  # exit sentinel -> control endpoint of an embedded node
         self.declared_dead: set[bytes] = set()
         self.poller = zmq.Poller()
@@ -118,6 +123,7 @@ class IOLoop:
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.LINGER, 0)
+        security.serve(sock, self.key)
         return sock
 
     # -- called from user threads ---------------------------------------------------
@@ -171,6 +177,8 @@ class IOLoop:
             sock.setsockopt(zmq.IDENTITY, self.client_id)
             sock.setsockopt(zmq.LINGER, GOODBYE_LINGER_MS)
             sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
+            security.join(sock, self.key)
+            self.poller.register(self.handshakes.watch(sock, control), zmq.POLLIN)
             sock.connect(control)
             self.controls[control] = sock
             self.poller.register(sock, zmq.POLLIN)
@@ -180,8 +188,16 @@ class IOLoop:
             self.poller.register(exit_sentinel, zmq.POLLIN)
 
     def _hello(self, sock: zmq.Socket) -> None:
-        hello = Hello(self.client_id, self.vent_endpoint, self.sink_endpoint, self.max_message_bytes)
-        sock.send_multipart(to_frames(hello), zmq.NOBLOCK)
+        self._say(sock, Hello(self.client_id, self.vent_endpoint, self.sink_endpoint, self.max_message_bytes))
+
+    @staticmethod
+    def _say(sock: zmq.Socket, msg: Message) -> None:
+        """Send on a control socket, or drop: a connection that failed its handshake
+        queues nothing, and HELLO is repeated every heartbeat anyway."""
+        try:
+            sock.send_multipart(to_frames(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def _subscribe(self, pub: str) -> None:
         if pub not in self.subscribed:
@@ -208,7 +224,7 @@ class IOLoop:
             if stats.node_id in self.declared_dead:  # back from the dead: its workers re-attach
                 self.declared_dead.discard(stats.node_id)
                 sock = self.controls[stats.control]
-                sock.send_multipart(to_frames(Goodbye(self.client_id)), zmq.NOBLOCK)
+                self._say(sock, Goodbye(self.client_id))
                 self._hello(sock)
                 log.info("client: node %s is back", stats.name)
         for control, pub in stats.peers:
@@ -247,9 +263,11 @@ class IOLoop:
             self._starved_since = now
         elif now - self._starved_since > self.connect_timeout_s:
             self._starved_since = None
+            refused = self.handshakes.describe()
             exc = NoNodesError(
                 f"no worker was reachable for {self.connect_timeout_s:.0f} s (nodes tried: "
-                f"{', '.join(self.controls) or 'none'}); start a node or check the addresses"
+                f"{', '.join(self.controls) or 'none'}); "
+                + (f"{refused}: check the cluster key (key_file)" if refused else "start a node or check the addresses")
             )
             for batch in self.ventilator.drop_pending():
                 batch.owner.fail(batch, exc)
@@ -276,6 +294,9 @@ class IOLoop:
                 for sock in [self.sub, *self.controls.values()]:
                     if sock in events:
                         self._on_control(sock, now)
+                for monitor in self.handshakes.monitors:
+                    if monitor in events:
+                        self.handshakes.on_events(monitor)
                 for fd, control in list(self.embedded.items()):
                     if fd in events:
                         self._embedded_exited(fd, control)
@@ -402,9 +423,9 @@ class IOLoop:
     def _request_stop(self) -> None:
         self._running = False
         for control, sock in self.controls.items():
-            sock.send_multipart(to_frames(Goodbye(self.client_id)), zmq.NOBLOCK)
+            self._say(sock, Goodbye(self.client_id))
             if control in self.embedded.values():
-                sock.send_multipart(to_frames(Shutdown()), zmq.NOBLOCK)
+                self._say(sock, Shutdown())
 
     def _close(self) -> None:
         self._running = False
@@ -416,6 +437,7 @@ class IOLoop:
             self._commands.popleft()()
         for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight():
             batch.owner.fail(batch, self.broken)
+        self.handshakes.close()
         for sock in [self.vent, self.sink, self.sub, *self.controls.values()]:
             sock.close()
         for fd in [*self.embedded, self._wake_r, self._wake_w]:

@@ -32,7 +32,7 @@ import msgpack
 import psutil
 import zmq
 
-from . import processes
+from . import processes, security
 from .config import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     DEFAULT_LIVENESS_S,
@@ -63,6 +63,7 @@ from .protocol import (
     from_frames,
     to_frames,
 )
+from .security import ClusterKey, gatekeeper
 from .store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -93,40 +94,47 @@ class NodeOptions:
     liveness_s: float = DEFAULT_LIVENESS_S
     seeds: tuple[str, ...] = ()  # control endpoints of peers to join
     insecure: bool = False
+    key_file: str = ""  # the cluster's CURVE key (fabric.security); "": none, loopback only
     memory_limit_mb: int = 0  # RSS above which a worker is killed and replaced; 0: no limit
     cache: CacheConfig = CacheConfig()
     owner_pid: int | None = None  # embedded: exit when this process exits
 
 
-def check_bind(endpoint: str, insecure: bool) -> None:
+def check_bind(endpoint: str, insecure: bool, keyed: bool = False) -> None:
     """Refuse a non-loopback bind without authentication, saying why and how."""
     if not endpoint.startswith("tcp://"):
         return
     host = endpoint[len("tcp://") :].rpartition(":")[0]
-    if not is_loopback(host) and not insecure:
+    if is_loopback(host) or keyed:
+        return
+    if not insecure:
         raise ConfigError(
             f"refusing to bind {endpoint}: fabric runs code sent to it, and this address is reachable from other "
-            "machines without authentication; bind a loopback address, or set insecure = true in cluster.toml "
-            "(--insecure) on a network you trust"
+            "machines; give the cluster a key (fabric-node keygen KEYFILE, then key_file in cluster.toml or "
+            "--key-file), bind a loopback address, or set insecure = true (--insecure) on a network you trust"
         )
-    if not is_loopback(host):
-        log.warning("binding %s without authentication (insecure): anyone who reaches it can run code", endpoint)
+    log.warning("binding %s without authentication (insecure): anyone who reaches it can run code", endpoint)
 
 
 class Node:
     """The node's run loop."""
 
     def __init__(self, options: NodeOptions) -> None:
-        check_bind(options.bind, options.insecure)
+        self.key = ClusterKey.load(options.key_file) if options.key_file else None
+        check_bind(options.bind, options.insecure, self.key is not None)
         self.options = options
         self.context = zmq.Context()
+        self.gatekeeper = gatekeeper(self.context, self.key)
         self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1, ROUTER_HANDOVER=1)
+        security.serve(self.router, self.key)
         self.router.bind(options.bind)
         control = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub = self._socket(zmq.PUB, SNDHWM=100)
+        security.serve(self.pub, self.key)
         self.pub.bind(_pub_endpoint(control))
         pub = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sub = self._socket(zmq.SUB)
+        security.join(self.sub, self.key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         node_id = new_id("n")
         name = options.name or default_name(control)
@@ -171,6 +179,8 @@ class Node:
         env = dict(os.environ)
         for key in SINGLE_THREAD_ENV:
             env.setdefault(key, "1")
+        if self.key is not None:
+            env[security.KEY_FILE_ENV] = os.path.abspath(self.key.path)
         cmd = [sys.executable, "-m", "fabric.worker", self.endpoint, worker_id.decode(), str(os.getpid())]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         self.processes[worker_id] = proc
@@ -339,6 +349,7 @@ class Node:
         sock = self.seeds.get(control)
         if sock is None:
             sock = self._socket(zmq.DEALER, IDENTITY=self.state.settings.node_id)  # type: ignore[arg-type]
+            security.join(sock, self.key)
             sock.connect(control)
             self.seeds[control] = sock
             self.poller.register(sock, zmq.POLLIN)
@@ -432,6 +443,8 @@ class Node:
         self.sentinels.clear()
         for sock in [self.router, self.pub, self.sub, *self.seeds.values()]:
             sock.close(linger=0)
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self.context.term()
         self.store.close()
 

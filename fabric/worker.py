@@ -28,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from . import codec, options, processes
+from . import codec, options, processes, security
 from .errors import ProtocolError, SerializationError
 from .protocol import (
     Attach,
@@ -43,6 +43,7 @@ from .protocol import (
     from_frames,
     to_frames,
 )
+from .security import ClusterKey
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,10 @@ def _size(frames: list[Any]) -> int:
 class Worker:
     """The worker's run loop: owns the control socket and one link per client."""
 
-    def __init__(self, node_endpoint: str, worker_id: bytes, parent_pid: int) -> None:
+    def __init__(self, node_endpoint: str, worker_id: bytes, parent_pid: int, key: ClusterKey | None = None) -> None:
         self.worker_id = worker_id
         self.parent_pid = parent_pid
+        self.key = key
         self.context = zmq.Context()
         self.control = self._socket(zmq.DEALER)
         self.control.connect(node_endpoint)
@@ -201,6 +203,7 @@ class Worker:
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.IDENTITY, self.worker_id)
         sock.setsockopt(zmq.LINGER, 0)
+        security.join(sock, self.key)
         return sock
 
     def run(self) -> None:
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     node_endpoint, worker_id, parent_pid = argv if argv is not None else sys.argv[1:4]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C belongs to the client
     processes.configure_logging()
-    Worker(node_endpoint, worker_id.encode(), int(parent_pid)).run()
+    Worker(node_endpoint, worker_id.encode(), int(parent_pid), ClusterKey.find(None)).run()
 
 
 if __name__ == "__main__":
