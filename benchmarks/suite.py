@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import psutil
 
 import fabric
+from fabric.security import write_key_file
 
 from . import workloads as wl
 from .measure import Figures, timed
@@ -162,6 +164,22 @@ def w8_scaling(workers: int, sizes: Sizes, figures: Figures, iterations: int) ->
             figures.add("W8 scaling", f"empty items/s per core, {n} workers", "fabric", rate / n, "items/s")
             rate = sizes.w3 / timed(lambda: list(fx.map(wl.spin, [iterations] * sizes.w3)))
             figures.add("W8 scaling", f"1 ms tasks/s per core, {n} workers", "fabric", rate / n, "tasks/s")
+
+
+def keyed(workers: int, sizes: Sizes, figures: Figures) -> None:
+    """The cost of a cluster key (CurveZMQ encrypts every byte both ways): keyed ÷ plain rates, each
+    measured on a fabric of its own, one after the other."""
+    blobs = [os.urandom(1 << 20) for _ in range(sizes.w5)]
+    rates: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="fabric-bench-key-") as scratch:
+        key_file = write_key_file(os.path.join(scratch, "cluster.key")).path
+        for name, key in (("plain", None), ("keyed", key_file)):
+            with fabric.connect(workers=workers, key_file=key) as fx:
+                fabric.wait([fx.submit(abs, 1) for _ in range(4 * workers)])
+                empty = sizes.w1 / timed(lambda: list(fx.map(wl.identity, range(sizes.w1))))
+                rates[name] = empty, len(blobs) / timed(lambda: list(fx.map(len, blobs)))
+    figures.add("keyed", "empty items/s, keyed ÷ plain", "fabric", rates["keyed"][0] / rates["plain"][0], "×")
+    figures.add("keyed", "1 MB arguments MB/s, keyed ÷ plain", "fabric", rates["keyed"][1] / rates["plain"][1], "×")
 
 
 def faults(workers: int, sizes: Sizes, figures: Figures, iterations: int) -> None:

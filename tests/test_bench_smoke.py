@@ -16,7 +16,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     (out / "user-cache").mkdir()
     subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W3,W4,W7,W8", "--peers", "mp.Pool",
+        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W3,W4,W7,W8,keyed", "--peers", "mp.Pool",
          "--repeat", "1", "--json", str(out / "bench.json"), "--markdown", str(out / "report.md"),
          "--plot", str(out / "bench.png")],
         check=True, timeout=300, capture_output=True, env={**os.environ, "FABRIC_CACHE_DIR": str(out / "user-cache")},
