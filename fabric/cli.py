@@ -127,16 +127,21 @@ def ask_status(address: str, key: ClusterKey | None = None, timeout_s: float = S
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     security.join(sock, key)
+    handshakes = security.HandshakeWatch()
+    monitor = handshakes.watch(sock, address)
     try:
         sock.connect(address)
         sock.send_multipart(to_frames(Status()))
         if not sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no answer from {address} within {timeout_s:.0f} s")
+            handshakes.on_events(monitor)
+            raise TimeoutError(f"no answer from {address} within {timeout_s:.0f} s"
+                               + (f": {handshakes.describe()}" if handshakes.refusals else ""))
         reply = from_frames(sock.recv_multipart())
         if not isinstance(reply, StatusReply):
             raise ProtocolError(f"{address} answered {type(reply).__name__}, not STATUS_REPLY")
         return [NodeStats.from_info(info) for info in reply.nodes]
     finally:
+        handshakes.close()
         sock.close()
 
 

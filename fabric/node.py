@@ -150,6 +150,7 @@ class Node:
             self.poller.register(sock, zmq.POLLIN)
         self.subscribed: set[str] = set()
         self.seeds: dict[str, zmq.Socket] = {}
+        self.handshakes = security.HandshakeWatch()
         self.processes: dict[bytes, subprocess.Popen[bytes]] = {}
         self.health: dict[bytes, psutil.Process] = {}
         self.stopped_since: dict[bytes, float] = {}
@@ -350,6 +351,7 @@ class Node:
         if sock is None:
             sock = self._socket(zmq.DEALER, IDENTITY=self.state.settings.node_id)  # type: ignore[arg-type]
             security.join(sock, self.key)
+            self.poller.register(self.handshakes.watch(sock, control), zmq.POLLIN)  # a peer's wrong key is logged
             sock.connect(control)
             self.seeds[control] = sock
             self.poller.register(sock, zmq.POLLIN)
@@ -381,6 +383,9 @@ class Node:
                 for sock in [self.sub, *self.seeds.values()]:
                     if sock in events:
                         self._on_heartbeats(sock, now)
+                for monitor in self.handshakes.monitors:
+                    if monitor in events:
+                        self.handshakes.on_events(monitor)
                 self._reap_exited(events)
                 if self.store.pending and (
                     (not events and now - self.last_message >= STORE_IDLE_S)
@@ -441,6 +446,7 @@ class Node:
             if fd is not None:
                 os.close(fd)
         self.sentinels.clear()
+        self.handshakes.close()
         for sock in [self.router, self.pub, self.sub, *self.seeds.values()]:
             sock.close(linger=0)
         if self.gatekeeper is not None:

@@ -47,7 +47,8 @@ def test_a_client_without_the_key_is_refused_and_told_why(keyed_node, tmp_path, 
     with fabric.connect(address, key_file=other, connect_timeout_s=1.0) as fx:
         with pytest.raises(fabric.NoNodesError, match="handshake .* failed .*key"):
             list(fx.map(abs, range(10)))
-    assert status(address).returncode == 1  # nor does the status command get an answer
+    refused = status(address)  # nor does the status command get an answer, and it says why
+    assert refused.returncode == 1 and "handshake with" in refused.stderr and "failed" in refused.stderr
     with fabric.connect(address, key_file=key_file) as fx:  # the node kept running for its members
         assert fx.submit(abs, -7).result() == 7
 
