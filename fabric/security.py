@@ -45,6 +45,7 @@ class ClusterKey:
     def load(cls, path: str | os.PathLike[str]) -> ClusterKey:
         """Read a key file; a missing, unreadable or malformed one is a ConfigError naming it."""
         source = os.fspath(path)
+        _check_curve(source)
         try:
             text = Path(source).read_text()
         except OSError as exc:
@@ -69,6 +70,11 @@ class ClusterKey:
         return cls.load(chosen) if chosen else None
 
 
+def _check_curve(source: str) -> None:
+    if not zmq.has("curve"):
+        raise ConfigError(f"key file {source}: this libzmq was built without CURVE security (libsodium)")
+
+
 def _key_line(line: str, source: str) -> tuple[str, bytes]:
     name, sep, value = line.partition("=")
     if not sep:
@@ -78,6 +84,7 @@ def _key_line(line: str, source: str) -> tuple[str, bytes]:
 
 def write_key_file(path: str | os.PathLike[str]) -> ClusterKey:
     """Make a new cluster keypair in a file only its owner may read; never overwrites."""
+    _check_curve(os.fspath(path))
     public, secret = zmq.curve_keypair()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:

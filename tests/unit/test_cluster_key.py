@@ -4,6 +4,7 @@ import os
 import stat
 
 import pytest
+import zmq
 
 from fabric.config import ConfigError, load_config
 from fabric.node import check_bind
@@ -70,3 +71,9 @@ def test_only_a_keyed_node_may_bind_a_reachable_address_without_the_insecure_fla
         check_bind("tcp://198.18.0.2:7100", insecure=False)
     check_bind("tcp://198.18.0.2:7100", insecure=False, keyed=True)
     check_bind("tcp://127.0.0.1:7100", insecure=False)
+
+
+def test_a_libzmq_without_curve_is_named_as_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr(zmq, "has", lambda capability: capability != "curve")
+    with pytest.raises(ConfigError, match="without CURVE"):
+        write_key_file(tmp_path / "cluster.key")
