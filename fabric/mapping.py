@@ -110,6 +110,7 @@ class MapStream:
         self._check_size = check_size
         self._cache = cache
         self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
+        self._repeats: dict[int, dict[int, int]] = {}  # seq -> {position: position of the same key computed}
         self._encoder = codec.PayloadEncoder()
         self._cond = threading.Condition()
         self._lengths: dict[int, int] = {}  # chunk seq -> items
@@ -182,7 +183,10 @@ class MapStream:
                     return
                 seq, length, parts = self._wait_chunk()
                 started = time.perf_counter()
-                results, error = _assemble(length, parts)
+                repeats = self._repeats.pop(seq, {})
+                results, error = _assemble(length + len(repeats), parts)
+                for position, source in repeats.items():
+                    results[position] = results[source]
                 self._yielded += 1
                 if error is not None:
                     yield results[: error[0]]
@@ -237,20 +241,40 @@ class MapStream:
             self._fail_from(seq, 0, len(chunk), None, exc)
             return
         hits = self._cache.lookup(keys)
+        computed = self._first_of_each_miss(seq, keys, hits)
         if len(hits) == len(chunk):  # all hits: one contiguous part, the fast path of _assemble
             self._add(seq, Part(0, len(chunk), blobs=[hits[i] for i in range(len(chunk))]))
         elif hits:
             found = sorted(hits)
             self._add(seq, Part(0, len(found), indices=found, blobs=[hits[i] for i in found]))
-        misses = [i for i in range(len(chunk)) if i not in hits]
-        if not misses:
+        if not computed:
             self.sizer.observe(len(chunk), CACHE_HIT_S * len(chunk))  # all hits: let chunks grow
             return
-        self._to_store[seq] = (misses, [keys[i] for i in misses])
-        if hits:
-            self._post_items(seq, start, [chunk[i] for i in misses], misses)
-        else:
+        self._to_store[seq] = (computed, [keys[i] for i in computed])
+        if len(computed) == len(chunk):
             self._post_items(seq, start, chunk, None)
+        else:
+            self._post_items(seq, start, [chunk[i] for i in computed], computed)
+
+    def _first_of_each_miss(self, seq: int, keys: list[bytes], hits: dict[int, bytes]) -> list[int]:
+        """The positions of a cached chunk to compute: the first of each key that missed.
+        Its repeats take its result, as identical keys in a Dask graph are computed once,
+        so the chunk is complete without them."""
+        first: dict[bytes, int] = {}
+        computed: list[int] = []
+        repeats: dict[int, int] = {}
+        for position, key in enumerate(keys):
+            if position not in hits:
+                source = first.setdefault(key, position)
+                if source == position:
+                    computed.append(position)
+                else:
+                    repeats[position] = source
+        if repeats:
+            self._repeats[seq] = repeats
+            with self._cond:
+                self._lengths[seq] -= len(repeats)
+        return computed
 
     def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None) -> None:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch."""

@@ -36,6 +36,26 @@ def test_second_map_hits_with_the_same_results(fx):
     assert (after.hits - middle.hits, after.misses - middle.misses) == (500, 0)
 
 
+def logged_square(item: tuple[str, int]) -> int:
+    """Squares, and appends a line to a file per computation (from any worker)."""
+    path, x = item
+    with open(path, "a") as log:
+        log.write(f"{x}\n")
+    return x * x
+
+
+def test_repeated_arguments_in_a_chunk_are_computed_once(fx, tmp_path):
+    log = str(tmp_path / "computed.txt")
+    items = [(log, x) for x in [1, 1, 1, 2, 2, 3] * 10]
+    assert list(fx.map(logged_square, items, cache=True, chunksize=100)) == [x * x for _, x in items]
+    assert sorted(open(log).read().split()) == ["1", "2", "3"]
+    got = []
+    with pytest.raises(ZeroDivisionError):  # a failure at a repeated key fails at its first position
+        for value in fx.map(lambda x: 10 // x, [5, 0, 0, 7, 0], cache=True, chunksize=100):
+            got.append(value)
+    assert got == [2]
+
+
 def test_partial_hits_keep_order(fx):
     fx.cache.clear(double)
     list(fx.map(double, range(0, 1000, 2), cache=True))  # every even item is stored
