@@ -260,6 +260,8 @@ class MapStream:
         """The positions of a cached chunk to compute: the first of each key that missed.
         Its repeats take its result, as identical keys in a Dask graph are computed once,
         so the chunk is complete without them."""
+        if len(hits) == len(keys):
+            return []
         first: dict[bytes, int] = {}
         computed: list[int] = []
         repeats: dict[int, int] = {}
