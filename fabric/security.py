@@ -141,8 +141,8 @@ class Gatekeeper:
 
         self.members = _ClusterMembers(key)
         self._thread: Any = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
-        self._thread.start()
         self._thread.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self.members)
+        self._thread.start()  # before any socket of this context binds
 
     @property
     def refused(self) -> int:
