@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 HWM = 100_000  # credits keep queues far below this; it only guards against a bug
 CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (start-up time)
+CONNECT_RETRY_MAX_MS = 1000  # then back off: a node that is down, or refuses our key, is not hammered
 GOODBYE_LINGER_MS = 200  # how long closing waits to deliver GOODBYE; a node missing it forgets us by liveness
 
 
@@ -177,6 +178,7 @@ class IOLoop:
             sock.setsockopt(zmq.IDENTITY, self.client_id)
             sock.setsockopt(zmq.LINGER, GOODBYE_LINGER_MS)
             sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, CONNECT_RETRY_MAX_MS)
             security.join(sock, self.key)
             self.poller.register(self.handshakes.watch(sock, control), zmq.POLLIN)
             sock.connect(control)

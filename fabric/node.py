@@ -127,6 +127,8 @@ class Node:
         self.gatekeeper = gatekeeper(self.context, self.key)
         self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1, ROUTER_HANDOVER=1)
         security.serve(self.router, self.key)
+        self.handshakes = security.HandshakeWatch()  # logs who failed to connect, and why
+        incoming = self.handshakes.watch(self.router, f"{options.bind} (incoming)")
         self.router.bind(options.bind)
         control = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub = self._socket(zmq.PUB, SNDHWM=100)
@@ -146,11 +148,10 @@ class Node:
         cache = options.cache
         self.store = ResultStore(cache.shard_path(name), max_entries=cache.max_entries, max_bytes=cache.max_bytes)
         self.poller = zmq.Poller()
-        for sock in (self.router, self.sub):
+        for sock in (self.router, self.sub, incoming):
             self.poller.register(sock, zmq.POLLIN)
         self.subscribed: set[str] = set()
         self.seeds: dict[str, zmq.Socket] = {}
-        self.handshakes = security.HandshakeWatch()
         self.processes: dict[bytes, subprocess.Popen[bytes]] = {}
         self.health: dict[bytes, psutil.Process] = {}
         self.stopped_since: dict[bytes, float] = {}

@@ -162,8 +162,8 @@ HANDSHAKE_EVENTS = (
 )
 _REFUSALS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "one side has a cluster key and the other none, or another protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "its cluster key differs from this one's",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "it refused this key",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the two sides' cluster keys differ",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key was refused",
 }
 
 

@@ -14,11 +14,12 @@ from fabric.security import write_key_file
 
 @pytest.fixture
 def keyed_node(tmp_path):
-    """A node started with a cluster key: (its address, the key file)."""
+    """A node started with a cluster key, its log in ``node.log``: (its address, the key file)."""
     key = write_key_file(tmp_path / "cluster.key")
     address = free_address()
-    node = subprocess.Popen([sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", "1",
-                             "--key-file", key.path, "--cache-dir", str(tmp_path / "cache")])
+    with open(tmp_path / "node.log", "w") as log:
+        node = subprocess.Popen([sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", "1",
+                                 "--key-file", key.path, "--cache-dir", str(tmp_path / "cache")], stderr=log)
     try:
         yield address, key.path
     finally:
@@ -51,6 +52,7 @@ def test_a_client_without_the_key_is_refused_and_told_why(keyed_node, tmp_path, 
     assert refused.returncode == 1 and "handshake with" in refused.stderr and "failed" in refused.stderr
     with fabric.connect(address, key_file=key_file) as fx:  # the node kept running for its members
         assert fx.submit(abs, -7).result() == 7
+    assert f"the handshake with {address} (incoming) failed" in (tmp_path / "node.log").read_text()
 
 
 def test_the_embedded_cluster_takes_the_key_too(tmp_path):
