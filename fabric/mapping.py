@@ -194,7 +194,7 @@ class MapStream:
                 self._store(seq, results)
                 yield results
                 # Resumed once the caller has used every result of the chunk.
-                self.sizer.observe_caller(length, time.perf_counter() - started)
+                self.sizer.observe_caller(len(results), time.perf_counter() - started)
         finally:
             self.close()
 

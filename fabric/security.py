@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import KeysView
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,14 +140,9 @@ class Gatekeeper:
     def __init__(self, context: zmq.Context, key: ClusterKey) -> None:
         from zmq.auth.thread import ThreadAuthenticator  # asyncio: only imported by keyed processes
 
-        self.members = _ClusterMembers(key)
         self._thread: Any = ThreadAuthenticator(context, log=logging.getLogger(f"{__name__}.zap"))
-        self._thread.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self.members)
+        self._thread.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=_ClusterMembers(key))
         self._thread.start()  # before any socket of this context binds
-
-    @property
-    def refused(self) -> int:
-        return self.members.refused
 
     def stop(self) -> None:
         self._thread.stop()
@@ -182,8 +178,9 @@ class HandshakeWatch:
         return monitor
 
     @property
-    def monitors(self) -> list[zmq.Socket]:
-        return list(self._monitors)
+    def monitors(self) -> KeysView[zmq.Socket]:
+        """The monitor sockets to poll (a view: the I/O loop reads it on every wake-up)."""
+        return self._monitors.keys()
 
     def on_events(self, monitor: zmq.Socket) -> None:
         from zmq.utils.monitor import recv_monitor_message

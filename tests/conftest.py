@@ -7,12 +7,14 @@ and dask ``distributed/pytest_resourceleaks.py`` (processes leaked by a test).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -140,14 +142,22 @@ def start_node(tmp_path):
     """Start ``fabric-node`` daemons (killed at teardown); the test's functions import on their workers."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(address: str, *, workers: int = 1, join: str | None = None, max_load: float | None = None,
+    def start(address: str | None = None, *, config: Path | None = None, name: str | None = None,
+              workers: int = 1, join: str | None = None, max_load: float | None = None,
+              key_file: str | None = None, log: Path | None = None,
               heartbeat_interval_s: float = 0.2, liveness_s: float = 1.0) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", str(workers),
+        """A node at ``address``, or the ``[[node]]`` called ``name`` in the cluster file ``config``;
+        with ``log``, its messages go to that file."""
+        cmd = [sys.executable, "-m", "fabric.cli", "start", "--workers", str(workers),
                "--heartbeat-interval", str(heartbeat_interval_s), "--liveness", str(liveness_s),
                "--cache-dir", str(tmp_path / "cache")]
+        cmd += ["--bind", address] if address else []
+        cmd += ["--config", str(config), "--name", str(name)] if config else []
         cmd += ["--join", join] if join else []
         cmd += ["--max-load", str(max_load)] if max_load is not None else []
-        node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        cmd += ["--key-file", key_file] if key_file else []
+        with open(log, "w") if log else contextlib.nullcontext() as stderr:
+            node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, stderr=stderr)
         started.append(node)
         return node
 

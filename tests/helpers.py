@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -24,7 +25,6 @@ import psutil
 T = TypeVar("T")
 
 POLL_INTERVAL_S = 0.005
-GATE_TIMEOUT_S = 60.0  # a task waiting on a gate gives up after this, so no worker hangs forever
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float, what: str | None = None) -> T:
@@ -106,13 +106,20 @@ def all_gone(pids: set[int]) -> bool:
 
 
 class Gate:
-    """A file that tasks wait for; ``open()`` creates it.  Only its path travels."""
+    """A file the test holds an exclusive lock on until ``open()``; tasks block on
+    a shared lock of it, so they wait on the event itself, without polling.  The
+    kernel drops the lock if the test process dies: no worker stays blocked after
+    it.  Only the path travels."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
 
     def open(self) -> None:
-        Path(self.path).touch()
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
 
 
 def gated(gate_path: str, value: T, started_dir: str | None = None) -> T:
@@ -123,11 +130,11 @@ def gated(gate_path: str, value: T, started_dir: str | None = None) -> T:
     """
     if started_dir is not None:
         Path(started_dir, str(os.getpid())).touch()
-    deadline = time.monotonic() + GATE_TIMEOUT_S
-    while not os.path.exists(gate_path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {gate_path} never opened")
-        time.sleep(0.001)
+    fd = os.open(gate_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # returns once the test has opened the gate (or died)
+    finally:
+        os.close(fd)
     return value
 
 
@@ -204,6 +211,16 @@ def free_address() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def cluster_file(path: Path, names: list[str], *tables: str) -> Path:
+    """Write a cluster.toml naming one node per name on a free loopback port (1 worker each,
+    fast heartbeats), with extra ``tables`` lines; return its path."""
+    lines = ["[cluster]", "heartbeat_interval_s = 0.2", "liveness_s = 1.0", *tables]
+    for name in names:
+        lines += ["[[node]]", f'name = "{name}"', f'address = "{free_address()}"', "workers = 1"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def worker_processes(node_pids: set[int]) -> list[psutil.Process]:

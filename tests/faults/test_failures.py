@@ -206,7 +206,7 @@ def test_an_endless_generator_read_slowly_keeps_memory_flat(make_fabric):
     for index, value in enumerate(results):
         assert value == index * index
         next_at += 0.001  # the consumer reads 1 item per ms
-        time.sleep(max(0.0, next_at - time.monotonic()))  # paced to its deadline
+        time.sleep(max(0.0, next_at - time.monotonic()))  # the slow reader under test, not synchronisation
         if index % 5000 == 0:
             samples.append(rss_mb(pids))
         if index >= 60_000:

@@ -85,13 +85,13 @@ def test_no_process_is_left_after_the_with_block(no_leaked_processes, gate, tmp_
 
 
 @pytest.mark.parametrize("mode", ["idle", "busy"])
-def test_a_sigkilled_client_leaves_no_process(no_leaked_processes, tmp_path, mode):
+def test_a_sigkilled_client_leaves_no_process(no_leaked_processes, gate, tmp_path, mode):
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     started = tmp_path / "started"
     started.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])))
-    args = [sys.executable, str(script), mode, str(tmp_path / "never-opened"), str(started)]
+    args = [sys.executable, str(script), mode, gate.path, str(started)]  # the gate opens only at teardown
     client = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     pids: set[int] = set()
     try:

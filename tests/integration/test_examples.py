@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import free_address
+from helpers import cluster_file
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -33,24 +33,12 @@ def test_cached_sweep_serves_its_second_sweep_from_the_cache(tmp_path):
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path):
+def two_node_cluster(tmp_path, start_node):
     """A cluster file naming two nodes on free loopback ports, and the two nodes started from it."""
-    config = tmp_path / "cluster.toml"
-    lines = ["[cluster]", "heartbeat_interval_s = 0.2", "liveness_s = 1.0"]
+    config = cluster_file(tmp_path / "cluster.toml", ["alpha", "beta"])
     for name in ("alpha", "beta"):
-        lines += ["[[node]]", f'name = "{name}"', f'address = "{free_address()}"', "workers = 1"]
-    config.write_text("\n".join(lines) + "\n")
-    nodes = [
-        subprocess.Popen([sys.executable, "-m", "fabric.cli", "start", "--config", str(config), "--name", name,
-                          "--cache-dir", str(tmp_path / "cache")])
-        for name in ("alpha", "beta")
-    ]
-    try:
-        yield config
-    finally:
-        for node in nodes:
-            node.kill()
-            node.wait()
+        start_node(config=config, name=name)
+    return config
 
 
 def test_cluster_run_spreads_over_both_nodes(two_node_cluster, tmp_path):

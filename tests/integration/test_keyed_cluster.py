@@ -13,18 +13,12 @@ from fabric.security import write_key_file
 
 
 @pytest.fixture
-def keyed_node(tmp_path):
+def keyed_node(tmp_path, start_node):
     """A node started with a cluster key, its log in ``node.log``: (its address, the key file)."""
     key = write_key_file(tmp_path / "cluster.key")
     address = free_address()
-    with open(tmp_path / "node.log", "w") as log:
-        node = subprocess.Popen([sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", "1",
-                                 "--key-file", key.path, "--cache-dir", str(tmp_path / "cache")], stderr=log)
-    try:
-        yield address, key.path
-    finally:
-        node.kill()
-        node.wait()
+    start_node(address, key_file=key.path, log=tmp_path / "node.log")
+    return address, key.path
 
 
 def status(address: str, *key: str) -> subprocess.CompletedProcess[str]:
