@@ -43,6 +43,7 @@ from .heartbeat import Membership, NodeStats
 from .protocol import (
     CacheCleared,
     CacheHits,
+    FunctionMissing,
     Goodbye,
     Heartbeat,
     Hello,
@@ -332,11 +333,12 @@ class IOLoop:
     def _on_ready(self) -> None:
         for worker_id, msg in self._receive(self.vent, copy=True):
             if isinstance(msg, Ready):
-                for batch, exc in self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id):
-                    batch.owner.fail(batch, exc)
+                self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id)
 
     def _on_results(self) -> None:
         for worker_id, msg in self._receive(self.sink, copy=False):
+            if isinstance(msg, FunctionMissing):
+                self.ventilator.function_missing(worker_id, msg.batch_id)
             if not isinstance(msg, ResultBatch):
                 continue
             batch = self.ventilator.complete(worker_id, msg.batch_id)

@@ -38,6 +38,9 @@ Data plane (worker <-> client, never through the node)::
     TASK_BATCH   ventilator -> worker   batch_id, fn digest, mode, codec, item frame
                                         counts, has_fn, items | [fn] + item payload frames
     RESULT_BATCH worker -> sink         batch_id, codec, errors, elapsed_s | result frames
+    FUNCTION_MISSING worker -> sink     batch_id: the batch came without its function, which
+                                        this worker does not have (it re-attached since the
+                                        function was shipped); the client sends it again with it
 
 Anything that does not parse raises :class:`~fabric.errors.ProtocolError`, which
 each receive loop logs and drops; the receiver keeps running.
@@ -81,6 +84,7 @@ class Kind(enum.IntEnum):
     CACHE_PUT = 19
     CACHE_CLEAR = 20
     CACHE_CLEARED = 21
+    FUNCTION_MISSING = 22
 
 
 class Mode(enum.IntEnum):
@@ -270,6 +274,13 @@ class ResultBatch(Message):
     payload: Sequence[Buffer] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class FunctionMissing(Message):
+    KIND = Kind.FUNCTION_MISSING
+    CHECKS = (int,)
+    batch_id: int
+
+
 def _is_list_of_bytes(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, bytes) for v in value)
 
@@ -323,7 +334,7 @@ _BY_KIND: dict[int, type[Message]] = {
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
-        CacheCleared,
+        CacheCleared, FunctionMissing,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

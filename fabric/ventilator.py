@@ -5,7 +5,8 @@ ROUTER socket this state drives)::
 
     user threads --Batch--> [urgent queue: submits] ---+
                             [bulk queue: map chunks] --+--> dispatch() --> (worker id, frames)
-    worker READY(credits) --> one credit per batch it may hold
+    worker READY(credits) --> one credit per batch it may hold (again: what it held is re-queued)
+    sink: FUNCTION_MISSING --> function_missing(): the batch is sent again with its function
     sink: result arrived  --> complete(): batch leaves flight, credit returns
     node: WORKER_LOST     --> worker_lost(): its batches are split and re-queued
 
@@ -144,7 +145,7 @@ class Ventilator:
         self.bulk: deque[Batch] = deque()
         self.free: dict[bytes, int] = {}  # worker -> credits not in use
         self.in_flight: dict[int, tuple[bytes, Batch]] = {}
-        self.held: dict[bytes, dict[int, None]] = {}  # worker -> its batch ids, in the order it runs them
+        self.held: dict[bytes, dict[int, bool]] = {}  # worker -> its batch ids, in the order it runs them: sent with fn
         self._sends = 0
         self._last_send: dict[bytes, int] = {}
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
@@ -154,16 +155,16 @@ class Ventilator:
 
     # -- workers -----------------------------------------------------------------
 
-    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> list[tuple[Batch, BaseException]]:
-        """A worker (re)attached with ``credits`` free slots: whatever it held
-        before is lost to it, so its batches are re-queued first."""
-        failed = self.worker_lost(worker_id, "re-attached") if worker_id in self.held else []
+    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> None:
+        """A worker (re)attached with ``credits`` free slots.  A worker re-attaches
+        between batches, never while one runs, and drops what it held unrun, so
+        its batches go back to the queue as they were, charged nothing."""
+        self._requeue(self._forget(worker_id))
         self.held[worker_id] = {}
         self.shipped[worker_id] = set()
         self.node_of[worker_id] = node_id
         self.free[worker_id] = max(0, credits)
         self._last_send[worker_id] = -1
-        return failed
 
     @property
     def credits(self) -> int:
@@ -190,15 +191,36 @@ class Ventilator:
         Only the batch the worker was running (the first it was sent) can have
         killed it: that one is split, or charged an attempt when it is a single
         task; the batches waiting behind it go back to the queue unchanged."""
-        batch_ids = self.held.pop(worker_id, None)
+        held = self._forget(worker_id)
+        if not held:
+            return []
+        self._requeue(held[1:])
+        return self._retry(held[0], reason)
+
+    def function_missing(self, worker_id: bytes, batch_id: int) -> None:
+        """The worker lacked the batch's function (it re-attached since the
+        function was shipped): send the batch again, with the function.  The
+        reply to a send that carried the function is stale and ignored."""
+        held = self.held.get(worker_id, {})
+        if held.get(batch_id, True):
+            return
+        del held[batch_id]
+        batch = self.in_flight.pop(batch_id)[1]
+        self.free[worker_id] += 1
+        self.shipped[worker_id].discard(batch.digest)
+        self._requeue([batch])
+
+    def _forget(self, worker_id: bytes) -> list[Batch]:
+        """Drop what is known of the worker; return the batches it held, in the order it runs them."""
+        batch_ids = self.held.pop(worker_id, {})
         for table in (self.shipped, self.node_of, self.free, self._last_send):
             table.pop(worker_id, None)
-        if not batch_ids:
-            return []
-        running, *waiting = [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
-        for batch in reversed(waiting):
+        return [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
+
+    def _requeue(self, batches: list[Batch]) -> None:
+        """Put batches back at the head of their queues, keeping their order."""
+        for batch in reversed(batches):
             self._queue_for(batch).appendleft(batch)
-        return self._retry(running, reason)
 
     def _retry(self, batch: Batch, reason: str) -> list[tuple[Batch, BaseException]]:
         if batch.n_items > 1:
@@ -249,7 +271,7 @@ class Ventilator:
         with_fn = batch.digest not in shipped
         shipped.add(batch.digest)
         self.in_flight[batch.batch_id] = (worker_id, batch)
-        self.held[worker_id][batch.batch_id] = None
+        self.held[worker_id][batch.batch_id] = with_fn
         self.free[worker_id] -= 1
         self._sends += 1
         self._last_send[worker_id] = self._sends

@@ -9,7 +9,10 @@ One single-threaded process per core, spawned and watched by a node::
 Each READY credit lets the client's ventilator send one batch; every result
 returns the credit implicitly, so the worker holds at most ``credits`` batches
 (one running, the rest prefetched in its socket queue).  The function arrives
-once per worker (cloudpickle) and is looked up by digest afterwards.  The items
+once per worker link (cloudpickle) and is looked up by digest afterwards; a batch
+whose function this link never received (the worker re-attached since it was
+shipped) is answered with FUNCTION_MISSING, and the client resends it with the
+function.  The items
 of a batch run in a C-level loop (``list.extend(map(fn, items))``); an
 exception only breaks out to record it and the loop resumes at the next item.
 """
@@ -33,6 +36,7 @@ from .errors import ProtocolError, SerializationError
 from .protocol import (
     Attach,
     Detach,
+    FunctionMissing,
     Mode,
     Ready,
     ResultBatch,
@@ -127,10 +131,7 @@ def run_batch(link: ClientLink, batch: TaskBatch) -> ResultBatch:
 def _function(link: ClientLink, batch: TaskBatch, frames: list[Any]) -> Callable[..., Any]:
     if batch.has_fn:
         link.functions[batch.digest] = codec.loads_function(frames.pop(0))
-    fn = link.functions.get(batch.digest)
-    if fn is None:
-        raise ProtocolError(f"function {batch.digest.hex()} was never sent to this worker")
-    return fn
+    return link.functions[batch.digest]
 
 
 def _batch_failed(batch: TaskBatch, exc: BaseException, started: float) -> ResultBatch:
@@ -275,6 +276,9 @@ class Worker:
             return
         if not isinstance(batch, TaskBatch):
             log.warning("worker %s: unexpected %s on the task socket", self.worker_id.decode(), type(batch).__name__)
+            return
+        if not batch.has_fn and batch.digest not in link.functions:
+            link.sink.send_multipart(to_frames(FunctionMissing(batch.batch_id)))
             return
         result = run_batch(link, batch)
         link.sink.send_multipart(to_frames(result), copy=False)

@@ -46,6 +46,16 @@ def call_batch(owner=None, digest=b"d" * 16):
     return Batch(next_batch_id(), digest, b"FN", Mode.CALL, codec.PICKLE, [len(payload)], payload, 1, owner or Owner())
 
 
+def one_batch_in_flight():
+    """A ventilator whose one worker, w1, holds one batch (sent with its function)."""
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 1, b"n1")
+    batch = map_batch(range(2))
+    vent.enqueue(batch)
+    list(vent.dispatch())
+    return vent, batch
+
+
 def test_nothing_is_sent_without_credit():
     vent = Ventilator()
     vent.enqueue(map_batch(range(3)))
@@ -71,11 +81,7 @@ def test_function_is_shipped_once_per_worker():
 
 
 def test_result_returns_the_credit_and_duplicates_are_refused():
-    vent = Ventilator()
-    vent.worker_ready(b"w1", 1, b"n1")
-    batch = map_batch(range(2))
-    vent.enqueue(batch)
-    list(vent.dispatch())
+    vent, batch = one_batch_in_flight()
     assert vent.complete(b"w2", batch.batch_id) is None  # not the worker it was sent to
     assert vent.complete(b"w1", batch.batch_id) is batch
     assert vent.complete(b"w1", batch.batch_id) is None  # late duplicate
@@ -187,15 +193,41 @@ def test_unknown_worker_lost_is_harmless():
     assert Ventilator().worker_lost(b"nobody") == []
 
 
-def test_ready_again_resets_the_worker():
+def test_ready_again_requeues_what_the_worker_held_uncharged():
     vent = Ventilator()
-    vent.worker_ready(b"w1", 1, b"n1")
-    vent.enqueue(map_batch(range(4)))
+    vent.worker_ready(b"w1", 2, b"n1")
+    held = [map_batch(range(4)), map_batch(range(4))]
+    for batch in held:
+        vent.enqueue(batch)
     list(vent.dispatch())
-    vent.worker_ready(b"w1", 2, b"n1")  # it re-attached: what it held is re-queued
-    assert [b.n_items for b in vent.bulk] == [2, 2]
+    vent.worker_ready(b"w1", 2, b"n1")  # it re-attached between batches: nothing crashed
+    assert list(vent.bulk) == held and [b.attempts for b in held] == [0, 0]
     assert vent.free == {b"w1": 2}
     assert not vent.in_flight
+    assert [from_frames(f).has_fn for _, _, f in vent.dispatch()] == [True, False]  # its new link starts empty
+
+
+def test_a_batch_whose_function_is_missing_is_sent_again_with_it():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 2, b"n1")
+    first, second = map_batch(range(2)), map_batch(range(2))
+    vent.enqueue(first)
+    vent.enqueue(second)
+    assert [from_frames(f).has_fn for _, _, f in vent.dispatch()] == [True, False]
+    vent.function_missing(b"w1", second.batch_id)  # shipped with `first` to a link the worker has since replaced
+    assert list(vent.bulk) == [second] and second.attempts == 0
+    assert vent.free == {b"w1": 1}
+    [(worker, resent, frames)] = list(vent.dispatch())
+    assert (worker, resent, from_frames(frames).has_fn) == (b"w1", second, True)
+
+
+def test_a_function_missing_reply_to_a_send_that_carried_it_is_stale():
+    vent, batch = one_batch_in_flight()
+    vent.function_missing(b"w1", batch.batch_id)  # sent with the function: not this send's reply
+    vent.function_missing(b"w2", batch.batch_id)  # not the worker it was sent to
+    vent.function_missing(b"w1", 2**62)  # unknown batch
+    assert vent.in_flight == {batch.batch_id: (b"w1", batch)} and not vent.bulk
+    assert vent.complete(b"w1", batch.batch_id) is batch
 
 
 def test_node_lost_requeues_all_its_workers_batches():
