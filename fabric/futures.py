@@ -62,6 +62,13 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         self._done_callbacks: list[Any] = []
         self.task = task
 
+    def done(self) -> bool:
+        # One attribute read needs no lock: the state only ever moves forward.
+        return self._state in _DONE_STATES
+
+    def running(self) -> bool:
+        return self._state == "RUNNING"
+
     def result(self, timeout: float | None = None) -> Any:
         self._wait_done(timeout)
         return super().result(0)

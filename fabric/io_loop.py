@@ -26,6 +26,7 @@ for the liveness timeout, or leaving, loses its workers' batches to the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -54,6 +55,8 @@ from .protocol import (
     Shutdown,
     WorkerLost,
     from_frames,
+    recv_frames,
+    send_frames,
     to_frames,
 )
 from .security import ClusterKey
@@ -61,9 +64,11 @@ from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)
 
+
 HWM = 100_000  # credits keep queues far below this; it only guards against a bug
 CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (start-up time)
 CONNECT_RETRY_MAX_MS = 1000  # then back off: a node that is down, or refuses our key, is not hammered
+TICK_S = 0.01  # timeouts and heartbeats are checked at most this often while messages flow
 GOODBYE_LINGER_MS = 200  # how long closing waits to deliver GOODBYE; a node missing it forgets us by liveness
 
 
@@ -114,6 +119,9 @@ class IOLoop:
         self.malformed = 0
         self._running = True
         self._next_hello = time.monotonic()
+        self._deadline = self._next_hello  # of the next tick, unless the loop is busy
+        self._last_tick = -TICK_S
+        self._data_plane = frozenset({self._wake_r, self.vent, self.sink})
         self.thread = threading.Thread(target=self._run, name="fabric-io", daemon=True)
 
     def _router(self) -> zmq.Socket:
@@ -246,7 +254,11 @@ class IOLoop:
             batch.owner.fail(batch, exc)
 
     def _tick(self, now: float) -> None:
-        """Say HELLO to every node (the client's heartbeat); expire silent nodes."""
+        """Say HELLO to every node (the client's heartbeat); expire silent nodes and
+        stale requests.  Runs at the next deadline, and at most every ``TICK_S``
+        while the loop is busy: timeouts are late by at most that, and the data
+        plane does not pay for them on every message."""
+        self._last_tick = now
         if now >= self._next_hello:
             for sock in self.controls.values():
                 self._hello(sock)
@@ -257,6 +269,7 @@ class IOLoop:
             self._node_lost(stats.node_id, f"node {stats.name} stopped answering")
         self._check_starved(now)
         self.cache.expire(now)
+        self._deadline = self._next_deadline()
 
     def _check_starved(self, now: float) -> None:
         """Queued work with no worker anywhere waits ``connect_timeout_s``, then fails."""
@@ -275,18 +288,19 @@ class IOLoop:
             for batch in self.ventilator.drop_pending():
                 batch.owner.fail(batch, exc)
 
-    def _timeout_ms(self, now: float) -> int:
+    def _next_deadline(self) -> float:
         deadlines = [self._next_hello, self.membership.next_expiry() or self._next_hello]
         if self._starved_since is not None:
             deadlines.append(self._starved_since + self.connect_timeout_s)
-        return int(max(0.0, min(deadlines) - now) * 1000) + 1
+        return min(deadlines)
 
     # -- loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
             while self._running:
-                events = dict(self.poller.poll(self._timeout_ms(time.monotonic())))
+                timeout_ms = int(max(0.0, self._deadline - time.monotonic()) * 1000) + 1
+                events = dict(self.poller.poll(timeout_ms))
                 now = time.monotonic()
                 if self._wake_r in events:
                     self._run_commands()
@@ -294,30 +308,36 @@ class IOLoop:
                     self._on_ready()
                 if self.sink in events:
                     self._on_results()
-                for sock in [self.sub, *self.controls.values()]:
-                    if sock in events:
-                        self._on_control(sock, now)
-                for monitor in self.handshakes.monitors:
-                    if monitor in events:
-                        self.handshakes.on_events(monitor)
-                for fd, control in list(self.embedded.items()):
-                    if fd in events:
-                        self._embedded_exited(fd, control)
-                self._tick(now)
-                self._dispatch()
-                self._notify_idle()
+                if events.keys() - self._data_plane:
+                    self._on_other_events(events, now)
+                if now >= self._deadline or now >= self._last_tick + TICK_S:
+                    self._tick(now)
+                if self.ventilator.urgent or self.ventilator.bulk:
+                    self._dispatch()
+                if self._idle_waiters:
+                    self._notify_idle()
         except Exception:
             log.exception("client I/O loop failed")
             self._break(NoNodesError("the client's I/O thread failed; see the log"))
         finally:
             self._close()
 
+    def _on_other_events(self, events: dict[Any, int], now: float) -> None:
+        """The control plane: nodes' messages and heartbeats, handshakes, an embedded node's exit."""
+        for sock in [self.sub, *self.controls.values()]:
+            if sock in events:
+                self._on_control(sock, now)
+        for monitor in self.handshakes.monitors:
+            if monitor in events:
+                self.handshakes.on_events(monitor)
+        for fd, control in list(self.embedded.items()):
+            if fd in events:
+                self._embedded_exited(fd, control)
+
     def _run_commands(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        # One read empties the pipe: a byte is written only while the loop is not awake.
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
         # Cleared after emptying the pipe and before draining the deque: a command
         # posted before this line is drained below, one posted after writes anew.
         self._awake = False
@@ -331,35 +351,41 @@ class IOLoop:
             self.ventilator.enqueue(batch)
 
     def _on_ready(self) -> None:
-        for worker_id, msg in self._receive(self.vent, copy=True):
-            if isinstance(msg, Ready):
-                self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id)
+        received = self._receive(self.vent)
+        if received is not None and isinstance(received[1], Ready):
+            worker_id, msg = received
+            self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id)
 
     def _on_results(self) -> None:
-        for worker_id, msg in self._receive(self.sink, copy=False):
-            if isinstance(msg, FunctionMissing):
-                self.ventilator.function_missing(worker_id, msg.batch_id)
-            if not isinstance(msg, ResultBatch):
-                continue
-            batch = self.ventilator.complete(worker_id, msg.batch_id)
-            if batch is None:
-                self.duplicates += 1
-                continue
-            self.ventilator.observe(batch, msg.elapsed_s)
-            batch.owner.deliver(batch, msg.codec, list(msg.payload), msg.errors)
+        received = self._receive(self.sink)
+        if received is None:
+            return
+        worker_id, msg = received
+        if isinstance(msg, FunctionMissing):
+            self.ventilator.function_missing(worker_id, msg.batch_id)
+        if not isinstance(msg, ResultBatch):
+            return
+        batch = self.ventilator.complete(worker_id, msg.batch_id)
+        if batch is None:
+            self.duplicates += 1
+            return
+        self.ventilator.observe(batch, msg.elapsed_s)
+        batch.owner.deliver(batch, msg.codec, list(msg.payload), msg.errors)
 
-    def _receive(self, sock: zmq.Socket, copy: bool) -> list[tuple[bytes, Any]]:
-        """Every message waiting on a ROUTER, parsed; malformed ones are dropped."""
-        received: list[tuple[bytes, Any]] = []
-        while True:
-            try:
-                sender, *frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
-            except zmq.Again:
-                return received
-            try:
-                received.append((sender.bytes if isinstance(sender, zmq.Frame) else sender, from_frames(frames)))
-            except ProtocolError as exc:
-                self._malformed(exc)
+    def _receive(self, sock: zmq.Socket) -> tuple[bytes, Any] | None:
+        """One message from a ROUTER the poller found readable, parsed, or None if
+        it was malformed (and dropped).  One message per wake-up: the poll is
+        level-triggered, so the next returns at once while more wait, and a lone
+        message costs no further system call to learn that nothing follows."""
+        try:
+            sender, *frames = recv_frames(sock)
+        except zmq.Again:
+            return None
+        try:
+            return sender.bytes, from_frames(frames)
+        except ProtocolError as exc:
+            self._malformed(exc)
+            return None
 
     def _malformed(self, exc: ProtocolError) -> None:
         self.malformed += 1
@@ -394,7 +420,7 @@ class IOLoop:
     def _dispatch(self) -> None:
         for worker_id, _batch, frames in self.ventilator.dispatch():
             try:
-                self.vent.send_multipart([worker_id, *frames], copy=False)
+                send_frames(self.vent, [worker_id, *frames], copy=False)
             except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)
                 log.info("client: worker %r unreachable: %s", worker_id, exc)
                 for lost, error in self.ventilator.worker_lost(worker_id, "unreachable"):

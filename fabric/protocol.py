@@ -49,11 +49,13 @@ each receive loop logs and drops; the receiver keeps running.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import msgpack
+import zmq
 
 from .errors import ProtocolError
 
@@ -95,25 +97,43 @@ class Mode(enum.IntEnum):
     CALL = 2  # fn(*args, **kwargs); one payload per item, holding (args, kwargs)
 
 
-def _is_list_of_int(value: object) -> bool:
-    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
+def _is_mode(value: int) -> bool:
+    return value in (0, 1, 2)
 
 
-def _is_error_list(value: object) -> bool:
+def _is_list_of_int(value: list[Any]) -> bool:
+    return all(type(v) is int and v >= 0 for v in value)
+
+
+def _is_error_list(value: list[Any]) -> bool:
     """Errors are [index, type name, message, traceback, pickled exception or None]."""
-    return isinstance(value, list) and all(
-        isinstance(e, list)
+    return all(
+        type(e) is list
         and len(e) == 5
         and type(e[0]) is int
-        and isinstance(e[1], str)
-        and isinstance(e[2], str)
-        and isinstance(e[3], str)
-        and (e[4] is None or isinstance(e[4], bytes))
+        and type(e[1]) is str
+        and type(e[2]) is str
+        and type(e[3]) is str
+        and (e[4] is None or type(e[4]) is bytes)
         for e in value
     )
 
 
-Check = type | tuple[type, ...] | Callable[[object], bool]
+def _is_str_map(value: dict[Any, Any]) -> bool:
+    return all(type(k) is str for k in value)
+
+
+def _is_list_of_str_maps(value: list[Any]) -> bool:
+    return all(type(v) is dict and _is_str_map(v) for v in value)
+
+
+def _is_list_of_bytes(value: list[Any]) -> bool:
+    return all(type(v) is bytes for v in value)
+
+
+# A field's check: the exact type msgpack decodes it to (so a bool is no int), or
+# that type and a predicate on the value's contents.
+Check = type | tuple[type, Callable[[Any], bool]]
 
 
 class Message:
@@ -136,14 +156,10 @@ class Hello(Message):
     max_message_bytes: int
 
 
-def _is_str_map(value: object) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-
-
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Message):
     KIND = Kind.HEARTBEAT
-    CHECKS = (bytes, _is_str_map)
+    CHECKS = (bytes, (dict, _is_str_map))
     node_id: bytes
     info: dict[str, Any]
 
@@ -166,7 +182,7 @@ class Status(Message):
 @dataclass(frozen=True, slots=True)
 class StatusReply(Message):
     KIND = Kind.STATUS_REPLY
-    CHECKS = (lambda v: isinstance(v, list) and all(_is_str_map(i) for i in v),)
+    CHECKS = ((list, _is_list_of_str_maps),)
     nodes: list[dict[str, Any]]
 
 
@@ -251,7 +267,7 @@ class TaskBatch(Message):
 
     KIND = Kind.TASK_BATCH
     HAS_PAYLOAD = True
-    CHECKS = (int, bytes, lambda m: m in (0, 1, 2), int, _is_list_of_int, bool, int)
+    CHECKS = (int, bytes, (int, _is_mode), int, (list, _is_list_of_int), bool, int)
     batch_id: int
     digest: bytes
     mode: int
@@ -266,7 +282,7 @@ class TaskBatch(Message):
 class ResultBatch(Message):
     KIND = Kind.RESULT_BATCH
     HAS_PAYLOAD = True
-    CHECKS = (int, int, _is_error_list, float)
+    CHECKS = (int, int, (list, _is_error_list), float)
     batch_id: int
     codec: int
     errors: list[list[Any]]
@@ -281,14 +297,10 @@ class FunctionMissing(Message):
     batch_id: int
 
 
-def _is_list_of_bytes(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, bytes) for v in value)
-
-
 @dataclass(frozen=True, slots=True)
 class CacheGet(Message):
     KIND = Kind.CACHE_GET
-    CHECKS = (int, _is_list_of_bytes)
+    CHECKS = (int, (list, _is_list_of_bytes))
     request_id: int
     keys: list[bytes]
 
@@ -297,7 +309,7 @@ class CacheGet(Message):
 class CacheHits(Message):
     KIND = Kind.CACHE_HITS
     HAS_PAYLOAD = True
-    CHECKS = (int, _is_list_of_int)
+    CHECKS = (int, (list, _is_list_of_int))
     request_id: int
     indices: list[int]
     payload: Sequence[Buffer] = ()
@@ -307,7 +319,7 @@ class CacheHits(Message):
 class CachePut(Message):
     KIND = Kind.CACHE_PUT
     HAS_PAYLOAD = True
-    CHECKS = (bytes, _is_list_of_bytes)
+    CHECKS = (bytes, (list, _is_list_of_bytes))
     fn_digest: bytes
     keys: list[bytes]
     payload: Sequence[Buffer] = ()
@@ -340,20 +352,44 @@ _BY_KIND: dict[int, type[Message]] = {
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name != "payload") for cls in _BY_KIND.values()  # type: ignore[arg-type]
 }
+
+
+def _field_getter(names: tuple[str, ...]) -> Callable[[Message], tuple[Any, ...]]:
+    if len(names) == 1:
+        return lambda msg: (getattr(msg, names[0]),)
+    return operator.attrgetter(*names) if names else lambda msg: ()
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """What from_frames checks of one kind's header fields, compiled for speed:
+    the exact type of every field in one comparison, then each contents predicate."""
+
+    kind: int
+    names: tuple[str, ...]
+    types: tuple[type, ...]
+    predicates: tuple[tuple[int, Callable[[Any], bool]], ...]
+    values_of: Callable[[Message], tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, message: type[Message]) -> _Schema:
+        checks = message.CHECKS
+        names = _HEADER_FIELDS[message]
+        types = tuple(c if isinstance(c, type) else c[0] for c in checks)
+        predicates = tuple((i, c[1]) for i, c in enumerate(checks) if not isinstance(c, type))
+        return cls(int(message.KIND), names, types, predicates, _field_getter(names))
+
+
+_SCHEMAS: dict[type[Message], _Schema] = {cls: _Schema.of(cls) for cls in _BY_KIND.values()}
 _packer = msgpack.Packer(use_bin_type=True)
+_SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)  # plain ints: flag arithmetic on enums is slow
 
 
 def to_frames(msg: Message) -> list[Buffer]:
     """Header frame followed by the message's payload frames."""
-    names = _HEADER_FIELDS[type(msg)]
-    header = [PROTOCOL_VERSION, int(msg.KIND), *(getattr(msg, n) for n in names)]
+    schema = _SCHEMAS[type(msg)]
+    header = [PROTOCOL_VERSION, schema.kind, *schema.values_of(msg)]
     return [_packer.pack(header), *msg.payload]
-
-
-def _passes(check: Check, value: object) -> bool:
-    if isinstance(check, (type, tuple)):
-        return isinstance(value, check) and not (check is int and isinstance(value, bool))
-    return check(value)
 
 
 def from_frames(frames: Sequence[Buffer]) -> Message:
@@ -364,7 +400,7 @@ def from_frames(frames: Sequence[Buffer]) -> Message:
         header = msgpack.unpackb(frames[0], raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:
         raise ProtocolError(f"header is not msgpack: {exc}") from None
-    if not isinstance(header, list) or len(header) < 2:
+    if type(header) is not list or len(header) < 2:
         raise ProtocolError("header is not an array of [version, kind, ...]")
     version, kind = header[0], header[1]
     if version != PROTOCOL_VERSION:
@@ -373,11 +409,7 @@ def from_frames(frames: Sequence[Buffer]) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
     values = header[2:]
-    if len(values) != len(cls.CHECKS):
-        raise ProtocolError(f"{cls.__name__}: {len(values)} fields, expected {len(cls.CHECKS)}")
-    for name, check, value in zip(_HEADER_FIELDS[cls], cls.CHECKS, values):
-        if not _passes(check, value):
-            raise ProtocolError(f"{cls.__name__}.{name}: bad value {value!r:.80}")
+    _check_fields(cls, _SCHEMAS[cls], values)
     payload = frames[1:]
     if payload and not cls.HAS_PAYLOAD:
         raise ProtocolError(f"{cls.__name__} carries no payload, got {len(payload)} frames")
@@ -387,6 +419,37 @@ def from_frames(frames: Sequence[Buffer]) -> Message:
     if payload:
         return cls(*values, payload=payload)  # type: ignore[call-arg]
     return cls(*values)  # type: ignore[call-arg]
+
+
+def _check_fields(cls: type[Message], schema: _Schema, values: list[Any]) -> None:
+    if len(values) != len(schema.types):
+        raise ProtocolError(f"{cls.__name__}: {len(values)} fields, expected {len(schema.types)}")
+    types = tuple(map(type, values))
+    if types != schema.types:
+        index = next(i for i, (got, wanted) in enumerate(zip(types, schema.types)) if got is not wanted)
+        raise ProtocolError(f"{cls.__name__}.{schema.names[index]}: bad value {values[index]!r:.80}")
+    for index, predicate in schema.predicates:
+        if not predicate(values[index]):
+            raise ProtocolError(f"{cls.__name__}.{schema.names[index]}: bad value {values[index]!r:.80}")
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[Buffer], copy: bool = True) -> None:
+    """``send_multipart`` for the data plane, without its per-call type checks
+    and flag arithmetic on enums, which cost more than the send of a small batch."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        sock.send(frame, _SNDMORE if index < last else 0, copy=copy)
+
+
+def recv_frames(sock: zmq.Socket) -> list[zmq.Frame]:
+    """``recv_multipart(NOBLOCK, copy=False)`` for the data plane: each frame says
+    whether more follow, where ``recv_multipart`` asks the socket for every one."""
+    frame = sock.recv(_NOBLOCK, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(_NOBLOCK, copy=False)
+        frames.append(frame)
+    return frames
 
 
 def _expected_frames(cls: type[Message], values: list[Any]) -> int | None:

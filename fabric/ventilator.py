@@ -291,7 +291,7 @@ class Ventilator:
     def _merge_calls(self, first: Batch) -> Batch:
         """Merge queued submits of the same function into one batch, sized by
         the function's measured cost and split fairly over the free credits."""
-        if first.suspect:
+        if first.suspect or not self.urgent:
             return first
         sizer = self.call_sizers.setdefault(first.digest, BatchSizer())
         fair_share = -(-(len(self.urgent) + 1) // self.credits)

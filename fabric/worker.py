@@ -45,6 +45,8 @@ from .protocol import (
     WorkerReport,
     WorkerUp,
     from_frames,
+    recv_frames,
+    send_frames,
     to_frames,
 )
 from .security import ClusterKey
@@ -266,7 +268,7 @@ class Worker:
 
     def _on_batch(self, link: ClientLink) -> None:
         try:
-            frames = link.ventilator.recv_multipart(zmq.NOBLOCK, copy=False)
+            frames = recv_frames(link.ventilator)
         except zmq.Again:
             return
         try:
@@ -281,7 +283,7 @@ class Worker:
             link.sink.send_multipart(to_frames(FunctionMissing(batch.batch_id)))
             return
         result = run_batch(link, batch)
-        link.sink.send_multipart(to_frames(result), copy=False)
+        send_frames(link.sink, to_frames(result), copy=False)
         self._count(batch, result)
         if options.recycle_requested():  # a task was interrupted: leave no trace of it
             self.running = False
