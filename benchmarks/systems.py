@@ -24,6 +24,7 @@ import fabric
 from . import workloads as wl
 
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]]
+ReduceFn = Callable[[Callable[[Any], Any], Callable[[Any, Any], Any], Iterable[Any], Any], Any]
 
 
 class System:
@@ -72,9 +73,15 @@ class System:
 
     def reduce(self, mapper: Callable[[Any], Any], reducer: Callable[[Any, Any], Any], items: Iterable[Any],
                initial: Any) -> Any:
+        """Map on the workers, fold every result in this process."""
         return functools.reduce(reducer, self.maps()[self.reduce_map](mapper, items), initial)
 
     reduce_map = ""
+
+    def reduces(self) -> dict[str, ReduceFn]:
+        """The map-reduce variants: "" folds in this process; "combine" (where the system has
+        one) also folds each batch or partition where it ran, as MapReduce's combiner."""
+        return {"": self.reduce}
 
 
 class Serial(System):
@@ -88,7 +95,11 @@ class Serial(System):
     def submit_all(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         return [fn(x) for x in items]
 
-    reduce_map = "map"
+    def reduce(self, mapper, reducer, items, initial):
+        return functools.reduce(reducer, map(mapper, items), initial)  # lazily: no list of all results
+
+    def reduces(self) -> dict[str, ReduceFn]:
+        return {"": self.reduce, "combine": self.reduce}  # the baseline of both rows
 
 
 class Fabric(System):
@@ -114,6 +125,12 @@ class Fabric(System):
 
     def reduce(self, mapper, reducer, items, initial):
         return self.fx.map_reduce(mapper, reducer, items, initial=initial)
+
+    def reduces(self) -> dict[str, ReduceFn]:
+        return {"": self.reduce, "combine": self._combined}
+
+    def _combined(self, mapper, reducer, items, initial):
+        return self.fx.map_reduce(mapper, reducer, items, initial=initial, combine=True)
 
 
 class Pool(System):
@@ -228,6 +245,17 @@ class Dask(System):
         return self.client.gather([self.client.submit(fn, x, pure=False) for x in items])
 
     reduce_map = "bag"
+
+    def reduces(self) -> dict[str, ReduceFn]:
+        return {"": self.reduce, "combine": self._fold}
+
+    def _fold(self, mapper, reducer, items, initial):
+        """Bag.fold: the reducer within each partition, then across partitions."""
+        import dask.bag
+
+        data = list(items)
+        return dask.bag.from_sequence(data, npartitions=self.workers * 4).map(mapper).fold(
+            reducer, initial=initial).compute()
 
 
 class Ray(Pool):

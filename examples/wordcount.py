@@ -1,9 +1,10 @@
 """Word count with map-reduce on the embedded local cluster.
 
 Generates a deterministic corpus, counts words on every core with
-``map_reduce`` (the mapper runs on the workers, the reducer folds in this
-process as results arrive), checks the answer against a serial count and
-prints the top words and the speed.
+``map_reduce`` (the mapper runs on the workers, which also merge each batch's
+counts with ``combine=True``; this process merges one count per batch),
+checks the answer against a serial count and prints the top words and the
+speed.
 
     python examples/wordcount.py [LINES]
 """
@@ -38,7 +39,7 @@ def merge_counts(total: Counter, counts: Counter) -> Counter:
 def main(lines: int = 200_000) -> int:
     started = time.perf_counter()
     with fabric.connect() as fx:
-        counts = fx.map_reduce(count_words, merge_counts, corpus(lines), initial=Counter())
+        counts = fx.map_reduce(count_words, merge_counts, corpus(lines), initial=Counter(), combine=True)
         workers = fx.workers()
     elapsed = time.perf_counter() - started
     expected = Counter(word for line in corpus(lines) for word in line.split())

@@ -15,6 +15,10 @@ A chunk lost with a worker comes back in parts (the ventilator splits lost
 batches), so a chunk is complete when its parts cover all its items.  The first
 failure (a task's exception, an input that cannot be encoded, an input
 iterator that raised) is raised at its position, after the results before it.
+
+A stream of Mode.FOLD (``map_reduce(..., combine=...)``, see
+:mod:`fabric.reduction`) yields one partial result per part instead of one
+result per item, in input order when ordered.
 """
 
 from __future__ import annotations
@@ -61,18 +65,20 @@ class Part:
     def positions(self) -> Sequence[int]:
         return self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
 
-    def decode(self) -> tuple[list[Any], tuple[int, BaseException] | None]:
-        """The part's values and its first error as (index within the part, exception)."""
+    def decode(self, n_values: int | None = None) -> tuple[list[Any], tuple[int, BaseException] | None]:
+        """The part's values (one per item, or ``n_values``) and its first error as
+        (index within the part, exception)."""
+        n_values = self.n_items if n_values is None else n_values
         if self.exc is not None:
-            return [None] * self.n_items, (0, self.exc)
+            return [None] * n_values, (0, self.exc)
         try:
             if self.blobs is not None:
                 return [pickle.loads(b) for b in self.blobs], None
             values = codec.decode(self.codec_id, self.payload or [])
         except SerializationError as exc:
-            return [None] * self.n_items, (0, exc)
-        if not isinstance(values, list) or len(values) != self.n_items:
-            values = [None] * self.n_items  # a batch-level failure carries no per-item results
+            return [None] * n_values, (0, exc)
+        if not isinstance(values, list) or len(values) != n_values:
+            values = [None] * n_values  # a batch-level failure carries no per-item results
         if not self.errors:
             return values, None
         record = min(self.errors, key=lambda e: e[0])
@@ -183,18 +189,23 @@ class MapStream:
                     return
                 seq, length, parts = self._wait_chunk()
                 started = time.perf_counter()
-                repeats = self._repeats.pop(seq, {})
-                results, error = _assemble(length + len(repeats), parts)
-                for position, source in repeats.items():
-                    results[position] = results[source]
+                if self._mode == Mode.FOLD:
+                    results, error = _partials(parts)
+                else:
+                    repeats = self._repeats.pop(seq, {})
+                    results, error = _assemble(length + len(repeats), parts)
+                    for position, source in repeats.items():
+                        results[position] = results[source]
                 self._yielded += 1
                 if error is not None:
                     yield results[: error[0]]
                     raise error[1]
                 self._store(seq, results)
                 yield results
-                # Resumed once the caller has used every result of the chunk.
-                self.sizer.observe_caller(len(results), time.perf_counter() - started)
+                # Resumed once the caller has used every result of the chunk (a fold's
+                # partials stand for all the chunk's items).
+                used = length if self._mode == Mode.FOLD else len(results)
+                self.sizer.observe_caller(used, time.perf_counter() - started)
         finally:
             self.close()
 
@@ -370,6 +381,18 @@ def _assemble(length: int, parts: list[Part]) -> tuple[list[Any], tuple[int, Bas
         if error is not None and (first_error is None or positions[error[0]] < first_error[0]):
             first_error = (positions[error[0]], error[1])
     return results, first_error
+
+
+def _partials(parts: list[Part]) -> tuple[list[Any], tuple[int, BaseException] | None]:
+    """A folded chunk's partial results, one per part in input order, and its
+    first error as (index among them, exception)."""
+    partials: list[Any] = []
+    for part in sorted(parts, key=lambda p: p.offset):
+        values, error = part.decode(1)
+        if error is not None:
+            return partials, (len(partials), error[1])
+        partials.extend(values)
+    return partials, None
 
 
 def _encodes(item: Any) -> bool:

@@ -95,10 +95,14 @@ class Mode(enum.IntEnum):
     MAP = 0  # fn(item); the batch payload is one list of items
     STARMAP = 1  # fn(*item); the batch payload is one list of argument tuples
     CALL = 2  # fn(*args, **kwargs); one payload per item, holding (args, kwargs)
+    FOLD = 3  # fn(items) once: the batch's one result (fabric.reduction.Fold); the payload as MAP's
+
+
+_MODES = frozenset(Mode)
 
 
 def _is_mode(value: int) -> bool:
-    return value in (0, 1, 2)
+    return value in _MODES
 
 
 def _is_list_of_int(value: list[Any]) -> bool:

@@ -10,11 +10,11 @@ carries per-call :class:`~fabric.options.TaskOptions` and nothing else.
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import pickle
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
@@ -25,6 +25,7 @@ from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
 from .options import Guarded, TaskOptions
 from .protocol import Mode
+from .reduction import NO_INITIAL, Fold, combiner, fold
 from .ventilator import Batch, next_batch_id
 
 if TYPE_CHECKING:
@@ -32,8 +33,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
-_NO_INITIAL: Any = object()
 MAX_GUARDS = 256  # wrapped (function, options) pairs kept, so their pickles are reused
+
+
+@dataclass(frozen=True)
+class MapCall:
+    """How one map (or fold) call runs: its mode, input length if known, and the caller's settings."""
+
+    mode: Mode
+    length: int | None
+    timeout: float | None
+    chunksize: int | None
+    ordered: bool
 
 
 class TaskAPI:
@@ -88,29 +99,41 @@ class TaskAPI:
         options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
         given as keywords.
         """
-        fabric = self._fabric
-        fabric._check_open()
+        self._fabric._check_open()
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         task_options = self._task_options.merged(**options)
         mode = Mode.MAP if len(iterables) == 1 else Mode.STARMAP
         items = sliced_input(iterables[0]) if len(iterables) == 1 else zip(*iterables)
+        cache = (
+            CachedFunction(self._fabric._io.cache, fn, mode == Mode.STARMAP)
+            if wants_cache(fn, task_options.cache) else None
+        )
+        shipped = self._fabric._shipped(fn, task_options)
+        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
+        return self._stream(shipped, items, call, task_options, cache).results()
+
+    def _stream(
+        self, shipped: tuple[bytes, bytes], items: Iterator[Any] | Sequence[Any], call: MapCall,
+        task_options: TaskOptions, cache: CachedFunction | None,
+    ) -> MapStream:
+        """A started map stream of the pickled function ``shipped`` over ``items``."""
+        fabric = self._fabric
         stream = MapStream(
-            fabric._shipped(fn, task_options),
-            mode,
+            shipped,
+            call.mode,
             items,
             post=fabric._io.post_batch,
             capacity=fabric._io.capacity,
-            sizer=BatchSizer(chunksize, sized_length(iterables), fabric._io.workers() or 1),
-            ordered=ordered,
-            deadline=None if timeout is None else time.monotonic() + timeout,
+            sizer=BatchSizer(call.chunksize, call.length, fabric._io.workers() or 1),
+            ordered=call.ordered,
+            deadline=None if call.timeout is None else time.monotonic() + call.timeout,
             retries=task_options.retries,
             check_size=fabric._check_size,
-            cache=CachedFunction(fabric._io.cache, fn, mode == Mode.STARMAP) if wants_cache(fn, task_options.cache)
-            else None,
+            cache=cache,
         )
         stream.start()
-        return stream.results()
+        return stream
 
     def map_reduce(
         self,
@@ -118,23 +141,43 @@ class TaskAPI:
         reducer: Callable[[Any, R], Any],
         iterable: Iterable[T],
         *,
-        initial: Any = _NO_INITIAL,
+        initial: Any = NO_INITIAL,
+        combine: Callable[[Any, Any], Any] | bool = False,
         ordered: bool = False,
         chunksize: int | None = None,
         timeout: float | None = None,
         **options: Any,
     ) -> Any:
-        """``reduce(reducer, map(mapper, iterable), initial)``, folding in the client.
+        """``reduce(reducer, map(mapper, iterable), initial)``.
 
-        The mapper runs on the workers; the reducer folds each result into the
-        accumulator as it arrives, so no list of all results is kept.  Results
-        are folded in completion order (the reducer should be associative and
-        commutative), or in input order with ``ordered=True``.
+        The mapper runs on the workers.  By default the reducer folds each
+        result into the accumulator in the client as it arrives, so no list of
+        all results is kept.  With ``combine`` each batch is folded on its
+        worker too (MapReduce's combiner), and only one partial result per
+        batch travels: ``True`` folds the partials with the reducer, a function
+        ``combine(partial, partial)`` with itself.  ``initial`` then starts each
+        batch's fold as well, so it must be an identity (0, [], ``Counter()``).
+        Results are folded in completion order (the reducer should be
+        associative and commutative), or in input order with ``ordered=True``.
         """
-        results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
-        if initial is _NO_INITIAL:
-            return functools.reduce(reducer, results)
-        return functools.reduce(reducer, results, initial)
+        if combine is False:
+            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
+            return fold(reducer, results, initial)
+        merge = combiner(reducer, combine)
+        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
+        partials = self._folded(Fold(mapper, reducer, initial), iterable, call, options)
+        return fold(merge, partials, initial)
+
+    def _folded(self, batch_fold: Fold, iterable: Iterable[Any], call: MapCall, options: dict[str, Any]) -> Iterator:
+        """The partial results of folding every batch of ``iterable`` on its worker."""
+        self._fabric._check_open()
+        task_options = self._task_options.merged(**options)
+        if wants_cache(batch_fold.mapper, task_options.cache):
+            raise ValueError("the result cache stores each mapper call, and with combine= a batch returns one "
+                             "folded value: use map_reduce without combine to cache the mapper's results")
+        batch_fold.mapper = self._fabric._shipper.wrapped(batch_fold.mapper, task_options)
+        shipped = self._fabric._shipper.pickles.get(batch_fold)
+        return self._stream(shipped, sliced_input(iterable), call, task_options, None).results()
 
 
 class FabricView(TaskAPI):
@@ -158,17 +201,21 @@ class FunctionShipper:
         self.guards: OrderedDict[tuple[int, TaskOptions], Guarded] = OrderedDict()
 
     def get(self, fn: Callable[..., Any], options: TaskOptions) -> tuple[bytes, bytes]:
+        return self.pickles.get(self.wrapped(fn, options))
+
+    def wrapped(self, fn: Callable[..., Any], options: TaskOptions) -> Callable[..., Any]:
+        """``fn``, or the :class:`Guarded` that applies its options on the worker."""
         if not callable(fn):
             raise SerializationError(f"{fn!r:.80} is not callable")
         if not options.guards():
-            return self.pickles.get(fn)
+            return fn
         key = (id(fn), options)
         guarded = self.guards.get(key)
         if guarded is None or guarded.__wrapped__ is not fn:
             guarded = self.guards[key] = Guarded(fn, options, self.default_retries)
             if len(self.guards) > MAX_GUARDS:
                 self.guards.popitem(last=False)
-        return self.pickles.get(guarded)
+        return guarded
 
 
 def _served_from_cache(fabric: Fabric, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -124,7 +124,10 @@ def run_batch(link: ClientLink, batch: TaskBatch) -> ResultBatch:
             items = codec.decode(batch.codec, frames)
         except SerializationError as exc:
             return _batch_failed(batch, exc, started)
-        results, errors = apply(fn, batch.mode, items)
+        if batch.mode == Mode.FOLD:  # one call over the whole batch, one result
+            results, errors = apply(fn, Mode.MAP, [items])
+        else:
+            results, errors = apply(fn, batch.mode, items)
     encoder = link.encoders.setdefault(batch.digest, codec.PayloadEncoder())
     result_codec, payload = _encode_results(encoder, results, errors, link.max_message_bytes)
     return ResultBatch(batch.batch_id, result_codec, errors, time.perf_counter() - started, payload)

@@ -16,7 +16,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     (out / "user-cache").mkdir()
     subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W3,W4,W7,W8,keyed", "--peers", "mp.Pool",
+        [sys.executable, "-m", "benchmarks", "--tiny", "--only", "W1,W2,W3,W4,W6,W7,W8,keyed", "--peers", "mp.Pool",
          "--repeat", "1", "--json", str(out / "bench.json"), "--markdown", str(out / "report.md"),
          "--plot", str(out / "bench.png")],
         check=True, timeout=300, capture_output=True, env={**os.environ, "FABRIC_CACHE_DIR": str(out / "user-cache")},
@@ -39,6 +39,8 @@ def test_quick_run_writes_the_json_schema(run):
     judged = [f for f in data["figures"] if f["met"] is not None]
     assert judged and all(f["system"] == "fabric" and f["target"] for f in judged)
     assert "| workload |" in (run / "report.md").read_text()
+    w6 = {(f["metric"], f["system"]) for f in data["figures"] if f["workload"] == "W6 word count"}
+    assert {("lines/s", "fabric"), ("lines/s combine", "fabric"), ("lines/s", "mp.Pool")} <= w6
 
 
 def test_plot_writes_a_png(run):

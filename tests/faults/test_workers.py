@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import operator
 import os
 import signal
 
@@ -76,6 +77,17 @@ def test_a_worker_that_dies_mid_batch_once_loses_no_result(fresh_fx, tmp_path, h
     got = list(fresh_fx.map(task, range(5000)))
     assert marker.exists(), "the task never crashed its worker"
     assert_same_results(got, range(5000), ordered=True)
+    assert_serves_with_every_worker(fresh_fx)
+
+
+def test_a_worker_that_dies_mid_fold_loses_and_duplicates_no_item(fresh_fx, tmp_path):
+    """With combine=, a lost batch's items must be folded exactly once: its halves are
+    re-run, and the partial it was building dies with it."""
+    marker = tmp_path / "crashed"
+    task = functools.partial(crash_once, at=2500, how="sigkill", marker=str(marker))
+    total = fresh_fx.map_reduce(task, operator.add, range(5000), combine=True)
+    assert marker.exists(), "the task never crashed its worker"
+    assert total == sum(x * x for x in range(5000))
     assert_serves_with_every_worker(fresh_fx)
 
 

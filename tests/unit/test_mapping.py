@@ -51,3 +51,32 @@ def test_the_callers_time_with_each_chunk_reaches_the_batch_sizer():
         stream.deliver(batch, codec.PICKLE, codec.pickle_frames([2 * x for x in items]), [])
     assert list(stream.results()) == [2 * x for x in range(300)]
     assert stream.sizer.caller_per_item_s is not None and stream.sizer.caller_per_item_s > 0
+
+
+def test_a_fold_stream_yields_one_partial_per_part_in_input_order():
+    batches = []
+    stream = MapStream((b"digest", b"fn"), Mode.FOLD, sliced_input(range(300)), post=batches.append,
+                       capacity=lambda: 1000, sizer=BatchSizer(100), ordered=True, deadline=None)
+    stream.start()
+    assert [b.mode for b in batches] == [Mode.FOLD] * 3
+    first, second = batches[0].split()  # as after its worker died: the halves fold apart
+    for part in (second, first, *batches[1:]):  # the second half answers first
+        items = codec.decode(part.codec, part.payload)
+        stream.deliver(part, codec.PICKLE, codec.pickle_frames([sum(items)]), [])
+    assert list(stream.results()) == [sum(range(50)), sum(range(50, 100)), sum(range(100, 200)),
+                                      sum(range(200, 300))]
+    # the caller's time covers every item of a chunk, not one per partial
+    assert stream.sizer.caller_per_item_s is not None
+
+
+def test_a_fold_stream_raises_a_failed_batch_after_the_partials_before_it():
+    batches = []
+    stream = MapStream((b"digest", b"fn"), Mode.FOLD, sliced_input(range(200)), post=batches.append,
+                       capacity=lambda: 1000, sizer=BatchSizer(100), ordered=True, deadline=None)
+    stream.start()
+    stream.deliver(batches[0], codec.PICKLE, codec.pickle_frames([1]), [])
+    stream.deliver(batches[1], codec.PICKLE, codec.pickle_frames([None]), [codec.error_record(0, KeyError("k"))])
+    results = stream.results()
+    assert next(results) == 1
+    with pytest.raises(KeyError):
+        next(results)
