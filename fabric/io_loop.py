@@ -64,7 +64,6 @@ from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)
 
-
 HWM = 100_000  # credits keep queues far below this; it only guards against a bug
 CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (start-up time)
 CONNECT_RETRY_MAX_MS = 1000  # then back off: a node that is down, or refuses our key, is not hammered
@@ -327,9 +326,7 @@ class IOLoop:
         for sock in [self.sub, *self.controls.values()]:
             if sock in events:
                 self._on_control(sock, now)
-        for monitor in self.handshakes.monitors:
-            if monitor in events:
-                self.handshakes.on_events(monitor)
+        self.handshakes.on_poll(events)
         for fd, control in list(self.embedded.items()):
             if fd in events:
                 self._embedded_exited(fd, control)

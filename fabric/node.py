@@ -384,9 +384,7 @@ class Node:
                 for sock in [self.sub, *self.seeds.values()]:
                     if sock in events:
                         self._on_heartbeats(sock, now)
-                for monitor in self.handshakes.monitors:
-                    if monitor in events:
-                        self.handshakes.on_events(monitor)
+                self.handshakes.on_poll(events)
                 self._reap_exited(events)
                 if self.store.pending and (
                     (not events and now - self.last_message >= STORE_IDLE_S)

@@ -428,13 +428,20 @@ def from_frames(frames: Sequence[Buffer]) -> Message:
 def _check_fields(cls: type[Message], schema: _Schema, values: list[Any]) -> None:
     if len(values) != len(schema.types):
         raise ProtocolError(f"{cls.__name__}: {len(values)} fields, expected {len(schema.types)}")
+    bad = _bad_field(schema, values)
+    if bad is not None:
+        raise ProtocolError(f"{cls.__name__}.{schema.names[bad]}: bad value {values[bad]!r:.80}")
+
+
+def _bad_field(schema: _Schema, values: list[Any]) -> int | None:
+    """The index of the first field that fails its check, or None."""
     types = tuple(map(type, values))
     if types != schema.types:
-        index = next(i for i, (got, wanted) in enumerate(zip(types, schema.types)) if got is not wanted)
-        raise ProtocolError(f"{cls.__name__}.{schema.names[index]}: bad value {values[index]!r:.80}")
+        return next(i for i, (got, wanted) in enumerate(zip(types, schema.types)) if got is not wanted)
     for index, predicate in schema.predicates:
         if not predicate(values[index]):
-            raise ProtocolError(f"{cls.__name__}.{schema.names[index]}: bad value {values[index]!r:.80}")
+            return index
+    return None
 
 
 def send_frames(sock: zmq.Socket, frames: Sequence[Buffer], copy: bool = True) -> None:

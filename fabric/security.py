@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import KeysView
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,10 +177,10 @@ class HandshakeWatch:
         self._monitors[monitor] = (sock, endpoint)
         return monitor
 
-    @property
-    def monitors(self) -> KeysView[zmq.Socket]:
-        """The monitor sockets to poll (a view: the I/O loop reads it on every wake-up)."""
-        return self._monitors.keys()
+    def on_poll(self, events: Mapping[Any, int]) -> None:
+        """Read the monitors a poll found readable (``events``: ``dict(poller.poll())``)."""
+        for monitor in self._monitors.keys() & events.keys():
+            self.on_events(monitor)
 
     def on_events(self, monitor: zmq.Socket) -> None:
         from zmq.utils.monitor import recv_monitor_message

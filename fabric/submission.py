@@ -164,20 +164,16 @@ class TaskAPI:
             results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
             return fold(reducer, results, initial)
         merge = combiner(reducer, combine)
-        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
-        partials = self._folded(Fold(mapper, reducer, initial), iterable, call, options)
-        return fold(merge, partials, initial)
-
-    def _folded(self, batch_fold: Fold, iterable: Iterable[Any], call: MapCall, options: dict[str, Any]) -> Iterator:
-        """The partial results of folding every batch of ``iterable`` on its worker."""
         self._fabric._check_open()
         task_options = self._task_options.merged(**options)
-        if wants_cache(batch_fold.mapper, task_options.cache):
+        if wants_cache(mapper, task_options.cache):
             raise ValueError("the result cache stores each mapper call, and with combine= a batch returns one "
                              "folded value: use map_reduce without combine to cache the mapper's results")
-        batch_fold.mapper = self._fabric._shipper.wrapped(batch_fold.mapper, task_options)
-        shipped = self._fabric._shipper.pickles.get(batch_fold)
-        return self._stream(shipped, sliced_input(iterable), call, task_options, None).results()
+        shipper = self._fabric._shipper
+        batch_fold = Fold(shipper.wrapped(mapper, task_options), reducer, initial)
+        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
+        stream = self._stream(shipper.pickles.get(batch_fold), sliced_input(iterable), call, task_options, None)
+        return fold(merge, stream.results(), initial)
 
 
 class FabricView(TaskAPI):

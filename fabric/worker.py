@@ -9,12 +9,12 @@ One single-threaded process per core, spawned and watched by a node::
 Each READY credit lets the client's ventilator send one batch; every result
 returns the credit implicitly, so the worker holds at most ``credits`` batches
 (one running, the rest prefetched in its socket queue).  The function arrives
-once per worker link (cloudpickle) and is looked up by digest afterwards; a batch
-whose function this link never received (the worker re-attached since it was
-shipped) is answered with FUNCTION_MISSING, and the client resends it with the
-function.  The items
-of a batch run in a C-level loop (``list.extend(map(fn, items))``); an
-exception only breaks out to record it and the loop resumes at the next item.
+once per worker link (cloudpickle) and is looked up by digest afterwards; a
+batch whose function this link never received (the worker re-attached since
+it was shipped) is answered with FUNCTION_MISSING, and the client resends it
+with the function.  The items of a batch run in a C-level loop
+(``list.extend(map(fn, items))``); an exception only breaks out to record it
+and the loop resumes at the next item.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def test_an_empty_input_gives_the_initial_value(fx):
         fx.map_reduce(square, operator.add, [], combine=True)
 
 
-def test_bad_arguments_are_refused_before_any_work(fx):
+def test_bad_arguments_are_refused_at_the_call(fx):
     with pytest.raises(TypeError, match="combine must be True or a function"):
         fx.map_reduce(square, operator.add, range(10), combine="yes")
     with pytest.raises(TypeError, match="reducer must be a function"):
