@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psutil
 
 import fabric
-from fabric.security import write_key_file
+from fabric.wire.security import write_key_file
 
 from . import workloads as wl
 from .measure import Figures, timed

@@ -3,8 +3,10 @@
 The import name is ``fabric``; the distribution is ``zmq-fabric``.
 
 Names load on first use (PEP 562), so node and worker processes, which import
-``fabric.node`` or ``fabric.worker`` through this package, do not pay for the
-client's modules at start-up.
+``fabric.node`` through this package, do not pay for the client's modules at
+start-up.  The layout follows the processes: ``fabric.client`` runs in the
+caller's process, ``fabric.node`` in node and worker processes, ``fabric.wire``,
+``fabric.cluster`` and ``fabric.task`` in both.
 """
 
 from __future__ import annotations
@@ -28,21 +30,21 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .cache import CacheStats, cached
-    from .client import Fabric, connect
+    from .client.cache import CacheStats, cached
+    from .client.executor import Fabric, connect
+    from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
+    from .cluster.stats import NodeStats, WorkerStats
     from .errors import ConfigError
-    from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
-    from .heartbeat import NodeStats, WorkerStats
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "CacheStats": "cache", "cached": "cache",
-    "Fabric": "client", "connect": "client",
+    "CacheStats": "client.cache", "cached": "client.cache",
+    "Fabric": "client.executor", "connect": "client.executor",
     "ConfigError": "errors",
-    "ALL_COMPLETED": "futures", "FIRST_COMPLETED": "futures", "FIRST_EXCEPTION": "futures", "Future": "futures",
-    "as_completed": "futures", "wait": "futures",
-    "NodeStats": "heartbeat", "WorkerStats": "heartbeat",
+    "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
+    "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
+    "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
 }
 
 __all__ = [

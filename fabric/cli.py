@@ -24,13 +24,14 @@ from dataclasses import asdict, replace
 
 import zmq
 
-from . import processes, security
+from .cluster.stats import NodeStats
 from .config import ClusterConfig, check_address, default_workers, load_config
 from .errors import ConfigError, ProtocolError
-from .heartbeat import NodeStats
-from .node import Node, NodeOptions
-from .protocol import Status, StatusReply, from_frames, to_frames
-from .security import ClusterKey, write_key_file
+from .node import processes
+from .node.loop import Node, NodeOptions
+from .wire import security
+from .wire.protocol import Status, StatusReply, from_frames, to_frames
+from .wire.security import ClusterKey, write_key_file
 
 STATUS_TIMEOUT_S = 3.0
 DEFAULT_BIND = "tcp://127.0.0.1:7100"

@@ -4,7 +4,7 @@ The split follows who broke it: :class:`ClosedError` means the caller closed the
 fabric; :class:`WorkerLostError`, :class:`WorkerCrashedError` and
 :class:`NoNodesError` mean something outside the caller broke.  A task's own
 exception is not wrapped: it is re-raised with its original type and the remote
-traceback as ``__cause__`` (see :func:`fabric.codec.rebuild_error`).
+traceback as ``__cause__`` (see :func:`fabric.wire.codec.rebuild_error`).
 """
 
 from __future__ import annotations

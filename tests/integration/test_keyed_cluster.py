@@ -9,7 +9,7 @@ import pytest
 from helpers import free_address
 
 import fabric
-from fabric.security import write_key_file
+from fabric.wire.security import write_key_file
 
 
 @pytest.fixture

@@ -17,7 +17,16 @@ import pytest
 import zmq
 from helpers import fabric_pids, square, wait_for
 
-from fabric.protocol import PROTOCOL_VERSION, Goodbye, Kind, ResultBatch, Status, StatusReply, from_frames, to_frames
+from fabric.wire.protocol import (
+    PROTOCOL_VERSION,
+    Goodbye,
+    Kind,
+    ResultBatch,
+    Status,
+    StatusReply,
+    from_frames,
+    to_frames,
+)
 
 REPLY_TIMEOUT_S = 10.0
 

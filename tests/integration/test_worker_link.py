@@ -17,8 +17,9 @@ import pytest
 import zmq
 from helpers import square
 
-from fabric import codec
-from fabric.protocol import (
+from fabric.client.shipping import FunctionCache
+from fabric.wire import codec
+from fabric.wire.protocol import (
     Attach,
     FunctionMissing,
     Message,
@@ -82,7 +83,7 @@ def worker(peer, no_leaked_processes) -> Iterator[bytes]:
     """A worker process up and attached to the test's client; its id."""
     env = {k: v for k, v in os.environ.items() if k != "FABRIC_KEY_FILE"}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    cmd = [sys.executable, "-m", "fabric.worker", peer.endpoints["control"], "w-test", str(os.getpid())]
+    cmd = [sys.executable, "-m", "fabric.node.worker", peer.endpoints["control"], "w-test", str(os.getpid())]
     process = subprocess.Popen(cmd, env=env)
     try:
         worker_id, up = peer.receive("control")
@@ -97,7 +98,7 @@ def worker(peer, no_leaked_processes) -> Iterator[bytes]:
 
 
 def square_batch(batch_id: int, items: list[int], with_fn: bool) -> list:
-    digest, fn_payload = codec.FunctionCache().get(square)
+    digest, fn_payload = FunctionCache().get(square)
     codec_id, payload = codec.PayloadEncoder().encode(items)
     header = TaskBatch(batch_id, digest, Mode.MAP, codec_id, [len(payload)], with_fn, len(items))
     return to_frames(header) + ([fn_payload] if with_fn else []) + list(payload)

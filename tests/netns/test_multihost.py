@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from fabric.security import KEY_FILE_ENV, write_key_file
+from fabric.wire.security import KEY_FILE_ENV, write_key_file
 
 pytestmark = pytest.mark.netns
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fabric.batching import (
+from fabric.client.batching import (
     CALLER_BATCH_S,
     LONG_BATCH_S,
     MAX_BATCH_ITEMS,

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from fabric.cache_key import call_key, function_digest, item_keys
+from fabric.client.cache_key import call_key, function_digest, item_keys
 from fabric.errors import CacheKeyError
-from fabric.options import Guarded, TaskOptions
+from fabric.task.guard import Guarded
 
 
 def cell(source):
@@ -60,11 +60,11 @@ def test_importable_functions_by_name_and_options_do_not_matter():
     assert function_digest(os.path.join) == function_digest(os.path.join)
     assert function_digest(os.path.join) != function_digest(os.path.split)
     f = cell(BASE)["f"]
-    assert function_digest(Guarded(f, TaskOptions(retries=5, task_timeout=2.0), 3)) == function_digest(f)
+    assert function_digest(Guarded(f, (), 5, 2.0)) == function_digest(f)
 
 
 SCRIPT = BASE + (
-    "from fabric.cache_key import function_digest, call_key\n"
+    "from fabric.client.cache_key import function_digest, call_key\n"
     "print(call_key(function_digest(f), (1, 'a'), {'b': [1.5]}).hex())\n"
 )
 

@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from fabric.cache import RING_MAX_WEIGHT, CacheRing, ring_weight
-from fabric.heartbeat import NodeStats
+from fabric.cluster.ring import RING_MAX_WEIGHT, CacheRing, ring_weight
+from fabric.cluster.stats import NodeStats
 
 KEYS = [hashlib.blake2b(str(i).encode(), digest_size=20).digest() for i in range(10_000)]
 

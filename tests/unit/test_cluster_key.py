@@ -7,8 +7,8 @@ import pytest
 import zmq
 
 from fabric.config import ConfigError, load_config
-from fabric.node import check_bind
-from fabric.security import KEY_FILE_ENV, ClusterKey, write_key_file
+from fabric.node.loop import check_bind
+from fabric.wire.security import KEY_FILE_ENV, ClusterKey, write_key_file
 
 
 def test_a_new_key_file_is_private_and_loads_back(tmp_path):

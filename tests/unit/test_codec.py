@@ -6,8 +6,9 @@ import threading
 import numpy as np
 import pytest
 
-from fabric import codec
+from fabric.client.shipping import FunctionCache
 from fabric.errors import RemoteError, RemoteTraceback, SerializationError
+from fabric.wire import codec
 
 PLAIN = [list(range(100)), [str(i) * 5 for i in range(100)], [{"a": 1, 2: [b"x", None, 1.5, True]}]]
 RICH = [[(1, 2), (3, 4)], [1 << 80], [np.float64(1.5)], [{1, 2}], [b"x" * 10]]
@@ -65,7 +66,7 @@ def notebook_cell(source):
 
 def test_function_cache_reuses_and_notices_rebinding():
     cell = notebook_cell("K = 3\ndef reads_k(x):\n    return x + K\nfn = lambda x: reads_k(x)\n")
-    cache = codec.FunctionCache()
+    cache = FunctionCache()
     first = cache.get(cell["fn"])
     assert cache.get(cell["fn"]) == first
     cell["K"] = 5  # re-running a cell that rebinds a global read two calls deep
@@ -76,14 +77,14 @@ def test_function_cache_reuses_and_notices_rebinding():
 
 
 def test_distinct_functions_have_distinct_digests():
-    cache = codec.FunctionCache()
+    cache = FunctionCache()
     assert cache.get(lambda x: x + 1)[0] != cache.get(lambda x: x + 2)[0]
     assert cache.get(len)[0] == cache.get(len)[0]
 
 
 def test_not_callable():
     with pytest.raises(SerializationError, match="not callable"):
-        codec.FunctionCache().get(3)
+        FunctionCache().get(3)
 
 
 class Unpicklable(Exception):

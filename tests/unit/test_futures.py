@@ -7,7 +7,7 @@ import threading
 import pytest
 from helpers import wait_for
 
-from fabric.futures import CONDITION_STRIPES, Future
+from fabric.client.futures import CONDITION_STRIPES, Future
 
 
 def test_has_the_fields_of_a_concurrent_future():

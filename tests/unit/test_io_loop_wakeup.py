@@ -4,7 +4,7 @@ import threading
 
 import zmq
 
-from fabric.io_loop import IOLoop
+from fabric.client.io_loop import IOLoop
 
 THREADS = 8
 POSTS = 5_000

@@ -5,10 +5,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from fabric import codec
-from fabric.batching import BatchSizer
-from fabric.mapping import MapStream, sliced_input
-from fabric.protocol import Mode
+from fabric.client.batching import BatchSizer
+from fabric.client.mapping import MapStream, sliced_input
+from fabric.wire import codec
+from fabric.wire.protocol import Mode
 
 
 def posted_chunks(items, chunksize):

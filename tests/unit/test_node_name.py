@@ -3,7 +3,7 @@
 import socket
 
 from fabric.config import CacheConfig
-from fabric.node import default_name
+from fabric.node.loop import default_name
 
 
 def test_a_tcp_node_is_named_host_port():

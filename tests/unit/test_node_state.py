@@ -1,8 +1,8 @@
 """The node's decisions: attachments, deaths, client liveness, peers, statistics."""
 
-from fabric.heartbeat import NodeStats
-from fabric.node_state import NodeSettings, NodeState, describe_exit
-from fabric.protocol import Attach, Detach, Heartbeat, Hello, NodeLeaving, WorkerLost, WorkerReport
+from fabric.cluster.stats import NodeStats
+from fabric.node.state import NodeSettings, NodeState, describe_exit
+from fabric.wire.protocol import Attach, Detach, Heartbeat, Hello, NodeLeaving, WorkerLost, WorkerReport
 
 HELLO = Hello(b"c-1", "ipc:///v", "ipc:///s", 1024)
 SETTINGS = NodeSettings(b"n-1", "alpha", "tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101", 3, 100.0, 3.0)

@@ -4,7 +4,7 @@ import msgpack
 import pytest
 
 from fabric.errors import ProtocolError
-from fabric.protocol import (
+from fabric.wire.protocol import (
     PROTOCOL_VERSION,
     Attach,
     CacheClear,

@@ -26,13 +26,14 @@ def test_error_tree():
     assert issubclass(fabric.Future, concurrent.futures.Future)
 
 
-def test_names_load_on_first_use_and_workers_skip_the_client():
+def test_names_load_on_first_use_and_nodes_and_workers_never_import_client_code():
     code = (
-        "import sys, fabric.worker, fabric.node\n"
-        "assert 'fabric.client' not in sys.modules and 'fabric.cache' not in sys.modules, sorted(sys.modules)\n"
-        "assert fabric.connect is sys.modules['fabric.client'].connect\n"
+        "import sys, fabric.node.worker, fabric.node.loop, fabric.cli, fabric.task.guard, fabric.task.fold\n"
+        "client = sorted(m for m in sys.modules if m.startswith('fabric.client'))\n"
+        "assert not client, client\n"
+        "assert fabric.connect is sys.modules['fabric.client.executor'].connect\n"
         "from fabric import *\n"
-        "assert Future is sys.modules['fabric.futures'].Future\n"
+        "assert Future is sys.modules['fabric.client.futures'].Future\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert set(fabric.__all__) <= set(dir(fabric))

@@ -7,7 +7,7 @@ import sqlite3
 import subprocess
 import sys
 
-from fabric.store import ResultStore
+from fabric.node.store import ResultStore
 
 FN = b"f" * 16
 OTHER = b"g" * 16
@@ -90,7 +90,7 @@ def test_replacing_an_entry_counts_it_once(tmp_path):
 def test_corrupt_file_is_moved_aside_and_replaced(tmp_path, caplog):
     path = tmp_path / "s.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    with caplog.at_level(logging.WARNING, logger="fabric.store"):
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
         store = ResultStore(path)
     assert "moved aside" in caplog.text
     assert list(tmp_path.glob("s.sqlite.corrupt-*"))
@@ -105,7 +105,7 @@ def test_a_store_of_another_schema_version_is_moved_aside(tmp_path, caplog):
     db.execute("PRAGMA user_version = 99")
     db.commit()
     db.close()
-    with caplog.at_level(logging.WARNING, logger="fabric.store"):
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
         store = ResultStore(path)
     assert "schema version 99" in caplog.text
     fill(store, 1)
@@ -128,7 +128,7 @@ def test_integrity_is_checked_only_after_an_opener_died_with_the_file_open(tmp_p
 # says so, then waits to be killed with the file open.
 KILLED_OPENER = """
 import sys
-from fabric.store import ResultStore
+from fabric.node.store import ResultStore
 store = ResultStore(sys.argv[1])
 store.put_many(b"f" * 16, [(i.to_bytes(20, "big"), bytes(100)) for i in range(2000)])
 store.close()
@@ -148,7 +148,7 @@ def test_a_file_left_open_by_a_killed_node_is_checked_and_moved_aside_if_corrupt
     with open(path, "r+b") as f:  # a page in the middle of the table, the header intact
         f.seek(os.path.getsize(path) // 2)
         f.write(b"\xff" * 4096)
-    with caplog.at_level(logging.WARNING, logger="fabric.store"):
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
         store = ResultStore(path)
     assert store.checked and "integrity check failed" in caplog.text
     assert list(tmp_path.glob("s.sqlite.corrupt-*"))

@@ -1,9 +1,9 @@
 """Dispatch against credits, duplicates, and re-queueing of batches lost with a worker."""
 
-from fabric import codec
+from fabric.client.ventilator import Batch, Ventilator, next_batch_id
 from fabric.errors import WorkerCrashedError
-from fabric.protocol import Mode, from_frames
-from fabric.ventilator import Batch, Ventilator, next_batch_id
+from fabric.wire import codec
+from fabric.wire.protocol import Mode, from_frames
 
 
 class Owner:

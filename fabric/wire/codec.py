@@ -2,7 +2,7 @@
 
 Used on both ends of the data plane: the client encodes task batches and
 decodes result batches, the worker does the opposite.  Headers never come here
-(they are msgpack, see :mod:`fabric.protocol`).
+(they are msgpack, see :mod:`fabric.wire.protocol`).
 
 - Data goes as msgpack where it is plain and msgpack measures faster for the
   stream (strings, mostly), otherwise as pickle protocol 5 with out-of-band
@@ -18,14 +18,10 @@ decodes result batches, the worker does the opposite.  Headers never come here
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import pickle
 import time
 import traceback
-import types
-import weakref
 from collections import ChainMap
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,7 +29,7 @@ from typing import Any
 import cloudpickle
 import msgpack
 
-from .errors import RemoteError, RemoteTraceback, SerializationError
+from ..errors import RemoteError, RemoteTraceback, SerializationError
 
 PICKLE = 0
 MSGPACK = 1
@@ -78,11 +74,11 @@ def pickle_frames(obj: object) -> Frames:
             _DataPickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
             data = stream.getvalue()
         except Exception as exc:
-            raise SerializationError(f"cannot serialize {_describe(obj)}: {exc}") from exc
+            raise SerializationError(f"cannot serialize {describe(obj)}: {exc}") from exc
     return [data, *(b.raw() for b in buffers)]
 
 
-def _describe(obj: object) -> str:
+def describe(obj: object) -> str:
     text = repr(obj)
     return f"{type(obj).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
 
@@ -147,99 +143,8 @@ def decode(codec: int, frames: Sequence[Any]) -> Any:
 
 # -- functions -----------------------------------------------------------------
 
-
-class FunctionCache:
-    """cloudpickle bytes and digest per function object, so a function is pickled
-    once, not once per task.
-
-    An entry is reused only while the module globals, closure cells and
-    defaults a by-value function reads are still bound to the same objects:
-    re-running a notebook cell that sets ``K = 5`` ships the function again.
-    """
-
-    def __init__(self, max_entries: int = 1024) -> None:
-        self._entries: dict[int, tuple[Any, tuple[int, ...], bytes, bytes]] = {}
-        self._max_entries = max_entries
-
-    def get(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
-        """Return ``(digest, payload)`` for ``fn``."""
-        guard = binding_guard(fn)
-        entry = self._entries.get(id(fn))
-        if entry is not None and entry[0]() is fn and entry[1] == guard:
-            return entry[2], entry[3]
-        payload = dumps_function(fn)
-        digest = hashlib.blake2b(payload, digest_size=16).digest()
-        if len(self._entries) >= self._max_entries:
-            self._entries.clear()
-        self._entries[id(fn)] = (_ref(fn), guard, digest, payload)
-        return digest, payload
-
-
-def _ref(obj: object) -> Callable[[], object]:
-    try:
-        return weakref.ref(obj)
-    except TypeError:  # builtins cannot be weakly referenced; they never change
-        return lambda: obj
-
-
-def dumps_function(fn: Callable[..., Any]) -> bytes:
-    if not callable(fn):
-        raise SerializationError(f"{_describe(fn)} is not callable")
-    try:
-        return cloudpickle.dumps(fn, protocol=5)
-    except Exception as exc:
-        name = getattr(fn, "__qualname__", type(fn).__name__)
-        raise SerializationError(f"cannot serialize function {name}: {exc}") from exc
-
-
 def loads_function(payload: Any) -> Callable[..., Any]:
     return pickle.loads(payload)
-
-
-def binding_guard(fn: object, _seen: set[int] | None = None) -> tuple[int, ...]:
-    """Identities of what a by-value function captures: the globals its code
-    reads, its closure cells and defaults, recursively through the by-value
-    functions among them.  Functions pickled by reference (importable) have an
-    empty guard."""
-    wrapped = getattr(fn, "__wrapped__", None)
-    if wrapped is not None and not isinstance(fn, types.FunctionType):
-        return binding_guard(wrapped, _seen)
-    if not isinstance(fn, types.FunctionType) or not _pickled_by_value(fn):
-        return ()
-    seen = _seen if _seen is not None else set()
-    if id(fn) in seen:
-        return ()
-    seen.add(id(fn))
-    captured = [fn.__globals__.get(name) for name in _global_names(fn.__code__)]
-    captured += [c.cell_contents for c in fn.__closure__ or () if _cell_is_set(c)]
-    captured += list(fn.__defaults__ or ()) + list((fn.__kwdefaults__ or {}).values())
-    ids = [id(fn.__code__), *map(id, captured)]
-    for value in captured:
-        ids.extend(binding_guard(value, seen))
-    return tuple(ids)
-
-
-def _pickled_by_value(fn: types.FunctionType) -> bool:
-    return fn.__module__ == "__main__" or "<locals>" in fn.__qualname__ or fn.__name__ == "<lambda>"
-
-
-@functools.lru_cache(maxsize=4096)
-def _global_names(code: types.CodeType) -> tuple[str, ...]:
-    """Names a code object (and the code nested in it) may read as globals; cached,
-    since every submit of a by-value function checks them (a profile showed 14 %)."""
-    names = list(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.extend(_global_names(const))
-    return tuple(names)
-
-
-def _cell_is_set(cell: types.CellType) -> bool:
-    try:
-        _ = cell.cell_contents
-    except ValueError:
-        return False
-    return True
 
 
 # -- exceptions ----------------------------------------------------------------

@@ -4,7 +4,7 @@
 
     caller thread: keys = item_keys(fn digest, chunk) ─► lookup(keys) ─┐ (blocks one round trip)
     I/O thread:    group keys by ring owner ── CACHE_GET ──► owner node's ResultStore
-                   CACHE_HITS ◄── found values ───────────── (fabric.store, in the node process)
+                   CACHE_HITS ◄── found values ───────────── (fabric.node.store, in the node process)
     caller thread: hits go straight to the caller; misses run as a normal batch,
                    and their results go back ── CACHE_PUT ──► owner (and its replica)
 
@@ -26,18 +26,17 @@ import logging
 import pickle
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
-from uhashring import HashRing
 
+from ..cluster.ring import CacheRing
+from ..cluster.stats import NodeStats
+from ..errors import CacheKeyError
+from ..wire.protocol import CacheClear, CacheCleared, CacheGet, CacheHits, CachePut, Message
 from .cache_key import call_key, function_digest, item_keys
-from .errors import CacheKeyError
-from .heartbeat import NodeStats
-from .protocol import CacheClear, CacheCleared, CacheGet, CacheHits, CachePut, Message
 
 if TYPE_CHECKING:
     from .io_loop import IOLoop
@@ -45,61 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _request_ids = itertools.count(1)
-
-
-RING_MIB_PER_WEIGHT = 64  # uhashring places 160 points per unit of weight: one per MiB took 0.19 s
-RING_MAX_WEIGHT = 64  # per 1 GiB node on the client's I/O thread, at start-up and at every join
-
-
-def ring_weight(shard_mib: int) -> int:
-    """A node's weight on the ring from its shard size, coarse enough to build fast."""
-    return min(RING_MAX_WEIGHT, max(1, round(shard_mib / RING_MIB_PER_WEIGHT)))
-
-
-class CacheRing:
-    """Live nodes holding a cache shard, on a consistent-hash ring."""
-
-    def __init__(self, replicas: int = 1) -> None:
-        self.replicas = replicas
-        self._members: dict[str, tuple[bytes, int]] = {}  # ring name -> (node id, weight)
-        self._ring: HashRing | None = None
-        self._only = b""
-
-    def update(self, nodes: Iterable[NodeStats]) -> bool:
-        """Follow membership; True when the ring changed."""
-        members = _ring_members([n for n in nodes if n.cache_weight > 0])
-        if members == self._members:
-            return False
-        self._members = members
-        self._ring = HashRing(nodes={name: {"weight": w} for name, (_, w) in members.items()}) if members else None
-        self._only = next(iter(members.values()))[0] if members else b""
-        return True
-
-    def owners(self, key: bytes) -> list[bytes]:
-        """The key's owner first, then its replica (distinct nodes)."""
-        if self._ring is None:
-            return []
-        if len(self._members) == 1:  # one node (the embedded default) owns everything
-            return [self._only]
-        if self.replicas == 1:
-            return [self._members[self._ring.get_node(key.hex())][0]]
-        return [self._members[n["nodename"]][0] for n in self._ring.range(key.hex(), size=self.replicas, unique=True)]
-
-    def node_ids(self) -> list[bytes]:
-        return [node_id for node_id, _ in self._members.values()]
-
-    def __bool__(self) -> bool:
-        return self._ring is not None
-
-
-def _ring_members(nodes: list[NodeStats]) -> dict[str, tuple[bytes, int]]:
-    """Ring name -> (node id, weight).  The ring name is the node's name; should two
-    live nodes share one (a misconfiguration), each is told apart by its id."""
-    names = Counter(n.name for n in nodes)
-    return {
-        n.name if names[n.name] == 1 else f"{n.name}@{n.node_id.hex()}": (n.node_id, ring_weight(n.cache_weight))
-        for n in nodes
-    }
 
 
 @dataclass

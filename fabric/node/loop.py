@@ -10,7 +10,7 @@ round trip against ~120 us client <-> worker direct)::
                                              PUB (bound) ──┴─ HEARTBEAT every interval ──► clients' and peers' SUB
                                              SUB ◄── peers' HEARTBEATs (membership spreads from the seeds)
 
-:class:`~fabric.node_state.NodeState` holds every decision; :class:`Node` is
+:class:`~fabric.node.state.NodeState` holds every decision; :class:`Node` is
 the loop that owns the sockets, the worker processes and one ``zmq.Poller``
 whose descriptors include each worker's exit sentinel, so a death is noticed at
 once.  The poll timeout is the next heartbeat, which also drives load sampling
@@ -32,8 +32,8 @@ import msgpack
 import psutil
 import zmq
 
-from . import processes, security
-from .config import (
+from ..cluster.stats import NodeStats
+from ..config import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     DEFAULT_LIVENESS_S,
     DEFAULT_PREFETCH,
@@ -41,10 +41,9 @@ from .config import (
     ConfigError,
     is_loopback,
 )
-from .errors import ProtocolError, StoreError
-from .heartbeat import NodeStats
-from .node_state import NodeSettings, NodeState, Outbox, describe_exit
-from .protocol import (
+from ..errors import ProtocolError, StoreError
+from ..wire import security
+from ..wire.protocol import (
     CacheClear,
     CacheCleared,
     CacheGet,
@@ -63,7 +62,9 @@ from .protocol import (
     from_frames,
     to_frames,
 )
-from .security import ClusterKey, gatekeeper
+from ..wire.security import ClusterKey, gatekeeper
+from . import processes
+from .state import NodeSettings, NodeState, Outbox, describe_exit
 from .store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class NodeOptions:
     liveness_s: float = DEFAULT_LIVENESS_S
     seeds: tuple[str, ...] = ()  # control endpoints of peers to join
     insecure: bool = False
-    key_file: str = ""  # the cluster's CURVE key (fabric.security); "": none, loopback only
+    key_file: str = ""  # the cluster's CURVE key (fabric.wire.security); "": none, loopback only
     memory_limit_mb: int = 0  # RSS above which a worker is killed and replaced; 0: no limit
     cache: CacheConfig = CacheConfig()
     owner_pid: int | None = None  # embedded: exit when this process exits
@@ -183,7 +184,7 @@ class Node:
             env.setdefault(key, "1")
         if self.key is not None:
             env[security.KEY_FILE_ENV] = os.path.abspath(self.key.path)
-        cmd = [sys.executable, "-m", "fabric.worker", self.endpoint, worker_id.decode(), str(os.getpid())]
+        cmd = [sys.executable, "-m", "fabric.node.worker", self.endpoint, worker_id.decode(), str(os.getpid())]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         self.processes[worker_id] = proc
         self.health[worker_id] = psutil.Process(proc.pid)

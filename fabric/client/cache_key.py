@@ -38,8 +38,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .codec import _cell_is_set, _global_names, _pickled_by_value, binding_guard
-from .errors import CacheKeyError
+from ..errors import CacheKeyError
+from .shipping import binding_guard, cell_is_set, global_names, pickled_by_value
 
 MAX_DEPTH = 64
 _NAN = struct.pack(">d", math.nan)
@@ -267,7 +267,7 @@ def _function(e: Encoder, fn: Any, seen: set[int]) -> None:
         e.out += b"M"
         _function(e, fn.__func__, seen)
         e.value(fn.__self__)
-    elif isinstance(fn, types.FunctionType) and _pickled_by_value(fn):
+    elif isinstance(fn, types.FunctionType) and pickled_by_value(fn):
         _by_value(e, fn, seen)
     elif isinstance(fn, type):
         e.out += b"c" + _class_identity(fn)
@@ -291,8 +291,8 @@ def _by_value(e: Encoder, fn: types.FunctionType, seen: set[int]) -> None:
     e.value(fn.__defaults__)
     e.value(fn.__kwdefaults__)
     for cell in fn.__closure__ or ():
-        _captured(e, cell.cell_contents if _cell_is_set(cell) else None, seen, f"closure of {fn.__qualname__}")
-    for name in sorted(set(_global_names(fn.__code__))):
+        _captured(e, cell.cell_contents if cell_is_set(cell) else None, seen, f"closure of {fn.__qualname__}")
+    for name in sorted(set(global_names(fn.__code__))):
         if name in fn.__globals__:
             e.tag(b"G", name)
             _captured(e, fn.__globals__[name], seen, f"global {name!r} read by {fn.__qualname__}")
@@ -300,7 +300,7 @@ def _by_value(e: Encoder, fn: types.FunctionType, seen: set[int]) -> None:
 
 def _captured(e: Encoder, value: Any, seen: set[int], where: str) -> None:
     try:
-        if isinstance(value, types.FunctionType) and _pickled_by_value(value):
+        if isinstance(value, types.FunctionType) and pickled_by_value(value):
             _by_value(e, value, seen)
         elif callable(value) and _is_function_like(value) and not isinstance(value, type):
             _function(e, value, seen)

@@ -18,9 +18,9 @@ import tempfile
 
 import zmq
 
-from . import processes
-from .errors import NoNodesError
-from .security import ClusterKey
+from ..errors import NoNodesError
+from ..node import processes
+from ..wire.security import ClusterKey
 
 STOP_TIMEOUT_S = 5.0
 

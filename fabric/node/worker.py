@@ -31,9 +31,10 @@ from typing import Any
 
 import zmq
 
-from . import codec, options, processes, security
-from .errors import ProtocolError, SerializationError
-from .protocol import (
+from ..errors import ProtocolError, SerializationError
+from ..task import guard
+from ..wire import codec, security
+from ..wire.protocol import (
     Attach,
     Detach,
     FunctionMissing,
@@ -49,7 +50,8 @@ from .protocol import (
     send_frames,
     to_frames,
 )
-from .security import ClusterKey
+from ..wire.security import ClusterKey
+from . import processes
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +290,7 @@ class Worker:
         result = run_batch(link, batch)
         send_frames(link.sink, to_frames(result), copy=False)
         self._count(batch, result)
-        if options.recycle_requested():  # a task was interrupted: leave no trace of it
+        if guard.recycle_requested():  # a task was interrupted: leave no trace of it
             self.running = False
 
     def _count(self, batch: TaskBatch, result: ResultBatch) -> None:
@@ -317,7 +319,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of a worker process: ``python -m fabric.worker ENDPOINT ID PARENT_PID``."""
+    """Entry point of a worker process: ``python -m fabric.node.worker ENDPOINT ID PARENT_PID``."""
     node_endpoint, worker_id, parent_pid = argv if argv is not None else sys.argv[1:4]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C belongs to the client
     processes.configure_logging()

@@ -15,7 +15,7 @@
 ZeroMQ sockets are not thread-safe, so user threads never touch them: they
 append a callable to a deque and write one byte to a pipe the poller watches
 (only when the loop is not already awake).  Decisions live in
-:class:`~fabric.ventilator.Ventilator` and :class:`~fabric.heartbeat.Membership`;
+:class:`~fabric.client.ventilator.Ventilator` and :class:`~fabric.cluster.membership.Membership`;
 this loop moves frames and hands outcomes to each batch's owner (a map stream
 or a group of futures), the sink's job in the ZeroMQ guide's pipeline.
 
@@ -37,11 +37,11 @@ from typing import Any
 
 import zmq
 
-from . import security
-from .cache import CacheClient
-from .errors import ClosedError, NoNodesError, ProtocolError
-from .heartbeat import Membership, NodeStats
-from .protocol import (
+from ..cluster.membership import Membership
+from ..cluster.stats import NodeStats
+from ..errors import ClosedError, NoNodesError, ProtocolError
+from ..wire import security
+from ..wire.protocol import (
     CacheCleared,
     CacheHits,
     FunctionMissing,
@@ -59,7 +59,8 @@ from .protocol import (
     send_frames,
     to_frames,
 )
-from .security import ClusterKey
+from ..wire.security import ClusterKey
+from .cache import CacheClient
 from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)

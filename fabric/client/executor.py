@@ -2,7 +2,7 @@
 
 User threads call ``submit``/``map``/``map_reduce`` here; they serialize in
 the calling thread (so an unpicklable argument raises at the call) and hand
-batches to the client's I/O thread (:mod:`fabric.io_loop`), which alone owns
+batches to the client's I/O thread (:mod:`fabric.client.io_loop`), which alone owns
 the sockets::
 
     user threads ──submit/map──► Fabric ──Batch──► IOLoop ──► workers (on every node)
@@ -28,8 +28,8 @@ from typing import Any
 
 import zmq
 
-from .cache import FabricCache
-from .config import (
+from ..cluster.stats import NodeStats
+from ..config import (
     DEFAULT_PREFETCH,
     ClusterConfig,
     NodeConfig,
@@ -38,12 +38,12 @@ from .config import (
     is_loopback,
     load_config,
 )
+from ..errors import ClosedError, ConfigError, SerializationError
+from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
+from .cache import FabricCache
 from .embedded import EmbeddedNode
-from .errors import ClosedError, ConfigError, SerializationError
-from .heartbeat import NodeStats
 from .io_loop import IOLoop
 from .options import TaskOptions
-from .security import ClusterKey, Gatekeeper, gatekeeper
 from .submission import FunctionShipper, TaskAPI
 
 __all__ = ["Fabric", "connect"]
@@ -80,7 +80,7 @@ def connect(
     failing with :class:`~fabric.NoNodesError`; ``max_message_bytes`` caps one
     serialized batch of arguments or results; ``key_file`` is the cluster's
     key, which authenticates and encrypts every connection (see
-    :mod:`fabric.security`; default: the cluster file's, or ``$FABRIC_KEY_FILE``).
+    :mod:`fabric.wire.security`; default: the cluster file's, or ``$FABRIC_KEY_FILE``).
     """
     for name, value in (("workers", workers), ("prefetch", prefetch), ("retries", retries)):
         if value is not None and value < 1:
@@ -143,7 +143,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     A :class:`concurrent.futures.Executor`: code written for
     ``ProcessPoolExecutor`` works unchanged.  Thread-safe.  ``submit``,
     ``map``, ``map_reduce`` and ``options`` come from
-    :class:`~fabric.submission.TaskAPI`.
+    :class:`~fabric.client.submission.TaskAPI`.
     """
 
     def __init__(
@@ -177,7 +177,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             raise
         _open_fabrics.add(self)
 
-    # -- shared by the task API (fabric.submission) ---------------------------------
+    # -- shared by the task API (fabric.client.submission) ---------------------------------
 
     def _shipped(self, fn: Callable[..., Any], options: TaskOptions) -> tuple[bytes, bytes]:
         return self._shipper.get(fn, options)

@@ -17,13 +17,10 @@ control socket, and liveness counts from the moment a node is first heard of.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import psutil
-
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 
 @dataclass(frozen=True)
@@ -104,61 +101,3 @@ def _check_types(stats: NodeStats) -> None:
         if type(getattr(stats, name)) is not int:
             raise ProtocolError(f"heartbeat field {name} is not int")
 
-
-class Membership:
-    """Live nodes by id, from heartbeats; declares a node dead after
-    ``liveness_s`` of silence."""
-
-    def __init__(self, liveness_s: float) -> None:
-        self.liveness_s = liveness_s
-        self.nodes: dict[bytes, NodeStats] = {}
-        self.last_seen: dict[bytes, float] = {}
-
-    def observe(self, stats: NodeStats, now: float) -> bool:
-        """Record a heartbeat; True when the node is new (or back from the dead)."""
-        is_new = stats.node_id not in self.nodes
-        self.nodes[stats.node_id] = stats
-        self.last_seen[stats.node_id] = now
-        return is_new
-
-    def expire(self, now: float) -> list[NodeStats]:
-        """Remove and return the nodes silent for longer than the liveness timeout."""
-        dead = [node_id for node_id, seen in self.last_seen.items() if now - seen > self.liveness_s]
-        for node_id in dead:
-            del self.last_seen[node_id]
-        return [self.nodes.pop(node_id) for node_id in dead]
-
-    def remove(self, node_id: bytes) -> NodeStats | None:
-        self.last_seen.pop(node_id, None)
-        return self.nodes.pop(node_id, None)
-
-    def next_expiry(self) -> float | None:
-        """When the next node would be declared dead if it stays silent."""
-        return min(self.last_seen.values()) + self.liveness_s if self.last_seen else None
-
-    def snapshot(self, now: float) -> list[NodeStats]:
-        return [_aged(stats, now - self.last_seen[node_id]) for node_id, stats in self.nodes.items()]
-
-
-def _aged(stats: NodeStats, age_s: float) -> NodeStats:
-    return replace(stats, age_s=age_s)
-
-
-class LoadMonitor:
-    """Whole-machine CPU and memory, sampled once per heartbeat (psutil)."""
-
-    def __init__(self) -> None:
-        psutil.cpu_percent(None)  # the first call only starts the measurement window
-        self.cpu_percent = 0.0
-        self.memory_percent = 0.0
-        self._rate_at = time.monotonic()
-        self._rate_done = 0
-        self.tasks_per_s = 0.0
-
-    def sample(self, done: int, now: float) -> None:
-        self.cpu_percent = psutil.cpu_percent(None)
-        self.memory_percent = psutil.virtual_memory().percent
-        elapsed = now - self._rate_at
-        if elapsed > 0:
-            self.tasks_per_s = (done - self._rate_done) / elapsed
-        self._rate_at, self._rate_done = now, done

@@ -12,7 +12,7 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
                                     re-sent every heartbeat interval as the client's heartbeat
     GOODBYE      client -> node     client_id
     PEER_HELLO   node   -> node     node_id, control endpoint, heartbeat endpoint
-    HEARTBEAT    node   -> anyone   node_id, info map (see fabric.heartbeat.NodeStats): the
+    HEARTBEAT    node   -> anyone   node_id, info map (see fabric.cluster.stats.NodeStats): the
                                     reply to HELLO and PEER_HELLO, and what the node PUBlishes
     STATUS       anyone -> node     (asks for the node's view of the cluster)
     STATUS_REPLY node   -> asker    list of info maps, one per live node
@@ -24,7 +24,7 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
     WORKER_LOST  node   -> client   worker_id, exit code, reason
     SHUTDOWN     node   -> worker / client -> embedded node
 
-Result cache (client <-> the key's owner node, see fabric.cache)::
+Result cache (client <-> the key's owner node, see fabric.client.cache)::
 
     CACHE_GET     client -> node   request_id, keys
     CACHE_HITS    node -> client   request_id, indices of the keys found | one frame: msgpack list of values
@@ -57,7 +57,7 @@ from typing import Any, ClassVar
 import msgpack
 import zmq
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 
@@ -95,7 +95,7 @@ class Mode(enum.IntEnum):
     MAP = 0  # fn(item); the batch payload is one list of items
     STARMAP = 1  # fn(*item); the batch payload is one list of argument tuples
     CALL = 2  # fn(*args, **kwargs); one payload per item, holding (args, kwargs)
-    FOLD = 3  # fn(items) once: the batch's one result (fabric.reduction.Fold); the payload as MAP's
+    FOLD = 3  # fn(items) once: the batch's one result (fabric.task.fold.Fold); the payload as MAP's
 
 
 _MODES = frozenset(Mode)

@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from .errors import StoreError
+from ..errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import codec
-from .errors import SerializationError
+from ..errors import SerializationError
+from ..wire import codec
 
 __all__ = ["Future", "FutureGroup", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
 

@@ -19,14 +19,8 @@ hot loop is unchanged for calls without them.
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-
-from .errors import TaskTimeoutError
-
-_recycle = False  # set in a worker after a task was interrupted
 
 
 @dataclass(frozen=True)
@@ -59,46 +53,3 @@ class TaskOptions:
         """Whether the function must be wrapped in :class:`Guarded`."""
         return bool(self.retry_on) or self.task_timeout is not None
 
-
-class Guarded:
-    """The user's function with ``retry_on`` and ``task_timeout`` applied."""
-
-    __slots__ = ("__wrapped__", "retry_on", "attempts", "task_timeout")
-
-    def __init__(self, fn: Callable[..., Any], options: TaskOptions, default_retries: int) -> None:
-        self.__wrapped__ = fn
-        self.retry_on = options.retry_on
-        self.attempts = options.retries or default_retries
-        self.task_timeout = options.task_timeout
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        attempt = 1
-        while True:
-            try:
-                return self._run(args, kwargs)
-            except self.retry_on:
-                if attempt >= self.attempts:
-                    raise
-                attempt += 1
-
-    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.task_timeout is None:
-            return self.__wrapped__(*args, **kwargs)
-        previous = signal.signal(signal.SIGALRM, self._expired)
-        signal.setitimer(signal.ITIMER_REAL, self.task_timeout)
-        try:
-            return self.__wrapped__(*args, **kwargs)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-    def _expired(self, signum: int, frame: object) -> None:
-        global _recycle
-        _recycle = True
-        name = getattr(self.__wrapped__, "__qualname__", repr(self.__wrapped__))
-        raise TaskTimeoutError(f"task {name} ran longer than its task_timeout of {self.task_timeout} s")
-
-
-def recycle_requested() -> bool:
-    """True in a worker whose task was interrupted: it should exit and be replaced."""
-    return _recycle

@@ -1,6 +1,6 @@
 """Node state: every decision of a node, with no socket and no clock of its own.
 
-The node loop (:mod:`fabric.node`) feeds it events — a worker came up, reported
+The node loop (:mod:`fabric.node.loop`) feeds it events — a worker came up, reported
 or exited; a client said hello (its heartbeat) or goodbye; a peer's heartbeat
 arrived; time passed — and sends the (destination, message) pairs it returns.
 Unit tests drive it with a fake clock.
@@ -11,8 +11,10 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 
-from .heartbeat import LoadMonitor, Membership, NodeStats, WorkerStats
-from .protocol import Attach, Detach, Heartbeat, Hello, Message, NodeLeaving, WorkerLost, WorkerReport
+from ..cluster.membership import Membership
+from ..cluster.stats import NodeStats, WorkerStats
+from ..wire.protocol import Attach, Detach, Heartbeat, Hello, Message, NodeLeaving, WorkerLost, WorkerReport
+from .load import LoadMonitor
 from .store import StoreStats
 
 Outbox = list[tuple[bytes, Message]]  # (routing id on the control ROUTER, message)

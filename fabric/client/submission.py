@@ -4,7 +4,7 @@ User threads call these; they serialize in the calling thread, so an
 unserializable function or argument raises here, and hand batches to the
 client's I/O thread.  :class:`TaskAPI` is shared by :class:`~fabric.Fabric`
 and by :class:`FabricView`, the object ``fx.options(...)`` returns: a view
-carries per-call :class:`~fabric.options.TaskOptions` and nothing else.
+carries per-call :class:`~fabric.client.options.TaskOptions` and nothing else.
 """
 
 from __future__ import annotations
@@ -17,19 +17,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec
+from ..errors import SerializationError
+from ..task.fold import NO_INITIAL, Fold
+from ..task.guard import Guarded
+from ..wire import codec
+from ..wire.protocol import Mode
 from .batching import BatchSizer
 from .cache import CachedFunction, wants_cache
-from .errors import SerializationError
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
-from .options import Guarded, TaskOptions
-from .protocol import Mode
-from .reduction import NO_INITIAL, Fold, combiner, fold
+from .options import TaskOptions
+from .reduction import combiner, fold
+from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
 
 if TYPE_CHECKING:
-    from .client import Fabric
+    from .executor import Fabric
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -193,7 +196,7 @@ class FunctionShipper:
 
     def __init__(self, default_retries: int) -> None:
         self.default_retries = default_retries
-        self.pickles = codec.FunctionCache()
+        self.pickles = FunctionCache()
         self.guards: OrderedDict[tuple[int, TaskOptions], Guarded] = OrderedDict()
 
     def get(self, fn: Callable[..., Any], options: TaskOptions) -> tuple[bytes, bytes]:
@@ -208,7 +211,9 @@ class FunctionShipper:
         key = (id(fn), options)
         guarded = self.guards.get(key)
         if guarded is None or guarded.__wrapped__ is not fn:
-            guarded = self.guards[key] = Guarded(fn, options, self.default_retries)
+            guarded = self.guards[key] = Guarded(
+                fn, options.retry_on, options.retries or self.default_retries, options.task_timeout
+            )
             if len(self.guards) > MAX_GUARDS:
                 self.guards.popitem(last=False)
         return guarded

@@ -17,7 +17,7 @@ failure (a task's exception, an input that cannot be encoded, an input
 iterator that raised) is raised at its position, after the results before it.
 
 A stream of Mode.FOLD (``map_reduce(..., combine=...)``, see
-:mod:`fabric.reduction`) yields one partial result per part instead of one
+:mod:`fabric.client.reduction`) yields one partial result per part instead of one
 result per item, in input order when ordered.
 """
 
@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import codec
+from ..errors import CacheKeyError, SerializationError
+from ..wire import codec
+from ..wire.protocol import Mode
 from .batching import BatchSizer
-from .errors import CacheKeyError, SerializationError
-from .protocol import Mode
 from .ventilator import Batch, next_batch_id
 
 if TYPE_CHECKING:

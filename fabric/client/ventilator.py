@@ -1,6 +1,6 @@
 """Ventilator state: which batch goes to which worker, and when.
 
-Lives in the client's I/O thread (see :mod:`fabric.io_loop`, which owns the
+Lives in the client's I/O thread (see :mod:`fabric.client.io_loop`, which owns the
 ROUTER socket this state drives)::
 
     user threads --Batch--> [urgent queue: submits] ---+
@@ -31,10 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from . import codec
+from ..errors import WorkerCrashedError
+from ..wire import codec
+from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
-from .errors import WorkerCrashedError
-from .protocol import Mode, TaskBatch, to_frames
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
 

@@ -1,0 +1,1 @@
+"""What crosses the network, in every process: messages, payloads, authentication."""
