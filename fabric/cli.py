@@ -17,24 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import signal
 import sys
 from dataclasses import asdict, replace
 
 import zmq
 
 from .cluster.stats import NodeStats
-from .config import ClusterConfig, check_address, default_workers, load_config
+from .config import DEFAULT_BIND, ClusterConfig, NodeSettings, check_address, check_settings, load_config
 from .errors import ConfigError, ProtocolError
 from .node import processes
-from .node.loop import Node, NodeOptions
+from .node.loop import Node
 from .wire import security
 from .wire.protocol import Status, StatusReply, from_frames, to_frames
 from .wire.security import ClusterKey, write_key_file
 
 STATUS_TIMEOUT_S = 3.0
-DEFAULT_BIND = "tcp://127.0.0.1:7100"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a cluster key")
     start.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
     start.add_argument("--cache-dir", help="directory of this node's result-cache shard (default: the config's)")
-    start.add_argument("--owner-pid", type=int, help=argparse.SUPPRESS)  # embedded: exit with the owner
-    start.add_argument("--announce", action="store_true", help=argparse.SUPPRESS)  # print the bound endpoint
-    start.add_argument("--owner-dir", help=argparse.SUPPRESS)  # embedded: the owner's socket dir, removed at exit
 
     status = commands.add_parser("status", help="print a table of the live nodes")
     status.add_argument("address", nargs="?", help="any node's control endpoint")
@@ -71,55 +65,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def node_options(args: argparse.Namespace) -> NodeOptions:
-    """Merge cluster.toml (if any) with the command line; the command line wins."""
+def node_settings(args: argparse.Namespace) -> NodeSettings:
+    """cluster.toml (if any), then the command line over it, checked like every other source."""
     config = load_config(args.config) if args.config else ClusterConfig()
     if args.config and args.name:
-        entry = config.node(args.name)
-        options = NodeOptions(
-            bind=entry.address, workers=entry.workers, name=entry.name, prefetch=entry.prefetch,
-            max_load=entry.max_load, memory_limit_mb=entry.memory_limit_mb,
-            seeds=tuple(n.address for n in config.nodes if n.name != entry.name),
-        )
+        settings = config.node(args.name)
     else:
-        seeds = tuple(n.address for n in config.nodes)
-        options = NodeOptions(bind=DEFAULT_BIND, workers=default_workers(), name=args.name or "", seeds=seeds)
-    cache = replace(config.cache, dir=args.cache_dir) if args.cache_dir else config.cache
-    key = ClusterKey.find(args.key_file or config.key_file)
-    options = replace(
-        options, heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
-        insecure=config.insecure or args.insecure, owner_pid=args.owner_pid, cache=cache,
-        key_file=key.path if key is not None else "",
-    )
-    overrides = {
-        "bind": args.bind, "workers": args.workers, "prefetch": args.prefetch, "max_load": args.max_load,
-        "memory_limit_mb": args.memory_limit_mb,
-        "heartbeat_interval_s": args.heartbeat_interval, "liveness_s": args.liveness,
+        settings = config.node_settings(name=args.name or "", seeds=tuple(n.address for n in config.nodes))
+    flags = {
+        "address": args.bind, "workers": args.workers, "prefetch": args.prefetch, "max_load": args.max_load,
+        "memory_limit_mb": args.memory_limit_mb, "heartbeat_interval_s": args.heartbeat_interval,
+        "liveness_s": args.liveness, "insecure": args.insecure or None,
+        "cache": replace(settings.cache, dir=args.cache_dir) if args.cache_dir else None,
     }
-    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    settings = replace(settings, **{k: v for k, v in flags.items() if v is not None})
+    check_settings(settings, "command line")
     for seed in args.join:
         check_address(seed, "--join")
-    return replace(options, seeds=options.seeds + tuple(args.join))
+    key = ClusterKey.find(args.key_file or settings.key_file)
+    return replace(settings, seeds=settings.seeds + tuple(args.join), key_file=key.path if key is not None else "")
 
 
 def start(args: argparse.Namespace) -> int:
-    processes.configure_logging("WARNING" if args.owner_pid else "INFO")
-    options = node_options(args)
-    node = Node(options)
-    signal.signal(signal.SIGTERM, node.request_stop)
-    # An embedded node leaves ctrl-C to its owning client; a daemon stops on it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN if options.owner_pid else node.request_stop)
-    if args.announce:
-        print(node.endpoint, flush=True)
+    settings = node_settings(args)
+    processes.configure_logging("INFO")
+    node = Node(settings)
+    node.handle_signals()
     logging.getLogger(__name__).info(
-        "node %s on %s (heartbeats on %s), %d workers", node.state.settings.name, node.endpoint,
-        node.state.settings.pub, options.workers,
+        "node %s on %s (heartbeats on %s), %d workers", node.settings.name, node.endpoint, node.state.bound.pub,
+        node.settings.workers,
     )
-    try:
-        node.run()
-    finally:
-        if args.owner_dir:  # the owner may have died without cleaning up its sockets
-            shutil.rmtree(args.owner_dir, ignore_errors=True)
+    node.run()
     return 0
 
 

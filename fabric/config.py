@@ -29,14 +29,27 @@ Every key, its default and its unit, in one place::
 A mistake (unknown key, wrong type, duplicate node, bad address) raises
 :class:`ConfigError` naming the file, the key and the reason, before anything
 starts.
+
+A node's settings are one :class:`NodeSettings`, whichever source gives them:
+a ``[[node]]`` entry here (with the ``[cluster]`` values it shares), the flags
+of ``fabric-node start``, or the keywords of ``fabric.connect()`` for the
+embedded node, which receives them as JSON (:mod:`fabric.node.__main__`).
+:func:`check_settings` checks every source, and the client's own settings, with
+the same words::
+
+    cluster.toml ─► parse_config ─┐
+    fabric-node start flags ──────┼─► NodeSettings ─► check_settings ─► Node (fabric.node.loop)
+    connect(workers=...) ─────────┘        └─ to_json ─► python -m fabric.node (embedded)
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +64,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_CACHE_ENTRIES = 1_000_000
 DEFAULT_CACHE_BYTES = 1 << 30
-
+DEFAULT_BIND = "tcp://127.0.0.1:7100"
 
 
 def default_workers() -> int:
@@ -59,16 +72,6 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    name: str
-    address: str
-    workers: int = field(default_factory=default_workers)
-    prefetch: int = DEFAULT_PREFETCH
-    max_load: float = DEFAULT_MAX_LOAD
-    memory_limit_mb: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,47 @@ def default_cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class NodeSettings:
+    """How to run one node, from cluster.toml, ``fabric-node start`` or ``connect()``.
+
+    One type for every source, so a value is defaulted, checked
+    (:func:`check_settings`) and read in one way wherever it came from.
+    """
+
+    name: str = ""  # "": HOST:PORT of the bound control endpoint
+    address: str = DEFAULT_BIND  # control endpoint to bind: tcp://HOST:PORT (PORT may be *) or ipc://PATH
+    workers: int = field(default_factory=default_workers)
+    prefetch: int = DEFAULT_PREFETCH
+    max_load: float = DEFAULT_MAX_LOAD
+    memory_limit_mb: int = 0  # RSS above which a worker is killed and replaced; 0: no limit
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    liveness_s: float = DEFAULT_LIVENESS_S  # before a silent client or peer is forgotten, a stopped worker killed
+    seeds: tuple[str, ...] = ()  # control endpoints of peers to join
+    insecure: bool = False
+    key_file: str = ""  # the cluster's CURVE key (fabric.wire.security); "": none, loopback only
+    cache: CacheConfig = CacheConfig()
+    owner_pid: int | None = None  # embedded: exit when this process exits
+    owner_dir: str = ""  # embedded: the owner's private directory, removed when the node stops
+
+    def to_json(self) -> str:
+        """What the client hands its embedded node (see :meth:`from_json`)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> NodeSettings:
+        """Settings written by :meth:`to_json` in another process, checked again."""
+        try:
+            values = json.loads(text)
+            settings = cls(**{**values, "seeds": tuple(values["seeds"]), "cache": CacheConfig(**values["cache"])})
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{source}: not node settings: {exc!r}") from None
+        check_settings(settings, source)
+        return settings
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
-    nodes: tuple[NodeConfig, ...] = ()
+    nodes: tuple[NodeSettings, ...] = ()
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     liveness_s: float = DEFAULT_LIVENESS_S
     retries: int = DEFAULT_RETRIES
@@ -104,11 +146,17 @@ class ClusterConfig:
     cache: CacheConfig = CacheConfig()
     source: str = "<defaults>"
 
-    def node(self, name: str) -> NodeConfig:
+    def node(self, name: str) -> NodeSettings:
         for node in self.nodes:
             if node.name == name:
                 return node
         raise ConfigError(f"{self.source}: no [[node]] named {name!r} (have: {', '.join(n.name for n in self.nodes)})")
+
+    def node_settings(self, **values: Any) -> NodeSettings:
+        """A node's settings: ``values``, and this cluster's for what every node shares."""
+        shared = {"heartbeat_interval_s": self.heartbeat_interval_s, "liveness_s": self.liveness_s,
+                  "insecure": self.insecure, "key_file": self.key_file, "cache": self.cache}
+        return NodeSettings(**{**shared, **values})
 
 
 _CLUSTER_KEYS = {
@@ -128,29 +176,35 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         raise ConfigError(f"{source}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    config = parse_config(data, source)
-    if config.key_file:
-        config = replace(config, key_file=str(Path(path).parent / Path(config.key_file).expanduser()))
-    return config
+    return parse_config(data, source, Path(path).parent)
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> ClusterConfig:
+def parse_config(data: dict[str, Any], source: str = "<config>", base: Path = Path()) -> ClusterConfig:
+    """Check a parsed cluster file; ``key_file`` is taken relative to ``base``."""
     _check_keys(data, {"cluster": dict, "node": list, "cache": dict}, source, "")
     cluster = _typed(data.get("cluster", {}), _CLUSTER_KEYS, source, "cluster.")
+    if cluster.get("key_file"):
+        cluster["key_file"] = str(base / Path(cluster["key_file"]).expanduser())
     cache = CacheConfig(**_typed(data.get("cache", {}), _CACHE_KEYS, source, "cache."))
     if cache.replicas not in (1, 2):
         raise ConfigError(f"{source}: cache.replicas: 1 or 2, got {cache.replicas}")
     for key in ("max_entries", "max_bytes"):
         if getattr(cache, key) < 1:
             raise ConfigError(f"{source}: cache.{key}: must be >= 1, got {getattr(cache, key)}")
-    nodes = tuple(_node(entry, source, i) for i, entry in enumerate(data.get("node", [])))
-    _check_unique(nodes, source)
-    config = ClusterConfig(nodes=nodes, source=source, cache=cache, **cluster)
-    _check_positive(config, source)
-    return config
+    config = ClusterConfig(source=source, cache=cache, **cluster)
+    check_settings(config, source, "cluster.")
+    entries = [_node_entry(entry, source, i) for i, entry in enumerate(data.get("node", []))]
+    _check_unique(entries, source)
+    nodes = []
+    for i, values in enumerate(entries):
+        seeds = tuple(other["address"] for other in entries if other is not values)
+        node = config.node_settings(seeds=seeds, **values)
+        check_settings(node, source, f"node[{i}].")
+        nodes.append(node)
+    return replace(config, nodes=tuple(nodes))
 
 
-def _node(entry: object, source: str, index: int) -> NodeConfig:
+def _node_entry(entry: object, source: str, index: int) -> dict[str, Any]:
     where = f"node[{index}]."
     if not isinstance(entry, dict):
         raise ConfigError(f"{source}: {where[:-1]}: expected a table, got {type(entry).__name__}")
@@ -159,15 +213,7 @@ def _node(entry: object, source: str, index: int) -> NodeConfig:
         if key not in values:
             raise ConfigError(f"{source}: {where}{key}: missing (every node needs a name and an address)")
     check_address(values["address"], f"{source}: {where}address")
-    node = NodeConfig(**values)
-    for key in ("workers", "prefetch"):
-        if getattr(node, key) < 1:
-            raise ConfigError(f"{source}: {where}{key}: must be >= 1, got {getattr(node, key)}")
-    if node.memory_limit_mb < 0:
-        raise ConfigError(f"{source}: {where}memory_limit_mb: must be >= 0 (0: no limit), got {node.memory_limit_mb}")
-    if not 0 <= node.max_load <= 100:
-        raise ConfigError(f"{source}: {where}max_load: a CPU percentage from 0 to 100, got {node.max_load}")
-    return node
+    return values
 
 
 def _typed(table: dict[str, Any], spec: dict[str, type], source: str, where: str) -> dict[str, Any]:
@@ -193,27 +239,44 @@ def _check_keys(table: dict[str, Any], spec: dict[str, type], source: str, where
             raise ConfigError(f"{source}: {where}{key}: expected a {'table' if spec[key] is dict else 'list'}")
 
 
-def _check_unique(nodes: tuple[NodeConfig, ...], source: str) -> None:
+def _check_unique(entries: list[dict[str, Any]], source: str) -> None:
     for key in ("name", "address"):
         seen: set[str] = set()
-        for i, node in enumerate(nodes):
-            value = getattr(node, key)
-            if value in seen:
-                raise ConfigError(f"{source}: node[{i}].{key}: duplicate {key} {value!r}")
-            seen.add(value)
+        for i, entry in enumerate(entries):
+            if entry[key] in seen:
+                raise ConfigError(f"{source}: node[{i}].{key}: duplicate {key} {entry[key]!r}")
+            seen.add(entry[key])
 
 
-def _check_positive(config: ClusterConfig, source: str) -> None:
-    if config.heartbeat_interval_s <= 0:
-        raise ConfigError(f"{source}: cluster.heartbeat_interval_s: must be > 0")
-    if config.liveness_s <= config.heartbeat_interval_s:
-        raise ConfigError(f"{source}: cluster.liveness_s: must exceed heartbeat_interval_s (several beats)")
-    if config.retries < 1:
-        raise ConfigError(f"{source}: cluster.retries: must be >= 1")
-    if config.connect_timeout_s <= 0:
-        raise ConfigError(f"{source}: cluster.connect_timeout_s: must be > 0")
-    if config.max_message_bytes < 1024:
-        raise ConfigError(f"{source}: cluster.max_message_bytes: must be >= 1024")
+# The range of each setting, whichever source gives it: (valid, what the message says).
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "workers": (lambda n: n >= 1, "must be >= 1 (worker processes)"),
+    "prefetch": (lambda n: n >= 1, "must be >= 1 (batches each worker may hold)"),
+    "max_load": (lambda pct: 0 <= pct <= 100, "a CPU percentage from 0 to 100"),
+    "memory_limit_mb": (lambda mb: mb >= 0, "must be >= 0 (0: no limit)"),
+    "heartbeat_interval_s": (lambda s: s > 0, "must be > 0 (seconds between heartbeats)"),
+    "retries": (lambda n: n >= 1, "must be >= 1 (attempts for a task whose worker dies)"),
+    "connect_timeout_s": (lambda s: s > 0, "must be > 0 (seconds queued work waits for a worker)"),
+    "max_message_bytes": (lambda n: n >= 1024, "must be >= 1024"),
+}
+
+
+def check_settings(settings: NodeSettings | ClusterConfig, source: str, where: str = "") -> None:
+    """Raise :class:`ConfigError` for the first value out of its range.
+
+    The one check of every source (cluster.toml, ``fabric-node start``,
+    ``connect()``): the message is ``SOURCE: WHERE KEY: rule, got VALUE`` with
+    the same rule and value whichever source gave it.
+    """
+    for key, (valid, rule) in _RULES.items():
+        if hasattr(settings, key) and not valid(value := getattr(settings, key)):
+            raise ConfigError(f"{source}: {where}{key}: {rule}, got {value:g}")
+    interval_s, liveness_s = settings.heartbeat_interval_s, settings.liveness_s
+    if not liveness_s > interval_s:
+        raise ConfigError(
+            f"{source}: {where}liveness_s: must exceed heartbeat_interval_s ({interval_s:g} s) by several beats, "
+            f"got {liveness_s:g}"
+        )
 
 
 def check_address(address: str, where: str) -> tuple[str, int]:

@@ -2,9 +2,14 @@
 
 ``fabric.connect()`` with no address runs the same node and worker code as a
 ``fabric-node`` daemon, on ipc sockets in a private directory (tcp on
-loopback where ipc is unavailable).  The node watches its owner's pid and
-exits with its workers when the owner dies, even by SIGKILL, so no process
-outlives the client.  Workers see the client's ``sys.path``, so functions
+loopback where ipc is unavailable)::
+
+    connect(workers=...) ─► NodeSettings ─JSON on stdin─► python -m fabric.node ─► Node
+    EmbeddedNode.endpoint ◄──── the bound control endpoint, one line on stdout ◄─┘
+
+The node watches its owner's pid and exits with its workers when the owner
+dies, even by SIGKILL, so no process outlives the client; it then removes
+the private directory.  Workers see the client's ``sys.path``, so functions
 from the caller's own modules import on them.
 """
 
@@ -15,12 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
+from typing import IO, cast
 
 import zmq
 
+from ..config import NodeSettings
 from ..errors import NoNodesError
 from ..node import processes
-from ..wire.security import ClusterKey
 
 STOP_TIMEOUT_S = 5.0
 
@@ -28,21 +35,20 @@ STOP_TIMEOUT_S = 5.0
 class EmbeddedNode:
     """One local node process and its private socket directory."""
 
-    def __init__(
-        self, workers: int, prefetch: int, heartbeat_interval_s: float, liveness_s: float, memory_limit_mb: int = 0,
-        key: ClusterKey | None = None,
-    ) -> None:
+    def __init__(self, settings: NodeSettings) -> None:
         self.dir = tempfile.mkdtemp(prefix="fabric-")
         self.bind_where = f"ipc://{self.dir}" if zmq.has("ipc") else "127.0.0.1"
-        requested = f"{self.bind_where}/node" if zmq.has("ipc") else "tcp://127.0.0.1:*"
-        cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", requested, "--name", "embedded"]
-        cmd += ["--workers", str(workers), "--prefetch", str(prefetch)]
-        cmd += ["--heartbeat-interval", str(heartbeat_interval_s)]
-        cmd += ["--liveness", str(liveness_s), "--memory-limit-mb", str(memory_limit_mb)]
-        cmd += ["--owner-pid", str(os.getpid()), "--owner-dir", self.dir, "--announce"]
-        cmd += ["--key-file", key.path] if key is not None else []
-        self.process = subprocess.Popen(cmd, env=_child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        line = self.process.stdout.readline().decode().strip() if self.process.stdout else ""
+        address = f"{self.bind_where}/node" if zmq.has("ipc") else "tcp://127.0.0.1:*"
+        settings = replace(settings, name="embedded", address=address, owner_pid=os.getpid(), owner_dir=self.dir)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fabric.node"], env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            with cast(IO[bytes], self.process.stdin) as stdin:  # a pipe, as asked
+                stdin.write(settings.to_json().encode())
+        except BrokenPipeError:  # it died first: said below
+            pass
+        line = cast(IO[bytes], self.process.stdout).readline().decode().strip()
         if not line:
             code = self.process.wait()
             shutil.rmtree(self.dir, ignore_errors=True)

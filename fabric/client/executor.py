@@ -30,11 +30,10 @@ import zmq
 
 from ..cluster.stats import NodeStats
 from ..config import (
-    DEFAULT_PREFETCH,
     ClusterConfig,
-    NodeConfig,
+    NodeSettings,
     check_address,
-    default_workers,
+    check_settings,
     is_loopback,
     load_config,
 )
@@ -82,21 +81,19 @@ def connect(
     key, which authenticates and encrypts every connection (see
     :mod:`fabric.wire.security`; default: the cluster file's, or ``$FABRIC_KEY_FILE``).
     """
-    for name, value in (("workers", workers), ("prefetch", prefetch), ("retries", retries)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
     config = _cluster_config(address)
     overrides: dict[str, Any] = {
         "heartbeat_interval_s": heartbeat_interval_s, "liveness_s": liveness_s, "retries": retries,
         "connect_timeout_s": connect_timeout_s, "max_message_bytes": max_message_bytes, "insecure": insecure,
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    check_settings(config, "connect()")
+    node_values = {"workers": workers, "prefetch": prefetch, "memory_limit_mb": memory_limit_mb}
+    local = config.node_settings(**{k: v for k, v in node_values.items() if v is not None})  # the embedded node's
+    check_settings(local, "connect()")
     key = ClusterKey.find(key_file or config.key_file)
     if address is None:
-        embedded = EmbeddedNode(
-            workers or default_workers(), prefetch or DEFAULT_PREFETCH, config.heartbeat_interval_s, config.liveness_s,
-            memory_limit_mb, key,
-        )
+        embedded = EmbeddedNode(replace(local, key_file=key.path if key is not None else ""))
         return Fabric([embedded.endpoint], embedded.bind_where, config, key, embedded=embedded)
     controls = [node.address for node in config.nodes]
     return Fabric(controls, client_bind_host(controls[0], config.insecure or key is not None), config, key)
@@ -109,7 +106,7 @@ def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:
     if text.startswith(("tcp://", "ipc://")):
         if text.startswith("tcp://"):
             check_address(text, "connect()")
-        return ClusterConfig(nodes=(NodeConfig(name=text, address=text),), source="connect()")
+        return ClusterConfig(nodes=(NodeSettings(name=text, address=text),), source="connect()")
     config = load_config(text)
     if not config.nodes:
         raise ConfigError(f"{text}: names no [[node]] to connect to")

@@ -1,35 +1,120 @@
-"""Node state: every decision of a node, with no socket and no clock of its own.
+"""Node state: every decision of a node, with no socket, no process and no clock of its own.
 
-The node loop (:mod:`fabric.node.loop`) feeds it events — a worker came up, reported
-or exited; a client said hello (its heartbeat) or goodbye; a peer's heartbeat
-arrived; time passed — and sends the (destination, message) pairs it returns.
-Unit tests drive it with a fake clock.
+The node loop (:mod:`fabric.node.loop`) receives and samples; this class
+decides.  Each event comes in with the time, and each call returns the
+instructions for the loop to perform, in order::
+
+    ROUTER message (not the cache's) ─► on_message(sender, msg, now)  ─┐
+    peer's HEARTBEAT on the SUB ──────► peer_heard(stats, now)          │
+    a worker's exit (pidfd) ──────────► worker_exited(worker, status)   ├─► Send, Publish, Spawn, Kill,
+    psutil per worker, when due ──────► check_workers(readings, now)    │   Terminate, Greet, Subscribe
+    psutil machine + store, when due ─► beat(load, cache, now)          │
+    start / stop ─────────────────────► start(now) / leaving()         ─┘
+    the store's backlog ──────────────► entries_to_flush(...) ─► how many cache entries to write now
+                                        next_deadline(now, ...) ─► when to wake up at the latest
+
+Unit tests drive it with fake readings and a fake clock.
 """
 
 from __future__ import annotations
 
-import signal
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats, WorkerStats
-from ..wire.protocol import Attach, Detach, Heartbeat, Hello, Message, NodeLeaving, WorkerLost, WorkerReport
-from .load import LoadMonitor
+from ..config import NodeSettings
+from ..wire.protocol import (
+    Attach,
+    Detach,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    NodeLeaving,
+    PeerHello,
+    Shutdown,
+    Status,
+    StatusReply,
+    WorkerLost,
+    WorkerReport,
+    WorkerUp,
+)
+from .health import Kill, WorkerHealth, WorkerReading
 from .store import StoreStats
 
-Outbox = list[tuple[bytes, Message]]  # (routing id on the control ROUTER, message)
+log = logging.getLogger(__name__)
+
+HEALTH_CHECK_S = 0.2  # worker memory and SIGSTOP checks; a worker over its limit dies within this
+STORE_FLUSH_BATCH = 500  # cache entries written to disk per idle moment (~2 ms: a lookup may wait that long)
+STORE_IDLE_S = 0.02  # quiet time before writing: lookups in a busy map never wait behind writes
+STORE_MAX_PENDING = 200_000  # past this many pending writes (or STORE_MAX_PENDING_BYTES), write even when busy
+STORE_MAX_PENDING_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
-class NodeSettings:
+class Bound:
+    """What only binding tells: this start's id and the endpoints clients and peers reach."""
+
     node_id: bytes
-    name: str
-    control: str  # the ROUTER endpoint clients and peers reach
+    control: str  # the ROUTER endpoint
     pub: str  # the PUB endpoint heartbeats go out on
-    credits: int  # batches each worker may hold
-    max_load: float  # whole-machine CPU % above which no new batches are taken
-    liveness_s: float  # silence after which a client or peer is declared dead
-    cache_weight: int = 0  # MiB of result-cache shard; 0: this node holds no cache
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """The node's machine as psutil saw it at a heartbeat."""
+
+    cpu_percent: float
+    memory_percent: float
+
+
+# -- instructions for the loop ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``msg`` to a worker, client or peer on the control ROUTER."""
+
+    to: bytes
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish this node's heartbeat on the PUB."""
+
+    msg: Heartbeat
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start one worker process."""
+
+
+@dataclass(frozen=True)
+class Terminate:
+    """SIGTERM a worker still starting: it would never hear SHUTDOWN."""
+
+    worker_id: bytes
+
+
+@dataclass(frozen=True)
+class Greet:
+    """Say PEER_HELLO to the node at ``control``, so that it subscribes to us too."""
+
+    control: str
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Connect the SUB to a peer's heartbeats."""
+
+    pub: str
+
+
+Instruction = Send | Publish | Spawn | Kill | Terminate | Greet | Subscribe
 
 
 @dataclass
@@ -48,25 +133,93 @@ class ClientRecord:
 
 
 class NodeState:
-    """Workers, clients and peers of one node."""
+    """Workers, clients, peers, health, load and timers of one node."""
 
-    def __init__(self, settings: NodeSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: NodeSettings, bound: Bound) -> None:
+        self.settings = settings  # its name resolved (see fabric.node.loop.default_name)
+        self.bound = bound
         self.workers: dict[bytes, WorkerRecord] = {}
         self.clients: dict[bytes, ClientRecord] = {}
         self.peers = Membership(settings.liveness_s)
-        self.load = LoadMonitor()
+        self.health = WorkerHealth(settings.memory_limit_mb, settings.liveness_s)
+        self.greeted: dict[str, None] = {}  # control endpoints said PEER_HELLO to, in order
+        self.subscribed: set[str] = set()
+        self.load = MachineLoad(0.0, 0.0)
         self.accepting = True
+        self.tasks_per_s = 0.0
         self.lost_done = 0  # tasks done by workers that have since exited
         self.lost_failed = 0
-        self.cache = StoreStats(0, 0, 0, 0, 0)  # refreshed by the loop at each heartbeat
+        self.cache = StoreStats(0, 0, 0, 0, 0)  # as of the last heartbeat
+        self.stopping = False
+        self.next_beat = self.next_health = 0.0
+        self._rate_at = 0.0
+        self._rate_done = 0
+        self._last_busy = 0.0  # the last wake-up that found something to do
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Instruction]:
+        """Spawn the workers and greet the seeds; a heartbeat and a health check are due at once."""
+        self.next_beat = self.next_health = self._rate_at = now
+        spawns: list[Instruction] = [Spawn() for _ in range(self.settings.workers)]
+        return spawns + self._greet(seed for seed in self.settings.seeds if seed != self.bound.control)
+
+    def leaving(self) -> list[Instruction]:
+        """Graceful stop: every client re-queues what this node's workers hold, and
+        the workers stop (those still starting by signal)."""
+        self.stopping = True
+        out: list[Instruction] = [Send(client_id, NodeLeaving(self.bound.node_id)) for client_id in self.clients]
+        for record in self.workers.values():
+            out.append(Send(record.worker_id, Shutdown()) if record.up else Terminate(record.worker_id))
+        return out
+
+    def next_deadline(self, now: float, store_pending: int) -> float:
+        """When the loop must wake up at the latest: the next heartbeat or health
+        check, or soon when cache entries wait (quiet moments go to writing them)."""
+        deadline = min(self.next_beat, self.next_health)
+        return min(deadline, now + STORE_IDLE_S) if store_pending else deadline
+
+    def entries_to_flush(self, pending: int, pending_bytes: int, quiet: bool, now: float) -> int:
+        """How many cache entries to write to disk now (``quiet``: the last wait
+        found nothing to do).  Writes wait until the node has been quiet for
+        ``STORE_IDLE_S``, so lookups never queue behind them, unless too many pile up."""
+        if not quiet:
+            self._last_busy = now
+        if not pending:
+            return 0
+        idle = quiet and now - self._last_busy >= STORE_IDLE_S
+        backlog = pending > STORE_MAX_PENDING or pending_bytes > STORE_MAX_PENDING_BYTES
+        return STORE_FLUSH_BATCH if idle or backlog else 0
+
+    # -- messages --------------------------------------------------------------------
+
+    def on_message(self, sender: bytes, msg: Message, now: float) -> list[Instruction]:
+        """A message on the control ROUTER (the loop serves the cache's from its store)."""
+        match msg:
+            case WorkerReport():
+                self.worker_report(sender, msg)
+            case WorkerUp():
+                return self.worker_up(sender)
+            case Hello():
+                return self.client_hello(msg, now)
+            case Goodbye():
+                return self.client_goodbye(msg.client_id)
+            case PeerHello():
+                return [*self._subscribe(msg.pub), Send(sender, self.heartbeat(now))]
+            case Status():
+                return [Send(sender, StatusReply([s.to_info() for s in self.status(now)]))]
+            case Shutdown() if self.settings.owner_pid is not None:  # only an embedded node obeys
+                self.stopping = True
+            case _:
+                log.warning("node %s: unexpected %s from %r", self.settings.name, type(msg).__name__, sender)
+        return []
 
     # -- workers -------------------------------------------------------------------
 
     def worker_spawned(self, worker_id: bytes, pid: int) -> None:
         self.workers[worker_id] = WorkerRecord(worker_id, pid)
 
-    def worker_up(self, worker_id: bytes) -> Outbox:
+    def worker_up(self, worker_id: bytes) -> list[Instruction]:
         record = self.workers.get(worker_id)
         if record is None or record.up:
             return []
@@ -78,76 +231,134 @@ class NodeState:
         if record is not None:
             record.report = report
 
-    def worker_exited(self, worker_id: bytes, exitcode: int, reason: str = "") -> Outbox:
+    def worker_exited(self, worker_id: bytes, exitcode: int) -> list[Instruction]:
+        """Tell the worker's clients which worker died and why; replace it unless stopping."""
+        reason = self.health.exit_reason(worker_id, exitcode)
         record = self.workers.pop(worker_id, None)
         if record is None:
             return []
+        if not self.stopping:
+            log.log(logging.INFO if exitcode == 0 else logging.WARNING, "node %s: worker %s %s",
+                    self.settings.name, worker_id.decode(), reason)
         self.lost_done += record.report.done
         self.lost_failed += record.report.failed
-        lost = WorkerLost(worker_id, exitcode, reason or describe_exit(exitcode))
-        return [(client_id, lost) for client_id in record.clients if client_id in self.clients]
+        lost = WorkerLost(worker_id, exitcode, reason)
+        out: list[Instruction] = [Send(client_id, lost) for client_id in record.clients if client_id in self.clients]
+        return out if self.stopping else [*out, Spawn()]
 
-    def _attach(self, record: WorkerRecord, hello: Hello) -> tuple[bytes, Message]:
+    def health_due(self, now: float) -> bool:
+        return now >= self.next_health
+
+    def check_workers(self, readings: Mapping[bytes, WorkerReading], now: float) -> list[Kill]:
+        """Workers over their memory limit, or stopped for longer than the liveness timeout, are killed."""
+        self.next_health = now + HEALTH_CHECK_S
+        return self.health.check(readings, now)
+
+    def _attach(self, record: WorkerRecord, hello: Hello) -> Send:
         record.clients.add(hello.client_id)
-        settings = self.settings
         attach = Attach(
-            hello.client_id, hello.ventilator, hello.sink, settings.credits, settings.node_id, hello.max_message_bytes
+            hello.client_id, hello.ventilator, hello.sink, self.settings.prefetch, self.bound.node_id,
+            hello.max_message_bytes,
         )
-        return record.worker_id, attach
+        return Send(record.worker_id, attach)
 
     # -- clients -------------------------------------------------------------------
 
-    def client_hello(self, hello: Hello, now: float) -> Outbox:
+    def client_hello(self, hello: Hello, now: float) -> list[Instruction]:
         """A new client gets this node's heartbeat and its workers; a known one
         is only marked alive (HELLO doubles as the client's heartbeat)."""
         known = self.clients.get(hello.client_id)
         self.clients[hello.client_id] = ClientRecord(hello, now)
         if known is not None and known.hello == hello:
             return []
-        out: Outbox = [(hello.client_id, self.heartbeat(now))]
+        out: list[Instruction] = [Send(hello.client_id, self.heartbeat(now))]
         out += [self._attach(record, hello) for record in self.workers.values() if record.up]
         return out
 
-    def client_goodbye(self, client_id: bytes) -> Outbox:
+    def client_goodbye(self, client_id: bytes) -> list[Instruction]:
         if self.clients.pop(client_id, None) is None:
             return []
-        out: Outbox = []
+        out: list[Instruction] = []
         for record in self.workers.values():
             if client_id in record.clients:
                 record.clients.discard(client_id)
-                out.append((record.worker_id, Detach(client_id)))
+                out.append(Send(record.worker_id, Detach(client_id)))
         return out
 
-    def expire_clients(self, now: float) -> Outbox:
+    def expire_clients(self, now: float) -> list[Instruction]:
         """Forget clients silent for longer than the liveness timeout."""
         dead = [cid for cid, c in self.clients.items() if now - c.last_seen > self.settings.liveness_s]
-        return [msg for client_id in dead for msg in self.client_goodbye(client_id)]
+        return [instruction for client_id in dead for instruction in self.client_goodbye(client_id)]
 
-    def leaving(self) -> Outbox:
-        """Graceful stop: every client re-queues what this node's workers hold."""
-        return [(client_id, NodeLeaving(self.settings.node_id)) for client_id in self.clients]
+    # -- heartbeats and peers ------------------------------------------------------------
 
-    # -- heartbeats ------------------------------------------------------------------
+    def beat_due(self, now: float) -> bool:
+        return now >= self.next_beat
 
-    def sample_load(self, now: float) -> None:
-        self.load.sample(self.stats().done, now)
+    def beat(self, load: MachineLoad, cache: StoreStats, now: float) -> list[Instruction]:
+        """Each heartbeat interval: take the load readings (and pause above
+        ``max_load``), forget silent clients and peers, greet again the peers
+        not heard from, and publish the heartbeat."""
+        self.next_beat = now + self.settings.heartbeat_interval_s
+        self.load, self.cache = load, cache
+        done = self.stats().done
+        if now > self._rate_at:
+            self.tasks_per_s = (done - self._rate_done) / (now - self._rate_at)
+        self._rate_at, self._rate_done = now, done
         # Below the limit to take work (0 drains a node); 100 % never pauses.
-        self.accepting = self.settings.max_load >= 100 or self.load.cpu_percent < self.settings.max_load
+        self.accepting = self.settings.max_load >= 100 or load.cpu_percent < self.settings.max_load
+        out = self.expire_clients(now)
+        for lost in self.peers.expire(now):
+            log.info("node %s: peer %s silent for %.1f s, declared dead", self.settings.name, lost.name,
+                     self.settings.liveness_s)
+        heard = {p.control for p in self.peers.nodes.values()}
+        out += self._greet(control for control in list(self.greeted) if control not in heard)
+        out.append(Publish(self.heartbeat(now)))
+        return out
+
+    def peer_heard(self, stats: NodeStats, now: float) -> list[Instruction]:
+        """Record a peer's heartbeat; subscribe to, and greet, the nodes not known
+        yet: the peer itself or any it names."""
+        if stats.node_id == self.bound.node_id:
+            return []
+        is_new = self.peers.observe(stats, now)
+        known = {(p.control, p.pub) for p in self.peers.nodes.values()} | {(self.bound.control, self.bound.pub)}
+        found = [(stats.control, stats.pub)] if is_new else []
+        found += [pair for pair in stats.peers if pair not in known]
+        out: list[Instruction] = []
+        for control, pub in found:
+            out += self._subscribe(pub)
+            if control not in self.greeted:
+                out += self._greet([control])
+        return out
+
+    def _greet(self, controls: Iterable[str]) -> list[Instruction]:
+        out: list[Instruction] = []
+        for control in controls:
+            self.greeted[control] = None
+            out.append(Greet(control))
+        return out
+
+    def _subscribe(self, pub: str) -> list[Instruction]:
+        if pub in self.subscribed or pub == self.bound.pub:
+            return []
+        self.subscribed.add(pub)
+        return [Subscribe(pub)]
 
     def stats(self) -> NodeStats:
-        s = self.settings
+        s, bound = self.settings, self.bound
         reports = [(r, r.report) for r in self.workers.values()]
         return NodeStats(
-            node_id=s.node_id,
+            node_id=bound.node_id,
             name=s.name,
-            control=s.control,
-            pub=s.pub,
+            control=bound.control,
+            pub=bound.pub,
             workers=sum(1 for r in self.workers.values() if r.up),
             busy=sum(1 for _, rep in reports if rep.running),
             accepting=self.accepting,
             done=self.lost_done + sum(rep.done for _, rep in reports),
             failed=self.lost_failed + sum(rep.failed for _, rep in reports),
-            tasks_per_s=self.load.tasks_per_s,
+            tasks_per_s=self.tasks_per_s,
             cpu_percent=self.load.cpu_percent,
             memory_percent=self.load.memory_percent,
             max_load=s.max_load,
@@ -156,7 +367,7 @@ class NodeState:
             cache_bytes=self.cache.bytes,
             cache_hits=self.cache.hits,
             cache_misses=self.cache.misses,
-            cache_weight=s.cache_weight,
+            cache_weight=max(1, s.cache.max_bytes >> 20),
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
             per_worker=tuple(
                 WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running)
@@ -165,27 +376,7 @@ class NodeState:
         )
 
     def heartbeat(self, now: float) -> Heartbeat:
-        return Heartbeat(self.settings.node_id, self.stats().to_info())
-
-    def peer_heard(self, stats: NodeStats, now: float) -> list[tuple[str, str]]:
-        """Record a peer's heartbeat; return (control, pub) of nodes not known
-        yet, the peer itself or any it names, for the loop to subscribe to."""
-        if stats.node_id == self.settings.node_id:
-            return []
-        is_new = self.peers.observe(stats, now)
-        known = {(p.control, p.pub) for p in self.peers.nodes.values()} | {(self.settings.control, self.settings.pub)}
-        found = [(stats.control, stats.pub)] if is_new else []
-        found += [pair for pair in stats.peers if pair not in known]
-        return found
+        return Heartbeat(self.bound.node_id, self.stats().to_info())
 
     def status(self, now: float) -> list[NodeStats]:
         return [self.stats(), *self.peers.snapshot(now)]
-
-
-def describe_exit(exitcode: int) -> str:
-    if exitcode < 0:
-        try:
-            return f"killed by signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"

@@ -1,26 +1,75 @@
-"""The node's decisions: attachments, deaths, client liveness, peers, statistics."""
+"""The node's decisions, driven with fake readings and a fake clock: attachments,
+deaths and restarts, client liveness, peers, worker health, load, cache writes."""
+
+from dataclasses import replace
 
 from fabric.cluster.stats import NodeStats
-from fabric.node.state import NodeSettings, NodeState, describe_exit
-from fabric.wire.protocol import Attach, Detach, Heartbeat, Hello, NodeLeaving, WorkerLost, WorkerReport
+from fabric.config import NodeSettings
+from fabric.node.health import Kill, WorkerReading, describe_exit
+from fabric.node.state import (
+    HEALTH_CHECK_S,
+    STORE_FLUSH_BATCH,
+    STORE_IDLE_S,
+    STORE_MAX_PENDING,
+    STORE_MAX_PENDING_BYTES,
+    Bound,
+    Greet,
+    MachineLoad,
+    NodeState,
+    Publish,
+    Send,
+    Spawn,
+    Subscribe,
+    Terminate,
+)
+from fabric.node.store import StoreStats
+from fabric.wire.protocol import (
+    Attach,
+    Detach,
+    Heartbeat,
+    Hello,
+    NodeLeaving,
+    PeerHello,
+    Shutdown,
+    Status,
+    StatusReply,
+    WorkerLost,
+    WorkerReport,
+)
 
 HELLO = Hello(b"c-1", "ipc:///v", "ipc:///s", 1024)
-SETTINGS = NodeSettings(b"n-1", "alpha", "tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101", 3, 100.0, 3.0)
+SETTINGS = NodeSettings(name="alpha", workers=2, prefetch=3, memory_limit_mb=100, liveness_s=3.0)
+BOUND = Bound(b"n-1", "tcp://127.0.0.1:7100", "tcp://127.0.0.1:7101")
+MB = 1 << 20
+RUNNING = WorkerReading(stopped=False, rss=50 * MB)
+STOPPED = WorkerReading(stopped=True, rss=50 * MB)
+NO_CACHE = StoreStats(0, 0, 0, 0, 0)
 
 
-def node_with_worker():
-    state = NodeState(SETTINGS)
+def node(**settings):
+    return NodeState(replace(SETTINGS, **settings), BOUND)
+
+
+def node_with_worker(**settings):
+    state = node(**settings)
     state.worker_spawned(b"w-1", 10)
     state.worker_up(b"w-1")
     return state
 
 
+def test_start_spawns_the_workers_and_greets_the_seeds_but_itself():
+    state = node(seeds=("tcp://b:1", BOUND.control, "tcp://c:1"))
+    assert state.start(now=5.0) == [Spawn(), Spawn(), Greet("tcp://b:1"), Greet("tcp://c:1")]
+    assert state.health_due(5.0) and state.beat_due(5.0)  # both at once
+
+
 def test_workers_attach_to_clients_in_either_order():
-    state = NodeState(SETTINGS)
+    state = node()
     state.worker_spawned(b"w-1", 10)
-    out = state.client_hello(HELLO, now=0.0)
-    assert [type(m) for _, m in out] == [Heartbeat]  # the worker is not up yet
-    assert state.worker_up(b"w-1") == [(b"w-1", Attach(b"c-1", "ipc:///v", "ipc:///s", 3, b"n-1", 1024))]
+    out = state.on_message(b"c-1", HELLO, now=0.0)
+    assert [type(i.msg) for i in out] == [Heartbeat]  # the worker is not up yet
+    attach = Send(b"w-1", Attach(b"c-1", "ipc:///v", "ipc:///s", 3, b"n-1", 1024))  # credits: the prefetch
+    assert state.worker_up(b"w-1") == [attach]
     assert state.worker_up(b"w-1") == []  # a repeated WORKER_UP changes nothing
 
 
@@ -29,29 +78,50 @@ def test_hello_is_also_the_clients_heartbeat():
     assert len(state.client_hello(HELLO, now=0.0)) == 2
     assert state.client_hello(HELLO, now=2.0) == []  # known: only marked alive
     assert state.expire_clients(now=4.9) == []
-    assert state.expire_clients(now=5.1) == [(b"w-1", Detach(b"c-1"))]
+    assert state.expire_clients(now=5.1) == [Send(b"w-1", Detach(b"c-1"))]
     assert state.clients == {}
 
 
-def test_death_is_reported_to_attached_clients_only():
+def test_a_dead_worker_is_reported_to_its_clients_and_replaced():
     state = node_with_worker()
     state.client_hello(HELLO, now=0.0)
-    assert state.worker_exited(b"w-1", -9) == [(b"c-1", WorkerLost(b"w-1", -9, "killed by signal SIGKILL"))]
-    assert state.worker_exited(b"w-1", -9) == []
+    lost = WorkerLost(b"w-1", -9, "killed by signal SIGKILL")
+    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", lost), Spawn()]
+    assert state.worker_exited(b"w-1", -9) == []  # once
+
+
+def test_no_restart_once_the_node_is_leaving():
+    state = node_with_worker()
+    state.worker_spawned(b"w-2", 11)  # still starting
+    state.client_hello(HELLO, now=0.0)
+    assert state.leaving() == [Send(b"c-1", NodeLeaving(b"n-1")), Send(b"w-1", Shutdown()), Terminate(b"w-2")]
+    assert state.worker_exited(b"w-1", 0) == [Send(b"c-1", WorkerLost(b"w-1", 0, "exited with code 0"))]
 
 
 def test_goodbye_detaches():
     state = node_with_worker()
     state.client_hello(HELLO, now=0.0)
-    assert state.client_goodbye(b"c-1") == [(b"w-1", Detach(b"c-1"))]
+    assert state.client_goodbye(b"c-1") == [Send(b"w-1", Detach(b"c-1"))]
     assert state.client_goodbye(b"c-1") == []
-    assert state.worker_exited(b"w-1", 0) == []
+    assert state.worker_exited(b"w-1", 0) == [Spawn()]
 
 
-def test_leaving_tells_every_client():
-    state = node_with_worker()
-    state.client_hello(HELLO, now=0.0)
-    assert state.leaving() == [(b"c-1", NodeLeaving(b"n-1"))]
+def test_only_an_embedded_node_obeys_shutdown():
+    daemon = node()
+    assert daemon.on_message(b"x", Shutdown(), now=0.0) == [] and not daemon.stopping
+    embedded = node(owner_pid=4242)
+    assert embedded.on_message(b"c-1", Shutdown(), now=0.0) == [] and embedded.stopping
+
+
+def test_status_and_peer_hello_are_answered_on_the_control_socket():
+    state = node()
+    [reply] = state.on_message(b"cli", Status(), now=0.0)
+    assert reply.to == b"cli" and [n["name"] for n in reply.msg.nodes] == ["alpha"]
+    assert isinstance(reply.msg, StatusReply)
+    out = state.on_message(b"n-2", PeerHello(b"n-2", "tcp://b:1", "tcp://b:2"), now=0.0)
+    assert out == [Subscribe("tcp://b:2"), Send(b"n-2", state.heartbeat(0.0))]
+    assert state.on_message(b"n-2", PeerHello(b"n-2", "tcp://b:1", "tcp://b:2"), now=1.0)[0] == Send(
+        b"n-2", state.heartbeat(1.0))  # subscribed once
 
 
 def test_statistics_survive_worker_restarts():
@@ -73,30 +143,141 @@ def test_heartbeat_round_trips_through_its_info_map():
     assert NodeStats.from_info(beat.info) == state.stats()
 
 
+# -- worker health: memory limit, SIGSTOP ----------------------------------------------
+
+
+def test_a_worker_over_its_memory_limit_is_killed_once_and_its_clients_told_why():
+    state = node_with_worker()
+    state.client_hello(HELLO, now=0.0)
+    assert state.check_workers({b"w-1": RUNNING}, now=0.0) == []
+    why = "exceeded its memory limit of 100 MB (RSS 150 MB)"
+    assert state.check_workers({b"w-1": WorkerReading(False, 150 * MB)}, now=0.2) == [Kill(b"w-1", why)]
+    assert state.check_workers({b"w-1": WorkerReading(False, 150 * MB)}, now=0.4) == []  # dying: named once
+    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", WorkerLost(b"w-1", -9, why)), Spawn()]
+
+
+def test_no_memory_limit_kills_nothing():
+    state = node_with_worker(memory_limit_mb=0)
+    assert state.check_workers({b"w-1": WorkerReading(False, 1 << 40)}, now=0.0) == []
+
+
+def test_a_worker_stopped_longer_than_the_liveness_timeout_is_killed():
+    state = node_with_worker()
+    assert state.check_workers({b"w-1": STOPPED}, now=10.0) == []
+    assert state.check_workers({b"w-1": STOPPED}, now=12.9) == []
+    assert state.check_workers({b"w-1": RUNNING}, now=13.0) == []  # SIGCONT: the count starts again
+    assert state.check_workers({b"w-1": STOPPED}, now=13.5) == []
+    assert state.check_workers({b"w-1": STOPPED}, now=16.4) == []
+    why = "was stopped (hung) for more than 3.0 s"
+    assert state.check_workers({b"w-1": STOPPED}, now=16.6) == [Kill(b"w-1", why)]
+    assert state.worker_exited(b"w-1", -9) == [Spawn()]  # no client to tell
+
+
+def test_health_checks_come_every_interval():
+    state = node_with_worker()
+    state.start(now=0.0)
+    state.check_workers({}, now=0.0)
+    assert not state.health_due(HEALTH_CHECK_S - 0.01)
+    assert state.health_due(HEALTH_CHECK_S)
+
+
+# -- heartbeats: load, expiry, greeting --------------------------------------------------
+
+
+def test_over_the_load_limit_takes_no_work_until_it_falls_below():
+    state = node_with_worker(max_load=90.0)
+    state.start(now=0.0)
+    state.beat(MachineLoad(cpu_percent=95.0, memory_percent=40.0), NO_CACHE, now=0.0)
+    stats = state.stats()
+    assert (stats.accepting, stats.cpu_percent, stats.memory_percent) == (False, 95.0, 40.0)
+    state.beat(MachineLoad(cpu_percent=89.0, memory_percent=40.0), NO_CACHE, now=1.0)
+    assert state.stats().accepting
+
+
+def test_a_limit_of_100_never_pauses_and_0_drains():
+    full = node_with_worker(max_load=100.0)
+    full.beat(MachineLoad(100.0, 100.0), NO_CACHE, now=0.0)
+    assert full.stats().accepting
+    drained = node_with_worker(max_load=0.0)
+    drained.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=0.0)
+    assert not drained.stats().accepting
+
+
+def test_a_beat_publishes_the_heartbeat_with_the_task_rate_and_cache():
+    state = node_with_worker()
+    state.start(now=0.0)
+    state.worker_report(b"w-1", WorkerReport(50, 0, 0.5, False))
+    cache = StoreStats(7, 700, 3, 1, 0)
+    out = state.beat(MachineLoad(10.0, 20.0), cache, now=2.0)
+    assert out == [Publish(state.heartbeat(2.0))]
+    stats = NodeStats.from_info(out[0].msg.info)
+    assert (stats.tasks_per_s, stats.cache_entries, stats.cache_hits) == (25.0, 7, 3)
+    assert not state.beat_due(2.0 + SETTINGS.heartbeat_interval_s - 0.01)
+    assert state.beat_due(2.0 + SETTINGS.heartbeat_interval_s)
+
+
+def test_a_beat_forgets_silent_clients():
+    state = node_with_worker()
+    state.client_hello(HELLO, now=0.0)
+    assert state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=3.5)[:-1] == [Send(b"w-1", Detach(b"c-1"))]
+
+
 def peer(name, control, pub, peers=()):
     return NodeStats(node_id=name.encode(), name=name, control=control, pub=pub, peers=peers)
 
 
 def test_peers_spread_from_heartbeats():
-    state = NodeState(SETTINGS)
-    beta = peer("beta", "tcp://b:1", "tcp://b:2", peers=(("tcp://c:1", "tcp://c:2"), (SETTINGS.control, SETTINGS.pub)))
-    assert state.peer_heard(beta, now=0.0) == [("tcp://b:1", "tcp://b:2"), ("tcp://c:1", "tcp://c:2")]
-    assert state.peer_heard(beta, now=1.0) == [("tcp://c:1", "tcp://c:2")]  # until gamma is heard itself
+    state = node()
+    beta = peer("beta", "tcp://b:1", "tcp://b:2", peers=(("tcp://c:1", "tcp://c:2"), (BOUND.control, BOUND.pub)))
+    assert state.peer_heard(beta, now=0.0) == [
+        Subscribe("tcp://b:2"), Greet("tcp://b:1"), Subscribe("tcp://c:2"), Greet("tcp://c:1"),
+    ]
+    assert state.peer_heard(beta, now=1.0) == []  # gamma is subscribed to and greeted already
     state.peer_heard(peer("gamma", "tcp://c:1", "tcp://c:2"), now=1.0)
     assert state.peer_heard(beta, now=2.0) == []
     assert {s.name for s in state.status(now=2.0)} == {"alpha", "beta", "gamma"}
     assert [s.name for s in state.peers.expire(now=4.5)] == ["gamma"]  # silent since 1.0
 
 
+def test_a_beat_greets_again_the_peers_not_heard_from():
+    state = node(seeds=("tcp://b:1",))
+    state.start(now=0.0)
+    load = MachineLoad(0.0, 0.0)
+    assert state.beat(load, NO_CACHE, now=0.0)[:-1] == [Greet("tcp://b:1")]  # a seed not heard from yet
+    state.peer_heard(peer("beta", "tcp://b:1", "tcp://b:2"), now=0.5)
+    assert state.beat(load, NO_CACHE, now=1.0)[:-1] == []
+    assert state.beat(load, NO_CACHE, now=4.0)[:-1] == [Greet("tcp://b:1")]  # beta declared dead at 3.5+
+
+
 def test_own_heartbeat_is_not_a_peer():
-    state = NodeState(SETTINGS)
+    state = node()
     assert state.peer_heard(state.stats(), now=0.0) == []
 
 
-def test_over_the_load_limit_takes_no_work():
-    state = NodeState(NodeSettings(b"n-1", "alpha", "c", "p", 2, max_load=-1.0, liveness_s=3.0))
-    state.sample_load(now=1.0)
-    assert state.stats().accepting is False
+# -- the cache shard's writes and the loop's deadline ------------------------------------
+
+
+def test_cache_writes_wait_for_a_quiet_moment():
+    state = node()
+    assert state.entries_to_flush(0, 0, quiet=True, now=10.0) == 0  # nothing pending
+    assert state.entries_to_flush(5, 500, quiet=False, now=10.0) == 0  # busy
+    assert state.entries_to_flush(5, 500, quiet=True, now=10.0 + STORE_IDLE_S * 0.9) == 0  # not quiet for long
+    assert state.entries_to_flush(5, 500, quiet=True, now=10.0 + STORE_IDLE_S * 1.1) == STORE_FLUSH_BATCH
+
+
+def test_cache_writes_go_even_when_busy_once_too_many_wait():
+    state = node()
+    assert state.entries_to_flush(STORE_MAX_PENDING + 1, 0, quiet=False, now=1.0) == STORE_FLUSH_BATCH
+    assert state.entries_to_flush(1, STORE_MAX_PENDING_BYTES + 1, quiet=False, now=1.0) == STORE_FLUSH_BATCH
+
+
+def test_the_deadline_is_the_next_beat_or_health_check_or_soon_with_writes_pending():
+    state = node_with_worker()
+    state.start(now=0.0)
+    state.check_workers({}, now=0.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=0.0)
+    assert state.next_deadline(now=0.0, store_pending=0) == HEALTH_CHECK_S
+    assert state.next_deadline(now=0.0, store_pending=1) == STORE_IDLE_S
 
 
 def test_exit_descriptions():
