@@ -109,9 +109,8 @@ class Node:
         bound = Bound(new_id("n"), control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT))
         self.state = NodeState(settings, bound)
         cache = settings.cache
-        self.store = ResultStore(
-            cache.shard_path(settings.name), max_entries=cache.max_entries, max_bytes=cache.max_bytes
-        )
+        self.store = ResultStore(cache.shard_path(settings.name), max_entries=cache.max_entries,
+                                 max_bytes=cache.max_bytes)
         self.poller = zmq.Poller()
         for sock in (self.router, self.sub, incoming):
             self.poller.register(sock, zmq.POLLIN)
