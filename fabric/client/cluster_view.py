@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats
@@ -149,11 +149,15 @@ class ClusterView:
         return self.membership.nodes.values()
 
     def nodes(self, now: float) -> list[NodeStats]:
-        """The live nodes' latest heartbeats, with their age."""
-        return self.membership.snapshot(now)
+        """The live nodes' latest heartbeats, with their age.  From any thread: the
+        tables are copied in one step each (a dict copy holds the GIL), so a node
+        joining meanwhile cannot break the iteration."""
+        seen = self.membership.last_seen.copy()
+        live = list(self.membership.nodes.values())
+        return [replace(stats, age_s=now - seen.get(stats.node_id, now)) for stats in live]
 
     def reported_workers(self) -> int:
-        """Workers the live nodes report (any thread: the values are copied at once)."""
+        """Workers the live nodes report (from any thread, as ``nodes``)."""
         return sum(stats.workers for stats in list(self.membership.nodes.values()))
 
 

@@ -61,6 +61,7 @@ from ..wire.protocol import (
 from ..wire.security import ClusterKey
 from .cache import CacheClient
 from .cluster_view import Actions, ClusterView
+from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class IOLoop:
         self.handshakes = security.HandshakeWatch()
         self.view = ClusterView(heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe)
         self.max_message_bytes = max_message_bytes
-        self.cache = CacheClient(self, cache_replicas, connect_timeout_s)
+        self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s)
         self.vent = self._router()
         self.sink = self._router()
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
@@ -158,8 +159,13 @@ class IOLoop:
         """Workers attached to this client or, before the first attaches, those the nodes report."""
         return self.ventilator.workers or self.view.reported_workers()
 
-    def nodes(self) -> list[NodeStats]:
-        return self.view.nodes(time.monotonic())
+    def statistics(self) -> FabricStatistics:
+        """A snapshot for ``fx.statistics()`` (racy reads of counters are fine)."""
+        nodes = self.view.nodes(time.monotonic())
+        return FabricStatistics(
+            tuple(nodes), self.workers(), CacheStats.of(nodes, self.cache.hits, self.cache.misses),
+            self.duplicates, self.malformed,
+        )
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until nothing is queued or in flight."""

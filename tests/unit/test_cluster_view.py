@@ -59,6 +59,7 @@ def test_a_silent_node_is_lost_after_the_liveness_timeout():
     view.tick(0.0, 2, never_asked)
     view.heartbeat(heartbeat("b"), now=2.0)
     view.tick(2.5, 2, never_asked)
+    assert [(n.name, n.age_s) for n in view.nodes(2.5)] == [("a", 2.5), ("b", 0.5)]
     assert view.next_deadline() == LIVENESS_S  # a's expiry (3.0) comes before the next HELLO (3.5)
     assert not view.tick(LIVENESS_S, 2, never_asked).lost  # silent for exactly the timeout: still alive
     actions = view.tick(LIVENESS_S + 0.01, 2, never_asked)
