@@ -54,9 +54,6 @@ class Actions:
     starved: NoNodesError | None = None  # fail every queued batch with this
 
 
-NOTHING = Actions()
-
-
 class ClusterView:
     """Membership, greetings, liveness, load pauses and starvation of one client."""
 
@@ -83,7 +80,7 @@ class ClusterView:
         """A node's heartbeat, on the SUB or as the reply to HELLO."""
         previous = self.membership.nodes.get(stats.node_id)
         is_new = self.membership.observe(stats, now)
-        back = stats.node_id in self.declared_dead  # so not a member until now: is_new
+        back = stats.node_id in self.declared_dead  # expired, so a member again only from now
         self.declared_dead.discard(stats.node_id)
         was_accepting = previous.accepting if previous is not None else True
         changed = () if stats.accepting == was_accepting else (stats.node_id,)
