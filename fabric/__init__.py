@@ -19,7 +19,6 @@ from .errors import (
     ClosedError,
     FabricError,
     NoNodesError,
-    ProtocolError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -30,28 +29,35 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .client.cache import CacheStats, cached
+    from .client.cache import FabricCache, cached
     from .client.executor import Fabric, connect
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
+    from .client.options import TaskOptions
+    from .client.statistics import CacheStats, FabricStatistics
+    from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
     from .errors import ConfigError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "CacheStats": "client.cache", "cached": "client.cache",
+    "FabricCache": "client.cache", "cached": "client.cache",
     "Fabric": "client.executor", "connect": "client.executor",
     "ConfigError": "errors",
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
+    "TaskOptions": "client.options",
+    "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
+    "FabricView": "client.submission",
     "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
 }
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CacheKeyError", "CacheStats", "ClosedError",
-    "ConfigError", "Fabric", "FabricError", "Future", "NoNodesError", "NodeStats", "ProtocolError", "RemoteError",
-    "RemoteTraceback", "SerializationError", "StoreError", "TaskTimeoutError", "WorkerCrashedError",
-    "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "wait",
+    "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
+    "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
+    "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
+    "cached", "connect", "wait",
 ]
 
 

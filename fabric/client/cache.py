@@ -17,6 +17,11 @@ change owner.  With ``replicas = 2`` an entry is also written to the next
 distinct node of the ring, which becomes its owner if the first one dies.
 A node sits on the ring by its name, not its per-start id, so a node that
 restarts (same name, same shard file) owns the keys its shard holds again.
+
+No socket here: :class:`CacheClient` is given the I/O loop's ``post`` (run
+this in the I/O thread) and ``send`` (one message on a node's control
+DEALER), and the loop calls its ``on_*``, ``nodes_changed``, ``node_lost``
+and ``expire`` methods.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -37,9 +42,7 @@ from ..cluster.stats import NodeStats
 from ..errors import CacheKeyError
 from ..wire.protocol import CacheClear, CacheCleared, CacheGet, CacheHits, CachePut, Message
 from .cache_key import call_key, function_digest, item_keys
-
-if TYPE_CHECKING:
-    from .io_loop import IOLoop
+from .statistics import CacheStats, FabricStatistics
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +68,20 @@ class Clearing:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass(frozen=True)
-class CacheStats:
-    """``fx.cache.stats()``: this client's hits and misses; entries and bytes
-    stored on each node (from their heartbeats)."""
-
-    hits: int
-    misses: int
-    entries: int
-    bytes: int
-    nodes: dict[str, dict[str, int]]
-
-
 class CacheClient:
     """Lookups, write-backs and clears, routed on the ring.  Caller threads call
-    ``lookup``/``store``/``clear``; everything else runs in the I/O thread."""
+    ``lookup``/``store``/``clear``; everything else runs in the I/O thread.
 
-    def __init__(self, io: IOLoop, replicas: int, timeout_s: float) -> None:
-        self.io = io
+    ``post(command)`` runs ``command`` in the I/O thread (False once it has
+    closed); ``send(node_id, message)`` sends on a live node's control socket
+    from the I/O thread (False if the node is unknown)."""
+
+    def __init__(
+        self, post: Callable[[Callable[[], None]], bool], send: Callable[[bytes, Message], bool], replicas: int,
+        timeout_s: float,
+    ) -> None:
+        self.post = post
+        self.send = send
         self.ring = CacheRing(replicas)
         self.timeout_s = timeout_s
         self.lookups: dict[int, Lookup] = {}  # request id -> lookup
@@ -100,7 +99,7 @@ class CacheClient:
         if not keys:
             return {}
         request = Lookup(keys, time.monotonic() + self.timeout_s)
-        if not self.io.post(lambda: self._start(request)):
+        if not self.post(lambda: self._start(request)):
             return {}
         request.done.wait(self.timeout_s + 1)
         found = dict(request.found)
@@ -112,25 +111,14 @@ class CacheClient:
         """Write results back to their owners (fire and forget)."""
         blobs = [pickle.dumps(v, protocol=5) for v in values]
         if keys:
-            self.io.post(lambda: self._put(fn_digest, keys, blobs))
+            self.post(lambda: self._put(fn_digest, keys, blobs))
 
     def clear(self, fn_digest: bytes) -> int:
         """Remove one function's entries (empty digest: all) from every node."""
         clearing = Clearing(time.monotonic() + self.timeout_s)
-        if self.io.post(lambda: self._start_clear(clearing, fn_digest)):
+        if self.post(lambda: self._start_clear(clearing, fn_digest)):
             clearing.done.wait(self.timeout_s + 1)
         return clearing.removed
-
-    def stats(self) -> CacheStats:
-        nodes = {
-            n.name: {"entries": n.cache_entries, "bytes": n.cache_bytes, "hits": n.cache_hits,
-                     "misses": n.cache_misses}
-            for n in self.io.nodes() if n.cache_weight > 0
-        }
-        return CacheStats(
-            self.hits, self.misses, sum(n["entries"] for n in nodes.values()), sum(n["bytes"] for n in nodes.values()),
-            nodes,
-        )
 
     # -- I/O thread -------------------------------------------------------------------
 
@@ -149,7 +137,7 @@ class CacheClient:
             by_owner.setdefault(self.ring.owners(key)[0], []).append(index)
         for node_id, indices in by_owner.items():
             request_id = next(_request_ids)
-            if self._send(node_id, CacheGet(request_id, [request.keys[i] for i in indices])):
+            if self.send(node_id, CacheGet(request_id, [request.keys[i] for i in indices])):
                 request.waiting[request_id] = (node_id, indices)
                 self.lookups[request_id] = request
         if not request.waiting:
@@ -164,21 +152,18 @@ class CacheClient:
                 by_node.setdefault(node_id, []).append(index)
         for node_id, indices in by_node.items():
             values = msgpack.packb([blobs[i] for i in indices], use_bin_type=True)
-            self._send(node_id, CachePut(fn_digest, [keys[i] for i in indices], [values]))
+            self.send(node_id, CachePut(fn_digest, [keys[i] for i in indices], [values]))
 
     def _start_clear(self, clearing: Clearing, fn_digest: bytes) -> None:
         if self._park(lambda: self._start_clear(clearing, fn_digest), clearing.done.set):
             return
         for node_id in self.ring.node_ids():
             request_id = next(_request_ids)
-            if self._send(node_id, CacheClear(request_id, fn_digest)):
+            if self.send(node_id, CacheClear(request_id, fn_digest)):
                 clearing.waiting.add(request_id)
                 self.clearings[request_id] = clearing
         if not clearing.waiting:
             clearing.done.set()
-
-    def _send(self, node_id: bytes, msg: Message) -> bool:
-        return self.io.send_to_node(node_id, msg)
 
     def on_hits(self, msg: CacheHits) -> None:
         request = self.lookups.pop(msg.request_id, None)
@@ -269,14 +254,20 @@ class CachedFunction:
 
 
 class FabricCache:
-    """``fx.cache``: statistics and clearing of the cluster's result cache."""
+    """``fx.cache``: the cluster's result cache, seen from this client.
 
-    def __init__(self, client: CacheClient) -> None:
+    Results of calls made with ``cache=True`` (or of ``@fabric.cached``
+    functions) are stored on the node that owns their key; this object
+    reports on them and forgets them.
+    """
+
+    def __init__(self, client: CacheClient, statistics: Callable[[], FabricStatistics]) -> None:
         self._client = client
+        self._statistics = statistics
 
     def stats(self) -> CacheStats:
-        """Hits and misses of this client; entries and bytes per node."""
-        return self._client.stats()
+        """``fx.statistics().cache``: this client's hits and misses; entries and bytes per node."""
+        return self._statistics().cache
 
     def clear(self, fn: Callable[..., Any] | None = None) -> int:
         """Forget the stored results of ``fn``, or of everything; returns how many."""

@@ -9,9 +9,11 @@ the sockets::
          ▲                                           │
          └──── Future.set_result / map stream ◄──────┘ results
 
-Per-call options (timeouts, retries, cache) will come through a view,
-``fx.options(...)``; ``submit`` passes every keyword to the function, exactly as
-``Executor.submit`` does.
+``submit`` passes every keyword to the function, exactly as
+``Executor.submit`` does, so per-call options (timeouts, retries, cache) go
+through a view: ``fx.options(task_timeout=5).submit(f, x)`` (a
+:class:`~fabric.FabricView`).  ``fx.statistics()`` reports what the client
+knows of the fabric as one frozen record.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import os
 import socket
 import uuid
 import weakref
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -37,13 +38,14 @@ from ..config import (
     is_loopback,
     load_config,
 )
-from ..errors import ClosedError, ConfigError, SerializationError
+from ..errors import ClosedError, ConfigError
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
 from .embedded import EmbeddedNode
 from .io_loop import IOLoop
 from .options import TaskOptions
-from .submission import FunctionShipper, TaskAPI
+from .statistics import FabricStatistics
+from .submission import FunctionShipper, Pipeline, TaskAPI
 
 __all__ = ["Fabric", "connect"]
 
@@ -140,18 +142,16 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     A :class:`concurrent.futures.Executor`: code written for
     ``ProcessPoolExecutor`` works unchanged.  Thread-safe.  ``submit``,
     ``map``, ``map_reduce`` and ``options`` come from
-    :class:`~fabric.client.submission.TaskAPI`.
+    :class:`~fabric.client.submission.TaskAPI`; ``cache`` is the result
+    cache (a :class:`~fabric.FabricCache`).
     """
 
     def __init__(
         self, controls: list[str], bind_where: str, config: ClusterConfig, key: ClusterKey | None = None, *,
         embedded: EmbeddedNode | None = None,
     ) -> None:
-        self._fabric = self
         self._task_options = TaskOptions()
-        self._config = config
         self._embedded = embedded
-        self._shipper = FunctionShipper(config.retries)
         self._context = zmq.Context()
         self._closed = False
         self.address = controls[0]
@@ -164,7 +164,11 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
                 connect_timeout_s=config.connect_timeout_s, max_message_bytes=config.max_message_bytes,
                 cache_replicas=config.cache.replicas, key=key,
             )
-            self.cache = FabricCache(self._io.cache)
+            self._pipeline = Pipeline(
+                self._io.post_batch, self._io.capacity, self._io.workers, self._check_open,
+                FunctionShipper(config.retries), self._io.cache, config.max_message_bytes,
+            )
+            self.cache = FabricCache(self._io.cache, self.statistics)
             for control in controls:
                 self._io.add_node(control, embedded.sentinel() if embedded else None)
             self._io.start()
@@ -173,19 +177,6 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._release_context()
             raise
         _open_fabrics.add(self)
-
-    # -- shared by the task API (fabric.client.submission) ---------------------------------
-
-    def _shipped(self, fn: Callable[..., Any], options: TaskOptions) -> tuple[bytes, bytes]:
-        return self._shipper.get(fn, options)
-
-    def _check_size(self, payload: list[Any], what: str) -> None:
-        size = sum(len(memoryview(frame)) for frame in payload)
-        if size > self._config.max_message_bytes:
-            raise SerializationError(
-                f"{what} serialize to {size:,} bytes, over max_message_bytes={self._config.max_message_bytes:,}; "
-                "raise it with connect(max_message_bytes=...) or in cluster.toml, or send a reference instead"
-            )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work, optionally cancel what has not started, and
@@ -211,15 +202,21 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._gatekeeper.stop()
         self._context.term()
 
-    # -- helpers ---------------------------------------------------------------------
+    # -- statistics ------------------------------------------------------------------
+
+    def statistics(self) -> FabricStatistics:
+        """What this client knows of the fabric, as one frozen record: the live
+        nodes (their latest heartbeats), the workers serving this client, the
+        result cache's figures and this client's counters.  No round trip."""
+        return self._io.statistics()
 
     def workers(self) -> int:
-        """Worker processes currently serving this client."""
-        return self._io.workers()
+        """``statistics().workers``: worker processes serving this client."""
+        return self.statistics().workers
 
-    def nodes(self) -> list[NodeStats]:
-        """The live nodes with their latest statistics (from their heartbeats)."""
-        return self._io.nodes()
+    def nodes(self) -> tuple[NodeStats, ...]:
+        """``statistics().nodes``: the live nodes, as their latest heartbeats describe them."""
+        return self.statistics().nodes
 
     def _check_open(self) -> None:
         if self._closed:

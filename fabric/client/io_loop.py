@@ -9,19 +9,19 @@
     sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ all of these, the wake
     control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
                               ◄── HEARTBEAT/WORKER_LOST/     │          │ node's exit sentinel;
-                                  NODE_LEAVING ─── node      │          │ timeout: next HELLO or
-    SUB ◄── HEARTBEAT ── every node's PUB                    └──────────┘ node expiry
+                                  NODE_LEAVING ─── node      │          │ timeout: the cluster
+    SUB ◄── HEARTBEAT ── every node's PUB                    └──────────┘ view's next deadline
 
 ZeroMQ sockets are not thread-safe, so user threads never touch them: they
 append a callable to a deque and write one byte to a pipe the poller watches
-(only when the loop is not already awake).  Decisions live in
-:class:`~fabric.client.ventilator.Ventilator` and :class:`~fabric.cluster.membership.Membership`;
-this loop moves frames and hands outcomes to each batch's owner (a map stream
-or a group of futures), the sink's job in the ZeroMQ guide's pipeline.
-
-Connecting to one node is enough: heartbeats name its peers, and the loop
-says HELLO to each, so their workers attach to this client too.  A node silent
-for the liveness timeout, or leaving, loses its workers' batches to the others.
+(only when the loop is not already awake).  Decisions live elsewhere, in
+classes without sockets: which batch goes to which worker in
+:class:`~fabric.client.ventilator.Ventilator`; whom to greet, which nodes are
+lost, paused or back, and when queued work has starved, in
+:class:`~fabric.client.cluster_view.ClusterView`; cache requests in
+:class:`~fabric.client.cache.CacheClient`.  This loop receives, asks them,
+performs what they return, and hands outcomes to each batch's owner (a map
+stream or a group of futures), the sink's job in the ZeroMQ guide's pipeline.
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
 
-from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
 from ..wire import security
@@ -61,6 +60,8 @@ from ..wire.protocol import (
 )
 from ..wire.security import ClusterKey
 from .cache import CacheClient
+from .cluster_view import Actions, ClusterView
+from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,10 @@ class IOLoop:
         self.context = context
         self.key = key
         self.ventilator = Ventilator(retries)
-        self.membership = Membership(liveness_s)
-        self.heartbeat_interval_s = heartbeat_interval_s
-        self.connect_timeout_s = connect_timeout_s
+        self.handshakes = security.HandshakeWatch()
+        self.view = ClusterView(heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe)
         self.max_message_bytes = max_message_bytes
-        self._starved_since: float | None = None  # work queued while no worker was known
-        self.cache = CacheClient(self, cache_replicas, connect_timeout_s)
+        self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s)
         self.vent = self._router()
         self.sink = self._router()
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
@@ -98,11 +97,8 @@ class IOLoop:
         security.join(self.sub, key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.subscribed: set[str] = set()
         self.controls: dict[str, zmq.Socket] = {}
-        self.handshakes = security.HandshakeWatch()
         self.embedded: dict[int, str] = {}  # exit sentinel -> control endpoint of an embedded node
-        self.declared_dead: set[bytes] = set()
         self.poller = zmq.Poller()
         for sock in (self.vent, self.sink, self.sub):
             self.poller.register(sock, zmq.POLLIN)
@@ -118,8 +114,7 @@ class IOLoop:
         self.duplicates = 0
         self.malformed = 0
         self._running = True
-        self._next_hello = time.monotonic()
-        self._deadline = self._next_hello  # of the next tick, unless the loop is busy
+        self._deadline = self.view.next_deadline()  # of the next tick, unless the loop is busy
         self._last_tick = -TICK_S
         self._data_plane = frozenset({self._wake_r, self.vent, self.sink})
         self.thread = threading.Thread(target=self._run, name="fabric-io", daemon=True)
@@ -161,10 +156,16 @@ class IOLoop:
         return self.ventilator.total_credits
 
     def workers(self) -> int:
-        return self.ventilator.workers or sum(n.workers for n in list(self.membership.nodes.values()))
+        """Workers attached to this client or, before the first attaches, those the nodes report."""
+        return self.ventilator.workers or self.view.reported_workers()
 
-    def nodes(self) -> list[NodeStats]:
-        return self.membership.snapshot(time.monotonic())
+    def statistics(self) -> FabricStatistics:
+        """A snapshot for ``fx.statistics()`` (racy reads of counters are fine)."""
+        nodes = self.view.nodes(time.monotonic())
+        return FabricStatistics(
+            tuple(nodes), self.workers(), CacheStats.of(nodes, self.cache.hits, self.cache.misses),
+            self.duplicates, self.malformed,
+        )
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until nothing is queued or in flight."""
@@ -180,10 +181,17 @@ class IOLoop:
     # -- nodes ------------------------------------------------------------------------
 
     def add_node(self, control: str, exit_sentinel: int | None = None) -> None:
-        """Say HELLO to a node's control ROUTER (from any thread before start,
-        from the I/O thread after)."""
-        if control not in self.controls:
-            sock = self.context.socket(zmq.DEALER)
+        """Connect to a node's control ROUTER and say HELLO (before ``start``)."""
+        self._perform(self.view.seed(control))
+        if exit_sentinel is not None:
+            self.embedded[exit_sentinel] = control
+            self.poller.register(exit_sentinel, zmq.POLLIN)
+
+    def _greet(self, control: str) -> None:
+        """Say HELLO on the node's control DEALER, connecting it first if new."""
+        sock = self.controls.get(control)
+        if sock is None:
+            sock = self.controls[control] = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, self.client_id)
             sock.setsockopt(zmq.LINGER, GOODBYE_LINGER_MS)
             sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
@@ -191,12 +199,8 @@ class IOLoop:
             security.join(sock, self.key)
             self.poller.register(self.handshakes.watch(sock, control), zmq.POLLIN)
             sock.connect(control)
-            self.controls[control] = sock
             self.poller.register(sock, zmq.POLLIN)
-            self._hello(sock)
-        if exit_sentinel is not None:
-            self.embedded[exit_sentinel] = control
-            self.poller.register(exit_sentinel, zmq.POLLIN)
+        self._hello(sock)
 
     def _hello(self, sock: zmq.Socket) -> None:
         self._say(sock, Hello(self.client_id, self.vent_endpoint, self.sink_endpoint, self.max_message_bytes))
@@ -210,15 +214,10 @@ class IOLoop:
         except zmq.Again:
             pass
 
-    def _subscribe(self, pub: str) -> None:
-        if pub not in self.subscribed:
-            self.subscribed.add(pub)
-            self.sub.connect(pub)
-
     def send_to_node(self, node_id: bytes, msg: Message) -> bool:
         """Send on a live node's control socket (I/O thread); False if unknown."""
-        stats = self.membership.nodes.get(node_id)
-        sock = self.controls.get(stats.control) if stats else None
+        control = self.view.control_of(node_id)
+        sock = self.controls.get(control) if control is not None else None
         if sock is None:
             return False
         try:
@@ -227,72 +226,44 @@ class IOLoop:
             return False
         return True
 
-    def _on_heartbeat(self, stats: NodeStats, now: float) -> None:
-        if self.membership.observe(stats, now):
-            self.cache.nodes_changed(self.membership.nodes.values())
-            self._subscribe(stats.pub)
-            self.add_node(stats.control)
-            if stats.node_id in self.declared_dead:  # back from the dead: its workers re-attach
-                self.declared_dead.discard(stats.node_id)
-                sock = self.controls[stats.control]
-                self._say(sock, Goodbye(self.client_id))
-                self._hello(sock)
-                log.info("client: node %s is back", stats.name)
-        for control, pub in stats.peers:
-            self._subscribe(pub)
-            self.add_node(control)
-        if stats.accepting:
-            self.ventilator.paused.discard(stats.node_id)
-        else:
-            self.ventilator.paused.add(stats.node_id)
+    def _perform(self, actions: Actions) -> None:
+        """Carry out what the cluster view decided, in the order of its fields."""
+        for pub in actions.subscribe:
+            self.sub.connect(pub)
+        for control in actions.greet:
+            self._greet(control)
+        for control in actions.rejoin:
+            log.info("client: node at %s is back; its workers re-attach", control)
+            self._say(self.controls[control], Goodbye(self.client_id))
+            self._hello(self.controls[control])
+        if actions.members_changed:
+            self.cache.nodes_changed(self.view.live_nodes())
+        for node_id, reason in actions.lost:
+            log.warning("client: %s; its batches go to other workers", reason)
+            self.cache.node_lost(node_id)
+            self._fail(self.ventilator.node_lost(node_id, reason))
+        for node_id in actions.pause:
+            self.ventilator.pause(node_id)
+        for node_id in actions.resume:
+            self.ventilator.resume(node_id)
+        starved = actions.starved
+        if starved is not None:
+            self._fail((batch, starved) for batch in self.ventilator.drop_pending())
 
-    def _node_lost(self, node_id: bytes, reason: str) -> None:
-        self.ventilator.paused.discard(node_id)
-        self.cache.nodes_changed(self.membership.nodes.values())
-        self.cache.node_lost(node_id)
-        for batch, exc in self.ventilator.node_lost(node_id, reason):
+    @staticmethod
+    def _fail(failures: Iterable[tuple[Batch, BaseException]]) -> None:
+        for batch, exc in failures:
             batch.owner.fail(batch, exc)
 
     def _tick(self, now: float) -> None:
-        """Say HELLO to every node (the client's heartbeat); expire silent nodes and
-        stale requests.  Runs at the next deadline, and at most every ``TICK_S``
-        while the loop is busy: timeouts are late by at most that, and the data
-        plane does not pay for them on every message."""
+        """Time-driven decisions (HELLO to every node, expiry, starvation) and
+        stale cache requests.  Runs at the next deadline, and at most every
+        ``TICK_S`` while the loop is busy: timeouts are late by at most that,
+        and the data plane does not pay for them on every message."""
         self._last_tick = now
-        if now >= self._next_hello:
-            for sock in self.controls.values():
-                self._hello(sock)
-            self._next_hello = now + self.heartbeat_interval_s
-        for stats in self.membership.expire(now):
-            log.warning("client: node %s silent for %.1f s, declared dead", stats.name, self.membership.liveness_s)
-            self.declared_dead.add(stats.node_id)
-            self._node_lost(stats.node_id, f"node {stats.name} stopped answering")
-        self._check_starved(now)
+        self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
-        self._deadline = self._next_deadline()
-
-    def _check_starved(self, now: float) -> None:
-        """Queued work with no worker anywhere waits ``connect_timeout_s``, then fails."""
-        if self.ventilator.workers or not self.ventilator.has_pending():
-            self._starved_since = None
-        elif self._starved_since is None:
-            self._starved_since = now
-        elif now - self._starved_since > self.connect_timeout_s:
-            self._starved_since = None
-            refused = self.handshakes.describe()
-            exc = NoNodesError(
-                f"no worker was reachable for {self.connect_timeout_s:.0f} s (nodes tried: "
-                f"{', '.join(self.controls) or 'none'}); "
-                + (f"{refused}: check the cluster key (key_file)" if refused else "start a node or check the addresses")
-            )
-            for batch in self.ventilator.drop_pending():
-                batch.owner.fail(batch, exc)
-
-    def _next_deadline(self) -> float:
-        deadlines = [self._next_hello, self.membership.next_expiry() or self._next_hello]
-        if self._starved_since is not None:
-            deadlines.append(self._starved_since + self.connect_timeout_s)
-        return min(deadlines)
+        self._deadline = self.view.next_deadline()
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -399,21 +370,19 @@ class IOLoop:
             try:
                 msg = from_frames(frames)
                 if isinstance(msg, Heartbeat):
-                    self._on_heartbeat(NodeStats.from_info(msg.info), now)
+                    self._perform(self.view.heartbeat(NodeStats.from_info(msg.info), now))
             except ProtocolError as exc:
                 self._malformed(exc)
                 continue
             if isinstance(msg, WorkerLost):
                 log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
-                for batch, error in self.ventilator.worker_lost(msg.worker_id, msg.reason):
-                    batch.owner.fail(batch, error)
+                self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
             elif isinstance(msg, CacheHits):
                 self.cache.on_hits(msg)
             elif isinstance(msg, CacheCleared):
                 self.cache.on_cleared(msg)
             elif isinstance(msg, NodeLeaving):
-                stats = self.membership.remove(msg.node_id)
-                self._node_lost(msg.node_id, f"node {stats.name if stats else '?'} left")
+                self._perform(self.view.node_left(msg.node_id))
 
     def _dispatch(self) -> None:
         for worker_id, _batch, frames in self.ventilator.dispatch():
@@ -421,8 +390,7 @@ class IOLoop:
                 send_frames(self.vent, [worker_id, *frames], copy=False)
             except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)
                 log.info("client: worker %r unreachable: %s", worker_id, exc)
-                for lost, error in self.ventilator.worker_lost(worker_id, "unreachable"):
-                    lost.owner.fail(lost, error)
+                self._fail(self.ventilator.worker_lost(worker_id, "unreachable"))
 
     def _notify_idle(self) -> None:
         if self._idle_waiters and (self.ventilator.idle() or self.broken is not None):
@@ -440,8 +408,7 @@ class IOLoop:
     def _break(self, exc: BaseException) -> None:
         """Fail everything queued or in flight; later batches fail at once."""
         self.broken = exc
-        for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight():
-            batch.owner.fail(batch, exc)
+        self._fail((batch, exc) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
 
     def cancel_pending(self) -> None:
         """Cancel everything not yet sent to a worker (shutdown(cancel_futures=True))."""
@@ -463,8 +430,7 @@ class IOLoop:
             self.broken = ClosedError("the fabric was shut down")
         while self._commands:  # posted before the close: their batches fail below
             self._commands.popleft()()
-        for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight():
-            batch.owner.fail(batch, self.broken)
+        self._fail((batch, self.broken) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
         self.handshakes.close()
         for sock in [self.vent, self.sink, self.sub, *self.controls.values()]:
             sock.close()

@@ -25,6 +25,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TaskOptions:
+    """How the tasks of one call run: what ``fx.options(...)`` sets and a
+    :class:`~fabric.FabricView` carries (``None`` and ``()`` mean the
+    fabric's defaults; see the module for each option)."""
+
     task_timeout: float | None = None
     retries: int | None = None
     retry_on: tuple[type[BaseException], ...] = ()

@@ -2,9 +2,15 @@
 
 User threads call these; they serialize in the calling thread, so an
 unserializable function or argument raises here, and hand batches to the
-client's I/O thread.  :class:`TaskAPI` is shared by :class:`~fabric.Fabric`
-and by :class:`FabricView`, the object ``fx.options(...)`` returns: a view
-carries per-call :class:`~fabric.client.options.TaskOptions` and nothing else.
+client's I/O thread (no socket here)::
+
+    user thread ── submit/map ──► TaskAPI ── Pipeline.post(Batch) ──► I/O thread ──► workers
+
+:class:`TaskAPI` is shared by :class:`~fabric.Fabric` and by
+:class:`FabricView`, the object ``fx.options(...)`` returns.  Both hold the
+same :class:`Pipeline`, the few callables and objects the task API needs from
+the fabric, as :class:`~fabric.client.mapping.MapStream` receives ``post`` and
+``capacity``; a view adds its own :class:`~fabric.TaskOptions` and nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import SerializationError
 from ..task.fold import NO_INITIAL, Fold
@@ -23,16 +29,13 @@ from ..task.guard import Guarded
 from ..wire import codec
 from ..wire.protocol import Mode
 from .batching import BatchSizer
-from .cache import CachedFunction, wants_cache
+from .cache import CacheClient, CachedFunction, wants_cache
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
 from .options import TaskOptions
 from .reduction import combiner, fold
 from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
-
-if TYPE_CHECKING:
-    from .executor import Fabric
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -50,16 +53,44 @@ class MapCall:
     ordered: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """What the task API needs from its fabric, held by the fabric and its views.
+
+    ``post`` hands a batch to the I/O thread (which fails it once the fabric
+    has closed); ``capacity`` (credits) and ``workers`` size map windows and
+    batches; ``check_open`` raises :class:`~fabric.ClosedError` after
+    ``shutdown()``; ``cache`` looks results up and stores them.
+    """
+
+    post: Callable[[Batch], None]
+    capacity: Callable[[], int]
+    workers: Callable[[], int]
+    check_open: Callable[[], None]
+    shipper: FunctionShipper
+    cache: CacheClient
+    max_message_bytes: int
+
+    def check_size(self, payload: list[Any], what: str) -> None:
+        """Refuse, in the caller, a batch no node would accept."""
+        size = sum(len(memoryview(frame)) for frame in payload)
+        if size > self.max_message_bytes:
+            raise SerializationError(
+                f"{what} serialize to {size:,} bytes, over max_message_bytes={self.max_message_bytes:,}; "
+                "raise it with connect(max_message_bytes=...) or in cluster.toml, or send a reference instead"
+            )
+
+
 class TaskAPI:
     """Task submission, parameterised by the options of ``self``."""
 
-    _fabric: Fabric
+    _pipeline: Pipeline
     _task_options: TaskOptions
 
     def options(self, **changes: Any) -> FabricView:
         """A view whose calls use these options (``task_timeout``, ``retries``,
         ``retry_on``, ``cache``); the fabric itself is unchanged."""
-        return FabricView(self._fabric, self._task_options.merged(**changes))
+        return FabricView(self._pipeline, self._task_options.merged(**changes))
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on a worker; every keyword goes to ``fn``.
@@ -67,20 +98,20 @@ class TaskAPI:
         Raises :class:`~fabric.SerializationError` here, in the caller, when the
         function or an argument cannot be serialized.
         """
-        fabric = self._fabric
-        fabric._check_open()
+        pipeline = self._pipeline
+        pipeline.check_open()
         options = self._task_options
-        digest, fn_payload = fabric._shipped(fn, options)
+        digest, fn_payload = pipeline.shipper.get(fn, options)
         future = Future(_name(fn))
-        if wants_cache(fn, options.cache) and _served_from_cache(fabric, fn, args, kwargs, future):
+        if wants_cache(fn, options.cache) and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
         payload = codec.pickle_frames((args, kwargs))
-        fabric._check_size(payload, f"the arguments of {_name(fn)}")
+        pipeline.check_size(payload, f"the arguments of {_name(fn)}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=options.retries,
         )
-        fabric._io.post_batch(batch)
+        pipeline.post(batch)
         return future
 
     def map(
@@ -102,17 +133,18 @@ class TaskAPI:
         options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
         given as keywords.
         """
-        self._fabric._check_open()
+        pipeline = self._pipeline
+        pipeline.check_open()
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         task_options = self._task_options.merged(**options)
         mode = Mode.MAP if len(iterables) == 1 else Mode.STARMAP
         items = sliced_input(iterables[0]) if len(iterables) == 1 else zip(*iterables)
         cache = (
-            CachedFunction(self._fabric._io.cache, fn, mode == Mode.STARMAP)
+            CachedFunction(pipeline.cache, fn, mode == Mode.STARMAP)
             if wants_cache(fn, task_options.cache) else None
         )
-        shipped = self._fabric._shipped(fn, task_options)
+        shipped = pipeline.shipper.get(fn, task_options)
         call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
         return self._stream(shipped, items, call, task_options, cache).results()
 
@@ -121,18 +153,18 @@ class TaskAPI:
         task_options: TaskOptions, cache: CachedFunction | None,
     ) -> MapStream:
         """A started map stream of the pickled function ``shipped`` over ``items``."""
-        fabric = self._fabric
+        pipeline = self._pipeline
         stream = MapStream(
             shipped,
             call.mode,
             items,
-            post=fabric._io.post_batch,
-            capacity=fabric._io.capacity,
-            sizer=BatchSizer(call.chunksize, call.length, fabric._io.workers() or 1),
+            post=pipeline.post,
+            capacity=pipeline.capacity,
+            sizer=BatchSizer(call.chunksize, call.length, pipeline.workers() or 1),
             ordered=call.ordered,
             deadline=None if call.timeout is None else time.monotonic() + call.timeout,
             retries=task_options.retries,
-            check_size=fabric._check_size,
+            check_size=pipeline.check_size,
             cache=cache,
         )
         stream.start()
@@ -167,12 +199,12 @@ class TaskAPI:
             results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
             return fold(reducer, results, initial)
         merge = combiner(reducer, combine)
-        self._fabric._check_open()
+        self._pipeline.check_open()
         task_options = self._task_options.merged(**options)
         if wants_cache(mapper, task_options.cache):
             raise ValueError("the result cache stores each mapper call, and with combine= a batch returns one "
                              "folded value: use map_reduce without combine to cache the mapper's results")
-        shipper = self._fabric._shipper
+        shipper = self._pipeline.shipper
         batch_fold = Fold(shipper.wrapped(mapper, task_options), reducer, initial)
         call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
         stream = self._stream(shipper.pickles.get(batch_fold), sliced_input(iterable), call, task_options, None)
@@ -180,14 +212,21 @@ class TaskAPI:
 
 
 class FabricView(TaskAPI):
-    """``fx.options(...)``: the fabric's task API with other per-call options."""
+    """What ``fx.options(...)`` returns: the fabric's ``submit``, ``map``,
+    ``map_reduce`` and ``options`` with other per-call :class:`~fabric.TaskOptions`.
 
-    def __init__(self, fabric: Fabric, options: TaskOptions) -> None:
-        self._fabric = fabric
+    A view exists because ``submit`` passes every keyword to the function, so
+    options cannot ride on the call.  It shares everything else with its
+    fabric (workers, queues, cache) and closes with it; it is cheap, so make
+    one wherever the options differ.  Not constructed directly.
+    """
+
+    def __init__(self, pipeline: Pipeline, options: TaskOptions) -> None:
+        self._pipeline = pipeline
         self._task_options = options
 
     def __repr__(self) -> str:
-        return f"<fabric.FabricView of {self._fabric!r} with {self._task_options}>"
+        return f"<fabric.FabricView with {self._task_options}>"
 
 
 class FunctionShipper:
@@ -219,11 +258,11 @@ class FunctionShipper:
         return guarded
 
 
-def _served_from_cache(fabric: Fabric, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+def _served_from_cache(cache: CacheClient, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                        future: Future) -> bool:
     """Resolve ``future`` from the cache if the call is stored; otherwise arrange
     for its result (not an exception) to be stored when it arrives."""
-    cached_fn = CachedFunction(fabric._io.cache, fn)
+    cached_fn = CachedFunction(cache, fn)
     key = cached_fn.call_key(args, kwargs)
     hit = cached_fn.lookup([key]).get(0)
     if hit is not None:

@@ -9,6 +9,7 @@ ROUTER socket this state drives)::
     sink: FUNCTION_MISSING --> function_missing(): the batch is sent again with its function
     sink: result arrived  --> complete(): batch leaves flight, credit returns
     node: WORKER_LOST     --> worker_lost(): its batches are split and re-queued
+    node over its load    --> pause()/resume(): its workers keep their credits but get nothing
 
 Credit-based flow control: a batch is sent only against a credit, so what is in
 flight, and so memory on both sides, is bounded however large the input.  Pull
@@ -150,7 +151,7 @@ class Ventilator:
         self._last_send: dict[bytes, int] = {}
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
-        self.paused: set[bytes] = set()  # nodes over their load limit: no new batches
+        self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
         self.call_sizers: dict[bytes, BatchSizer] = {}
 
     # -- workers -----------------------------------------------------------------
@@ -169,7 +170,7 @@ class Ventilator:
     @property
     def credits(self) -> int:
         """Free credits of the workers on nodes that accept work."""
-        return sum(n for w, n in self.free.items() if self.node_of.get(w) not in self.paused)
+        return sum(n for w, n in self.free.items() if self.node_of.get(w) not in self._paused)
 
     @property
     def workers(self) -> int:
@@ -179,8 +180,17 @@ class Ventilator:
     def total_credits(self) -> int:
         return sum(self.free.values()) + len(self.in_flight)
 
+    def pause(self, node_id: bytes) -> None:
+        """Send nothing more to the node's workers (it is over its load limit);
+        they keep their credits, and what they hold runs."""
+        self._paused.add(node_id)
+
+    def resume(self, node_id: bytes) -> None:
+        self._paused.discard(node_id)
+
     def node_lost(self, node_id: bytes, reason: str) -> list[tuple[Batch, BaseException]]:
         """Every worker of the node is lost (it died, was cut off, or is leaving)."""
+        self._paused.discard(node_id)
         workers = [w for w, n in self.node_of.items() if n == node_id]
         return [failure for w in workers for failure in self.worker_lost(w, reason)]
 
@@ -259,7 +269,7 @@ class Ventilator:
         among equals; None when no worker on an accepting node has a credit."""
         best, best_rank = None, None
         for worker_id, free in self.free.items():
-            if free and self.node_of.get(worker_id) not in self.paused:
+            if free and self.node_of.get(worker_id) not in self._paused:
                 rank = (free, -self._last_send[worker_id])
                 if best_rank is None or rank > best_rank:
                     best, best_rank = worker_id, rank

@@ -1,8 +1,10 @@
 """The public names are exactly these; everything else is private."""
 
 import concurrent.futures
+import dataclasses
 import subprocess
 import sys
+import typing
 
 import fabric
 
@@ -10,10 +12,41 @@ import fabric
 def test_exported_names():
     assert sorted(fabric.__all__) == sorted([
         "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CacheKeyError", "CacheStats", "ClosedError",
-        "ConfigError", "Fabric", "FabricError", "Future", "NoNodesError", "NodeStats", "ProtocolError", "RemoteError",
-        "RemoteTraceback", "SerializationError", "StoreError", "TaskTimeoutError", "WorkerCrashedError",
-        "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "wait",
+        "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
+        "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
+        "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
+        "cached", "connect", "wait",
     ])
+
+
+def test_protocol_errors_stay_inside():
+    # A malformed message is dropped and counted (statistics().malformed); no user call raises it.
+    assert not hasattr(fabric, "ProtocolError")
+    assert issubclass(fabric.errors.ProtocolError, fabric.FabricError)
+
+
+def test_what_users_are_handed_is_exported_and_documented():
+    for name in ("FabricView", "TaskOptions", "FabricCache", "FabricStatistics", "CacheStats"):
+        assert getattr(fabric, name).__doc__, name
+    assert issubclass(fabric.FabricView, fabric.client.submission.TaskAPI)
+
+
+def test_statistics_is_one_frozen_record_whose_parts_the_shortcuts_return():
+    fields = {f.name: f.type for f in dataclasses.fields(fabric.FabricStatistics)}
+    assert fields == {
+        "nodes": "tuple[NodeStats, ...]", "workers": "int", "cache": "CacheStats", "duplicates": "int",
+        "malformed": "int",
+    }
+    assert fabric.FabricStatistics.__dataclass_params__.frozen
+    assert fabric.CacheStats.__dataclass_params__.frozen
+    hints = {name: typing.get_type_hints(method)["return"] for name, method in [
+        ("statistics", fabric.Fabric.statistics), ("workers", fabric.Fabric.workers),
+        ("nodes", fabric.Fabric.nodes), ("cache", fabric.FabricCache.stats),
+    ]}
+    assert hints == {
+        "statistics": fabric.FabricStatistics, "workers": int, "nodes": tuple[fabric.NodeStats, ...],
+        "cache": fabric.CacheStats,
+    }
 
 
 def test_error_tree():

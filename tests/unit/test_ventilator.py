@@ -245,10 +245,10 @@ def test_paused_nodes_get_no_batches():
     vent = Ventilator()
     vent.worker_ready(b"w1", 1, b"n1")
     vent.worker_ready(b"w2", 1, b"n2")
-    vent.paused.add(b"n1")
+    vent.pause(b"n1")
     for _ in range(2):
         vent.enqueue(map_batch(range(2)))
     assert [w for w, _, _ in vent.dispatch()] == [b"w2"]
     assert vent.free[b"w1"] == 1 and vent.credits == 0
-    vent.paused.clear()
+    vent.resume(b"n1")
     assert [w for w, _, _ in vent.dispatch()] == [b"w1"]

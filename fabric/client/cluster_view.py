@@ -1,0 +1,165 @@
+"""The client's view of the cluster: whom to greet, which nodes are lost, paused or back.
+
+Every decision the client's I/O thread takes about nodes, and none of its I/O.
+The loop (:mod:`fabric.client.io_loop`, which owns the control DEALERs and the
+SUB) feeds it what arrived and the time, and performs the :class:`Actions` it
+returns::
+
+    node HEARTBEAT (SUB, or control DEALER) ─► heartbeat(stats, now) ─┐
+    NODE_LEAVING (control DEALER)           ─► node_left(node_id)     ├─► Actions ─► IOLoop: connect + HELLO,
+    the loop's tick (at next_deadline())    ─► tick(now, workers, …)  ┘   GOODBYE + HELLO, SUB connect, re-queue
+                                                                           a lost node's batches, pause/resume
+                                                                           its workers, fail queued work
+
+- A node first heard of is greeted (a control DEALER and HELLO) and its PUB
+  subscribed to, and so are the peers its heartbeat names: connecting to one
+  node is enough.  Every ``heartbeat_interval_s`` every node is greeted again:
+  that is the client's own heartbeat.
+- A node silent for ``liveness_s`` is declared dead and lost; one that leaves
+  is lost at once.  Its workers' batches go back to the queue.
+- A node declared dead that speaks again is told GOODBYE then HELLO: it may
+  have forgotten this client meanwhile, and its workers must re-attach with
+  fresh credits.
+- A node over its ``max_load`` (its heartbeat says it does not accept work) is
+  paused: its workers keep their credits but get nothing until it accepts again.
+- Work queued while no worker is attached fails after ``connect_timeout_s``
+  with a :class:`~fabric.NoNodesError` naming the nodes tried and, when a
+  handshake was refused, why.
+
+No socket and no clock: unit tests drive it with fake heartbeats and times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from ..cluster.membership import Membership
+from ..cluster.stats import NodeStats
+from ..errors import NoNodesError
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """What the I/O loop must do after one event, in this field order."""
+
+    subscribe: tuple[str, ...] = ()  # PUB endpoints to connect the SUB to
+    greet: tuple[str, ...] = ()  # control endpoints to say HELLO to (connecting first if new)
+    rejoin: tuple[str, ...] = ()  # controls of nodes back from the dead: GOODBYE, then HELLO
+    members_changed: bool = False  # a node joined or was lost: the cache ring follows
+    lost: tuple[tuple[bytes, str], ...] = ()  # (node id, reason): re-queue what its workers held
+    pause: tuple[bytes, ...] = ()  # nodes whose workers get no new batches
+    resume: tuple[bytes, ...] = ()
+    starved: NoNodesError | None = None  # fail every queued batch with this
+
+
+class ClusterView:
+    """Membership, greetings, liveness, load pauses and starvation of one client."""
+
+    def __init__(
+        self, heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float,
+        refusals: Callable[[], str] = str,
+    ) -> None:
+        """``refusals`` says why handshakes failed, for a NoNodesError ("" if none)."""
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.connect_timeout_s = connect_timeout_s
+        self.refusals = refusals
+        self.membership = Membership(liveness_s)
+        self.controls: dict[str, None] = {}  # every control endpoint greeted, in the order learned
+        self.pubs: dict[str, None] = {}  # every PUB subscribed to
+        self.declared_dead: set[bytes] = set()
+        self.starved_since: float | None = None  # work queued while no worker was attached
+        self.next_hello = -math.inf  # the first tick greets every node
+
+    def seed(self, control: str) -> Actions:
+        """A node to connect to before any heartbeat (from ``connect()``)."""
+        return Actions(greet=_learn(self.controls, [control]))
+
+    def heartbeat(self, stats: NodeStats, now: float) -> Actions:
+        """A node's heartbeat, on the SUB or as the reply to HELLO."""
+        previous = self.membership.nodes.get(stats.node_id)
+        is_new = self.membership.observe(stats, now)
+        back = stats.node_id in self.declared_dead  # expired, so a member again only from now
+        self.declared_dead.discard(stats.node_id)
+        was_accepting = previous.accepting if previous is not None else True
+        changed = () if stats.accepting == was_accepting else (stats.node_id,)
+        return Actions(
+            subscribe=_learn(self.pubs, [stats.pub, *(pub for _, pub in stats.peers)]),
+            greet=_learn(self.controls, [stats.control, *(control for control, _ in stats.peers)]),
+            rejoin=(stats.control,) if back else (),
+            members_changed=is_new,
+            pause=() if stats.accepting else changed,
+            resume=changed if stats.accepting else (),
+        )
+
+    def node_left(self, node_id: bytes) -> Actions:
+        """The node said NODE_LEAVING: it stops its workers now."""
+        stats = self.membership.remove(node_id)
+        return Actions(members_changed=True, lost=((node_id, f"node {stats.name if stats else '?'} left"),))
+
+    def tick(self, now: float, workers: int, has_pending: Callable[[], bool]) -> Actions:
+        """Time passed: greet every node when due, declare silent nodes dead, and
+        fail queued work that waited too long for a worker.  ``workers`` attached
+        to this client; ``has_pending`` is asked only while that is 0 (walking a
+        long queue of cancelled work costs)."""
+        greet: tuple[str, ...] = ()
+        if now >= self.next_hello:
+            greet = tuple(self.controls)
+            self.next_hello = now + self.heartbeat_interval_s
+        lost = tuple((stats.node_id, f"node {stats.name} stopped answering") for stats in self.membership.expire(now))
+        self.declared_dead.update(node_id for node_id, _ in lost)
+        starved = self._starved(now, workers, has_pending)
+        return Actions(greet=greet, members_changed=bool(lost), lost=lost, starved=starved)
+
+    def _starved(self, now: float, workers: int, has_pending: Callable[[], bool]) -> NoNodesError | None:
+        if workers or not has_pending():
+            self.starved_since = None
+        elif self.starved_since is None:
+            self.starved_since = now
+        elif now - self.starved_since > self.connect_timeout_s:
+            self.starved_since = None
+            refused = self.refusals()
+            return NoNodesError(
+                f"no worker was reachable for {self.connect_timeout_s:.0f} s (nodes tried: "
+                f"{', '.join(self.controls) or 'none'}); "
+                + (f"{refused}: check the cluster key (key_file)" if refused else "start a node or check the addresses")
+            )
+        return None
+
+    def next_deadline(self) -> float:
+        """When ``tick`` must run next: the next HELLO, expiry or starvation timeout."""
+        deadlines = [self.next_hello]
+        expiry = self.membership.next_expiry()
+        if expiry is not None:
+            deadlines.append(expiry)
+        if self.starved_since is not None:
+            deadlines.append(self.starved_since + self.connect_timeout_s)
+        return min(deadlines)
+
+    def control_of(self, node_id: bytes) -> str | None:
+        """The control endpoint of a live node."""
+        stats = self.membership.nodes.get(node_id)
+        return stats.control if stats is not None else None
+
+    def live_nodes(self) -> Iterable[NodeStats]:
+        return self.membership.nodes.values()
+
+    def nodes(self, now: float) -> list[NodeStats]:
+        """The live nodes' latest heartbeats, with their age.  From any thread: the
+        tables are copied in one step each (a dict copy holds the GIL), so a node
+        joining meanwhile cannot break the iteration."""
+        seen = self.membership.last_seen.copy()
+        live = list(self.membership.nodes.values())
+        return [replace(stats, age_s=now - seen.get(stats.node_id, now)) for stats in live]
+
+    def reported_workers(self) -> int:
+        """Workers the live nodes report (from any thread, as ``nodes``)."""
+        return sum(stats.workers for stats in list(self.membership.nodes.values()))
+
+
+def _learn(known: dict[str, None], endpoints: Iterable[str]) -> tuple[str, ...]:
+    """The endpoints not yet ``known``, each once, now added to it."""
+    new = tuple(dict.fromkeys(endpoint for endpoint in endpoints if endpoint not in known))
+    known.update(dict.fromkeys(new))
+    return new
