@@ -91,8 +91,10 @@ def _guarded(write: Writer) -> Writer:
     itself (a cycle), or nested deeper than MAX_DEPTH, has no encoding."""
 
     def guarded(e: Encoder, obj: Any) -> None:
-        if len(e.stack) > MAX_DEPTH or id(obj) in e.stack:
-            raise _Unstable(f"a cyclic or too deeply nested {type(obj).__name__}")
+        if id(obj) in e.stack:
+            raise _Unstable(f"a {type(obj).__name__} that contains itself")
+        if len(e.stack) > MAX_DEPTH:
+            raise _Unstable(f"a {type(obj).__name__} nested more than {MAX_DEPTH} levels deep")
         e.stack.add(id(obj))
         try:
             write(e, obj)
