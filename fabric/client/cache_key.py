@@ -34,12 +34,12 @@ import struct
 import sys
 import types
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import CacheKeyError
-from .shipping import binding_guard, cell_is_set, global_names, pickled_by_value
+from ..wire.codec import function_name
+from .shipping import BindingCache, cell_is_set, global_names, pickled_by_value
 
 MAX_DEPTH = 64
 _NAN = struct.pack(">d", math.nan)
@@ -54,38 +54,18 @@ class Encoder:
 
     def __init__(self) -> None:
         self.out = bytearray()
-        self._stack: set[int] = set()  # containers being encoded: a cycle has no encoding
+        self.stack: set[int] = set()  # ids of the values being encoded (see _guarded)
 
     def value(self, obj: Any) -> None:
         writer = _WRITERS.get(type(obj))
         if writer is not None:
             writer(self, obj)
             return
-        self._other(obj)
-
-    def _other(self, obj: Any) -> None:
-        if len(self._stack) > MAX_DEPTH or id(obj) in self._stack:
-            raise _Unstable(f"a cyclic or too deeply nested {type(obj).__name__}")
-        self._stack.add(id(obj))
-        try:
-            _encode_other(self, obj)
-        finally:
-            self._stack.discard(id(obj))
+        _encode_other(self, obj)
 
     def tag(self, tag: bytes, text: str = "") -> None:
         data = text.encode("utf-8", "surrogatepass")
         self.out += tag + len(data).to_bytes(4, "big") + data
-
-    def container(self, tag: bytes, items: Any) -> None:
-        if len(self._stack) > MAX_DEPTH or id(items) in self._stack:
-            raise _Unstable(f"a cyclic or too deeply nested {type(items).__name__}")
-        self._stack.add(id(items))
-        try:
-            self.out += tag + len(items).to_bytes(8, "big")
-            for item in items:
-                self.value(item)
-        finally:
-            self._stack.discard(id(items))
 
     def unordered(self, tag: bytes, encodings: list[bytes]) -> None:
         """Sets and dicts: their parts sorted by encoding, so order does not matter."""
@@ -103,6 +83,39 @@ class Encoder:
             self.out = outer
 
 
+Writer = Callable[[Encoder, Any], object]
+
+
+def _guarded(write: Writer) -> Writer:
+    """``write`` for values that may contain themselves: one met again inside
+    itself (a cycle), or nested deeper than MAX_DEPTH, has no encoding."""
+
+    def guarded(e: Encoder, obj: Any) -> None:
+        if id(obj) in e.stack:
+            raise _Unstable(f"a {type(obj).__name__} that contains itself")
+        if len(e.stack) > MAX_DEPTH:
+            raise _Unstable(f"a {type(obj).__name__} nested more than {MAX_DEPTH} levels deep")
+        e.stack.add(id(obj))
+        try:
+            write(e, obj)
+        finally:
+            e.stack.discard(id(obj))
+
+    return guarded
+
+
+def _sequence(tag: bytes) -> Writer:
+    """The writer of a tuple or list: ``tag``, length, then each item."""
+
+    @_guarded
+    def write(e: Encoder, items: Sequence[Any]) -> None:
+        e.out += tag + len(items).to_bytes(8, "big")
+        for item in items:
+            e.value(item)
+
+    return write
+
+
 def _float(e: Encoder, x: float) -> None:
     e.out += b"f" + (_NAN if x != x else struct.pack(">d", x))
 
@@ -118,17 +131,12 @@ def _slice(e: Encoder, x: slice) -> None:
     e.value((x.start, x.stop, x.step))
 
 
+@_guarded
 def _dict(e: Encoder, d: dict[Any, Any]) -> None:
-    if id(d) in e._stack or len(e._stack) > MAX_DEPTH:
-        raise _Unstable("a cyclic or too deeply nested dict")
-    e._stack.add(id(d))
-    try:
-        e.unordered(b"{", [e.sub(k) + e.sub(v) for k, v in d.items()])
-    finally:
-        e._stack.discard(id(d))
+    e.unordered(b"{", [e.sub(k) + e.sub(v) for k, v in d.items()])
 
 
-_WRITERS: dict[type, Callable[[Encoder, Any], object]] = {
+_WRITERS: dict[type, Writer] = {
     type(None): lambda e, x: e.out.extend(b"N"),
     bool: lambda e, x: e.out.extend(b"T" if x else b"F"),
     int: lambda e, x: e.out.extend(b"i%d;" % x),
@@ -137,8 +145,8 @@ _WRITERS: dict[type, Callable[[Encoder, Any], object]] = {
     str: lambda e, x: e.tag(b"s", x),
     bytes: lambda e, x: e.out.extend(b"b" + len(x).to_bytes(8, "big") + x),
     bytearray: lambda e, x: e.out.extend(b"B" + len(x).to_bytes(8, "big") + x),
-    tuple: lambda e, x: e.container(b"(", x),
-    list: lambda e, x: e.container(b"[", x),
+    tuple: _sequence(b"("),
+    list: _sequence(b"["),
     dict: _dict,
     set: lambda e, x: e.unordered(b"<", [e.sub(i) for i in x]),
     frozenset: lambda e, x: e.unordered(b">", [e.sub(i) for i in x]),
@@ -155,6 +163,7 @@ _WRITERS: dict[type, Callable[[Encoder, Any], object]] = {
 }
 
 
+@_guarded
 def _encode_other(e: Encoder, obj: Any) -> None:
     """Values without an exact-type writer: numpy, enums, paths, dataclasses,
     functions, classes, modules, plain objects."""
@@ -179,8 +188,7 @@ def _encode_other(e: Encoder, obj: Any) -> None:
         e.out += b"^" + _class_identity(cls)  # a subclass of a plain type: its class, then its plain value
         _WRITERS[next(t for t in cls.__mro__ if t in _WRITERS)](e, obj)
     elif _plain_object(obj):
-        e.out += b"o" + _class_identity(cls)
-        _dict(e, vars(obj))
+        _instance(e, obj)
     else:
         raise _Unstable(f"no stable cache key for an object of type {cls.__qualname__}")
 
@@ -219,6 +227,12 @@ def _plain_object(obj: Any) -> bool:
     )
 
 
+def _instance(e: Encoder, obj: Any) -> None:
+    """A plain object by its class and attributes, as an argument or as a callable."""
+    e.out += b"o" + _class_identity(type(obj))
+    _dict(e, vars(obj))
+
+
 def _is_function_like(obj: Any) -> bool:
     return isinstance(
         obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)
@@ -227,32 +241,21 @@ def _is_function_like(obj: Any) -> bool:
 
 # -- functions ---------------------------------------------------------------------------
 
-_digests: dict[int, tuple[Callable[[], Any], tuple[int, ...], bytes]] = {}
-
-
 def function_digest(fn: Callable[..., Any]) -> bytes:
     """16-byte digest of a function's identity (see the module docstring)."""
-    guard = binding_guard(fn)
-    entry = _digests.get(id(fn))
-    if entry is not None and entry[0]() is fn and entry[1] == guard:
-        return entry[2]
+    return _digests.get(fn)
+
+
+def _digest(fn: Callable[..., Any]) -> bytes:
     encoder = Encoder()
     try:
         _function(encoder, fn, set())
     except _Unstable as exc:
-        raise CacheKeyError(f"cannot derive a cache key for {_label(fn)}: {exc}") from None
-    digest = hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
-    if len(_digests) > 4096:
-        _digests.clear()
-    _digests[id(fn)] = (_weak(fn), guard, digest)
-    return digest
+        raise CacheKeyError(f"cannot derive a cache key for {function_name(fn)}: {exc}") from None
+    return hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
 
 
-def _weak(obj: Any) -> Callable[[], Any]:
-    try:
-        return weakref.ref(obj)
-    except TypeError:
-        return lambda: obj
+_digests = BindingCache(_digest, max_entries=4096)
 
 
 def _function(e: Encoder, fn: Any, seen: set[int]) -> None:
@@ -275,8 +278,7 @@ def _function(e: Encoder, fn: Any, seen: set[int]) -> None:
         module = getattr(fn, "__module__", None) or ""
         e.tag(b"R", f"{module}:{fn.__qualname__}=={_version(module)}")
     elif callable(fn) and _plain_object(fn):  # an instance with __call__
-        e.out += b"o" + _class_identity(type(fn))
-        _dict(e, vars(fn))
+        _instance(e, fn)
     else:
         raise _Unstable(f"no stable identity for a callable of type {type(fn).__qualname__}")
 
@@ -322,10 +324,10 @@ def _code(e: Encoder, code: types.CodeType) -> None:
 
 
 def _class_identity(cls: type) -> bytes:
-    """Importable classes by name and version; classes defined in ``__main__``
-    by name and the digests of their functions."""
+    """Importable classes by name and version; classes pickled by value (defined
+    in ``__main__`` or in a function) by name and the digests of their functions."""
     name = f"{cls.__module__}:{cls.__qualname__}"
-    if cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__:
+    if not pickled_by_value(cls):
         return f"{name}=={_version(cls.__module__)}".encode()
     encoder = Encoder()
     encoder.tag(b"K", name)
@@ -361,10 +363,6 @@ def _version(module: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _distributions() -> dict[str, list[str]]:
     return dict(importlib.metadata.packages_distributions())
-
-
-def _label(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
 # -- calls -------------------------------------------------------------------------------

@@ -15,46 +15,63 @@ import hashlib
 import types
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import cloudpickle
 
 from ..errors import SerializationError
-from ..wire.codec import describe
+from ..wire.codec import describe, function_name
+
+T = TypeVar("T")
 
 
-class FunctionCache:
-    """cloudpickle bytes and digest per function object, so a function is pickled
-    once, not once per task.
+class BindingCache(Generic[T]):
+    """A value computed from a function, kept per function object for as long as
+    the module globals, closure cells and defaults a by-value function reads are
+    still bound to the same objects (its :func:`binding_guard`): re-running a
+    notebook cell that sets ``K = 5`` computes it again.
 
-    An entry is reused only while the module globals, closure cells and
-    defaults a by-value function reads are still bound to the same objects:
-    re-running a notebook cell that sets ``K = 5`` ships the function again.
+    Keyed by ``id``, checked against a weak reference (a strong one for what
+    cannot be weakly referenced, such as builtins), so a new function that
+    reuses a dead one's id is never served the dead one's value.
     """
 
-    def __init__(self, max_entries: int = 1024) -> None:
-        self._entries: dict[int, tuple[Any, tuple[int, ...], bytes, bytes]] = {}
+    def __init__(self, compute: Callable[[Callable[..., Any]], T], max_entries: int) -> None:
+        self._compute = compute
+        self._entries: dict[int, tuple[Callable[[], object], tuple[int, ...], T]] = {}
         self._max_entries = max_entries
 
-    def get(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
-        """Return ``(digest, payload)`` for ``fn``."""
+    def get(self, fn: Callable[..., Any]) -> T:
         guard = binding_guard(fn)
         entry = self._entries.get(id(fn))
         if entry is not None and entry[0]() is fn and entry[1] == guard:
-            return entry[2], entry[3]
-        payload = dumps_function(fn)
-        digest = hashlib.blake2b(payload, digest_size=16).digest()
+            return entry[2]
+        value = self._compute(fn)
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
-        self._entries[id(fn)] = (_ref(fn), guard, digest, payload)
-        return digest, payload
+        self._entries[id(fn)] = (_reference(fn), guard, value)
+        return value
 
 
-def _ref(obj: object) -> Callable[[], object]:
+def _reference(obj: object) -> Callable[[], object]:
     try:
         return weakref.ref(obj)
     except TypeError:  # builtins cannot be weakly referenced; they never change
         return lambda: obj
+
+
+class FunctionCache(BindingCache[tuple[bytes, bytes]]):
+    """``(digest, payload)`` per function, so a function is cloudpickled once,
+    not once per task, and shipped again when what it reads is rebound."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        super().__init__(shipped, max_entries)
+
+
+def shipped(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+    """``(digest, payload)``: the cloudpickle bytes of ``fn`` and their digest."""
+    payload = dumps_function(fn)
+    return hashlib.blake2b(payload, digest_size=16).digest(), payload
 
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
@@ -63,10 +80,7 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
     try:
         return cloudpickle.dumps(fn, protocol=5)
     except Exception as exc:
-        name = getattr(fn, "__qualname__", type(fn).__name__)
-        raise SerializationError(f"cannot serialize function {name}: {exc}") from exc
-
-
+        raise SerializationError(f"cannot serialize function {function_name(fn)}: {exc}") from exc
 
 
 def binding_guard(fn: object, _seen: set[int] | None = None) -> tuple[int, ...]:
@@ -92,8 +106,10 @@ def binding_guard(fn: object, _seen: set[int] | None = None) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def pickled_by_value(fn: types.FunctionType) -> bool:
-    return fn.__module__ == "__main__" or "<locals>" in fn.__qualname__ or fn.__name__ == "<lambda>"
+def pickled_by_value(obj: types.FunctionType | type) -> bool:
+    """Whether cloudpickle ships a function or class by value (its code) rather
+    than by reference (its importable name)."""
+    return obj.__module__ == "__main__" or "<locals>" in obj.__qualname__ or obj.__name__ == "<lambda>"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -239,20 +239,25 @@ class ResultStore:
         self._forget(key)
         self._memory[key] = (fn, value)
         self._memory_size += len(value)
-        while len(self._memory) > self.memory_entries or self._memory_size > self.memory_bytes:
-            _, (_, old) = self._memory.popitem(last=False)
-            self._memory_size -= len(old)
+        self._shrink_memory(self.memory_entries, self.memory_bytes)
 
     def _forget(self, key: bytes) -> None:
         entry = self._memory.pop(key, None)
         if entry is not None:
             self._memory_size -= len(entry[1])
 
-    def _evict_memory_only(self) -> None:
-        while len(self._memory) > self.max_entries or self._memory_size > self.max_bytes:
+    def _shrink_memory(self, max_entries: int, max_bytes: int) -> int:
+        """Drop the least recently used entries until memory is within the
+        bounds; return how many (evictions, when memory is the whole store)."""
+        dropped = 0
+        while len(self._memory) > max_entries or self._memory_size > max_bytes:
             _, (_, old) = self._memory.popitem(last=False)
             self._memory_size -= len(old)
-            self.evictions += 1
+            dropped += 1
+        return dropped
+
+    def _evict_memory_only(self) -> None:
+        self.evictions += self._shrink_memory(self.max_entries, self.max_bytes)
         self._entries, self._bytes = len(self._memory), self._memory_size
 
     def _evict_disk(self) -> None:

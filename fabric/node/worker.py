@@ -153,14 +153,14 @@ def _encode_results(
     would take the batch over ``max_bytes``, become errors."""
     try:
         encoded = encoder.encode(results)
-        if _size(encoded[1]) <= max_bytes:
+        if codec.frames_size(encoded[1]) <= max_bytes:
             return encoded
     except SerializationError:
         pass
     sizes = {}
     for index, value in enumerate(results):
         try:
-            sizes[index] = _size(codec.pickle_frames(value))
+            sizes[index] = codec.frames_size(codec.pickle_frames(value))
         except SerializationError as exc:
             _fail_result(results, errors, index, SerializationError(f"result of task {index}: {exc}"))
     total = sum(sizes.values())
@@ -177,10 +177,6 @@ def _encode_results(
 def _fail_result(results: list[Any], errors: list[codec.ErrorRecord], index: int, exc: BaseException) -> None:
     errors.append(codec.error_record(index, exc))
     results[index] = None
-
-
-def _size(frames: list[Any]) -> int:
-    return sum(len(memoryview(f)) for f in frames)
 
 
 class Worker:

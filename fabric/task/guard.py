@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import TaskTimeoutError
+from ..wire.codec import function_name
 
 _recycle = False  # set in a worker after a task was interrupted
 
@@ -56,7 +57,7 @@ class Guarded:
     def _expired(self, signum: int, frame: object) -> None:
         global _recycle
         _recycle = True
-        name = getattr(self.__wrapped__, "__qualname__", repr(self.__wrapped__))
+        name = function_name(self.__wrapped__)
         raise TaskTimeoutError(f"task {name} ran longer than its task_timeout of {self.task_timeout} s")
 
 

@@ -83,6 +83,18 @@ def describe(obj: object) -> str:
     return f"{type(obj).__name__} {text[:80]}{'...' if len(text) > 80 else ''}"
 
 
+def function_name(fn: object) -> str:
+    """How messages name a task's function: its qualified name, or for a callable
+    without one (a partial, an instance with ``__call__``) its type's."""
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def frames_size(frames: Sequence[Any]) -> int:
+    """Bytes a payload takes on the wire, whatever buffer type each frame is;
+    what ``max_message_bytes`` is compared with on both ends."""
+    return sum(memoryview(frame).nbytes for frame in frames)
+
+
 class PayloadEncoder:
     """Encodes one stream's payloads, choosing msgpack or pickle by measurement.
 

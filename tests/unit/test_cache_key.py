@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from fabric.client.cache_key import call_key, function_digest, item_keys
+from fabric.client.cache_key import MAX_DEPTH, call_key, function_digest, item_keys
 from fabric.errors import CacheKeyError
 from fabric.task.guard import Guarded
 
@@ -51,9 +51,10 @@ def test_functions_with_the_same_name_differ_by_body():
     assert digest_of("def f(x):\n    return x\n") != digest_of("def f(x):\n    return -x\n")
 
 
-def test_recursive_functions_have_a_digest():
+def test_recursive_functions_have_a_digest_that_follows_their_body():
     source = "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n"
     assert digest_of(source, "fact") == digest_of(source, "fact")
+    assert digest_of(source, "fact") != digest_of(source.replace("n < 2", "n < 3"), "fact")
 
 
 def test_importable_functions_by_name_and_options_do_not_matter():
@@ -73,8 +74,9 @@ def test_stable_across_processes(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(SCRIPT)
     runs = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}
-    assert len(runs) == 1 and len(runs.pop().strip()) == 40
+            for _ in range(2)}  # each with its own hash seed
+    here = call_key(digest_of(BASE), (1, "a"), {"b": [1.5]}).hex()
+    assert runs == {here + "\n"}
 
 
 D = function_digest(abs)
@@ -113,12 +115,45 @@ def test_unstable_arguments_raise_naming_them(tmp_path):
         key(handle)
     with pytest.raises(CacheKeyError, match="argument 'lock'"):
         key(lock=threading.Lock())
-    cyclic = [1]
-    cyclic.append(cyclic)
-    with pytest.raises(CacheKeyError, match="cyclic"):
-        key(cyclic)
     with pytest.raises(CacheKeyError, match="map item 1"):
         item_keys(D, [1, threading.Lock()], star=False)
+
+
+class Plain:
+    pass
+
+
+def cyclic_values():
+    as_list, as_dict, as_object, through_a_dict = [1], {}, Plain(), []
+    as_list.append(as_list)
+    as_dict["self"] = as_dict
+    as_object.me = as_object
+    through_a_dict.append({"up": through_a_dict})
+    return {"list": as_list, "dict": as_dict, "object": as_object, "through a dict": through_a_dict}
+
+
+@pytest.mark.parametrize("name", list(cyclic_values()))
+def test_a_value_containing_itself_has_no_key(name):
+    with pytest.raises(CacheKeyError, match="that contains itself"):
+        key(cyclic_values()[name])
+
+
+def test_nesting_deeper_than_the_limit_has_no_key_and_shallower_has_one():
+    def nested(depth, wrap):
+        value = 0
+        for _ in range(depth):
+            value = wrap(value)
+        return value
+
+    for wrap in (lambda v: [v], lambda v: (v,), lambda v: {"k": v}):
+        assert key(nested(MAX_DEPTH, wrap))
+        with pytest.raises(CacheKeyError, match=f"nested more than {MAX_DEPTH} levels deep"):
+            key(nested(MAX_DEPTH + 2, wrap))
+
+
+def test_a_value_repeated_side_by_side_is_no_cycle():
+    shared = [1, 2]
+    assert key([shared, shared]) == key([[1, 2], [1, 2]])
 
 
 def test_unstable_global_raises_naming_it():

@@ -1,12 +1,15 @@
 """Payload codecs round-trip exactly; functions are pickled once and re-shipped when they change."""
 
+import functools
 import pickle
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import zmq
 
-from fabric.client.shipping import FunctionCache
+from fabric.client.shipping import BindingCache, FunctionCache
 from fabric.errors import RemoteError, RemoteTraceback, SerializationError
 from fabric.wire import codec
 
@@ -22,12 +25,29 @@ def test_round_trip_is_exact(value):
     assert [type(v) for v in back] == [type(v) for v in value]
 
 
-def test_strings_choose_msgpack_and_tuples_fall_back_to_pickle():
+def timed_as(monkeypatch, *ticks):
+    """The codec's clock reads ``ticks`` in turn: (msgpack start, msgpack end = pickle start, pickle end)."""
+    clock = iter(ticks)
+    monkeypatch.setattr(codec, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+
+
+@pytest.mark.parametrize(("ticks", "chosen"), [((0.0, 1.0, 3.0), codec.MSGPACK), ((0.0, 2.0, 3.0), codec.PICKLE)])
+def test_the_first_batch_is_encoded_both_ways_and_the_faster_codec_kept(monkeypatch, ticks, chosen):
+    timed_as(monkeypatch, *ticks)
     encoder = codec.PayloadEncoder()
-    codecs = {encoder.encode([str(i) * 20 for i in range(2000)])[0] for _ in range(5)}
-    assert codecs <= {codec.MSGPACK, codec.PICKLE}
-    assert encoder.encode([(1, 2)])[0] == codec.PICKLE
-    assert encoder.encode(["a"])[0] == codec.PICKLE  # msgpack abandoned for this stream
+    strings = [str(i) * 20 for i in range(100)]
+    for _ in range(3):  # measured once: the clock has no tick left for a second measurement
+        codec_id, frames = encoder.encode(strings)
+        assert codec_id == chosen and codec.decode(codec_id, frames) == strings
+
+
+def test_msgpack_is_abandoned_for_the_stream_at_the_first_data_it_would_not_keep_exact(monkeypatch):
+    timed_as(monkeypatch, 0.0, 1.0, 3.0)  # msgpack measured faster
+    encoder = codec.PayloadEncoder()
+    assert encoder.encode(["a"])[0] == codec.MSGPACK
+    codec_id, frames = encoder.encode([(1, 2)])  # msgpack would turn the tuple into a list
+    assert codec_id == codec.PICKLE and codec.decode(codec_id, frames) == [(1, 2)]
+    assert encoder.encode(["a"])[0] == codec.PICKLE  # for the rest of the stream
 
 
 def test_large_buffers_travel_out_of_band_and_arrive_writable():
@@ -68,7 +88,7 @@ def test_function_cache_reuses_and_notices_rebinding():
     cell = notebook_cell("K = 3\ndef reads_k(x):\n    return x + K\nfn = lambda x: reads_k(x)\n")
     cache = FunctionCache()
     first = cache.get(cell["fn"])
-    assert cache.get(cell["fn"]) == first
+    assert cache.get(cell["fn"])[1] is first[1]  # not pickled again
     cell["K"] = 5  # re-running a cell that rebinds a global read two calls deep
     second = cache.get(cell["fn"])
     assert second[0] != first[0]
@@ -85,6 +105,73 @@ def test_distinct_functions_have_distinct_digests():
 def test_not_callable():
     with pytest.raises(SerializationError, match="not callable"):
         FunctionCache().get(3)
+
+
+def counting_cache(max_entries=100):
+    """A BindingCache whose value is the function's name and how many values it computed so far."""
+    computed = []
+
+    def compute(fn):
+        computed.append(fn)
+        return codec.function_name(fn), len(computed)
+
+    return BindingCache(compute, max_entries)
+
+
+def test_binding_cache_computes_once_per_function_and_binding():
+    cell = notebook_cell("K = 3\ndef reads_k(x):\n    return x + K\n")
+    cache = counting_cache()
+    assert [cache.get(cell["reads_k"]) for _ in range(3)] == [("reads_k", 1)] * 3
+    assert [cache.get(len) for _ in range(2)] == [("len", 2)] * 2  # no weak reference to a builtin: kept strongly
+    cell["K"] = 5
+    assert cache.get(cell["reads_k"]) == ("reads_k", 3)
+
+
+def importable(tag):
+    """A function cloudpickle would ship by reference (its guard is empty), told apart by ``tag``."""
+
+    def fn():
+        pass
+
+    fn.__module__, fn.__qualname__, fn.tag = "elsewhere", "fn", tag
+    return fn
+
+
+def test_binding_cache_never_serves_a_dead_functions_value_to_one_reusing_its_id():
+    cache = BindingCache(lambda fn: fn.tag, max_entries=100)
+    ids = []
+    for tag in range(20):
+        fn = importable(tag)
+        assert cache.get(fn) == tag
+        ids.append(id(fn))
+        del fn
+    assert len(set(ids)) < len(ids)  # ids were reused, so the check above was put to the test
+
+
+def test_binding_cache_is_bounded():
+    cache = counting_cache(max_entries=2)
+    first, second, third = importable(1), importable(2), importable(3)
+    assert [cache.get(fn)[1] for fn in (first, second, third, third, first)] == [1, 2, 3, 3, 4]
+
+
+class Job:
+    def __call__(self):
+        pass
+
+    def method(self):
+        pass
+
+
+def test_function_name_is_the_qualified_name_or_the_callables_type():
+    assert codec.function_name(len) == "len"
+    assert codec.function_name(Job.method) == "Job.method"
+    assert codec.function_name(Job()) == "Job"
+    assert codec.function_name(functools.partial(len)) == "partial"
+
+
+def test_frames_size_counts_bytes_whatever_the_buffer():
+    frames = [b"ab", bytearray(3), memoryview(np.zeros(2)), zmq.Frame(b"abcd")]
+    assert codec.frames_size(frames) == 2 + 3 + 16 + 4
 
 
 class Unpicklable(Exception):

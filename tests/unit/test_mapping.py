@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from fabric.client import mapping
 from fabric.client.batching import BatchSizer
 from fabric.client.mapping import MapStream, sliced_input
 from fabric.wire import codec
@@ -41,32 +42,78 @@ def test_other_inputs_are_read_as_iterators(items):
     assert isinstance(read, Iterator) and list(read) == list(items)
 
 
-def test_the_callers_time_with_each_chunk_reaches_the_batch_sizer():
-    batches = []
-    stream = MapStream((b"digest", b"fn"), Mode.MAP, sliced_input(range(300)), post=batches.append,
-                       capacity=lambda: 1000, sizer=BatchSizer(100), ordered=True, deadline=None)
-    stream.start()
-    for batch in batches:  # the workers' answers: each item doubled
+class FakeTime:
+    """Stands for the ``time`` module in fabric.client.mapping: the test moves the clock."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+    monotonic = perf_counter
+
+
+class RecordingSizer(BatchSizer):
+    """A batch sizer that records what the stream charges to the caller."""
+
+    def __init__(self, chunksize):
+        super().__init__(chunksize)
+        self.charged = []
+
+    def observe_caller(self, n_items, elapsed_s):
+        self.charged.append((n_items, elapsed_s))
+        super().observe_caller(n_items, elapsed_s)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr(mapping, "time", fake)
+    return fake
+
+
+def test_the_callers_time_with_each_chunk_is_charged_per_item(clock):
+    stream = None
+
+    def answer(batch):  # a worker that answers at once: each item doubled
         items = codec.decode(batch.codec, batch.payload)
         stream.deliver(batch, codec.PICKLE, codec.pickle_frames([2 * x for x in items]), [])
-    assert list(stream.results()) == [2 * x for x in range(300)]
-    assert stream.sizer.caller_per_item_s is not None and stream.sizer.caller_per_item_s > 0
+
+    def capacity():  # the stream refilling its window between chunks: not the caller's time
+        clock.now += 1.0
+        return 1
+
+    stream = MapStream((b"digest", b"fn"), Mode.MAP, sliced_input(range(1000)), post=answer,
+                       capacity=capacity, sizer=RecordingSizer(100), ordered=True, deadline=None)
+    stream.start()
+    results = []
+    for value in stream.results():
+        results.append(value)
+        clock.now += 0.001  # the caller uses each result for 1 ms
+    assert results == [2 * x for x in range(1000)]
+    assert stream.sizer.charged == [(100, pytest.approx(0.1))] * 10
+    assert stream.sizer.caller_per_item_s == pytest.approx(0.001)
 
 
-def test_a_fold_stream_yields_one_partial_per_part_in_input_order():
+def test_a_fold_stream_yields_one_partial_per_part_in_input_order(clock):
     batches = []
     stream = MapStream((b"digest", b"fn"), Mode.FOLD, sliced_input(range(300)), post=batches.append,
-                       capacity=lambda: 1000, sizer=BatchSizer(100), ordered=True, deadline=None)
+                       capacity=lambda: 1000, sizer=RecordingSizer(100), ordered=True, deadline=None)
     stream.start()
     assert [b.mode for b in batches] == [Mode.FOLD] * 3
     first, second = batches[0].split()  # as after its worker died: the halves fold apart
     for part in (second, first, *batches[1:]):  # the second half answers first
         items = codec.decode(part.codec, part.payload)
         stream.deliver(part, codec.PICKLE, codec.pickle_frames([sum(items)]), [])
-    assert list(stream.results()) == [sum(range(50)), sum(range(50, 100)), sum(range(100, 200)),
-                                      sum(range(200, 300))]
-    # the caller's time covers every item of a chunk, not one per partial
-    assert stream.sizer.caller_per_item_s is not None
+    partials = []
+    for value in stream.results():
+        partials.append(value)
+        clock.now += 0.01  # the caller folds each partial in 10 ms
+    assert partials == [sum(range(50)), sum(range(50, 100)), sum(range(100, 200)), sum(range(200, 300))]
+    # the caller's time is spread over every item of a chunk, not over its one or two partials
+    assert stream.sizer.charged == [(100, pytest.approx(0.02)), (100, pytest.approx(0.01)),
+                                    (100, pytest.approx(0.01))]
 
 
 def test_a_fold_stream_raises_a_failed_batch_after_the_partials_before_it():

@@ -64,8 +64,18 @@ def test_bytes_bound(tmp_path):
 def test_memory_layer_is_bounded_and_disk_keeps_the_rest(tmp_path):
     store = ResultStore(tmp_path / "s.sqlite", memory_entries=5)
     fill(store, 50)
-    assert len(store._memory) == 5
+    assert list(store._memory) == [key(i) for i in range(45, 50)]  # the five most recent
     assert len(store.get_many([key(i) for i in range(50)])) == 50
+
+
+def test_memory_layer_keeps_the_most_recently_used_by_entries_and_bytes(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite", memory_entries=3, memory_bytes=25)
+    fill(store, 3)  # 30 bytes: over the byte bound, the oldest goes
+    assert list(store._memory) == [key(1), key(2)]
+    store.get_many([key(1)])  # a hit makes key 1 the most recent
+    store.put_many(FN, [(key(3), b"x" * 10)])
+    assert list(store._memory) == [key(1), key(3)]  # key 2 was the least recently used
+    assert store.stats().evictions == 0  # the file still holds every entry
 
 
 def test_clear_one_function_or_all(tmp_path):
@@ -188,4 +198,15 @@ def test_memory_only(tmp_path):
     store = ResultStore(None, max_entries=2)
     fill(store, 3)
     assert sorted(store.get_many([key(i) for i in range(3)])) == [1, 2]
-    assert store.stats().entries == 2
+    assert (store.stats().entries, store.stats().evictions) == (2, 1)
+
+
+def test_memory_only_evicts_the_least_recently_used_not_the_oldest():
+    store = ResultStore(None, max_entries=3, max_bytes=35)
+    fill(store, 3)
+    store.get_many([key(0)])  # key 0, the oldest, is now the most recently used
+    store.put_many(FN, [(key(3), b"x" * 10)])  # over both bounds: one entry must go
+    assert sorted(store.get_many([key(i) for i in range(4)])) == [0, 2, 3]
+    store.put_many(FN, [(key(4), b"x" * 20)])  # over the byte bound only: two must go
+    assert sorted(store.get_many([key(i) for i in range(5)])) == [3, 4]
+    assert (store.stats().entries, store.stats().bytes, store.stats().evictions) == (2, 30, 3)
