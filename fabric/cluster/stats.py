@@ -119,6 +119,9 @@ def _check_types(stats: NodeStats) -> None:
                  "cache_misses", "cache_weight"):
         if type(getattr(stats, name)) is not int:
             raise ProtocolError(f"heartbeat field {name} is not int")
+    for name in ("tasks_per_s", "cpu_percent", "memory_percent", "max_load"):
+        if type(getattr(stats, name)) is not float:
+            raise ProtocolError(f"heartbeat field {name} is not float")
     for name in ("control", "pub"):
         if not is_endpoint(getattr(stats, name)):
             raise ProtocolError(f"heartbeat field {name} is not an endpoint: {getattr(stats, name)!r:.80}")
