@@ -38,6 +38,11 @@ class NoNodesError(FabricError):
     """No node can be reached to run work."""
 
 
+class AuthenticationError(NoNodesError):
+    """Every node refused this client's handshake: one side has a cluster key and
+    the other none, or the keys differ.  Definitive: retrying will not help."""
+
+
 class CacheKeyError(FabricError, TypeError):
     """A cached call has an argument (or its function reads a value) with no
     stable encoding, so no cache key can be derived for it."""

@@ -1,5 +1,6 @@
 """The benchmark harness runs end to end on tiny sizes and writes its JSON and plot (no speed asserts)."""
 
+import importlib.metadata
 import json
 import math
 import os
@@ -53,3 +54,20 @@ def test_the_run_leaves_the_users_cache_alone(run):
     figures = json.loads((run / "bench.json").read_text())["figures"]
     assert any(f["workload"] == "W7 cache" for f in figures)
     assert not any((run / "user-cache").iterdir())
+
+
+def test_the_harness_installs_under_the_projects_name(tmp_path):
+    """pip install . puts the harness in fabric.bench, never a top-level package named
+    'benchmarks' that could shadow, or be shadowed by, another project's."""
+    installed_dists = [d for d in importlib.metadata.distributions(name="zmq-fabric") if d.read_text("RECORD")]
+    if not installed_dists:
+        pytest.skip("zmq-fabric is not installed by pip here (run from a bare checkout)")
+    dist = installed_dists[0]  # pip's record of what it installed, not a checkout's egg-info
+    assert "fabric-bench" in {e.name for e in dist.entry_points}
+    assert next(e for e in dist.entry_points if e.name == "fabric-bench").value == "fabric.bench.runner:main"
+    installed = [str(f) for f in dist.files or ()]
+    assert not [f for f in installed if f.startswith("benchmarks/")]
+    for command in ([sys.executable, "-m", "fabric.bench", "--help"],
+                    [str(Path(sys.executable).with_name("fabric-bench")), "--help"]):
+        out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)  # away from a checkout
+        assert out.returncode == 0 and "fabric-bench" in out.stdout, out.stderr

@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ProtocolError
+from ..wire.protocol import is_endpoint
+
+MAX_PEERS = 10_000  # peers one heartbeat may name; more is forged (and a heartbeat is capped in bytes too)
+MAX_WORKERS = 4_096  # worker records one heartbeat may carry
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,8 @@ class NodeStats:
             raise ProtocolError("heartbeat info is not a map")
         try:
             values = {f.name: info[f.name] for f in fields(cls) if f.name in info}
-            values["peers"] = tuple(_peer(p) for p in values.get("peers", ()))
-            values["per_worker"] = tuple(WorkerStats(*w) for w in values.get("per_worker", ()))
+            values["peers"] = tuple(map(_peer, _bounded(values.get("peers", []), MAX_PEERS, "peers")))
+            values["per_worker"] = tuple(map(_worker, _bounded(values.get("per_worker", []), MAX_WORKERS, "workers")))
             stats = cls(**values)
         except (TypeError, KeyError) as exc:
             raise ProtocolError(f"heartbeat info is malformed: {exc}") from None
@@ -86,9 +90,24 @@ class NodeStats:
 
 
 def _peer(pair: object) -> tuple[str, str]:
-    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(e, str) for e in pair)):
-        raise TypeError(f"a peer is [control, pub], got {pair!r:.60}")
+    if not (type(pair) is list and len(pair) == 2 and all(type(e) is str and is_endpoint(e) for e in pair)):
+        raise TypeError(f"a peer is [control endpoint, pub endpoint], got {pair!r:.80}")
     return pair[0], pair[1]
+
+
+def _worker(record: object) -> WorkerStats:
+    if type(record) is not list or tuple(map(type, record)) != _WORKER_TYPES:
+        raise TypeError(f"a worker is [id, pid, done, failed, busy_s, running], got {record!r:.80}")
+    return WorkerStats(*record)
+
+
+def _bounded(values: object, limit: int, what: str) -> list[Any]:
+    if type(values) is not list or len(values) > limit:
+        raise TypeError(f"{what}: a list of at most {limit:,}")
+    return values
+
+
+_WORKER_TYPES = (str, int, int, int, float, bool)
 
 
 def _check_types(stats: NodeStats) -> None:
@@ -100,4 +119,10 @@ def _check_types(stats: NodeStats) -> None:
                  "cache_misses", "cache_weight"):
         if type(getattr(stats, name)) is not int:
             raise ProtocolError(f"heartbeat field {name} is not int")
+    for name in ("tasks_per_s", "cpu_percent", "memory_percent", "max_load"):
+        if type(getattr(stats, name)) is not float:
+            raise ProtocolError(f"heartbeat field {name} is not float")
+    for name in ("control", "pub"):
+        if not is_endpoint(getattr(stats, name)):
+            raise ProtocolError(f"heartbeat field {name} is not an endpoint: {getattr(stats, name)!r:.80}")
 

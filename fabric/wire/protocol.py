@@ -43,13 +43,19 @@ Data plane (worker <-> client, never through the node)::
                                         function was shipped); the client sends it again with it
 
 Anything that does not parse raises :class:`~fabric.errors.ProtocolError`, which
-each receive loop logs and drops; the receiver keeps running.
+each receive loop logs and drops; the receiver keeps running.  Every field that
+becomes an address, a size or a count is checked here, at the edge: endpoints
+by scheme and form (:func:`is_endpoint`; a bad one given to ``connect()`` would
+raise inside a loop, or leave a half-made socket that blocks ``Context.term()``),
+credits within ``1..MAX_CREDITS``, size caps within ``1..MAX_MESSAGE_BYTES_CAP``.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import operator
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -60,6 +66,10 @@ import zmq
 from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1
+MAX_CREDITS = 64  # batches one worker may hold; a READY or ATTACH above it is forged (prefetch is 1-4)
+MAX_MESSAGE_BYTES_CAP = 1 << 40  # the largest size cap a peer may announce
+MAX_ENDPOINT_CHARS = 256
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
 Buffer = Any  # bytes, memoryview or zmq.Frame: whatever supports the buffer protocol
 
@@ -103,6 +113,36 @@ _MODES = frozenset(Mode)
 
 def _is_mode(value: int) -> bool:
     return value in _MODES
+
+
+def is_endpoint(value: str) -> bool:
+    """A ``tcp://HOST:PORT`` (IP address or host name, port 1-65535) or an
+    ``ipc:///absolute/path`` endpoint, as fabric binds them; nothing else is
+    ever handed to ``connect()``."""
+    if len(value) > MAX_ENDPOINT_CHARS:
+        return False
+    if value.startswith("ipc:///"):
+        return "\0" not in value and len(value) < 108 + len("ipc://")  # sun_path holds 108 bytes
+    if not value.startswith("tcp://"):
+        return False
+    host, sep, port = value[len("tcp://") :].rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOSTNAME.fullmatch(host) is not None
+    return True
+
+
+def _is_credits(value: int) -> bool:
+    return 0 < value <= MAX_CREDITS
+
+
+def _is_size_cap(value: int) -> bool:
+    return 0 < value <= MAX_MESSAGE_BYTES_CAP
 
 
 def _is_list_of_int(value: list[Any]) -> bool:
@@ -153,7 +193,7 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     KIND = Kind.HELLO
-    CHECKS = (bytes, str, str, int)
+    CHECKS = (bytes, (str, is_endpoint), (str, is_endpoint), (int, _is_size_cap))
     client_id: bytes
     ventilator: str
     sink: str
@@ -171,7 +211,7 @@ class Heartbeat(Message):
 @dataclass(frozen=True, slots=True)
 class PeerHello(Message):
     KIND = Kind.PEER_HELLO
-    CHECKS = (bytes, str, str)
+    CHECKS = (bytes, (str, is_endpoint), (str, is_endpoint))
     node_id: bytes
     control: str
     pub: str
@@ -225,7 +265,7 @@ class WorkerUp(Message):
 @dataclass(frozen=True, slots=True)
 class Attach(Message):
     KIND = Kind.ATTACH
-    CHECKS = (bytes, str, str, int, bytes, int)
+    CHECKS = (bytes, (str, is_endpoint), (str, is_endpoint), (int, _is_credits), bytes, (int, _is_size_cap))
     client_id: bytes
     ventilator: str
     sink: str
@@ -259,7 +299,7 @@ class Shutdown(Message):
 @dataclass(frozen=True, slots=True)
 class Ready(Message):
     KIND = Kind.READY
-    CHECKS = (int, bytes)
+    CHECKS = ((int, _is_credits), bytes)
     credits: int
     node_id: bytes
 

@@ -156,18 +156,29 @@ HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
-_REFUSALS: dict[int, str] = {
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "one side has a cluster key and the other none, or another protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the two sides' cluster keys differ",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key was refused",
-}
+
+
+def refusal_reason(event: int, keyed: bool) -> str | None:
+    """Why a handshake failed, from the monitor event and whether this side has a key
+    (measured with pyzmq 27 / libzmq 4.3: a key on one side only fails with
+    HANDSHAKE_FAILED_PROTOCOL on the connecting side, whichever side has it; two
+    different keys with HANDSHAKE_FAILED_NO_DETAIL).  None: not a refusal."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if keyed:
+            return "it has no cluster key (or speaks another protocol); give it the same key_file"
+        return "it has a cluster key and this side has none; pass key_file= (or set $FABRIC_KEY_FILE)"
+    if event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+        return "its cluster key differs from this side's; use the same key file on both"
+    return None
 
 
 class HandshakeWatch:
     """Why connections to some endpoints fail their handshake, from libzmq's socket
-    monitor: without it a wrong key only shows as silence."""
+    monitor: without it a wrong key only shows as silence.  ``keyed`` is whether
+    this side has a cluster key, which makes the reason definitive."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyed: bool = False) -> None:
+        self.keyed = keyed
         self.refusals: dict[str, str] = {}  # endpoint -> why its last handshake failed
         self._monitors: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}  # monitor -> (watched, endpoint)
 
@@ -188,7 +199,7 @@ class HandshakeWatch:
         endpoint = self._monitors[monitor][1]
         while monitor.poll(0):
             event = recv_monitor_message(monitor)["event"]
-            why = _REFUSALS.get(event)
+            why = refusal_reason(event, self.keyed)
             if why is None:
                 self.refusals.pop(endpoint, None)
             elif self.refusals.get(endpoint) != why:
@@ -197,7 +208,7 @@ class HandshakeWatch:
 
     def describe(self) -> str:
         """The refusals, for an error message ("" when none)."""
-        return "; ".join(f"the handshake with {endpoint} failed ({why})" for endpoint, why in self.refusals.items())
+        return "; ".join(f"the handshake with {endpoint} failed: {why}" for endpoint, why in self.refusals.items())
 
     def close(self) -> None:
         for monitor, (sock, _) in self._monitors.items():

@@ -1,5 +1,6 @@
 """What a map ships per chunk: a range or a numpy array is sliced, never read item by item."""
 
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from fabric.client import mapping
 from fabric.client.batching import BatchSizer
-from fabric.client.mapping import MapStream, sliced_input
+from fabric.client.mapping import MapStream, Part, releasing, sliced_input
 from fabric.wire import codec
 from fabric.wire.protocol import Mode
 
@@ -127,3 +128,31 @@ def test_a_fold_stream_raises_a_failed_batch_after_the_partials_before_it():
     assert next(results) == 1
     with pytest.raises(KeyError):
         next(results)
+
+
+def test_a_result_batch_with_the_wrong_number_of_results_is_an_error_not_nones():
+    payload = codec.pickle_frames([1, 2])
+    values, error = Part(0, 3, codec.PICKLE, payload, []).decode()
+    assert values == [None, None, None]
+    assert error is not None and error[0] == 0 and "answered 3 tasks with 2 results" in str(error[1])
+    values, error = Part(0, 3, codec.PICKLE, codec.pickle_frames(None), [[-1, "E", "m", "tb", None]]).decode()
+    assert error is not None and "answered" not in str(error[1])  # a failed batch carries no results
+
+
+def test_large_or_object_results_are_released_as_they_are_handed_over():
+    class Big:
+        pass
+
+    results = [Big(), Big(), Big()]
+    refs = [weakref.ref(r) for r in results]
+    handed = releasing(results, [Part(0, 3, codec.PICKLE, [b"x" * 300])])
+    first = next(iter(handed))
+    assert refs[0]() is first and refs[1]() is not None
+    del first
+    assert refs[0]() is None  # nothing of ours holds a result the caller let go of
+    assert [r() is not None for r in refs[1:]] == [True, True]
+
+
+def test_small_atoms_are_handed_over_as_the_list_itself():
+    results = list(range(100))
+    assert releasing(results, [Part(0, 100, codec.PICKLE, [b"x" * 300])]) is results

@@ -30,6 +30,7 @@ from fabric.wire.protocol import (
     WorkerReport,
     WorkerUp,
     from_frames,
+    is_endpoint,
     to_frames,
 )
 
@@ -97,6 +98,24 @@ MALFORMED = {
     "status reply of non-maps": [header(PROTOCOL_VERSION, Kind.STATUS_REPLY, [1])],
     "cache hits without their values": [header(PROTOCOL_VERSION, Kind.CACHE_HITS, 1, [0, 1])],
     "cache put keys not bytes": [header(PROTOCOL_VERSION, Kind.CACHE_PUT, b"f", ["k"]), b"v"],
+    # Fields that become an address, a size or a credit: checked at the edge.
+    "peer endpoint not an endpoint": [
+        header(PROTOCOL_VERSION, Kind.PEER_HELLO, b"n", "not-an-endpoint", "tcp://1.2.3.4:5")
+    ],
+    "hello sink with unknown scheme": [
+        header(PROTOCOL_VERSION, Kind.HELLO, b"c", "tcp://127.0.0.1:5", "udp://x:1", 1024)
+    ],
+    "attach ventilator port out of range": [
+        header(PROTOCOL_VERSION, Kind.ATTACH, b"c", "tcp://127.0.0.1:70000", "ipc:///s", 2, b"n", 1024)
+    ],
+    "relative ipc path": [header(PROTOCOL_VERSION, Kind.PEER_HELLO, b"n", "ipc://relative", "tcp://1.2.3.4:5")],
+    "endpoint with a space": [header(PROTOCOL_VERSION, Kind.PEER_HELLO, b"n", "tcp://a b:1", "tcp://1.2.3.4:5")],
+    "zero credits": [header(PROTOCOL_VERSION, Kind.READY, 0, b"n")],
+    "a million credits": [header(PROTOCOL_VERSION, Kind.READY, 1_000_000, b"n")],
+    "attach with a million credits": [
+        header(PROTOCOL_VERSION, Kind.ATTACH, b"c", "ipc:///v", "ipc:///s", 1_000_000, b"n", 1024)
+    ],
+    "negative size cap": [header(PROTOCOL_VERSION, Kind.HELLO, b"c", "ipc:///v", "ipc:///s", -1)],
 }
 
 
@@ -109,3 +128,19 @@ def test_malformed_raises_protocol_error(frames):
 def test_every_kind_has_a_message_class():
     kinds = {type(m).KIND for m in MESSAGES}
     assert kinds == set(Kind)
+
+
+@pytest.mark.parametrize("endpoint", [
+    "tcp://127.0.0.1:7100", "tcp://[::1]:7100", "tcp://node-7.example:7100", "tcp://198.18.0.2:1",
+    "ipc:///tmp/fabric-x/ventilator",
+])
+def test_endpoints_fabric_binds_are_accepted(endpoint):
+    assert is_endpoint(endpoint)
+
+
+@pytest.mark.parametrize("endpoint", [
+    "", "not-an-endpoint", "tcp://127.0.0.1", "tcp://127.0.0.1:0", "tcp://127.0.0.1:x", "tcp://:7100",
+    "tcp://a b:1", "inproc://x", "ipc://relative", "ipc:///" + "x" * 200, "tcp://" + "a" * 300 + ":1",
+])
+def test_anything_else_is_not_an_endpoint(endpoint):
+    assert not is_endpoint(endpoint)

@@ -1,0 +1,34 @@
+"""A heartbeat's contents are checked before anything in them is used: endpoints
+become connect() calls, counts become loops."""
+
+import pytest
+
+from fabric.cluster.stats import MAX_PEERS, NodeStats, WorkerStats
+from fabric.errors import ProtocolError
+
+GOOD = NodeStats(
+    node_id=b"n-1", name="alpha", control="tcp://198.18.0.2:7100", pub="tcp://198.18.0.2:40001", workers=1,
+    peers=(("tcp://198.18.0.3:7100", "ipc:///tmp/f/node-heartbeat"),),
+    per_worker=(WorkerStats("w-1", 42, 10, 1, 0.5, True),),
+)
+
+
+def test_a_heartbeat_round_trips():
+    assert NodeStats.from_info(GOOD.to_info()) == GOOD
+
+
+@pytest.mark.parametrize("change", [
+    {"peers": [["not-an-endpoint", "tcp://1.2.3.4:5"]]},
+    {"peers": [["tcp://1.2.3.4:5"]]},
+    {"peers": "tcp://1.2.3.4:5"},
+    {"peers": [["tcp://1.2.3.4:5", "tcp://1.2.3.4:6"]] * (MAX_PEERS + 1)},
+    {"control": "localhost:7100"},
+    {"pub": "inproc://x"},
+    {"per_worker": ["abcdef"]},
+    {"per_worker": [["w", 1, 2, 3, "4", True]]},
+    {"workers": True},
+], ids=["bad peer", "short peer", "peers not a list", "too many peers", "control without scheme",
+        "pub of another scheme", "worker not a record", "worker field of a wrong type", "bool for a count"])
+def test_a_forged_heartbeat_is_refused(change):
+    with pytest.raises(ProtocolError):
+        NodeStats.from_info({**GOOD.to_info(), **change})
