@@ -186,7 +186,7 @@ class MapStream:
         """Post the first window of chunks, so work begins at the map call."""
         self._fill()
 
-    def _chunks(self) -> Iterator[list[Any]]:
+    def _chunks(self) -> Iterator[Iterable[Any]]:
         try:
             while True:
                 self._fill()

@@ -195,8 +195,3 @@ def rebuild_error(record: ErrorRecord) -> BaseException:
         exc = RemoteError(name, message)
     exc.__cause__ = RemoteTraceback(tb)
     return exc
-
-
-def frames_size(frames: Sequence[Any]) -> int:
-    """Bytes in a list of frames (bytes, memoryviews or zmq.Frames)."""
-    return sum(len(memoryview(frame)) for frame in frames)

@@ -10,8 +10,8 @@ from fabric.errors import ProtocolError
 from fabric.wire.protocol import PROTOCOL_VERSION, Kind, Message, from_frames, to_frames
 
 plain = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(max_size=40)
-    | st.binary(max_size=40),
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats()
+    | st.text(max_size=40) | st.binary(max_size=40),
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
     max_leaves=20,
 )
