@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .wire.protocol import MAX_CREDITS, MAX_MESSAGE_BYTES_CAP
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_LIVENESS_S = 3.0
@@ -251,13 +252,13 @@ def _check_unique(entries: list[dict[str, Any]], source: str) -> None:
 # The range of each setting, whichever source gives it: (valid, what the message says).
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "workers": (lambda n: n >= 1, "must be >= 1 (worker processes)"),
-    "prefetch": (lambda n: n >= 1, "must be >= 1 (batches each worker may hold)"),
+    "prefetch": (lambda n: 1 <= n <= MAX_CREDITS, f"from 1 to {MAX_CREDITS} (batches each worker may hold)"),
     "max_load": (lambda pct: 0 <= pct <= 100, "a CPU percentage from 0 to 100"),
     "memory_limit_mb": (lambda mb: mb >= 0, "must be >= 0 (0: no limit)"),
     "heartbeat_interval_s": (lambda s: s > 0, "must be > 0 (seconds between heartbeats)"),
     "retries": (lambda n: n >= 1, "must be >= 1 (attempts for a task whose worker dies)"),
     "connect_timeout_s": (lambda s: s > 0, "must be > 0 (seconds queued work waits for a worker)"),
-    "max_message_bytes": (lambda n: n >= 1024, "must be >= 1024"),
+    "max_message_bytes": (lambda n: 1024 <= n <= MAX_MESSAGE_BYTES_CAP, f"from 1024 to {MAX_MESSAGE_BYTES_CAP}"),
 }
 
 
