@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -74,6 +74,16 @@ class ClientLink:
         self.sink.close(linger=500)
 
 
+class LinkState(Protocol):
+    """What running a batch needs of a client link: the functions received on
+    it, an encoder per function and the size cap, not its sockets (so tests run
+    batches without any)."""
+
+    functions: dict[bytes, Callable[..., Any]]
+    encoders: dict[bytes, codec.PayloadEncoder]
+    max_message_bytes: int
+
+
 def apply(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[list[Any], list[codec.ErrorRecord]]:
     """Run ``fn`` over ``items``; an item that raises gets None and an error record."""
     results: list[Any] = []
@@ -111,7 +121,7 @@ def _reraise(exc: BaseException) -> None:
     raise exc
 
 
-def run_batch(link: ClientLink, batch: TaskBatch) -> ResultBatch:
+def run_batch(link: LinkState, batch: TaskBatch) -> ResultBatch:
     """Decode, run and encode one batch; nothing here raises."""
     started = time.perf_counter()
     frames = list(batch.payload)
@@ -135,7 +145,7 @@ def run_batch(link: ClientLink, batch: TaskBatch) -> ResultBatch:
     return ResultBatch(batch.batch_id, result_codec, errors, time.perf_counter() - started, payload)
 
 
-def _function(link: ClientLink, batch: TaskBatch, frames: list[Any]) -> Callable[..., Any]:
+def _function(link: LinkState, batch: TaskBatch, frames: list[Any]) -> Callable[..., Any]:
     if batch.has_fn:
         link.functions[batch.digest] = codec.loads_function(frames.pop(0))
     return link.functions[batch.digest]

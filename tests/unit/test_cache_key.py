@@ -8,18 +8,11 @@ import sys
 import threading
 
 import pytest
+from notebook_cells import cell
 
 from fabric.client.cache_key import MAX_DEPTH, call_key, function_digest, item_keys
 from fabric.errors import CacheKeyError
 from fabric.task.guard import Guarded
-
-
-def cell(source):
-    """Run source as a notebook cell: in a namespace whose module is __main__."""
-    namespace = {"__name__": "__main__"}
-    exec(source, namespace)
-    return namespace
-
 
 BASE = "K = 3\ndef helper(x):\n    return x + K\ndef f(x, scale=2):\n    return helper(x) * scale\n"
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zmq
+from notebook_cells import cell
 
 from fabric.client.shipping import BindingCache, FunctionCache
 from fabric.errors import RemoteError, RemoteTraceback, SerializationError
@@ -77,20 +78,13 @@ def test_garbage_payload_raises_serialization_error():
         codec.decode(7, [b""])
 
 
-def notebook_cell(source):
-    """Run source as a notebook cell would: in a namespace whose module is __main__."""
-    namespace = {"__name__": "__main__"}
-    exec(source, namespace)
-    return namespace
-
-
 def test_function_cache_reuses_and_notices_rebinding():
-    cell = notebook_cell("K = 3\ndef reads_k(x):\n    return x + K\nfn = lambda x: reads_k(x)\n")
+    namespace = cell("K = 3\ndef reads_k(x):\n    return x + K\nfn = lambda x: reads_k(x)\n")
     cache = FunctionCache()
-    first = cache.get(cell["fn"])
-    assert cache.get(cell["fn"])[1] is first[1]  # not pickled again
-    cell["K"] = 5  # re-running a cell that rebinds a global read two calls deep
-    second = cache.get(cell["fn"])
+    first = cache.get(namespace["fn"])
+    assert cache.get(namespace["fn"])[1] is first[1]  # not pickled again
+    namespace["K"] = 5  # re-running a cell that rebinds a global read two calls deep
+    second = cache.get(namespace["fn"])
     assert second[0] != first[0]
     assert pickle.loads(second[1])(1) == 6
     assert pickle.loads(first[1])(1) == 4
@@ -119,12 +113,12 @@ def counting_cache(max_entries=100):
 
 
 def test_binding_cache_computes_once_per_function_and_binding():
-    cell = notebook_cell("K = 3\ndef reads_k(x):\n    return x + K\n")
+    namespace = cell("K = 3\ndef reads_k(x):\n    return x + K\n")
     cache = counting_cache()
-    assert [cache.get(cell["reads_k"]) for _ in range(3)] == [("reads_k", 1)] * 3
+    assert [cache.get(namespace["reads_k"]) for _ in range(3)] == [("reads_k", 1)] * 3
     assert [cache.get(len) for _ in range(2)] == [("len", 2)] * 2  # no weak reference to a builtin: kept strongly
-    cell["K"] = 5
-    assert cache.get(cell["reads_k"]) == ("reads_k", 3)
+    namespace["K"] = 5
+    assert cache.get(namespace["reads_k"]) == ("reads_k", 3)
 
 
 def importable(tag):

@@ -13,12 +13,16 @@ from fabric.wire import codec
 from fabric.wire.protocol import Mode
 
 
+def map_stream(mode, items, post, sizer, capacity=lambda: 1000):
+    """An ordered map stream over ``items`` that hands its batches to ``post``."""
+    return MapStream((b"digest", b"fn"), mode, sliced_input(items), post=post, capacity=capacity, sizer=sizer,
+                     ordered=True, deadline=None)
+
+
 def posted_chunks(items, chunksize):
     """Start a map stream over ``items`` and decode the payload of every batch it posts."""
     batches = []
-    stream = MapStream((b"digest", b"fn"), Mode.MAP, sliced_input(items), post=batches.append,
-                       capacity=lambda: 1000, sizer=BatchSizer(chunksize), ordered=True, deadline=None)
-    stream.start()
+    map_stream(Mode.MAP, items, batches.append, BatchSizer(chunksize)).start()
     return [codec.decode(batch.codec, batch.payload) for batch in batches]
 
 
@@ -54,6 +58,14 @@ class FakeTime:
 
     monotonic = perf_counter
 
+    def using(self, results, each_s):
+        """Consume ``results`` as a caller that spends ``each_s`` on each one."""
+        used = []
+        for value in results:
+            used.append(value)
+            self.now += each_s
+        return used
+
 
 class RecordingSizer(BatchSizer):
     """A batch sizer that records what the stream charges to the caller."""
@@ -85,32 +97,23 @@ def test_the_callers_time_with_each_chunk_is_charged_per_item(clock):
         clock.now += 1.0
         return 1
 
-    stream = MapStream((b"digest", b"fn"), Mode.MAP, sliced_input(range(1000)), post=answer,
-                       capacity=capacity, sizer=RecordingSizer(100), ordered=True, deadline=None)
+    stream = map_stream(Mode.MAP, range(1000), answer, RecordingSizer(100), capacity)
     stream.start()
-    results = []
-    for value in stream.results():
-        results.append(value)
-        clock.now += 0.001  # the caller uses each result for 1 ms
-    assert results == [2 * x for x in range(1000)]
+    assert clock.using(stream.results(), each_s=0.001) == [2 * x for x in range(1000)]
     assert stream.sizer.charged == [(100, pytest.approx(0.1))] * 10
     assert stream.sizer.caller_per_item_s == pytest.approx(0.001)
 
 
 def test_a_fold_stream_yields_one_partial_per_part_in_input_order(clock):
     batches = []
-    stream = MapStream((b"digest", b"fn"), Mode.FOLD, sliced_input(range(300)), post=batches.append,
-                       capacity=lambda: 1000, sizer=RecordingSizer(100), ordered=True, deadline=None)
+    stream = map_stream(Mode.FOLD, range(300), batches.append, RecordingSizer(100))
     stream.start()
     assert [b.mode for b in batches] == [Mode.FOLD] * 3
     first, second = batches[0].split()  # as after its worker died: the halves fold apart
     for part in (second, first, *batches[1:]):  # the second half answers first
         items = codec.decode(part.codec, part.payload)
         stream.deliver(part, codec.PICKLE, codec.pickle_frames([sum(items)]), [])
-    partials = []
-    for value in stream.results():
-        partials.append(value)
-        clock.now += 0.01  # the caller folds each partial in 10 ms
+    partials = clock.using(stream.results(), each_s=0.01)  # the caller folds each partial in 10 ms
     assert partials == [sum(range(50)), sum(range(50, 100)), sum(range(100, 200)), sum(range(200, 300))]
     # the caller's time is spread over every item of a chunk, not over its one or two partials
     assert stream.sizer.charged == [(100, pytest.approx(0.02)), (100, pytest.approx(0.01)),
@@ -119,8 +122,7 @@ def test_a_fold_stream_yields_one_partial_per_part_in_input_order(clock):
 
 def test_a_fold_stream_raises_a_failed_batch_after_the_partials_before_it():
     batches = []
-    stream = MapStream((b"digest", b"fn"), Mode.FOLD, sliced_input(range(200)), post=batches.append,
-                       capacity=lambda: 1000, sizer=BatchSizer(100), ordered=True, deadline=None)
+    stream = map_stream(Mode.FOLD, range(200), batches.append, BatchSizer(100))
     stream.start()
     stream.deliver(batches[0], codec.PICKLE, codec.pickle_frames([1]), [])
     stream.deliver(batches[1], codec.PICKLE, codec.pickle_frames([None]), [codec.error_record(0, KeyError("k"))])

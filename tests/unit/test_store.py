@@ -97,15 +97,22 @@ def test_replacing_an_entry_counts_it_once(tmp_path):
     assert (store.stats().entries, store.stats().bytes) == (1, 6)
 
 
+def opened_afresh(path, caplog, warning):
+    """Open the store at ``path``, which must warn with ``warning`` and start empty and working."""
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
+        store = ResultStore(path)
+    assert warning in caplog.text
+    assert store.stats().entries == 0
+    fill(store, 2)
+    assert len(store.get_many([key(0), key(1)])) == 2
+    return store
+
+
 def test_corrupt_file_is_moved_aside_and_replaced(tmp_path, caplog):
     path = tmp_path / "s.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
-        store = ResultStore(path)
-    assert "moved aside" in caplog.text
+    opened_afresh(path, caplog, "moved aside")
     assert list(tmp_path.glob("s.sqlite.corrupt-*"))
-    fill(store, 2)
-    assert len(store.get_many([key(0), key(1)])) == 2
 
 
 def test_a_store_of_another_schema_version_is_moved_aside(tmp_path, caplog):
@@ -115,11 +122,7 @@ def test_a_store_of_another_schema_version_is_moved_aside(tmp_path, caplog):
     db.execute("PRAGMA user_version = 99")
     db.commit()
     db.close()
-    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
-        store = ResultStore(path)
-    assert "schema version 99" in caplog.text
-    fill(store, 1)
-    assert store.stats().entries == 1
+    opened_afresh(path, caplog, "schema version 99")
 
 
 def test_integrity_is_checked_only_after_an_opener_died_with_the_file_open(tmp_path):
@@ -158,12 +161,8 @@ def test_a_file_left_open_by_a_killed_node_is_checked_and_moved_aside_if_corrupt
     with open(path, "r+b") as f:  # a page in the middle of the table, the header intact
         f.seek(os.path.getsize(path) // 2)
         f.write(b"\xff" * 4096)
-    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
-        store = ResultStore(path)
-    assert store.checked and "integrity check failed" in caplog.text
+    assert opened_afresh(path, caplog, "integrity check failed").checked
     assert list(tmp_path.glob("s.sqlite.corrupt-*"))
-    fill(store, 2)
-    assert store.stats().entries == 2
 
 
 def test_a_version_1_file_is_upgraded_in_place(tmp_path):
