@@ -8,8 +8,9 @@
     fabric-node status tcp://127.0.0.1:7100
     fabric-node keygen cluster.key
 
-This is the only place that configures logging (to stderr).  A configuration
-mistake exits with status 2 and a message naming the file, key and reason.
+Logging is configured only by process entry points: this one, the embedded
+node's (:mod:`fabric.node.__main__`) and the worker's.  A configuration mistake
+exits with status 2 and a message naming the file, key and reason.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A raw pyzmq DEALER plays a confused or hostile peer: it sends malformed
 messages to the embedded node's control ROUTER and to the client's ventilator
-and sink ROUTERs.  The client counts what it drops (``fx._io.malformed``); the
+and sink ROUTERs.  The client counts what it drops (``fx.statistics().malformed``); the
 node only logs, so a STATUS request sent after the garbage, on the same
 connection, proves the node read past it.
 """
@@ -106,10 +106,10 @@ def assert_still_works(fx, pids_before):
 @pytest.mark.parametrize("where", ["ventilator", "sink"])
 def test_a_malformed_message_to_the_client_is_counted_and_dropped(fx, intruder, where, garbage):
     pids = fabric_pids(fx)
-    before = fx._io.malformed
+    before = fx.statistics().malformed
     intruder(endpoint_of(fx, where)).send_multipart(garbage(VALID))
-    wait_for(lambda: fx._io.malformed > before, REPLY_TIMEOUT_S, "the client to drop the message")
-    assert fx._io.malformed == before + 1
+    wait_for(lambda: fx.statistics().malformed > before, REPLY_TIMEOUT_S, "the client to drop the message")
+    assert fx.statistics().malformed == before + 1
     assert_still_works(fx, pids)
 
 
@@ -126,11 +126,11 @@ def test_a_malformed_message_to_the_node_is_dropped(fx, intruder, garbage):
 
 def test_a_forged_result_for_an_unknown_batch_is_dropped_as_a_duplicate(fx, intruder):
     pids = fabric_pids(fx)
-    before = fx._io.duplicates
+    before = fx.statistics().duplicates
     forged = ResultBatch(2**62, 0, [], 0.0, [msgpack.packb(None)])
     intruder(fx._io.sink_endpoint).send_multipart(to_frames(forged))
-    wait_for(lambda: fx._io.duplicates > before, REPLY_TIMEOUT_S, "the client to drop the forged result")
-    assert fx._io.duplicates == before + 1
+    wait_for(lambda: fx.statistics().duplicates > before, REPLY_TIMEOUT_S, "the client to drop the forged result")
+    assert fx.statistics().duplicates == before + 1
     assert_still_works(fx, pids)
 
 
