@@ -385,12 +385,12 @@ class IOLoop:
                 self._perform(self.view.node_left(msg.node_id))
 
     def _dispatch(self) -> None:
-        for worker_id, _batch, frames in self.ventilator.dispatch():
+        for worker_id, batch, frames in self.ventilator.dispatch():
             try:
                 send_frames(self.vent, [worker_id, *frames], copy=False)
             except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)
                 log.info("client: worker %r unreachable: %s", worker_id, exc)
-                self._fail(self.ventilator.worker_lost(worker_id, "unreachable"))
+                self.ventilator.unreachable(worker_id, batch.batch_id)
 
     def _notify_idle(self) -> None:
         if self._idle_waiters and (self.ventilator.idle() or self.broken is not None):

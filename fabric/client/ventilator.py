@@ -207,6 +207,19 @@ class Ventilator:
         self._requeue(held[1:])
         return self._retry(held[0], reason)
 
+    def unreachable(self, worker_id: bytes, batch_id: int) -> None:
+        """A send to the worker failed (it is gone from the ROUTER): that batch never
+        reached it and goes back to the head of its queue, charged nothing; the
+        worker gets no more batches.  What it held stays charged to it until its
+        node says how it died (WORKER_LOST, with the exit status a crashing task
+        is blamed with) or the node itself is lost."""
+        batch = self.in_flight.pop(batch_id)[1]
+        del self.held[worker_id][batch_id]
+        self.free[worker_id] = 0
+        self._requeue([batch])
+        if not self.held[worker_id]:
+            self._forget(worker_id)
+
     def function_missing(self, worker_id: bytes, batch_id: int) -> None:
         """The worker lacked the batch's function (it re-attached since the
         function was shipped): send the batch again, with the function.  The

@@ -253,3 +253,33 @@ def test_paused_nodes_get_no_batches():
     assert vent.free[b"w1"] == 1 and vent.credits == 0
     vent.resume(b"n1")
     assert [w for w, _, _ in vent.dispatch()] == [b"w1"]
+
+
+def test_a_send_to_a_vanished_worker_charges_nothing_and_waits_for_the_real_cause():
+    """The send fails before the node's WORKER_LOST arrives: the unsent batch goes back
+    uncharged, the worker gets nothing more, and the running batch is charged with the
+    cause the node reports (not with 'unreachable')."""
+    vent = Ventilator(retries=1)
+    vent.worker_ready(b"w1", 2, b"n1")
+    running, unsent = call_batch(Owner()), call_batch(Owner(), digest=b"e" * 16)
+    vent.enqueue(running)
+    vent.enqueue(unsent)
+    sent = [batch for _, batch, _ in vent.dispatch()]
+    assert sent == [running, unsent]
+    vent.unreachable(b"w1", unsent.batch_id)
+    assert list(vent.urgent) == [unsent] and unsent.attempts == 0
+    assert list(vent.dispatch()) == []  # nothing more for the vanished worker
+    [(batch, exc)] = vent.worker_lost(b"w1", "exited with code 3")
+    assert batch is running and "exited with code 3" in str(exc)
+    vent.worker_ready(b"w2", 1, b"n1")
+    assert [batch for _, batch, _ in vent.dispatch()] == [unsent]
+
+
+def test_a_vanished_worker_that_held_nothing_else_is_forgotten():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 1, b"n1")
+    batch = call_batch(Owner())
+    vent.enqueue(batch)
+    list(vent.dispatch())
+    vent.unreachable(b"w1", batch.batch_id)
+    assert vent.workers == 0 and list(vent.urgent) == [batch]
