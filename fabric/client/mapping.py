@@ -42,7 +42,6 @@ from .ventilator import Batch, next_batch_id
 if TYPE_CHECKING:
     from .cache import CachedFunction
 
-_END = object()
 _SMALL_ATOMS = frozenset({int, float, bool, type(None), str, bytes, complex})
 SMALL_RESULT_BYTES = 64  # per item, on the wire: below it a chunk's results are kept until it is used up
 MIN_WINDOW = 4  # chunks in flight or unread per stream, before workers are known
@@ -389,9 +388,10 @@ def releasing(results: list[Any], parts: list[Part]) -> Iterable[Any]:
     size = sum(codec.frames_size(part.payload or part.blobs or ()) for part in parts)
     if type(results[0]) in _SMALL_ATOMS and size <= SMALL_RESULT_BYTES * len(results):
         return results
-    results.append(_END)
     results.reverse()
-    return iter(results.pop, _END)
+    # map, not iter(pop, sentinel): a sentinel is compared with == to every result,
+    # which a numpy array answers with an array.
+    return map(list.pop, itertools.repeat(results, len(results)))
 
 
 def _assemble(length: int, parts: list[Part]) -> tuple[list[Any], tuple[int, BaseException] | None]:

@@ -73,7 +73,7 @@ class Pipeline:
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
-        size = sum(len(memoryview(frame)) for frame in payload)
+        size = codec.frames_size(payload)
         if size > self.max_message_bytes:
             raise SerializationError(
                 f"{what} serialize to {size:,} bytes, over max_message_bytes={self.max_message_bytes:,}; "
@@ -102,11 +102,11 @@ class TaskAPI:
         pipeline.check_open()
         options = self._task_options
         digest, fn_payload = pipeline.shipper.get(fn, options)
-        future = Future(_name(fn))
+        future = Future(codec.function_name(fn))
         if wants_cache(fn, options.cache) and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
         payload = codec.pickle_frames((args, kwargs))
-        pipeline.check_size(payload, f"the arguments of {_name(fn)}")
+        pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=options.retries,
@@ -276,7 +276,3 @@ def _served_from_cache(cache: CacheClient, fn: Callable[..., Any], args: tuple[A
 
     future.add_done_callback(store)
     return False
-
-
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", type(fn).__name__)

@@ -158,3 +158,9 @@ def test_large_or_object_results_are_released_as_they_are_handed_over():
 def test_small_atoms_are_handed_over_as_the_list_itself():
     results = list(range(100))
     assert releasing(results, [Part(0, 100, codec.PICKLE, [b"x" * 300])]) is results
+
+
+def test_array_results_are_released_without_comparing_them():
+    rows = [np.arange(3), np.arange(3)]
+    handed = list(releasing(list(rows), [Part(0, 2, codec.PICKLE, [b"x" * 300])]))
+    assert [r.tolist() for r in handed] == [[0, 1, 2], [0, 1, 2]]
