@@ -23,6 +23,7 @@ run reports an unexpected success and fails, so the mark gets removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -254,19 +255,18 @@ def run_sharded(names: list[str], jobs: int) -> dict[str, dict[str, Any]]:
     """Run the tests in ``jobs`` child processes at once (most of a test is waiting on its
     fabric's processes, so shards overlap well); print each shard's output, merge the records."""
     shards = [names[i::jobs] for i in range(jobs)]
-    with tempfile.TemporaryDirectory(prefix="fabric-conformance-") as tmp:
+    records: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="fabric-conformance-") as tmp, contextlib.ExitStack() as logs:
         children = []
         for i, shard in enumerate(shards):
             out = Path(tmp) / f"shard{i}.json"
-            log = open(Path(tmp) / f"shard{i}.log", "w+")  # noqa: SIM115 (closed below)
+            log = logs.enter_context(open(Path(tmp) / f"shard{i}.log", "w+"))
             cmd = [sys.executable, __file__, "--jobs", "1", "--json", str(out), *shard]
             children.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), out, log))
-        records: dict[str, dict[str, Any]] = {}
         for i, (child, out, log) in enumerate(children):
             child.wait()
             log.seek(0)
             sys.stderr.write(f"--- shard {i + 1} of {jobs} (exit code {child.returncode}) ---\n{log.read()}")
-            log.close()
             if out.exists():
                 records.update(json.loads(out.read_text())["tests"])
             else:

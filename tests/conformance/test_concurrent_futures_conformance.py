@@ -51,6 +51,9 @@ def conformance_python() -> str:
         where = f"FABRIC_CONFORMANCE_PYTHON={named}" if named else f"{REPO / '.venv-conformance'}"
         pytest.skip(f"no Python 3.13 for CPython's concurrent.futures tests: {where} does not exist "
                     "(.ci/run makes .venv-conformance where python3.13 is installed)")
+    runs = subprocess.run([python, "-c", "pass"], capture_output=True, text=True, timeout=60)
+    if runs.returncode:  # a pyenv shim for a version not selected, say
+        pytest.skip(f"{python} does not run: {runs.stderr.strip()}")
     probe = subprocess.run([python, "-c", PROBE, str(REPO)], capture_output=True, text=True, timeout=120)
     if probe.returncode in (3, 4):
         pytest.skip(f"{python} cannot run CPython's concurrent.futures tests: {probe.stderr.strip()}")
