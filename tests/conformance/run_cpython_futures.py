@@ -77,7 +77,7 @@ class ExecutorTests(ExecutorTest):
     def test_max_workers_negative(self):
         """Adapted: fabric's keyword is ``workers``, so its ValueError names that, not ``max_workers``."""
         for number in (0, -1):
-            with self.assertRaisesRegex(ValueError, r"\bworkers must be >= 1"):
+            with self.assertRaisesRegex(ValueError, r"\bworkers: must be >= 1"):
                 self.executor_type(max_workers=number)
 
 
