@@ -39,7 +39,7 @@ def test_members_of_a_keyed_cluster_work(keyed_node):
 def test_a_client_without_the_key_is_refused_and_told_why(keyed_node, tmp_path, stranger):
     address, key_file = keyed_node
     other = None if stranger == "no key" else write_key_file(tmp_path / "other.key").path
-    with fabric.connect(address, key_file=other, connect_timeout_s=1.0) as fx:
+    with fabric.connect(address, key_file=other, connect_timeout_s=3.0) as fx:
         with pytest.raises(fabric.NoNodesError, match="handshake with .* failed: .*key"):
             list(fx.map(abs, range(10)))
     refused = status(address)  # nor does the status command get an answer, and it says why
