@@ -22,6 +22,7 @@ import atexit
 import concurrent.futures
 import os
 import socket
+import threading
 import uuid
 import weakref
 from dataclasses import replace
@@ -50,6 +51,7 @@ from .submission import FunctionShipper, Pipeline, TaskAPI
 __all__ = ["Fabric", "connect"]
 
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
+_closing: set[threading.Thread] = set()  # shutdown(wait=False)s still finishing their work
 
 
 def connect(
@@ -179,8 +181,11 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         _open_fabrics.add(self)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work, optionally cancel what has not started, and
-        (with ``wait``) wait for the rest; then stop the embedded node."""
+        """Stop accepting work and, with ``cancel_futures``, cancel what has not
+        started.  The rest runs to completion, as with the stdlib executors:
+        ``wait=True`` returns once it has (and the embedded node has stopped),
+        ``wait=False`` at once, the rest finishing in the background; the
+        interpreter waits for it at exit."""
         if self._closed:
             return
         self._closed = True
@@ -188,10 +193,19 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         if cancel_futures:
             self._io.post(self._io.cancel_pending)
         if wait:
-            self._io.wait_idle()
+            self._finish()
+            return
+        closer = threading.Thread(target=self._finish, name="fabric-shutdown", daemon=True)
+        _closing.add(closer)
+        closer.start()
+
+    def _finish(self) -> None:
+        """Wait for what was submitted, then release the sockets and the embedded node."""
+        self._io.wait_idle()
         self._io.stop()
         self._stop_embedded()
         self._release_context()
+        _closing.discard(threading.current_thread())
 
     def _stop_embedded(self) -> None:
         if self._embedded is not None:
@@ -231,6 +245,10 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
 
 
 @atexit.register
-def _shutdown_open_fabrics() -> None:
+def _finish_at_exit() -> None:
+    """Submitted work completes before the interpreter exits, as the stdlib
+    executors promise (they join their threads at exit)."""
     for fabric in list(_open_fabrics):
-        fabric.shutdown(wait=False)
+        fabric.shutdown(wait=True)
+    for closer in list(_closing):
+        closer.join()

@@ -115,10 +115,6 @@ class ShutdownTests(ExecutorShutdownTest):
         self.assertFalse(err)
         self.assertEqual(out.strip(), "apple")
 
-    @known_bug(
-        "fabric's atexit hook shuts open fabrics down with wait=False, which fails every pending and running "
-        "future with ClosedError instead of letting them finish before the interpreter exits"
-    )
     def test_interpreter_shutdown(self):
         """Work submitted but never waited for still completes before the interpreter exits."""
         self.assert_submitted_work_finishes()
@@ -145,10 +141,6 @@ class ShutdownTests(ExecutorShutdownTest):
         self.assertIn("ClosedError: cannot schedule new work", err)
         self.assertEqual(out.strip(), "runtime-error")
 
-    @known_bug(
-        "shutdown(wait=False) fails every pending and running future with ClosedError and stops the workers, "
-        "instead of returning at once and letting the work finish"
-    )
     def test_hang_gh83386(self):
         """shutdown(wait=False) with a running future neither hangs the exit nor loses the work."""
         self.assert_submitted_work_finishes(then="t.shutdown(wait=False)")
