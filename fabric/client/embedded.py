@@ -11,15 +11,22 @@ The node watches its owner's pid and exits with its workers when the owner
 dies, even by SIGKILL, so no process outlives the client; it then removes
 the private directory.  Workers see the client's ``sys.path``, so functions
 from the caller's own modules import on them.
+
+After the endpoint line, whatever the node and its workers write to their
+inherited stdout (a task's ``print``) is copied to the client's ``sys.stdout``
+by a daemon thread, so it is seen and a worker never blocks on a full pipe
+(64 KiB of unread output used to hang every worker).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import replace
 from typing import IO, cast
 
@@ -30,6 +37,7 @@ from ..errors import NoNodesError
 from ..node import processes
 
 STOP_TIMEOUT_S = 5.0
+OUTPUT_CHUNK_BYTES = 65536
 
 
 class EmbeddedNode:
@@ -54,6 +62,7 @@ class EmbeddedNode:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise NoNodesError(f"the embedded node failed to start (exit code {code}); see its messages above")
         self.endpoint = line
+        threading.Thread(target=_forward, args=(self.process.stdout,), name="fabric-node-output", daemon=True).start()
 
     def sentinel(self) -> int | None:
         """A descriptor readable when the node process exits (Linux pidfd)."""
@@ -65,9 +74,18 @@ class EmbeddedNode:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _forward(pipe: io.BufferedReader) -> None:
+    """Copy the node's stdout to ours until every writer (node, workers) has exited."""
+    with pipe:
+        while chunk := pipe.read1(OUTPUT_CHUNK_BYTES):
+            try:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            except (OSError, ValueError):  # our stdout is closed or gone: keep draining
+                continue
 
 
 def _child_env() -> dict[str, str]:
