@@ -54,15 +54,16 @@ class Faults:
     are only counted, so a flood of bad messages costs no log lines and no disk.
     """
 
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, logger: logging.Logger) -> None:
         self.owner = owner  # "node NAME" or "worker ID", for the log line
+        self.log = logger  # the owner module's
         self.counts: Counter[str] = Counter()
 
     def record(self, kind: str, detail: object, exc: BaseException | None = None) -> None:
         self.counts[kind] += 1
         if self.counts[kind] == 1:
-            log.warning("%s: %s: %s (logged once; later ones are only counted)", self.owner, kind, detail,
-                        exc_info=exc)
+            self.log.warning("%s: %s: %s (logged once; later ones are only counted)", self.owner, kind, detail,
+                             exc_info=exc)
 
     def summary(self) -> str:
         """``kind: count`` of everything recorded, for the log line at exit."""

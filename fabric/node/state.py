@@ -159,7 +159,7 @@ class NodeState:
         self.stopping = False
         self.stop_reason = ""  # what stopped the node (a signal's name, STOP), for the log
         self.spawns_owed = 0  # workers whose spawn failed (out of descriptors...), started again at a beat
-        self.faults = Faults(f"node {settings.name}")
+        self.faults = Faults(f"node {settings.name}", log)
         self.next_beat = self.next_health = 0.0
         self._rate_at = 0.0
         self._rate_done = 0

@@ -205,7 +205,7 @@ class Worker:
         self.parent_pid = parent_pid
         self.key = key
         self.max_clients = max_clients
-        self.faults = processes.Faults(f"worker {worker_id.decode()}")
+        self.faults = processes.Faults(f"worker {worker_id.decode()}", log)
         self.context = zmq.Context()
         self.control = self._socket(zmq.DEALER)
         self.control.connect(node_endpoint)

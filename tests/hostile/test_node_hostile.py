@@ -204,6 +204,7 @@ def test_a_frame_declared_too_large_is_refused_before_it_is_read(node):
 
 
 def test_a_node_out_of_descriptors_survives_and_serves_once_they_close(tmp_path):
+    """psutil's readings and a worker's spawn fail with EMFILE: skipped, and retried at a later beat."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))  # this test's 1,000 sockets
     address, log = free_address(), tmp_path / "node.log"
@@ -224,10 +225,14 @@ def test_a_node_out_of_descriptors_survives_and_serves_once_they_close(tmp_path)
                  "the node to run out of descriptors")
         wait_for(lambda: process.poll() is not None or "a psutil reading failed" in log.read_text(), ANSWER_S,
                  "the node's health check to meet EMFILE")
+        worker_processes({process.pid})[0].kill()  # its replacement cannot start while no descriptor is free
+        wait_for(lambda: process.poll() is not None or "a worker could not be started" in log.read_text(), ANSWER_S,
+                 "the node to fail to spawn the replacement")
         assert process.poll() is None, f"the node died:\n{log.read_text()[-2000:]}"
         for conn in connections:
             conn.close()
         connections.clear()
+        wait_for(lambda: len(worker_processes({process.pid})) == 2, ANSWER_S, "the replacement worker")
         seconds = exact_map(address)
         assert process.poll() is None
         print(f"{SILENT_CONNECTIONS} silent connections at {FD_LIMIT} descriptors: map of {MAP_ITEMS} in "
