@@ -417,10 +417,7 @@ class Node:
         self.handshakes.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
-        for sock in list(self.context._sockets):  # type: ignore[attr-defined]
-            if not sock.closed:
-                sock.close()
-        self.context.term()
+        self.context.destroy()  # each socket with its own LINGER, then term()
 
 
 def default_name(control: str) -> str:
