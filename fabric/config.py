@@ -7,7 +7,8 @@ Every key, its default and its unit, in one place::
     liveness_s = 3.0              # silence after which a node (or client) is declared dead
     retries = 3                   # attempts for a task whose worker dies
     connect_timeout_s = 30.0      # how long queued work waits for any worker before NoNodesError
-    max_message_bytes = 1073741824  # cap on one serialized batch of arguments or results (1 GiB)
+    max_message_bytes = 1073741824  # cap on one serialized batch of arguments or results (1 GiB); a node's
+                                  # control socket drops a connection that sends a frame over it (+ 1 MiB)
     key_file = ""                 # the cluster's CURVE key (fabric-node keygen), relative to this file;
                                   # "" = $FABRIC_KEY_FILE, or none: loopback only
     insecure = false              # allow binding non-loopback addresses without a key (no authentication)
