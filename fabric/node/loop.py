@@ -111,7 +111,7 @@ class Node:
         check_bind(settings.address, settings.insecure, self.key is not None)
         self.context = zmq.Context()
         self.gatekeeper = gatekeeper(self.context, self.key)
-        self.handshakes = security.HandshakeWatch()  # logs who failed to connect, and why
+        self.handshakes = security.HandshakeWatch(self.key is not None)  # logs who failed to connect, and why
         try:
             self._open(settings)
         except BaseException:
