@@ -105,7 +105,8 @@ class Node:
 
     def __init__(self, settings: NodeSettings) -> None:
         """Bind and open everything, or raise ConfigError (an address in use, not
-        an endpoint) with every socket made so far closed."""
+        an endpoint, a cache directory that cannot be written) with every socket
+        made so far closed."""
         processes.raise_fd_limit()
         self.key = ClusterKey.load(settings.key_file) if settings.key_file else None
         check_bind(settings.address, settings.insecure, self.key is not None)
@@ -135,8 +136,12 @@ class Node:
         bound = Bound(new_id("n"), control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT))
         self.state = NodeState(settings, bound)
         cache = settings.cache
-        self.store = ResultStore(cache.shard_path(settings.name), max_entries=cache.max_entries,
-                                 max_bytes=cache.max_bytes)
+        shard = cache.shard_path(settings.name)
+        try:
+            self.store = ResultStore(shard, max_entries=cache.max_entries, max_bytes=cache.max_bytes)
+        except (StoreError, OSError) as exc:
+            raise ConfigError(f"cannot open the result cache shard {shard}: {exc}; give --cache-dir (or [cache] dir "
+                              "in cluster.toml) a directory this user may write to") from None
         self.poller = zmq.Poller()
         for sock in (self.router, self.sub, incoming):
             self.poller.register(sock, zmq.POLLIN)
