@@ -1,4 +1,4 @@
-"""``fabric-node``: run a node daemon in the foreground, or ask a cluster for its status.
+"""``fabric-node``: run a node daemon in the foreground, stop one, or ask a cluster for its status.
 
 ::
 
@@ -6,11 +6,16 @@
     fabric-node start --bind tcp://127.0.0.1:7100 --join tcp://127.0.0.1:7200 --workers 4
     fabric-node status --config cluster.toml
     fabric-node status tcp://127.0.0.1:7100
+    fabric-node stop tcp://127.0.0.1:7100          # or: fabric-node stop --config cluster.toml alpha
     fabric-node keygen cluster.key
+    fabric-node --version
 
 Logging is configured only by process entry points: this one, the embedded
-node's (:mod:`fabric.node.__main__`) and the worker's.  A configuration mistake
-exits with status 2 and a message naming the file, key and reason.
+node's (:mod:`fabric.node.__main__`) and the worker's.  Every user error (a
+configuration mistake, an address in use or malformed, a key file that cannot
+be read or written) exits with status 2 and one line saying what is wrong and
+what to do, never a traceback.  ``stop`` exits with 0 once the node has
+acknowledged, 1 if nothing answered.
 """
 
 from __future__ import annotations
@@ -20,23 +25,27 @@ import json
 import logging
 import sys
 from dataclasses import asdict, replace
+from typing import TypeVar
 
 import zmq
 
+from . import __version__
 from .cluster.stats import NodeStats
 from .config import DEFAULT_BIND, ClusterConfig, NodeSettings, check_address, check_settings, load_config
 from .errors import ConfigError, ProtocolError
 from .node import processes
 from .node.loop import Node
 from .wire import security
-from .wire.protocol import Status, StatusReply, from_frames, to_frames
+from .wire.protocol import Message, NodeLeaving, Status, StatusReply, Stop, from_frames, to_frames
 from .wire.security import ClusterKey, write_key_file
 
-STATUS_TIMEOUT_S = 3.0
+Answer = TypeVar("Answer", bound=Message)
+STATUS_TIMEOUT_S = 3.0  # also how long ``stop`` waits for the node's acknowledgement
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fabric-node", description="Run or inspect fabric nodes.")
+    parser = argparse.ArgumentParser(prog="fabric-node", description="Run, stop or inspect fabric nodes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     start = commands.add_parser("start", help="run a node in the foreground (SIGINT/SIGTERM stop it cleanly)")
@@ -49,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--prefetch", type=int, help="batches each worker may hold (default 2)")
     start.add_argument("--max-load", type=float, help="whole-machine CPU %% above which no new batches are taken")
     start.add_argument("--memory-limit-mb", type=int, help="worker RSS above which it is killed and replaced")
+    start.add_argument("--max-clients", type=int, help="clients attached at once; more are refused (default 256)")
     start.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats (default 1)")
     start.add_argument("--liveness", type=float, help="seconds of silence before a peer or client is dead (default 3)")
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a cluster key")
@@ -60,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", help="cluster.toml: ask its nodes in turn")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
+
+    stop = commands.add_parser("stop", help="stop a node as SIGTERM would (its peers and clients see it leave)")
+    stop.add_argument("node", metavar="ADDRESS|NAME", help="the node's control endpoint, or with --config its name")
+    stop.add_argument("--config", help="cluster.toml: NAME is one of its [[node]] entries")
+    stop.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
 
     keygen = commands.add_parser("keygen", help="write a new cluster key (authenticates and encrypts all traffic)")
     keygen.add_argument("path", help="the key file to create (readable by its owner only; never overwritten)")
@@ -75,16 +90,25 @@ def node_settings(args: argparse.Namespace) -> NodeSettings:
         settings = config.node_settings(name=args.name or "", seeds=tuple(n.address for n in config.nodes))
     flags = {
         "address": args.bind, "workers": args.workers, "prefetch": args.prefetch, "max_load": args.max_load,
-        "memory_limit_mb": args.memory_limit_mb, "heartbeat_interval_s": args.heartbeat_interval,
-        "liveness_s": args.liveness, "insecure": args.insecure or None,
+        "memory_limit_mb": args.memory_limit_mb, "max_clients": args.max_clients,
+        "heartbeat_interval_s": args.heartbeat_interval, "liveness_s": args.liveness, "insecure": args.insecure or None,
         "cache": replace(settings.cache, dir=args.cache_dir) if args.cache_dir else None,
     }
     settings = replace(settings, **{k: v for k, v in flags.items() if v is not None})
     check_settings(settings, "command line")
     for seed in args.join:
         check_address(seed, "--join")
-    key = ClusterKey.find(args.key_file or settings.key_file)
+    key = find_key(args.key_file or settings.key_file)
     return replace(settings, seeds=settings.seeds + tuple(args.join), key_file=key.path if key is not None else "")
+
+
+def find_key(path: str) -> ClusterKey | None:
+    """The cluster key, or a ConfigError that also says where the key's path came from."""
+    try:
+        return ClusterKey.find(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; name a key made by `fabric-node keygen` with --key-file, key_file in "
+                          f"cluster.toml or ${security.KEY_FILE_ENV}") from None
 
 
 def start(args: argparse.Namespace) -> int:
@@ -100,27 +124,36 @@ def start(args: argparse.Namespace) -> int:
     return 0
 
 
-def ask_status(address: str, key: ClusterKey | None = None, timeout_s: float = STATUS_TIMEOUT_S) -> list[NodeStats]:
-    """The node's view of the live cluster; raises TimeoutError if it does not answer."""
+def ask(address: str, request: Message, answer: type[Answer], key: ClusterKey | None = None,
+        timeout_s: float = STATUS_TIMEOUT_S) -> Answer:
+    """Send ``request`` to a node and return its ``answer``; raises TimeoutError if
+    it does not answer (saying why when its handshake failed), ProtocolError if
+    it answers something else."""
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    security.join(sock, key)
     handshakes = security.HandshakeWatch()
-    monitor = handshakes.watch(sock, address)
     try:
+        security.join(sock, key)
+        monitor = handshakes.watch(sock, address)
         sock.connect(address)
-        sock.send_multipart(to_frames(Status()))
+        sock.send_multipart(to_frames(request))
         if not sock.poll(int(timeout_s * 1000)):
             handshakes.on_events(monitor)
             raise TimeoutError(f"no answer from {address} within {timeout_s:.0f} s"
                                + (f": {handshakes.describe()}" if handshakes.refusals else ""))
         reply = from_frames(sock.recv_multipart())
-        if not isinstance(reply, StatusReply):
-            raise ProtocolError(f"{address} answered {type(reply).__name__}, not STATUS_REPLY")
-        return [NodeStats.from_info(info) for info in reply.nodes]
+        if not isinstance(reply, answer):
+            raise ProtocolError(f"{address} answered {type(reply).__name__}, not {answer.KIND.name}")
+        return reply
     finally:
         handshakes.close()
         sock.close()
+
+
+def ask_status(address: str, key: ClusterKey | None = None, timeout_s: float = STATUS_TIMEOUT_S) -> list[NodeStats]:
+    """The node's view of the live cluster; raises TimeoutError if it does not answer."""
+    reply = ask(address, Status(), StatusReply, key, timeout_s)
+    return [NodeStats.from_info(info) for info in reply.nodes]
 
 
 def format_table(nodes: list[NodeStats]) -> str:
@@ -142,7 +175,7 @@ def status(args: argparse.Namespace) -> int:
     addresses = [args.address] if args.address else [n.address for n in config.nodes]
     if not addresses:
         raise ConfigError("status needs an ADDRESS or a --config naming at least one node")
-    key = ClusterKey.find(args.key_file or config.key_file)
+    key = find_key(args.key_file or config.key_file)
     errors = []
     for address in addresses:
         try:
@@ -159,8 +192,28 @@ def status(args: argparse.Namespace) -> int:
     return 1
 
 
+def stop(args: argparse.Namespace) -> int:
+    """STOP to one node: 0 once it acknowledged, 1 if nothing answered."""
+    config = load_config(args.config) if args.config else ClusterConfig()
+    address = config.node(args.node).address if args.config else args.node
+    if not address.startswith("ipc://"):
+        check_address(address, "stop")
+    key = find_key(args.key_file or config.key_file)
+    try:
+        ask(address, Stop(), NodeLeaving, key)
+    except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
+        print(f"fabric-node: the node did not stop: {exc}", file=sys.stderr)
+        return 1
+    print(f"{address}: stopping")
+    return 0
+
+
 def keygen(args: argparse.Namespace) -> int:
-    key = write_key_file(args.path)
+    try:
+        key = write_key_file(args.path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the key file {args.path}: {exc.strerror or exc}; "
+                          "give a path in a directory that exists and you may write to") from None
     print(f"wrote {key.path}: copy it to every machine of the cluster and name it in cluster.toml "
           "([cluster] key_file) or with --key-file; keep it private")
     return 0
@@ -169,7 +222,7 @@ def keygen(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"start": start, "status": status, "keygen": keygen}
+    commands = {"start": start, "status": status, "stop": stop, "keygen": keygen}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

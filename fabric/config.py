@@ -7,7 +7,8 @@ Every key, its default and its unit, in one place::
     liveness_s = 3.0              # silence after which a node (or client) is declared dead
     retries = 3                   # attempts for a task whose worker dies
     connect_timeout_s = 30.0      # how long queued work waits for any worker before NoNodesError
-    max_message_bytes = 1073741824  # cap on one serialized batch of arguments or results (1 GiB)
+    max_message_bytes = 1073741824  # cap on one serialized batch of arguments or results (1 GiB); a node's
+                                  # control socket drops a connection that sends a frame over it (+ 1 MiB)
     key_file = ""                 # the cluster's CURVE key (fabric-node keygen), relative to this file;
                                   # "" = $FABRIC_KEY_FILE, or none: loopback only
     insecure = false              # allow binding non-loopback addresses without a key (no authentication)
@@ -25,6 +26,8 @@ Every key, its default and its unit, in one place::
     prefetch = 2                  # batches each worker may hold (1 running + queued)
     max_load = 100.0              # whole-machine CPU % at or above which the node takes no new batches (100: never)
     memory_limit_mb = 0           # RSS above which a worker is killed and replaced (0: no limit)
+    max_clients = 256             # clients attached at once; more HELLOs are refused (each costs every
+                                  # worker two sockets, and libzmq allows 1,023 per process)
 
 A mistake (unknown key, wrong type, duplicate node, bad address) raises
 :class:`ConfigError` naming the file, the key and the reason, before anything
@@ -54,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .wire.protocol import MAX_CREDITS, MAX_MESSAGE_BYTES_CAP
+from .wire.protocol import MAX_CLIENTS_CAP, MAX_CREDITS, MAX_MESSAGE_BYTES_CAP
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_LIVENESS_S = 3.0
@@ -66,6 +69,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_CACHE_ENTRIES = 1_000_000
 DEFAULT_CACHE_BYTES = 1 << 30
 DEFAULT_BIND = "tcp://127.0.0.1:7100"
+DEFAULT_MAX_CLIENTS = 256  # x 2 sockets per worker stays well under libzmq's 1,023 sockets per process
 
 
 def default_workers() -> int:
@@ -109,6 +113,8 @@ class NodeSettings:
     prefetch: int = DEFAULT_PREFETCH
     max_load: float = DEFAULT_MAX_LOAD
     memory_limit_mb: int = 0  # RSS above which a worker is killed and replaced; 0: no limit
+    max_clients: int = DEFAULT_MAX_CLIENTS  # clients attached at once; further HELLOs are refused
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # the control socket refuses a frame above this (+ slack)
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     liveness_s: float = DEFAULT_LIVENESS_S  # before a silent client or peer is forgotten, a stopped worker killed
     seeds: tuple[str, ...] = ()  # control endpoints of peers to join
@@ -156,7 +162,8 @@ class ClusterConfig:
     def node_settings(self, **values: Any) -> NodeSettings:
         """A node's settings: ``values``, and this cluster's for what every node shares."""
         shared = {"heartbeat_interval_s": self.heartbeat_interval_s, "liveness_s": self.liveness_s,
-                  "insecure": self.insecure, "key_file": self.key_file, "cache": self.cache}
+                  "insecure": self.insecure, "key_file": self.key_file, "cache": self.cache,
+                  "max_message_bytes": self.max_message_bytes}
         return NodeSettings(**{**shared, **values})
 
 
@@ -165,7 +172,10 @@ _CLUSTER_KEYS = {
     "max_message_bytes": int, "insecure": bool, "key_file": str,
 }
 _CACHE_KEYS = {"dir": str, "max_entries": int, "max_bytes": int, "replicas": int}
-_NODE_KEYS = {"name": str, "address": str, "workers": int, "prefetch": int, "max_load": float, "memory_limit_mb": int}
+_NODE_KEYS = {
+    "name": str, "address": str, "workers": int, "prefetch": int, "max_load": float, "memory_limit_mb": int,
+    "max_clients": int,
+}
 
 
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
@@ -255,6 +265,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prefetch": (lambda n: 1 <= n <= MAX_CREDITS, f"from 1 to {MAX_CREDITS} (batches each worker may hold)"),
     "max_load": (lambda pct: 0 <= pct <= 100, "a CPU percentage from 0 to 100"),
     "memory_limit_mb": (lambda mb: mb >= 0, "must be >= 0 (0: no limit)"),
+    "max_clients": (lambda n: 1 <= n <= MAX_CLIENTS_CAP, f"from 1 to {MAX_CLIENTS_CAP} (clients attached at once)"),
     "heartbeat_interval_s": (lambda s: s > 0, "must be > 0 (seconds between heartbeats)"),
     "retries": (lambda n: n >= 1, "must be >= 1 (attempts for a task whose worker dies)"),
     "connect_timeout_s": (lambda s: s > 0, "must be > 0 (seconds queued work waits for a worker)"),

@@ -7,8 +7,11 @@ round trip against ~120 us client <-> worker direct)::
     client DEALER ──HELLO (also its heartbeat)/GOODBYE──► ROUTER (bound) ◄──WORKER_UP/REPORT── worker DEALER
     client DEALER ◄─HEARTBEAT/WORKER_LOST/NODE_LEAVING─── node ──ATTACH/DETACH/SHUTDOWN──► worker
     peer DEALER   ──PEER_HELLO──► ROUTER ──HEARTBEAT──►    │  spawn, watch (pidfd), restart
-                                             PUB (bound) ──┴─ HEARTBEAT every interval ──► clients' and peers' SUB
-                                             SUB ◄── peers' HEARTBEATs (membership spreads from the seeds)
+    fabric-node stop ──STOP──► ROUTER ──NODE_LEAVING──►    │
+                                             PUB (bound) ──┴─ HEARTBEAT every interval, NODE_LEAVING at a stop
+                                                              ──► clients' and peers' SUB
+                                             SUB ◄── peers' HEARTBEATs and NODE_LEAVINGs (membership spreads
+                                                     from the seeds)
 
 :class:`Node` only receives, samples, asks and performs.  It owns the sockets,
 the worker processes, the cache shard (:mod:`.store`) and one ``zmq.Poller``
@@ -17,6 +20,15 @@ once; :class:`~fabric.node.state.NodeState` makes every decision (whom to tell
 what, which worker to kill or start, which peer to greet, when to write the
 cache shard, when to wake up) from the messages, the psutil readings
 (:mod:`.load`) and the time it is given.
+
+Nothing that arrives may stop the node: a message that does not parse, or whose
+handling raises, and a failed step of the loop (a ``connect()`` refused, a spawn
+or a psutil reading out of descriptors) are counted in ``state.faults`` (the
+first of each kind logged) and the loop carries on; a socket made for a
+``connect()`` that failed is closed at once, so ``Context.term()`` never waits
+for it.  The control ROUTER refuses a frame larger than ``max_message_bytes``
+(plus ``MESSAGE_SLACK_BYTES``) before reading it, and the node admits at most
+``max_clients`` clients.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import msgpack
@@ -48,6 +60,7 @@ from ..wire.protocol import (
     CachePut,
     Heartbeat,
     Message,
+    NodeLeaving,
     PeerHello,
     from_frames,
     to_frames,
@@ -63,6 +76,8 @@ log = logging.getLogger(__name__)
 
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 SHUTDOWN_GRACE_S = 2.0
+LEAVING_LINGER_MS = 500  # how long NODE_LEAVING may wait in the PUB's queue at a stop
+MESSAGE_SLACK_BYTES = 1 << 20  # a CACHE_PUT's frame carries max_message_bytes of results plus msgpack framing
 
 
 def new_id(prefix: str) -> bytes:
@@ -89,19 +104,31 @@ class Node:
     """The node's run loop."""
 
     def __init__(self, settings: NodeSettings) -> None:
+        """Bind and open everything, or raise ConfigError (an address in use, not
+        an endpoint, a cache directory that cannot be written) with every socket
+        made so far closed."""
+        processes.raise_fd_limit()
         self.key = ClusterKey.load(settings.key_file) if settings.key_file else None
         check_bind(settings.address, settings.insecure, self.key is not None)
         self.context = zmq.Context()
         self.gatekeeper = gatekeeper(self.context, self.key)
-        self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1, ROUTER_HANDOVER=1)
+        self.handshakes = security.HandshakeWatch(self.key is not None)  # logs who failed to connect, and why
+        try:
+            self._open(settings)
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    def _open(self, settings: NodeSettings) -> None:
+        self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1, ROUTER_HANDOVER=1,
+                                   MAXMSGSIZE=settings.max_message_bytes + MESSAGE_SLACK_BYTES)
         security.serve(self.router, self.key)
-        self.handshakes = security.HandshakeWatch()  # logs who failed to connect, and why
         incoming = self.handshakes.watch(self.router, f"{settings.address} (incoming)")
-        self.router.bind(settings.address)
+        _bind(self.router, settings.address)
         control = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub = self._socket(zmq.PUB, SNDHWM=100)
         security.serve(self.pub, self.key)
-        self.pub.bind(_pub_endpoint(control))
+        _bind(self.pub, _pub_endpoint(control))
         self.sub = self._socket(zmq.SUB)
         security.join(self.sub, self.key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -109,14 +136,18 @@ class Node:
         bound = Bound(new_id("n"), control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT))
         self.state = NodeState(settings, bound)
         cache = settings.cache
-        self.store = ResultStore(cache.shard_path(settings.name), max_entries=cache.max_entries,
-                                 max_bytes=cache.max_bytes)
+        shard = cache.shard_path(settings.name)
+        try:
+            self.store = ResultStore(shard, max_entries=cache.max_entries, max_bytes=cache.max_bytes)
+        except (StoreError, OSError) as exc:
+            raise ConfigError(f"cannot open the result cache shard {shard}: {exc}; give --cache-dir (or [cache] dir "
+                              "in cluster.toml) a directory this user may write to") from None
         self.poller = zmq.Poller()
         for sock in (self.router, self.sub, incoming):
             self.poller.register(sock, zmq.POLLIN)
         self.peers: dict[str, zmq.Socket] = {}  # DEALERs to the peers greeted, by control endpoint
         self.processes: dict[bytes, subprocess.Popen[bytes]] = {}
-        self.sampler = Sampler()
+        self.sampler = Sampler(self.state.faults)
         self.sentinels: dict[int, bytes] = {}
         self.owner_fd = processes.pidfd(settings.owner_pid) if settings.owner_pid else None
         if self.owner_fd is not None:
@@ -145,7 +176,7 @@ class Node:
                 case Send(to, msg):
                     self._send(to, msg)
                 case Publish(msg):
-                    self.pub.send_multipart(to_frames(msg), zmq.NOBLOCK)
+                    self.pub.send_multipart(to_frames(msg), zmq.NOBLOCK)  # a PUB drops rather than blocks
                 case Spawn():
                     self._spawn_worker()
                 case Kill(worker_id, _):
@@ -156,7 +187,7 @@ class Node:
                 case Greet(control):
                     self._greet(control)
                 case Subscribe(pub):
-                    self.sub.connect(pub)
+                    self._connect(self.sub, pub, "the heartbeats of")
 
     def _send(self, to: bytes, msg: Message) -> None:
         try:
@@ -171,8 +202,13 @@ class Node:
             env.setdefault(key, "1")
         if self.key is not None:
             env[security.KEY_FILE_ENV] = os.path.abspath(self.key.path)
-        cmd = [sys.executable, "-m", "fabric.node.worker", self.endpoint, worker_id.decode(), str(os.getpid())]
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "fabric.node.worker", self.endpoint, worker_id.decode(), str(os.getpid()),
+               str(self.settings.max_clients)]
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        except OSError as exc:  # EMFILE, EAGAIN, ENOMEM: the machine, not the node, is short
+            self.state.spawn_failed(exc)
+            return
         self.processes[worker_id] = proc
         self.sampler.watch(worker_id, proc.pid)
         self.state.worker_spawned(worker_id, proc.pid)
@@ -187,20 +223,33 @@ class Node:
         if sock is None:
             sock = self._socket(zmq.DEALER, IDENTITY=self.state.bound.node_id)  # type: ignore[arg-type]
             security.join(sock, self.key)
+            if not self._connect(sock, control, "peer"):
+                sock.close(linger=0)
+                return
             self.poller.register(self.handshakes.watch(sock, control), zmq.POLLIN)  # a peer's wrong key is logged
-            sock.connect(control)
             self.peers[control] = sock
             self.poller.register(sock, zmq.POLLIN)
         bound = self.state.bound
-        sock.send_multipart(to_frames(PeerHello(bound.node_id, bound.control, bound.pub)), zmq.NOBLOCK)
+        try:
+            sock.send_multipart(to_frames(PeerHello(bound.node_id, bound.control, bound.pub)), zmq.NOBLOCK)
+        except zmq.Again:  # its queue is full: the peer has been away for a while, and hears us when back
+            pass
+
+    def _connect(self, sock: zmq.Socket, endpoint: str, what: str) -> bool:
+        """``sock.connect(endpoint)``; False (counted, logged once) if libzmq refuses it."""
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.state.faults.record(f"cannot connect to {what} {endpoint!r:.80}", exc)
+            return False
+        return True
 
     # -- receiving -------------------------------------------------------------------------
 
     def _reap_exited(self, events: dict[object, int]) -> None:
-        if self.sentinels:
-            exited = [wid for fd, wid in self.sentinels.items() if fd in events]
-        else:  # no pidfd on this platform
-            exited = [wid for wid, proc in self.processes.items() if proc.poll() is not None]
+        exited = {wid for fd, wid in self.sentinels.items() if fd in events}
+        unwatched = self.processes.keys() - self.sentinels.values()  # no pidfd here, or no descriptor left for one
+        exited |= {wid for wid in unwatched if self.processes[wid].poll() is not None}
         for worker_id in exited:
             exitcode = self.processes.pop(worker_id).wait()
             self.sampler.forget(worker_id)
@@ -223,16 +272,23 @@ class Node:
             try:
                 msg = from_frames(frames)
             except ProtocolError as exc:
-                log.warning("node %s: dropped message from %r: %s", self.settings.name, sender, exc)
+                self.state.faults.record("dropped a malformed message", f"from {sender!r:.40}: {exc}")
                 continue
-            try:
-                if isinstance(msg, (CacheGet, CachePut, CacheClear)):
-                    self._on_cache(sender, msg)
-                else:
-                    self._perform(self.state.on_message(sender, msg, now))
-            except Exception:  # one bad message must not take the node and its workers down
-                log.exception("node %s: failed to handle %s from %r", self.settings.name, type(msg).__name__,
-                              sender)
+            self._guarded(f"handling {type(msg).__name__} failed", self._on_message, sender, msg, now)
+
+    def _on_message(self, sender: bytes, msg: Message, now: float) -> None:
+        if isinstance(msg, (CacheGet, CachePut, CacheClear)):
+            self._on_cache(sender, msg)
+        else:
+            self._perform(self.state.on_message(sender, msg, now))
+
+    def _guarded(self, what: str, step: Callable[..., object], *args: object) -> None:
+        """Run one step of the loop; an exception is counted (the first of each
+        kind logged with its traceback) and the loop carries on."""
+        try:
+            step(*args)
+        except Exception as exc:  # one bad message or event must not take the node and its workers down
+            self.state.faults.record(what, exc, exc)
 
     def _on_cache(self, sender: bytes, msg: CacheGet | CachePut | CacheClear) -> None:
         """Serve this node's shard of the result cache; a store failure is logged
@@ -268,13 +324,19 @@ class Node:
         for frames in self._receive(sock):
             try:
                 msg = from_frames(frames)
+                if isinstance(msg, NodeLeaving):
+                    self.state.peer_left(msg.node_id)
+                    continue
                 if not isinstance(msg, Heartbeat):
                     raise ProtocolError(f"{type(msg).__name__} where a heartbeat was expected")
                 stats = NodeStats.from_info(msg.info)
             except ProtocolError as exc:
-                log.warning("node %s: dropped heartbeat: %s", self.settings.name, exc)
+                self.state.faults.record("dropped a malformed heartbeat", exc)
                 continue
-            self._perform(self.state.peer_heard(stats, now))
+            self._guarded("handling a heartbeat failed", self._on_heartbeat, stats, now)
+
+    def _on_heartbeat(self, stats: NodeStats, now: float) -> None:
+        self._perform(self.state.peer_heard(stats, now))
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -285,29 +347,34 @@ class Node:
             while not state.stopping:
                 now = time.monotonic()
                 timeout_s = max(0.0, state.next_deadline(now, self.store.pending) - now)
-                if not self.sentinels and self.processes:  # no pidfd: exits are polled for
+                if len(self.sentinels) < len(self.processes):  # a worker without pidfd: its exit is polled for
                     timeout_s = min(timeout_s, processes.FALLBACK_POLL_S)
                 events = dict(self.poller.poll(int(timeout_s * 1000)))
                 now = time.monotonic()
                 if self._owner_gone(events):
+                    state.stop("its owner exited")
                     break
                 if self.router in events:
                     self._on_router(now)
                 for sock in [self.sub, *self.peers.values()]:
                     if sock in events:
                         self._on_heartbeats(sock, now)
-                self.handshakes.on_poll(events)
-                self._reap_exited(events)
-                entries = state.entries_to_flush(self.store.pending, self.store.pending_bytes, not events, now)
-                if entries:
-                    self._flush_store(entries)
-                if state.health_due(now):
-                    readings = self.sampler.workers(rss=self.settings.memory_limit_mb > 0)
-                    self._perform(state.check_workers(readings, now))
-                if state.beat_due(now):
-                    self._perform(state.beat(self.sampler.machine(), self.store.stats(), now))
+                self._guarded("a handshake monitor failed", self.handshakes.on_poll, events)
+                self._guarded("reaping a worker failed", self._reap_exited, events)
+                self._guarded("the loop's timers failed", self._on_timers, bool(events), now)
         finally:
             self._stop()
+
+    def _on_timers(self, busy: bool, now: float) -> None:
+        state = self.state
+        entries = state.entries_to_flush(self.store.pending, self.store.pending_bytes, not busy, now)
+        if entries:
+            self._flush_store(entries)
+        if state.health_due(now):
+            readings = self.sampler.workers(rss=self.settings.memory_limit_mb > 0)
+            self._perform(state.check_workers(readings, now))
+        if state.beat_due(now):
+            self._perform(state.beat(self.sampler.machine(), self.store.stats(), now))
 
     def _owner_gone(self, events: dict[object, int]) -> bool:
         if self.settings.owner_pid is None:
@@ -322,8 +389,9 @@ class Node:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN if self.settings.owner_pid else self.request_stop)
 
-    def request_stop(self, *_: object) -> None:
-        self.state.stopping = True
+    def request_stop(self, signum: int, _frame: object = None) -> None:
+        """The signal handler: the loop stops at its next turn, as for STOP."""
+        self.state.stop(signal.Signals(signum).name)
 
     def _stop(self) -> None:
         """Hand back what the workers hold, stop them, close everything; an embedded
@@ -341,15 +409,20 @@ class Node:
             if fd is not None:
                 os.close(fd)
         self.sentinels.clear()
-        self.handshakes.close()
-        for sock in [self.router, self.pub, self.sub, *self.peers.values()]:
-            sock.close(linger=0)
-        if self.gatekeeper is not None:
-            self.gatekeeper.stop()
-        self.context.term()
+        self.pub.setsockopt(zmq.LINGER, LEAVING_LINGER_MS)  # NODE_LEAVING reaches the subscribers
+        self._close_sockets()
         self.store.close()
+        if self.state.faults.counts:
+            log.info("node %s: dropped or failed: %s", self.settings.name, self.state.faults.summary())
         if self.settings.owner_dir:
             shutil.rmtree(self.settings.owner_dir, ignore_errors=True)
+
+    def _close_sockets(self) -> None:
+        """Close every socket of the context, the half-made ones too, so ``term()`` cannot wait on one."""
+        self.handshakes.close()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
+        self.context.destroy()  # each socket with its own LINGER, then term()
 
 
 def default_name(control: str) -> str:
@@ -366,6 +439,22 @@ def default_name(control: str) -> str:
     if host.strip("[]") in ("0.0.0.0", "::", "*"):
         host = socket.gethostname()
     return f"{host}:{port}"
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    """``sock.bind(endpoint)``, or a ConfigError saying what is wrong and what to do."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            why = "the address is in use (another fabric-node?); stop what holds it or bind another port"
+        elif exc.errno == zmq.EINVAL and "://" not in endpoint:
+            why = f"no scheme; write tcp://{endpoint} (or ipc:///PATH)"
+        elif exc.errno == zmq.EINVAL:
+            why = "not an endpoint to bind; write tcp://HOST:PORT (an address of this machine) or ipc:///PATH"
+        else:
+            why = f"{exc.strerror}; bind another address"
+        raise ConfigError(f"cannot bind {endpoint!r}: {why}") from None
 
 
 def _pub_endpoint(control: str) -> str:

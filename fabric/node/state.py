@@ -6,14 +6,18 @@ instructions for the loop to perform, in order::
 
     ROUTER message (not the cache's) ─► on_message(sender, msg, now)  ─┐
     peer's HEARTBEAT on the SUB ──────► peer_heard(stats, now)          │
+    peer's NODE_LEAVING on the SUB ───► peer_left(node_id)              │
     a worker's exit (pidfd) ──────────► worker_exited(worker, status)   ├─► Send, Publish, Spawn, Kill,
-    psutil per worker, when due ──────► check_workers(readings, now)    │   Terminate, Greet, Subscribe
+    a spawn that failed (EMFILE...) ──► spawn_failed(): again next beat │   Terminate, Greet, Subscribe
+    psutil per worker, when due ──────► check_workers(readings, now)    │
     psutil machine + store, when due ─► beat(load, cache, now)          │
-    start / stop ─────────────────────► start(now) / leaving()         ─┘
+    start / signal, STOP ─────────────► start(now) / stop(why), leaving()─┘
     the store's backlog ──────────────► entries_to_flush(...) ─► how many cache entries to write now
                                         next_deadline(now, ...) ─► when to wake up at the latest
 
-Unit tests drive it with fake readings and a fake clock.
+What the node refuses or drops (a HELLO beyond ``max_clients``, a malformed
+message, a message whose handling raised) is counted in ``faults``, the first
+of each kind logged.  Unit tests drive it with fake readings and a fake clock.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ from ..wire.protocol import (
     Shutdown,
     Status,
     StatusReply,
+    Stop,
     WorkerLost,
     WorkerReport,
     WorkerUp,
 )
 from .health import Kill, WorkerHealth, WorkerReading
+from .processes import Faults
 from .store import StoreStats
 
 log = logging.getLogger(__name__)
@@ -83,9 +89,9 @@ class Send:
 
 @dataclass(frozen=True)
 class Publish:
-    """Publish this node's heartbeat on the PUB."""
+    """Publish on the PUB: the heartbeat, or that this node is leaving."""
 
-    msg: Heartbeat
+    msg: Heartbeat | NodeLeaving
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,9 @@ class NodeState:
         self.lost_failed = 0
         self.cache = StoreStats(0, 0, 0, 0, 0)  # as of the last heartbeat
         self.stopping = False
+        self.stop_reason = ""  # what stopped the node (a signal's name, STOP), for the log
+        self.spawns_owed = 0  # workers whose spawn failed (out of descriptors...), started again at a beat
+        self.faults = Faults(f"node {settings.name}", log)
         self.next_beat = self.next_health = 0.0
         self._rate_at = 0.0
         self._rate_done = 0
@@ -164,11 +173,20 @@ class NodeState:
         spawns: list[Instruction] = [Spawn() for _ in range(self.settings.workers)]
         return spawns + self._greet(seed for seed in self.settings.seeds if seed != self.bound.control)
 
-    def leaving(self) -> list[Instruction]:
-        """Graceful stop: every client re-queues what this node's workers hold, and
-        the workers stop (those still starting by signal)."""
+    def stop(self, reason: str) -> None:
+        """Stop at the loop's next turn (safe in a signal handler: it only sets fields)."""
         self.stopping = True
-        out: list[Instruction] = [Send(client_id, NodeLeaving(self.bound.node_id)) for client_id in self.clients]
+        self.stop_reason = self.stop_reason or reason
+
+    def leaving(self) -> list[Instruction]:
+        """Graceful stop: peers and clients see the node leave at once (NODE_LEAVING
+        on the PUB, and to each client on the control socket, which then re-queues
+        what this node's workers hold), and the workers stop (those still starting
+        by signal)."""
+        self.stopping = True
+        log.info("node %s stopping (%s)", self.settings.name, self.stop_reason or "asked to")
+        leaving = NodeLeaving(self.bound.node_id)
+        out: list[Instruction] = [Publish(leaving), *(Send(client_id, leaving) for client_id in self.clients)]
         for record in self.workers.values():
             out.append(Send(record.worker_id, Shutdown()) if record.up else Terminate(record.worker_id))
         return out
@@ -209,7 +227,10 @@ class NodeState:
             case Status():
                 return [Send(sender, StatusReply([s.to_info() for s in self.status(now)]))]
             case Shutdown() if self.settings.owner_pid is not None:  # only an embedded node obeys
-                self.stopping = True
+                self.stop("SHUTDOWN from its owner")
+            case Stop():
+                self.stop("STOP")
+                return [Send(sender, NodeLeaving(self.bound.node_id))]  # the acknowledgement
             case _:
                 log.warning("node %s: unexpected %s from %r", self.settings.name, type(msg).__name__, sender)
         return []
@@ -246,6 +267,12 @@ class NodeState:
         out: list[Instruction] = [Send(client_id, lost) for client_id in record.clients if client_id in self.clients]
         return out if self.stopping else [*out, Spawn()]
 
+    def spawn_failed(self, exc: OSError) -> None:
+        """A worker could not be started (no descriptor or process left): try again
+        at the next heartbeat rather than stop the node."""
+        self.spawns_owed += 1
+        self.faults.record("a worker could not be started (retried at the next heartbeat)", exc)
+
     def health_due(self, now: float) -> bool:
         return now >= self.next_health
 
@@ -268,6 +295,10 @@ class NodeState:
         """A new client gets this node's heartbeat and its workers; a known one
         is only marked alive (HELLO doubles as the client's heartbeat)."""
         known = self.clients.get(hello.client_id)
+        if known is None and len(self.clients) >= self.settings.max_clients:
+            self.faults.record("HELLO beyond max_clients refused",
+                               f"{len(self.clients)} clients attached, max_clients = {self.settings.max_clients}")
+            return []
         self.clients[hello.client_id] = ClientRecord(hello, now)
         if known is not None and known.hello == hello:
             return []
@@ -298,7 +329,7 @@ class NodeState:
     def beat(self, load: MachineLoad, cache: StoreStats, now: float) -> list[Instruction]:
         """Each heartbeat interval: take the load readings (and pause above
         ``max_load``), forget silent clients and peers, greet again the peers
-        not heard from, and publish the heartbeat."""
+        not heard from, start the workers whose spawn failed, and publish the heartbeat."""
         self.next_beat = now + self.settings.heartbeat_interval_s
         self.load, self.cache = load, cache
         done = self.stats().done
@@ -313,6 +344,8 @@ class NodeState:
                      self.settings.liveness_s)
         heard = {p.control for p in self.peers.nodes.values()}
         out += self._greet(control for control in list(self.greeted) if control not in heard)
+        out += [Spawn() for _ in range(self.spawns_owed)]
+        self.spawns_owed = 0
         out.append(Publish(self.heartbeat(now)))
         return out
 
@@ -331,6 +364,12 @@ class NodeState:
             if control not in self.greeted:
                 out += self._greet([control])
         return out
+
+    def peer_left(self, node_id: bytes) -> None:
+        """A peer said NODE_LEAVING: it is gone now, not after ``liveness_s`` of silence."""
+        left = self.peers.remove(node_id)
+        if left is not None:
+            log.info("node %s: peer %s left", self.settings.name, left.name)
 
     def _greet(self, controls: Iterable[str]) -> list[Instruction]:
         out: list[Instruction] = []

@@ -15,6 +15,12 @@ it was shipped) is answered with FUNCTION_MISSING, and the client resends it
 with the function.  The items of a batch run in a C-level loop
 (``list.extend(map(fn, items))``); an exception only breaks out to record it
 and the loop resumes at the next item.
+
+A control message that does not parse or whose handling raises is counted (the
+first of each kind logged) and the worker carries on: an ATTACH whose sockets
+cannot be made or connected closes what it made and leaves the other clients'
+links as they were, and an ATTACH beyond the node's ``max_clients`` is refused,
+so no number of clients can take a worker past libzmq's 1,023 sockets.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..errors import ProtocolError, SerializationError
 from ..task import guard
 from ..wire import codec, security
 from ..wire.protocol import (
+    MAX_CLIENTS_CAP,
     Attach,
     Detach,
     FunctionMissing,
@@ -192,10 +199,13 @@ def _fail_result(results: list[Any], errors: list[codec.ErrorRecord], index: int
 class Worker:
     """The worker's run loop: owns the control socket and one link per client."""
 
-    def __init__(self, node_endpoint: str, worker_id: bytes, parent_pid: int, key: ClusterKey | None = None) -> None:
+    def __init__(self, node_endpoint: str, worker_id: bytes, parent_pid: int, key: ClusterKey | None = None,
+                 max_clients: int = MAX_CLIENTS_CAP) -> None:
         self.worker_id = worker_id
         self.parent_pid = parent_pid
         self.key = key
+        self.max_clients = max_clients
+        self.faults = processes.Faults(f"worker {worker_id.decode()}", log)
         self.context = zmq.Context()
         self.control = self._socket(zmq.DEALER)
         self.control.connect(node_endpoint)
@@ -250,23 +260,40 @@ class Worker:
             try:
                 msg = from_frames(frames)
             except ProtocolError as exc:
-                log.warning("worker %s: dropped control message: %s", self.worker_id.decode(), exc)
+                self.faults.record("dropped a malformed control message", exc)
                 continue
-            if isinstance(msg, Attach):
-                self._attach(msg)
-            elif isinstance(msg, Detach):
-                self._detach(msg.client_id)
-            elif isinstance(msg, Shutdown):
+            if isinstance(msg, Shutdown):
                 self.running = False
                 return
+            try:
+                if isinstance(msg, Attach):
+                    self._attach(msg)
+                elif isinstance(msg, Detach):
+                    self._detach(msg.client_id)
+            except Exception as exc:  # one client's bad link must not cost the others theirs
+                self.faults.record(f"handling {type(msg).__name__} failed", exc, exc)
 
     def _attach(self, msg: Attach) -> None:
+        """Open a link to the client's ventilator and sink; if a socket cannot be
+        made or connected, close those made and raise."""
         if msg.client_id in self.links:  # re-attached after the client lost sight of us: start afresh
             self._detach(msg.client_id)
-        link = ClientLink(self._socket(zmq.DEALER), self._socket(zmq.DEALER), msg.max_message_bytes)
+        elif len(self.links) >= self.max_clients:
+            self.faults.record("ATTACH beyond max_clients refused",
+                               f"{len(self.links)} clients attached, max_clients = {self.max_clients}")
+            return
+        made: list[zmq.Socket] = []
+        try:
+            for endpoint in (msg.ventilator, msg.sink):
+                made.append(self._socket(zmq.DEALER))
+                made[-1].connect(endpoint)
+        except zmq.ZMQError:
+            for sock in made:
+                sock.close(linger=0)
+            raise
+        ventilator, sink = made
+        link = ClientLink(ventilator, sink, msg.max_message_bytes)
         link.sink.setsockopt(zmq.LINGER, 500)
-        link.ventilator.connect(msg.ventilator)
-        link.sink.connect(msg.sink)
         link.ventilator.send_multipart(to_frames(Ready(msg.credits, msg.node_id)))
         self.poller.register(link.ventilator, zmq.POLLIN)
         self.links[msg.client_id] = link
@@ -325,11 +352,14 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of a worker process: ``python -m fabric.node.worker ENDPOINT ID PARENT_PID``."""
-    node_endpoint, worker_id, parent_pid = argv if argv is not None else sys.argv[1:4]
+    """Entry point of a worker process: ``python -m fabric.node.worker ENDPOINT ID PARENT_PID [MAX_CLIENTS]``."""
+    node_endpoint, worker_id, parent_pid, *rest = argv if argv is not None else sys.argv[1:5]
+    max_clients = int(rest[0]) if rest else MAX_CLIENTS_CAP
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C belongs to the client
     processes.configure_logging()
-    Worker(node_endpoint, worker_id.encode(), int(parent_pid), ClusterKey.find(None)).run()
+    processes.raise_fd_limit()
+    key = ClusterKey.find(None)
+    Worker(node_endpoint, worker_id.encode(), int(parent_pid), key, max_clients).run()
 
 
 if __name__ == "__main__":

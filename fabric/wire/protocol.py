@@ -16,13 +16,15 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
                                     reply to HELLO and PEER_HELLO, and what the node PUBlishes
     STATUS       anyone -> node     (asks for the node's view of the cluster)
     STATUS_REPLY node   -> asker    list of info maps, one per live node
-    NODE_LEAVING node   -> client   node_id: re-queue what its workers hold
+    NODE_LEAVING node   -> client   node_id: re-queue what its workers hold; also PUBlished,
+                                    so peers and clients see the node leave at once
     WORKER_UP    worker -> node     worker_id, pid
     WORKER_REPORT worker -> node    tasks done, failed, busy seconds, running now
     ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id, size cap
     DETACH       node   -> worker   client_id
     WORKER_LOST  node   -> client   worker_id, exit code, reason
     SHUTDOWN     node   -> worker / client -> embedded node
+    STOP         anyone -> node     stop as on SIGTERM (``fabric-node stop``); answered with NODE_LEAVING
 
 Result cache (client <-> the key's owner node, see fabric.client.cache)::
 
@@ -69,6 +71,7 @@ PROTOCOL_VERSION = 1
 MAX_CREDITS = 64  # batches one worker may hold; a READY or ATTACH above it is forged (prefetch is 1-4)
 MAX_MESSAGE_BYTES_CAP = 1 << 40  # the largest size cap a peer may announce
 MAX_ENDPOINT_CHARS = 256
+MAX_CLIENTS_CAP = 500  # clients one node attaches: 2 sockets each per worker, under libzmq's 1,023 per process
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
 Buffer = Any  # bytes, memoryview or zmq.Frame: whatever supports the buffer protocol
@@ -97,6 +100,7 @@ class Kind(enum.IntEnum):
     CACHE_CLEAR = 20
     CACHE_CLEARED = 21
     FUNCTION_MISSING = 22
+    STOP = 23
 
 
 class Mode(enum.IntEnum):
@@ -126,8 +130,8 @@ def is_endpoint(value: str) -> bool:
     if not value.startswith("tcp://"):
         return False
     host, sep, port = value[len("tcp://") :].rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return False
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        return False  # int() reads other scripts' digits, which libzmq's connect() refuses
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
@@ -297,6 +301,12 @@ class Shutdown(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Stop(Message):
+    KIND = Kind.STOP
+    CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Ready(Message):
     KIND = Kind.READY
     CHECKS = ((int, _is_credits), bytes)
@@ -390,7 +400,7 @@ _BY_KIND: dict[int, type[Message]] = {
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
-        CacheCleared, FunctionMissing,
+        CacheCleared, FunctionMissing, Stop,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

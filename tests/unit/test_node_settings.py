@@ -22,10 +22,13 @@ CASES = [
     ("max_load", -1, "max_load: a CPU percentage from 0 to 100, got -1"),
     ("memory_limit_mb", -1, "memory_limit_mb: must be >= 0 (0: no limit), got -1"),
     ("retries", 0, "retries: must be >= 1 (attempts for a task whose worker dies), got 0"),
+    ("max_clients", 0, "max_clients: from 1 to 500 (clients attached at once), got 0"),
+    ("max_clients", 501, "max_clients: from 1 to 500 (clients attached at once), got 501"),
 ]
 FLAGS = {
     "workers": "--workers", "prefetch": "--prefetch", "heartbeat_interval_s": "--heartbeat-interval",
     "liveness_s": "--liveness", "max_load": "--max-load", "memory_limit_mb": "--memory-limit-mb",
+    "max_clients": "--max-clients",
 }
 CONNECT_KEYWORDS = {"workers", "prefetch", "heartbeat_interval_s", "liveness_s", "connect_timeout_s",
                     "memory_limit_mb", "retries"}

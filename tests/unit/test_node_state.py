@@ -33,6 +33,7 @@ from fabric.wire.protocol import (
     Shutdown,
     Status,
     StatusReply,
+    Stop,
     WorkerLost,
     WorkerReport,
 )
@@ -94,7 +95,8 @@ def test_no_restart_once_the_node_is_leaving():
     state = node_with_worker()
     state.worker_spawned(b"w-2", 11)  # still starting
     state.client_hello(HELLO, now=0.0)
-    assert state.leaving() == [Send(b"c-1", NodeLeaving(b"n-1")), Send(b"w-1", Shutdown()), Terminate(b"w-2")]
+    leaving = NodeLeaving(b"n-1")
+    assert state.leaving() == [Publish(leaving), Send(b"c-1", leaving), Send(b"w-1", Shutdown()), Terminate(b"w-2")]
     assert state.worker_exited(b"w-1", 0) == [Send(b"c-1", WorkerLost(b"w-1", 0, "exited with code 0"))]
 
 
@@ -111,6 +113,46 @@ def test_only_an_embedded_node_obeys_shutdown():
     assert daemon.on_message(b"x", Shutdown(), now=0.0) == [] and not daemon.stopping
     embedded = node(owner_pid=4242)
     assert embedded.on_message(b"c-1", Shutdown(), now=0.0) == [] and embedded.stopping
+
+
+def test_stop_is_acknowledged_and_obeyed_by_any_node(caplog):
+    state = node_with_worker()
+    assert state.on_message(b"cli", Stop(), now=0.0) == [Send(b"cli", NodeLeaving(b"n-1"))]
+    assert state.stopping
+    state.stop("SIGTERM")  # the first reason stands
+    with caplog.at_level("INFO", logger="fabric.node.state"):
+        state.leaving()
+    assert "node alpha stopping (STOP)" in caplog.text
+
+
+def test_a_peer_that_leaves_is_forgotten_at_once(caplog):
+    state = node()
+    peer = NodeStats(node_id=b"n-2", name="beta", control="tcp://127.0.0.1:7200", pub="tcp://127.0.0.1:7201")
+    state.peer_heard(peer, now=0.0)
+    with caplog.at_level("INFO", logger="fabric.node.state"):
+        state.peer_left(b"n-2")
+        state.peer_left(b"n-2")  # twice, or never known: nothing
+    assert [n.name for n in state.status(now=0.1)] == ["alpha"]
+    assert caplog.text.count("node alpha: peer beta left") == 1
+
+
+def test_hellos_beyond_max_clients_are_refused_and_counted():
+    state = node_with_worker(max_clients=2)
+    for i in range(5):
+        state.client_hello(replace(HELLO, client_id=b"c-%d" % i), now=0.0)
+    assert sorted(state.clients) == [b"c-0", b"c-1"]
+    assert state.faults.counts["HELLO beyond max_clients refused"] == 3
+    assert len(state.client_hello(replace(HELLO, client_id=b"c-1"), now=1.0)) == 0  # a known one stays alive
+    state.client_goodbye(b"c-0")
+    assert len(state.client_hello(replace(HELLO, client_id=b"c-9"), now=1.0)) == 2  # a place is free again
+
+
+def test_a_spawn_that_failed_is_tried_again_at_the_next_beat():
+    state = node()
+    state.start(now=0.0)
+    state.spawn_failed(OSError(24, "Too many open files"))
+    assert state.beat(MachineLoad(0, 0), NO_CACHE, now=0.0).count(Spawn()) == 1
+    assert state.beat(MachineLoad(0, 0), NO_CACHE, now=1.0).count(Spawn()) == 0
 
 
 def test_status_and_peer_hello_are_answered_on_the_control_socket():

@@ -25,6 +25,7 @@ from fabric.wire.protocol import (
     Shutdown,
     Status,
     StatusReply,
+    Stop,
     TaskBatch,
     WorkerLost,
     WorkerReport,
@@ -48,6 +49,7 @@ MESSAGES = [
     Detach(b"c-1"),
     WorkerLost(b"w-1", -9, "killed by signal SIGKILL"),
     Shutdown(),
+    Stop(),
     Ready(2, b"n-1"),
     FunctionMissing(7),
     TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, 2, [b"fn", b"a", b"b0", b"b1"]),
@@ -141,6 +143,7 @@ def test_endpoints_fabric_binds_are_accepted(endpoint):
 @pytest.mark.parametrize("endpoint", [
     "", "not-an-endpoint", "tcp://127.0.0.1", "tcp://127.0.0.1:0", "tcp://127.0.0.1:x", "tcp://:7100",
     "tcp://a b:1", "inproc://x", "ipc://relative", "ipc:///" + "x" * 200, "tcp://" + "a" * 300 + ":1",
+    "tcp://1.2.3.4:\u0665",  # an Arabic-Indic 5: int() reads it, libzmq's connect() raises EINVAL
 ])
 def test_anything_else_is_not_an_endpoint(endpoint):
     assert not is_endpoint(endpoint)
