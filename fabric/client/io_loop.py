@@ -411,7 +411,13 @@ class IOLoop:
         self._fail((batch, exc) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
 
     def cancel_pending(self) -> None:
-        """Cancel everything not yet sent to a worker (shutdown(cancel_futures=True))."""
+        """Cancel everything no worker has a credit for (shutdown(cancel_futures=True)).
+
+        Work starts at submit, as in ProcessPoolExecutor: what the workers have
+        credits for is dispatched first and finishes, so calls posted just before
+        the shutdown are not all cancelled merely because the loop had not yet
+        dispatched them."""
+        self._dispatch()
         for batch in self.ventilator.drop_pending():
             batch.owner.cancel(batch)
 
