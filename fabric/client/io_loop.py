@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import threading
 import time
 from collections import deque
@@ -71,6 +72,11 @@ CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (star
 CONNECT_RETRY_MAX_MS = 1000  # then back off: a node that is down, or refuses our key, is not hammered
 TICK_S = 0.01  # timeouts and heartbeats are checked at most this often while messages flow
 GOODBYE_LINGER_MS = 200  # how long closing waits to deliver GOODBYE; a node missing it forgets us by liveness
+READY_MAX_BYTES = 1 << 10  # the ventilator only ever receives READY (~20 bytes): a peer sending more is cut off
+# A result batch's payload frames are capped at max_message_bytes by the worker; its header (error records
+# with tracebacks) is not, and this much more keeps a batch of failures from being cut off as oversized.
+HEADER_SLACK_BYTES = 64 << 20
+NOFILE_FALLBACK = 1 << 20  # the soft descriptor limit asked for when the hard one is unlimited
 
 
 class IOLoop:
@@ -89,8 +95,9 @@ class IOLoop:
         self.view = ClusterView(heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe)
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s)
-        self.vent = self._router()
-        self.sink = self._router()
+        raise_fd_limit()
+        self.vent = self._router(READY_MAX_BYTES)
+        self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
         self.sink_endpoint = _bind(self.sink, bind_where, "sink")
         self.sub = context.socket(zmq.SUB)
@@ -113,14 +120,18 @@ class IOLoop:
         self.broken: BaseException | None = None
         self.duplicates = 0
         self.malformed = 0
+        self.handler_errors: dict[str, int] = {}  # what was being handled -> exceptions it raised
         self._running = True
         self._deadline = self.view.next_deadline()  # of the next tick, unless the loop is busy
         self._last_tick = -TICK_S
         self._data_plane = frozenset({self._wake_r, self.vent, self.sink})
         self.thread = threading.Thread(target=self._run, name="fabric-io", daemon=True)
 
-    def _router(self) -> zmq.Socket:
+    def _router(self, max_bytes: int) -> zmq.Socket:
+        """A bound data-plane ROUTER; libzmq disconnects a peer whose message
+        part exceeds ``max_bytes`` before buffering it (ZMQ_MAXMSGSIZE)."""
         sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A worker that re-attaches reconnects under the same identity: its new connection
         # must take over at once, or its READY is dropped as a duplicate and it is never used.
@@ -261,6 +272,7 @@ class IOLoop:
         ``TICK_S`` while the loop is busy: timeouts are late by at most that,
         and the data plane does not pay for them on every message."""
         self._last_tick = now
+        self._deadline = now + TICK_S  # kept if a decision below raises: retried soon, not in a busy loop
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
         self._deadline = self.view.next_deadline()
@@ -276,15 +288,15 @@ class IOLoop:
                 if self._wake_r in events:
                     self._run_commands()
                 if self.vent in events:
-                    self._on_ready()
+                    self._survive("a ventilator message", self._on_ready)
                 if self.sink in events:
-                    self._on_results()
+                    self._survive("a sink message", self._on_results)
                 if events.keys() - self._data_plane:
-                    self._on_other_events(events, now)
+                    self._survive("a control-plane event", self._on_other_events, events, now)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
-                    self._tick(now)
+                    self._survive("the timers", self._tick, now)
                 if self.ventilator.urgent or self.ventilator.bulk:
-                    self._dispatch()
+                    self._survive("a dispatch", self._dispatch)
                 if self._idle_waiters:
                     self._notify_idle()
         except Exception:
@@ -292,6 +304,20 @@ class IOLoop:
             self._break(NoNodesError("the client's I/O thread failed; see the log"))
         finally:
             self._close()
+
+    def _survive(self, what: str, handler: Callable[..., None], *args: Any) -> None:
+        """Run one handler; an exception costs only what it was handling.  One
+        bad message (or a bug it reaches) must not break every call of the client:
+        the first failure of each kind is logged with its traceback, later ones
+        only counted (``handler_errors``)."""
+        try:
+            handler(*args)
+        except Exception:
+            count = self.handler_errors[what] = self.handler_errors.get(what, 0) + 1
+            if count == 1:
+                log.exception("client: handling %s failed; the I/O thread keeps running", what)
+            else:
+                log.debug("client: handling %s failed (%d times so far)", what, count)
 
     def _on_other_events(self, events: dict[Any, int], now: float) -> None:
         """The control plane: nodes' messages and heartbeats, handshakes, an embedded node's exit."""
@@ -311,7 +337,7 @@ class IOLoop:
         # posted before this line is drained below, one posted after writes anew.
         self._awake = False
         while self._commands:
-            self._commands.popleft()()
+            self._survive("a command", self._commands.popleft())
 
     def _enqueue(self, batch: Batch) -> None:
         if self.broken is not None:
@@ -369,20 +395,25 @@ class IOLoop:
                 return
             try:
                 msg = from_frames(frames)
-                if isinstance(msg, Heartbeat):
-                    self._perform(self.view.heartbeat(NodeStats.from_info(msg.info), now))
+                stats = NodeStats.from_info(msg.info) if isinstance(msg, Heartbeat) else None
             except ProtocolError as exc:
                 self._malformed(exc)
                 continue
-            if isinstance(msg, WorkerLost):
-                log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
-                self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
-            elif isinstance(msg, CacheHits):
-                self.cache.on_hits(msg)
-            elif isinstance(msg, CacheCleared):
-                self.cache.on_cleared(msg)
-            elif isinstance(msg, NodeLeaving):
-                self._perform(self.view.node_left(msg.node_id))
+            self._survive(type(msg).__name__, self._on_node_message, msg, stats, now)
+
+    def _on_node_message(self, msg: Message, stats: NodeStats | None, now: float) -> None:
+        """One parsed message from a node (``stats``: a heartbeat's, parsed)."""
+        if stats is not None:
+            self._perform(self.view.heartbeat(stats, now))
+        if isinstance(msg, WorkerLost):
+            log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
+            self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
+        elif isinstance(msg, CacheHits):
+            self.cache.on_hits(msg)
+        elif isinstance(msg, CacheCleared):
+            self.cache.on_cleared(msg)
+        elif isinstance(msg, NodeLeaving):
+            self._perform(self.view.node_left(msg.node_id))
 
     def _dispatch(self) -> None:
         for worker_id, batch, frames in self.ventilator.dispatch():
@@ -445,6 +476,20 @@ class IOLoop:
         self.embedded.clear()
         for event in self._idle_waiters:
             event.set()
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit: every
+    node and worker connection costs the client descriptors (a TCP connection
+    per socket pair, libzmq's mailboxes), and the usual soft limit of 1,024
+    runs out near a few hundred workers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_FALLBACK if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("client: could not raise the open-file limit from %d to %d: %s", soft, target, exc)
 
 
 def _bind(sock: zmq.Socket, where: str, name: str) -> str:

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from ..errors import WorkerCrashedError
+from ..errors import ProtocolError, WorkerCrashedError
 from ..wire import codec
 from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
@@ -378,6 +378,15 @@ class Ventilator:
 
     def idle(self) -> bool:
         return not (self.in_flight or self.has_pending())
+
+
+def miscounted(values: Any, n_items: int) -> ProtocolError | None:
+    """The error for a result list that does not hold one value per task of its
+    batch (a lying or broken worker), or None when it does."""
+    if isinstance(values, list) and len(values) == n_items:
+        return None
+    count = len(values) if isinstance(values, list) else type(values).__name__
+    return ProtocolError(f"a worker answered {n_items} tasks with {count} results")
 
 
 def crash_error(batch: Batch, reason: str) -> WorkerCrashedError:
