@@ -78,7 +78,10 @@ def connect(
 
     Keywords override the cluster file's settings (see :mod:`fabric.config`):
     ``connect_timeout_s`` is how long queued work waits for any worker before
-    failing with :class:`~fabric.NoNodesError`; ``max_message_bytes`` caps one
+    failing with :class:`~fabric.NoNodesError` once some node has answered (before
+    that, calls fail after a few seconds without any answer, and at once with
+    :class:`~fabric.AuthenticationError` when every node refuses the key);
+    ``max_message_bytes`` caps one
     serialized batch of arguments or results; ``key_file`` is the cluster's
     key, which authenticates and encrypts every connection (see
     :mod:`fabric.wire.security`; default: the cluster file's, or ``$FABRIC_KEY_FILE``).

@@ -61,7 +61,7 @@ from ..wire.protocol import (
 )
 from ..wire.security import ClusterKey
 from .cache import CacheClient
-from .cluster_view import Actions, ClusterView
+from .cluster_view import FIRST_CONTACT_S, Actions, ClusterView
 from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
@@ -86,13 +86,17 @@ class IOLoop:
         self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
         heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float = 30.0,
         max_message_bytes: int = 1 << 30, cache_replicas: int = 1, key: ClusterKey | None = None,
+        first_contact_s: float = FIRST_CONTACT_S,
     ) -> None:
         self.client_id = client_id
         self.context = context
         self.key = key
         self.ventilator = Ventilator(retries)
-        self.handshakes = security.HandshakeWatch()
-        self.view = ClusterView(heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe)
+        self.handshakes = security.HandshakeWatch(keyed=key is not None)
+        self.view = ClusterView(
+            heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
+            lambda: self.handshakes.refusals, first_contact_s,
+        )
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s)
         raise_fd_limit()
@@ -257,9 +261,10 @@ class IOLoop:
             self.ventilator.pause(node_id)
         for node_id in actions.resume:
             self.ventilator.resume(node_id)
-        starved = actions.starved
-        if starved is not None:
-            self._fail((batch, starved) for batch in self.ventilator.drop_pending())
+        for failed in (actions.starved, actions.unreachable):
+            if failed is not None:
+                log.warning("client: %s", failed)
+                self._fail((batch, failed) for batch in self.ventilator.drop_pending())
 
     @staticmethod
     def _fail(failures: Iterable[tuple[Batch, BaseException]]) -> None:
@@ -325,6 +330,7 @@ class IOLoop:
             if sock in events:
                 self._on_control(sock, now)
         self.handshakes.on_poll(events)
+        self._perform(Actions(unreachable=self.view.check_contact(now)))
         for fd, control in list(self.embedded.items()):
             if fd in events:
                 self._embedded_exited(fd, control)
@@ -340,8 +346,9 @@ class IOLoop:
             self._survive("a command", self._commands.popleft())
 
     def _enqueue(self, batch: Batch) -> None:
-        if self.broken is not None:
-            batch.owner.fail(batch, self.broken)
+        failed = self.broken or self.view.unreachable
+        if failed is not None:
+            batch.owner.fail(batch, failed)
         else:
             self.ventilator.enqueue(batch)
 

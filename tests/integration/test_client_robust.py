@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
-from helpers import wait_for
+import pytest
+from helpers import free_address, wait_for
+
+import fabric
 
 
 def test_shutdown_cancel_futures_lets_the_dispatched_calls_finish(fresh_fx):
@@ -28,3 +31,14 @@ def test_shutdown_cancel_futures_lets_the_dispatched_calls_finish(fresh_fx):
     assert len(cancelled) > 20
     assert others, "every call was cancelled, although the workers had credits for some"
     assert all(f.done() and f.exception() is None for f in others)
+
+
+def test_an_address_where_nothing_answers_fails_within_the_first_contact_timeout(no_leaked_processes):
+    address = free_address()  # nothing listens there
+    started = time.monotonic()
+    with fabric.connect(address) as fx:  # the default connect_timeout_s: 30 s
+        with pytest.raises(fabric.NoNodesError, match=f"no node answered at {address} within 5 s"):
+            fx.submit(abs, -1).result(timeout=20)
+        with pytest.raises(fabric.NoNodesError):  # later calls fail at once
+            fx.submit(abs, -1).result(timeout=1)
+    assert time.monotonic() - started < 20
