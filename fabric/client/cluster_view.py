@@ -84,6 +84,7 @@ class ClusterView:
         self.first_contact_by: float | None = None  # set by the first tick
         self.heard = False  # some node has answered since the start
         self.unreachable: NoNodesError | None = None
+        self.reported: dict[bytes, frozenset[bytes]] = {}  # node -> the worker ids its latest heartbeat lists
         self.membership = Membership(liveness_s)
         self.controls: dict[str, None] = {}  # every control endpoint greeted, in the order learned
         self.pubs: dict[str, None] = {}  # every PUB subscribed to
@@ -102,6 +103,7 @@ class ClusterView:
         back = stats.node_id in self.declared_dead  # expired, so a member again only from now
         self.heard = True
         self.unreachable = None
+        self.reported[stats.node_id] = frozenset(w.worker_id.encode() for w in stats.per_worker)
         self.declared_dead.discard(stats.node_id)
         was_accepting = previous.accepting if previous is not None else True
         changed = () if stats.accepting == was_accepting else (stats.node_id,)
@@ -188,6 +190,10 @@ class ClusterView:
         if not self.heard and self.unreachable is None and self.first_contact_by is not None:
             deadlines.append(self.first_contact_by)
         return min(deadlines)
+
+    def vouches(self, worker_id: bytes, node_id: bytes | None) -> bool:
+        """The worker's node is live and its latest heartbeat lists the worker."""
+        return node_id in self.membership.nodes and worker_id in self.reported.get(node_id, ())
 
     def control_of(self, node_id: bytes) -> str | None:
         """The control endpoint of a live node."""

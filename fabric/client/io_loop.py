@@ -7,6 +7,7 @@
     ventilator ROUTER (bound) ◄── READY ──────── workers     ┌──────────┐
                               ─── TASK_BATCH ──► workers  ◄──┤ IOLoop   │ one zmq.Poller over
     sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ all of these, the wake
+                              ◄── BATCH_STARTED ─ workers    │          │
     control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
                               ◄── HEARTBEAT/WORKER_LOST/     │          │ node's exit sentinel;
                                   NODE_LEAVING ─── node      │          │ timeout: the cluster
@@ -42,6 +43,7 @@ from ..cluster.stats import NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
 from ..wire import security
 from ..wire.protocol import (
+    BatchStarted,
     CacheCleared,
     CacheHits,
     FunctionMissing,
@@ -54,6 +56,7 @@ from ..wire.protocol import (
     ResultBatch,
     Shutdown,
     WorkerLost,
+    WorkerSilent,
     from_frames,
     recv_frames,
     send_frames,
@@ -91,7 +94,7 @@ class IOLoop:
         self.client_id = client_id
         self.context = context
         self.key = key
-        self.ventilator = Ventilator(retries)
+        self.ventilator = Ventilator(retries, liveness_s)
         self.handshakes = security.HandshakeWatch(keyed=key is not None)
         self.view = ClusterView(
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
@@ -280,7 +283,19 @@ class IOLoop:
         self._deadline = now + TICK_S  # kept if a decision below raises: retried soon, not in a busy loop
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
-        self._deadline = self.view.next_deadline()
+        silent, next_check = self.ventilator.silent_workers(self.view.vouches)
+        for worker_id in silent:
+            self._take_back(worker_id)
+        self._deadline = min(self.view.next_deadline(), next_check)
+
+    def _take_back(self, worker_id: bytes) -> None:
+        """Re-queue what a silent worker held and ask its node to attach it afresh."""
+        node_id = self.ventilator.node_of.get(worker_id)
+        log.warning("client: worker %s went silent holding work; its batches go to other workers",
+                    worker_id.decode(errors="replace"))
+        self.ventilator.take_back(worker_id)
+        if node_id is not None:
+            self.send_to_node(node_id, WorkerSilent(worker_id))
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -289,7 +304,7 @@ class IOLoop:
             while self._running:
                 timeout_ms = int(max(0.0, self._deadline - time.monotonic()) * 1000) + 1
                 events = dict(self.poller.poll(timeout_ms))
-                now = time.monotonic()
+                now = self.ventilator.now = time.monotonic()
                 if self._wake_r in events:
                     self._run_commands()
                 if self.vent in events:
@@ -363,9 +378,11 @@ class IOLoop:
         if received is None:
             return
         worker_id, msg = received
-        if isinstance(msg, FunctionMissing):
-            self.ventilator.function_missing(worker_id, msg.batch_id)
-        if not isinstance(msg, ResultBatch):
+        if type(msg) is not ResultBatch:
+            if isinstance(msg, BatchStarted):
+                self.ventilator.acknowledged(worker_id, msg.batch_id)
+            elif isinstance(msg, FunctionMissing):
+                self.ventilator.function_missing(worker_id, msg.batch_id)
             return
         batch = self.ventilator.complete(worker_id, msg.batch_id)
         if batch is None:

@@ -4,7 +4,7 @@ One single-threaded process per core, spawned and watched by a node::
 
     node ROUTER  <-- control DEALER --  worker  (WORKER_UP; ATTACH / DETACH / SHUTDOWN)
     client ventilator ROUTER <-- DEALER --  (READY credits; TASK_BATCH in)
-    client sink ROUTER       <-- DEALER --  (RESULT_BATCH out, one per batch)
+    client sink ROUTER       <-- DEALER --  (BATCH_STARTED when asked; RESULT_BATCH out, one per batch)
 
 Each READY credit lets the client's ventilator send one batch; every result
 returns the credit implicitly, so the worker holds at most ``credits`` batches
@@ -36,6 +36,7 @@ from ..task import guard
 from ..wire import codec, security
 from ..wire.protocol import (
     Attach,
+    BatchStarted,
     Detach,
     FunctionMissing,
     Mode,
@@ -293,6 +294,8 @@ class Worker:
         if not batch.has_fn and batch.digest not in link.functions:
             link.sink.send_multipart(to_frames(FunctionMissing(batch.batch_id)))
             return
+        if batch.ack:  # a long or unmeasured batch: the client knows it runs, however long
+            send_frames(link.sink, to_frames(BatchStarted(batch.batch_id)))
         result = run_batch(link, batch)
         send_frames(link.sink, to_frames(result), copy=False)
         self._count(batch, result)

@@ -3,7 +3,10 @@ raw DEALERs that speak the protocol but lie, swallow batches or answer late."""
 
 from __future__ import annotations
 
+import os
 import resource
+import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -79,3 +82,42 @@ def test_the_data_plane_routers_cap_what_a_peer_may_send(make_fabric):
     fx = make_fabric(workers=1, max_message_bytes=1 << 20)
     assert fx._io.vent.getsockopt(zmq.MAXMSGSIZE) == READY_MAX_BYTES
     assert fx._io.sink.getsockopt(zmq.MAXMSGSIZE) == (1 << 20) + HEADER_SLACK_BYTES
+
+
+def sleep_and_count(seconds: float, runs: str) -> int:
+    """Sleep, after noting this run in the file ``runs``; return the worker's pid."""
+    with open(runs, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+LIVENESS = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}
+
+
+def test_batches_swallowed_by_a_silent_worker_are_taken_back(make_fabric, zmq_context):
+    """A worker that is no node's takes two batches and never answers: the map
+    finishes after about liveness_s, every result exactly once, and the worker's
+    late answers are dropped as duplicates."""
+    fx = make_fabric(workers=2, **LIVENESS)
+    fake = FakeWorker(zmq_context, fx, credits=2)
+    wait_for(lambda: fx.workers() == 3, 10, "the fake worker to be attached")
+    started = time.monotonic()
+    results = fx.map(square, range(2000), chunksize=50, timeout=60)
+    swallowed = [fake.take(), fake.take()]
+    wait_for(lambda: fx.workers() == 2, 20, "the silent worker to be dropped")
+    for batch in swallowed:
+        fake.answer(batch.batch_id, ["late"] * batch.n_items)
+    assert list(results) == [x * x for x in range(2000)]
+    assert time.monotonic() - started < 30
+    wait_for(lambda: fx.statistics().duplicates == 2, 10, "the late answers to be dropped")
+    fake.close()
+
+
+def test_a_long_task_of_a_listed_worker_is_not_taken_back(make_fabric, tmp_path):
+    fx = make_fabric(workers=2, **LIVENESS)
+    runs = tmp_path / "runs"
+    future = fx.submit(sleep_and_count, 3 * LIVENESS["liveness_s"], str(runs))
+    pid = future.result(timeout=30)
+    assert Path(runs).read_text().split() == [str(pid)], "the long task ran more than once"
+    assert fx.workers() == 2

@@ -39,7 +39,7 @@ def task_batch(fn, mode, item_frames, payload, n_items, with_fn=True):
     """The TaskBatch a client sends for ``fn`` (with the function unless ``with_fn`` is false)."""
     digest, fn_payload = shipped(fn)
     frames = [fn_payload, *payload] if with_fn else list(payload)
-    return wire(TaskBatch(next(_batch_ids), digest, mode, codec.PICKLE, item_frames, with_fn, n_items, frames))
+    return wire(TaskBatch(next(_batch_ids), digest, mode, codec.PICKLE, item_frames, with_fn, n_items, False, frames))
 
 
 def items_batch(fn, mode, items, with_fn=True):
@@ -157,7 +157,9 @@ def batch_failures():
     return {
         "items undecodable": (task_batch(square, Mode.MAP, [1], [b"not a pickle"], 2), "SerializationError"),
         "function undecodable": (
-            wire(TaskBatch(next(_batch_ids), b"d" * 16, Mode.MAP, codec.PICKLE, [1], True, 2, [b"junk", *items])),
+            wire(TaskBatch(
+                next(_batch_ids), b"d" * 16, Mode.MAP, codec.PICKLE, [1], True, 2, False, [b"junk", *items]
+            )),
             "_pickle.UnpicklingError",
         ),
         "function never sent": (items_batch(square, Mode.MAP, [1, 2], with_fn=False), "KeyError"),
