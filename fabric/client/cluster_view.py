@@ -179,6 +179,11 @@ class ClusterView:
             )
         return None
 
+    def expiring(self, now: float) -> bool:
+        """A node would be declared dead at this tick (unless a heartbeat waits unread)."""
+        expiry = self.membership.next_expiry()
+        return expiry is not None and now - expiry > 0
+
     def next_deadline(self) -> float:
         """When ``tick`` must run next: the next HELLO, expiry or starvation timeout."""
         deadlines = [self.next_hello]

@@ -79,6 +79,13 @@ READY_MAX_BYTES = 1 << 10  # the ventilator only ever receives READY (~20 bytes)
 # A result batch's payload frames are capped at max_message_bytes by the worker; its header (error records
 # with tracebacks) is not, and this much more keeps a batch of failures from being cut off as oversized.
 HEADER_SLACK_BYTES = 64 << 20
+# Two libzmq I/O threads, data and control apart (ZMQ_AFFINITY is a bit mask of them):
+# one thread busy moving a large batch (encrypting it, with a key: ~1 s per GiB here)
+# must not hold up heartbeats and HELLO, or a live node is declared dead.
+IO_THREADS = 2
+DATA_AFFINITY = 1
+CONTROL_AFFINITY = 2
+DRAIN_MAX = 10_000  # sink messages read before deciding that a worker is silent (each is a sign of life)
 NOFILE_FALLBACK = 1 << 20  # the soft descriptor limit asked for when the hard one is unlimited
 
 
@@ -108,6 +115,7 @@ class IOLoop:
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
         self.sink_endpoint = _bind(self.sink, bind_where, "sink")
         self.sub = context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.AFFINITY, CONTROL_AFFINITY)
         security.join(self.sub, key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -139,6 +147,7 @@ class IOLoop:
         part exceeds ``max_bytes`` before buffering it (ZMQ_MAXMSGSIZE)."""
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+        sock.setsockopt(zmq.AFFINITY, DATA_AFFINITY)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A worker that re-attaches reconnects under the same identity: its new connection
         # must take over at once, or its READY is dropped as a duplicate and it is never used.
@@ -210,6 +219,7 @@ class IOLoop:
         sock = self.controls.get(control)
         if sock is None:
             sock = self.controls[control] = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.AFFINITY, CONTROL_AFFINITY)
             sock.setsockopt(zmq.IDENTITY, self.client_id)
             sock.setsockopt(zmq.LINGER, GOODBYE_LINGER_MS)
             sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
@@ -281,9 +291,21 @@ class IOLoop:
         and the data plane does not pay for them on every message."""
         self._last_tick = now
         self._deadline = now + TICK_S  # kept if a decision below raises: retried soon, not in a busy loop
+        # The poll's events may predate a stall of this thread (the GIL held for seconds
+        # by a caller pickling a large argument, or by decoding a large result): read what
+        # arrived meanwhile before declaring a node dead or a worker silent.
+        if self.view.expiring(now):
+            for sock in [self.sub, *self.controls.values()]:
+                self._on_control(sock, now)
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
         silent, next_check = self.ventilator.silent_workers(self.view.vouches)
+        if silent:
+            for _ in range(DRAIN_MAX):
+                if not self.sink.poll(0):
+                    break
+                self._on_results()
+            silent, next_check = self.ventilator.silent_workers(self.view.vouches)
         for worker_id in silent:
             self._take_back(worker_id)
         self._deadline = min(self.view.next_deadline(), next_check)

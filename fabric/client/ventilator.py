@@ -64,6 +64,10 @@ OVERDUE_FACTOR = 10.0
 # acknowledge starting them: a shorter one is over before it could be overdue, and an
 # acknowledgement per batch would cost the one-task round trip (W4) a message.
 ACK_AFTER_S = 0.05
+# A batch's bytes must reach its worker before it can start: its allowance grows by its
+# size at this pessimistic rate (a slow network link), so a 1 GiB argument is never
+# taken for silence (measured: 512 MiB took 1-3 s over loopback on the 2-core machine).
+TRANSFER_BYTES_PER_S = 20e6
 
 _batch_ids = itertools.count(1)
 
@@ -422,8 +426,9 @@ class Ventilator:
             running = next(iter(held))
             if running in self.started and vouched(worker_id, self.node_of.get(worker_id)):
                 continue
-            expected = self.expected_s(self.in_flight[running][1]) or 0.0
-            at = self.since[worker_id] + max(self.liveness_s, OVERDUE_FACTOR * expected)
+            batch = self.in_flight[running][1]
+            allowance = max(self.liveness_s, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
+            at = self.since[worker_id] + allowance + codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
             if self.now >= at:
                 overdue.append(worker_id)
             else:

@@ -91,7 +91,7 @@ class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.key = ClusterKey.load(settings.key_file) if settings.key_file else None
         check_bind(settings.address, settings.insecure, self.key is not None)
-        self.context = zmq.Context()
+        self.context = zmq.Context(io_threads=2)  # cache traffic on one, heartbeats go on
         self.gatekeeper = gatekeeper(self.context, self.key)
         self.router = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1, ROUTER_HANDOVER=1)
         security.serve(self.router, self.key)

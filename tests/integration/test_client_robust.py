@@ -42,3 +42,42 @@ def test_an_address_where_nothing_answers_fails_within_the_first_contact_timeout
         with pytest.raises(fabric.NoNodesError):  # later calls fail at once
             fx.submit(abs, -1).result(timeout=1)
     assert time.monotonic() - started < 20
+
+
+FAST = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}
+
+
+def hog_the_gil(seconds: float) -> None:
+    """Hold the GIL for about ``seconds`` in one C call, as pickling a large argument does."""
+    n = 1_000_000
+    started = time.monotonic()
+    sum(range(n))
+    per_call = max(time.monotonic() - started, 1e-4)
+    sum(range(int(n * seconds / per_call)))
+
+
+def test_a_stalled_client_does_not_declare_a_live_node_dead(make_fabric, caplog):
+    """The I/O thread cannot run while a caller's thread holds the GIL (a large
+    pickle); when it runs again, the heartbeats that arrived meanwhile are read
+    before any node is declared dead."""
+    fx = make_fabric(workers=1, **FAST)
+    for _ in range(6):  # a stall ends at a poll timeout about half the time; then the race was lost
+        hog_the_gil(3 * FAST["liveness_s"])
+        assert fx.submit(abs, -3).result(timeout=30) == 3
+    assert "stopped answering" not in caplog.text
+    assert len(fx.nodes()) == 1
+
+
+def test_a_large_argument_and_an_over_limit_result_leave_every_node_alive(make_fabric, caplog):
+    """256 MiB each way with fast heartbeats: no node is declared dead, and a result
+    over max_message_bytes is refused by its worker with the limit named."""
+    limit = 320 << 20
+    fx = make_fabric(workers=1, max_message_bytes=limit, heartbeat_interval_s=0.2, liveness_s=1.5)
+    argument = b"x" * (256 << 20)
+    assert fx.submit(len, argument).result(timeout=120) == len(argument)
+    del argument
+    assert len(fx.submit(bytes, 256 << 20).result(timeout=120)) == 256 << 20
+    with pytest.raises(fabric.SerializationError, match=f"over max_message_bytes={limit:,}"):
+        fx.submit(bytes, limit + 1).result(timeout=120)
+    assert "stopped answering" not in caplog.text and "went silent" not in caplog.text
+    assert len(fx.nodes()) == 1

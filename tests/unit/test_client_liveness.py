@@ -4,7 +4,8 @@ acknowledged long tasks of listed workers are not (fake clock, no sockets)."""
 from test_ventilator import map_batch
 
 from fabric.client.batching import BatchSizer
-from fabric.client.ventilator import OVERDUE_FACTOR, Ventilator
+from fabric.client.ventilator import OVERDUE_FACTOR, TRANSFER_BYTES_PER_S, Ventilator
+from fabric.wire import codec
 from fabric.wire.protocol import from_frames
 
 LIVENESS_S = 3.0
@@ -16,6 +17,10 @@ def nobody(worker_id, node_id):
 
 def everybody(worker_id, node_id):
     return True
+
+
+def transfer_s(batch):
+    return codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
 
 
 def holding(batch=None):
@@ -32,8 +37,8 @@ def holding(batch=None):
 def test_a_silent_worker_is_overdue_after_liveness_s_and_its_batch_taken_back_uncharged():
     vent, batch, _ = holding()
     vent.now = 100.0 + LIVENESS_S - 0.01
-    assert vent.silent_workers(nobody) == ([], 100.0 + LIVENESS_S)
-    vent.now = 100.0 + LIVENESS_S
+    assert vent.silent_workers(nobody) == ([], 100.0 + LIVENESS_S + transfer_s(batch))
+    vent.now = 100.0 + LIVENESS_S + transfer_s(batch)
     assert vent.silent_workers(nobody)[0] == [b"w1"]
     vent.take_back(b"w1")
     assert list(vent.bulk) == [batch] and batch.attempts == 0 and batch.n_items == 4  # not split, not charged
@@ -58,7 +63,7 @@ def test_signs_of_life_and_the_measured_rate_push_the_deadline():
     vent, batch, asked = holding(map_batch(range(2)))
     batch.sizer = sizer
     assert asked
-    assert vent.silent_workers(nobody)[1] == 100.0 + OVERDUE_FACTOR * 2.0
+    assert vent.silent_workers(nobody)[1] == 100.0 + OVERDUE_FACTOR * 2.0 + transfer_s(batch)
     vent.now = 110.0
     vent.worker_ready(b"w1", 2, b"n1")  # READY: it re-attached (and its batch went back)
     assert vent.silent_workers(nobody) == ([], float("inf"))
@@ -70,3 +75,9 @@ def test_short_measured_batches_ask_for_no_acknowledgement():
     batch = map_batch(range(4))
     batch.sizer = sizer
     assert not holding(batch)[2]
+
+
+def test_a_large_batch_is_allowed_the_time_its_bytes_take_to_arrive():
+    batch = map_batch([b"x" * 10_000_000])
+    vent, batch, _ = holding(batch)
+    assert vent.silent_workers(nobody)[1] >= 100.0 + LIVENESS_S + 10_000_000 / TRANSFER_BYTES_PER_S

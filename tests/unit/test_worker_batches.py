@@ -139,7 +139,7 @@ def test_results_over_max_message_bytes_fail_largest_first_naming_the_size_and_t
     results, errors = run(items_batch(blob, Mode.MAP, [10, 1500, 1000, 20]), link)
     assert results == [b"x" * 10, None, b"x" * 1000, b"x" * 20]  # dropping the largest was enough
     assert list(errors) == [1]
-    size = codec.frames_size(codec.pickle_frames(b"x" * 1500))
+    size = 1500  # a bytes result is measured by its length, without pickling it
     message = errors[1][2]
     assert f"result of task 1 is {size:,} bytes" in message and "max_message_bytes=2,000" in message
     assert "connect(max_message_bytes=...)" in message and "cluster.toml" in message
@@ -172,3 +172,14 @@ def test_a_batch_that_cannot_run_fails_as_a_whole(name):
     results, errors = run(batch)
     assert results is None
     assert list(errors) == [BATCH_ERROR] and errors[BATCH_ERROR][1].endswith(error_type)
+
+
+def test_an_over_limit_buffer_result_is_refused_without_pickling_it(monkeypatch):
+    pickled = []
+    real = codec.PayloadEncoder.encode
+    spy = lambda self, values: pickled.append(values) or real(self, values)  # noqa: E731 - records, then encodes
+    monkeypatch.setattr(codec.PayloadEncoder, "encode", spy)
+    link = Link(max_message_bytes=1000)
+    results, errors = run(items_batch(blob, Mode.MAP, [5000]), link)
+    assert results == [None] and "result of task 0 is 5,000 bytes" in errors[0][2]
+    assert pickled == [[None]], "the over-limit result was pickled"
