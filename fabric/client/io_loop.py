@@ -17,12 +17,15 @@ ZeroMQ sockets are not thread-safe, so user threads never touch them: they
 append a callable to a deque and write one byte to a pipe the poller watches
 (only when the loop is not already awake).  Decisions live elsewhere, in
 classes without sockets: which batch goes to which worker in
-:class:`~fabric.client.ventilator.Ventilator`; whom to greet, which nodes are
-lost, paused or back, and when queued work has starved, in
+:class:`~fabric.client.ventilator.Ventilator`, which also says which workers
+went silent holding work; whom to greet, which nodes are lost, paused or
+back, when queued work has starved, and when first contact failed, in
 :class:`~fabric.client.cluster_view.ClusterView`; cache requests in
 :class:`~fabric.client.cache.CacheClient`.  This loop receives, asks them,
 performs what they return, and hands outcomes to each batch's owner (a map
 stream or a group of futures), the sink's job in the ZeroMQ guide's pipeline.
+Each handler runs guarded (``_survive``): an exception costs only the message
+or command it came from.
 """
 
 from __future__ import annotations
@@ -304,7 +307,7 @@ class IOLoop:
             for _ in range(DRAIN_MAX):
                 if not self.sink.poll(0):
                     break
-                self._on_results()
+                self._survive("a sink message", self._on_results)
             silent, next_check = self.ventilator.silent_workers(self.view.vouches)
         for worker_id in silent:
             self._take_back(worker_id)

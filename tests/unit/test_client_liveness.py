@@ -1,12 +1,13 @@
 """Data-plane liveness in the ventilator: silent workers' batches are taken back,
 acknowledged long tasks of listed workers are not (fake clock, no sockets)."""
 
+from test_node_state import node_with_worker
 from test_ventilator import map_batch
 
 from fabric.client.batching import BatchSizer
 from fabric.client.ventilator import OVERDUE_FACTOR, TRANSFER_BYTES_PER_S, Ventilator
 from fabric.wire import codec
-from fabric.wire.protocol import from_frames
+from fabric.wire.protocol import Attach, Hello, WorkerSilent, from_frames
 
 LIVENESS_S = 3.0
 
@@ -81,3 +82,12 @@ def test_a_large_batch_is_allowed_the_time_its_bytes_take_to_arrive():
     batch = map_batch([b"x" * 10_000_000])
     vent, batch, _ = holding(batch)
     assert vent.silent_workers(nobody)[1] >= 100.0 + LIVENESS_S + 10_000_000 / TRANSFER_BYTES_PER_S
+
+
+def test_the_node_attaches_a_worker_a_client_found_silent_afresh():
+    state = node_with_worker()
+    state.on_message(b"c-1", Hello(b"c-1", "ipc:///v", "ipc:///s", 1 << 20), 0.0)
+    [send] = state.on_message(b"c-1", WorkerSilent(b"w-1"), 0.1)
+    assert send.to == b"w-1" and isinstance(send.msg, Attach) and send.msg.client_id == b"c-1"
+    assert state.on_message(b"c-1", WorkerSilent(b"w-fake"), 0.2) == []  # no worker of ours
+    assert state.on_message(b"c-2", WorkerSilent(b"w-1"), 0.3) == []  # not a client of it
