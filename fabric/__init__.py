@@ -36,14 +36,14 @@ if TYPE_CHECKING:
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
-    from .errors import ConfigError
+    from .errors import AuthenticationError, ConfigError
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "FabricCache": "client.cache", "cached": "client.cache",
     "Fabric": "client.executor", "connect": "client.executor",
-    "ConfigError": "errors",
+    "AuthenticationError": "errors", "ConfigError": "errors",
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
@@ -53,8 +53,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "CacheKeyError", "CacheStats", "ClosedError",
-    "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
+    "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
     "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
     "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
     "cached", "connect", "wait",

@@ -103,7 +103,7 @@ def worker(peer, no_leaked_processes) -> Iterator[bytes]:
 def square_batch(batch_id: int, items: list[int], with_fn: bool) -> list:
     digest, fn_payload = FunctionCache().get(square)
     codec_id, payload = codec.PayloadEncoder().encode(items)
-    header = TaskBatch(batch_id, digest, Mode.MAP, codec_id, [len(payload)], with_fn, len(items))
+    header = TaskBatch(batch_id, digest, Mode.MAP, codec_id, [len(payload)], with_fn, len(items), False)
     return to_frames(header) + ([fn_payload] if with_fn else []) + list(payload)
 
 

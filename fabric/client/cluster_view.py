@@ -24,7 +24,13 @@ returns::
   paused: its workers keep their credits but get nothing until it accepts again.
 - Work queued while no worker is attached fails after ``connect_timeout_s``
   with a :class:`~fabric.NoNodesError` naming the nodes tried and, when a
-  handshake was refused, why.
+  handshake was refused, why.  That patience is for nodes that come and go.
+- First contact fails fast.  When every node the client knows has refused its
+  handshake (a definitive answer: the keys differ, or one side has none), or
+  when no node has answered at all within ``first_contact_s`` of the start
+  (nothing listens at the address), the client is *unreachable*: queued work
+  and every new call fail at once, with :class:`~fabric.AuthenticationError`
+  or a :class:`~fabric.NoNodesError` naming the addresses, until a node speaks.
 
 No socket and no clock: unit tests drive it with fake heartbeats and times.
 """
@@ -32,12 +38,17 @@ No socket and no clock: unit tests drive it with fake heartbeats and times.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats
-from ..errors import NoNodesError
+from ..errors import AuthenticationError, NoNodesError
+
+# How long a client waits for the first answer of any node before its calls fail
+# (capped by connect_timeout_s).  An embedded node answers in ~0.5 s, a remote
+# one in a round trip; a few seconds leave room for a loaded machine.
+FIRST_CONTACT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,7 @@ class Actions:
     pause: tuple[bytes, ...] = ()  # nodes whose workers get no new batches
     resume: tuple[bytes, ...] = ()
     starved: NoNodesError | None = None  # fail every queued batch with this
+    unreachable: NoNodesError | None = None  # fail every queued batch, and new ones until a node speaks
 
 
 class ClusterView:
@@ -59,12 +71,20 @@ class ClusterView:
 
     def __init__(
         self, heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float,
-        refusals: Callable[[], str] = str,
+        refusals: Callable[[], str] = str, refused: Callable[[], Collection[str]] = tuple,
+        first_contact_s: float = FIRST_CONTACT_S,
     ) -> None:
-        """``refusals`` says why handshakes failed, for a NoNodesError ("" if none)."""
+        """``refusals`` says why handshakes failed, for a NoNodesError ("" if none);
+        ``refused`` names the control endpoints whose last handshake was refused."""
         self.heartbeat_interval_s = heartbeat_interval_s
         self.connect_timeout_s = connect_timeout_s
         self.refusals = refusals
+        self.refused = refused
+        self.first_contact_s = min(first_contact_s, connect_timeout_s)
+        self.first_contact_by: float | None = None  # set by the first tick
+        self.heard = False  # some node has answered since the start
+        self.unreachable: NoNodesError | None = None
+        self.reported: dict[bytes, frozenset[bytes]] = {}  # node -> the worker ids its latest heartbeat lists
         self.membership = Membership(liveness_s)
         self.controls: dict[str, None] = {}  # every control endpoint greeted, in the order learned
         self.pubs: dict[str, None] = {}  # every PUB subscribed to
@@ -81,6 +101,9 @@ class ClusterView:
         previous = self.membership.nodes.get(stats.node_id)
         is_new = self.membership.observe(stats, now)
         back = stats.node_id in self.declared_dead  # expired, so a member again only from now
+        self.heard = True
+        self.unreachable = None
+        self.reported[stats.node_id] = frozenset(w.worker_id.encode() for w in stats.per_worker)
         self.declared_dead.discard(stats.node_id)
         was_accepting = previous.accepting if previous is not None else True
         changed = () if stats.accepting == was_accepting else (stats.node_id,)
@@ -110,10 +133,39 @@ class ClusterView:
         lost = tuple((stats.node_id, f"node {stats.name} stopped answering") for stats in self.membership.expire(now))
         self.declared_dead.update(node_id for node_id, _ in lost)
         starved = self._starved(now, workers, has_pending)
-        return Actions(greet=greet, members_changed=bool(lost), lost=lost, starved=starved)
+        if self.first_contact_by is None:
+            self.first_contact_by = now + self.first_contact_s
+        return Actions(
+            greet=greet, members_changed=bool(lost), lost=lost, starved=starved, unreachable=self.check_contact(now)
+        )
+
+    def check_contact(self, now: float) -> NoNodesError | None:
+        """The error that makes the client unreachable, when it just became so
+        (after handshake events, and at each tick): every known node refused
+        the handshake, or none answered within ``first_contact_s``."""
+        if self.unreachable is not None or self.membership.nodes:
+            return None
+        self.unreachable = self._contact_error(now)
+        return self.unreachable
+
+    def _contact_error(self, now: float) -> NoNodesError | None:
+        refused = self.refused()
+        if self.controls and all(control in refused for control in self.controls):
+            return AuthenticationError(
+                f"every node refused this client's handshake: {self.refusals()}; check the cluster key (key_file)"
+            )
+        if not self.heard and self.first_contact_by is not None and now >= self.first_contact_by:
+            refused_text = self.refusals()
+            return NoNodesError(
+                f"no node answered at {', '.join(self.controls) or 'no address'} within {self.first_contact_s:g} s "
+                "of connecting: start a node there (fabric-node start) or check the address"
+                + (f"; {refused_text}" if refused_text else "")
+            )
+        return None
 
     def _starved(self, now: float, workers: int, has_pending: Callable[[], bool]) -> NoNodesError | None:
-        if workers or not has_pending():
+        """Before any node has answered, first contact decides (``check_contact``)."""
+        if workers or not self.heard or not has_pending():
             self.starved_since = None
         elif self.starved_since is None:
             self.starved_since = now
@@ -121,11 +173,16 @@ class ClusterView:
             self.starved_since = None
             refused = self.refusals()
             return NoNodesError(
-                f"no worker was reachable for {self.connect_timeout_s:.0f} s (nodes tried: "
+                f"no worker was reachable for {self.connect_timeout_s:g} s (nodes tried: "
                 f"{', '.join(self.controls) or 'none'}); "
                 + (f"{refused}: check the cluster key (key_file)" if refused else "start a node or check the addresses")
             )
         return None
+
+    def expiring(self, now: float) -> bool:
+        """A node would be declared dead at this tick (unless a heartbeat waits unread)."""
+        expiry = self.membership.next_expiry()
+        return expiry is not None and now - expiry > 0
 
     def next_deadline(self) -> float:
         """When ``tick`` must run next: the next HELLO, expiry or starvation timeout."""
@@ -135,7 +192,13 @@ class ClusterView:
             deadlines.append(expiry)
         if self.starved_since is not None:
             deadlines.append(self.starved_since + self.connect_timeout_s)
+        if not self.heard and self.unreachable is None and self.first_contact_by is not None:
+            deadlines.append(self.first_contact_by)
         return min(deadlines)
+
+    def vouches(self, worker_id: bytes, node_id: bytes | None) -> bool:
+        """The worker's node is live and its latest heartbeat lists the worker."""
+        return node_id in self.membership.nodes and worker_id in self.reported.get(node_id, ())
 
     def control_of(self, node_id: bytes) -> str | None:
         """The control endpoint of a live node."""

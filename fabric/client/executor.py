@@ -43,7 +43,7 @@ from ..errors import ClosedError, ConfigError
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
 from .embedded import EmbeddedNode
-from .io_loop import IOLoop
+from .io_loop import IO_THREADS, IOLoop
 from .options import TaskOptions
 from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
@@ -80,7 +80,10 @@ def connect(
 
     Keywords override the cluster file's settings (see :mod:`fabric.config`):
     ``connect_timeout_s`` is how long queued work waits for any worker before
-    failing with :class:`~fabric.NoNodesError`; ``max_message_bytes`` caps one
+    failing with :class:`~fabric.NoNodesError` once some node has answered (before
+    that, calls fail after a few seconds without any answer, and at once with
+    :class:`~fabric.AuthenticationError` when every node refuses the key);
+    ``max_message_bytes`` caps one
     serialized batch of arguments or results; ``key_file`` is the cluster's
     key, which authenticates and encrypts every connection (see
     :mod:`fabric.wire.security`; default: the cluster file's, or ``$FABRIC_KEY_FILE``).
@@ -154,7 +157,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     ) -> None:
         self._task_options = TaskOptions()
         self._embedded = embedded
-        self._context = zmq.Context()
+        self._context = zmq.Context(io_threads=IO_THREADS)
         self._closed = False
         self.address = controls[0]
         self._gatekeeper: Gatekeeper | None = None

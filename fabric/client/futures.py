@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import SerializationError
 from ..wire import codec
+from .ventilator import miscounted
 
 __all__ = ["Future", "FutureGroup", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
 
@@ -129,6 +130,10 @@ class FutureGroup:
                 self.fail(batch, codec.rebuild_error(record))
                 return
             failed[record[0]] = record
+        wrong = miscounted(results, len(self.futures))
+        if wrong is not None:  # a lying or broken worker: fail the calls, not the I/O thread
+            self.fail(batch, wrong)
+            return
         for index, future in enumerate(self.futures):
             if future.done():
                 continue

@@ -7,6 +7,7 @@
     ventilator ROUTER (bound) ◄── READY ──────── workers     ┌──────────┐
                               ─── TASK_BATCH ──► workers  ◄──┤ IOLoop   │ one zmq.Poller over
     sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ all of these, the wake
+                              ◄── BATCH_STARTED ─ workers    │          │
     control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
                               ◄── HEARTBEAT/WORKER_LOST/     │          │ node's exit sentinel;
                                   NODE_LEAVING ─── node      │          │ timeout: the cluster
@@ -16,12 +17,15 @@ ZeroMQ sockets are not thread-safe, so user threads never touch them: they
 append a callable to a deque and write one byte to a pipe the poller watches
 (only when the loop is not already awake).  Decisions live elsewhere, in
 classes without sockets: which batch goes to which worker in
-:class:`~fabric.client.ventilator.Ventilator`; whom to greet, which nodes are
-lost, paused or back, and when queued work has starved, in
+:class:`~fabric.client.ventilator.Ventilator`, which also says which workers
+went silent holding work; whom to greet, which nodes are lost, paused or
+back, when queued work has starved, and when first contact failed, in
 :class:`~fabric.client.cluster_view.ClusterView`; cache requests in
 :class:`~fabric.client.cache.CacheClient`.  This loop receives, asks them,
 performs what they return, and hands outcomes to each batch's owner (a map
 stream or a group of futures), the sink's job in the ZeroMQ guide's pipeline.
+Each handler runs guarded (``_survive``): an exception costs only the message
+or command it came from.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import threading
 import time
 from collections import deque
@@ -41,6 +46,7 @@ from ..cluster.stats import NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
 from ..wire import security
 from ..wire.protocol import (
+    BatchStarted,
     CacheCleared,
     CacheHits,
     FunctionMissing,
@@ -53,6 +59,7 @@ from ..wire.protocol import (
     ResultBatch,
     Shutdown,
     WorkerLost,
+    WorkerSilent,
     from_frames,
     recv_frames,
     send_frames,
@@ -60,7 +67,7 @@ from ..wire.protocol import (
 )
 from ..wire.security import ClusterKey
 from .cache import CacheClient
-from .cluster_view import Actions, ClusterView
+from .cluster_view import FIRST_CONTACT_S, Actions, ClusterView
 from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
@@ -71,6 +78,18 @@ CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (star
 CONNECT_RETRY_MAX_MS = 1000  # then back off: a node that is down, or refuses our key, is not hammered
 TICK_S = 0.01  # timeouts and heartbeats are checked at most this often while messages flow
 GOODBYE_LINGER_MS = 200  # how long closing waits to deliver GOODBYE; a node missing it forgets us by liveness
+READY_MAX_BYTES = 1 << 10  # the ventilator only ever receives READY (~20 bytes): a peer sending more is cut off
+# A result batch's payload frames are capped at max_message_bytes by the worker; its header (error records
+# with tracebacks) is not, and this much more keeps a batch of failures from being cut off as oversized.
+HEADER_SLACK_BYTES = 64 << 20
+# Two libzmq I/O threads, data and control apart (ZMQ_AFFINITY is a bit mask of them):
+# one thread busy moving a large batch (encrypting it, with a key: ~1 s per GiB here)
+# must not hold up heartbeats and HELLO, or a live node is declared dead.
+IO_THREADS = 2
+DATA_AFFINITY = 1
+CONTROL_AFFINITY = 2
+DRAIN_MAX = 10_000  # sink messages read before deciding that a worker is silent (each is a sign of life)
+NOFILE_FALLBACK = 1 << 20  # the soft descriptor limit asked for when the hard one is unlimited
 
 
 class IOLoop:
@@ -80,20 +99,26 @@ class IOLoop:
         self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
         heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float = 30.0,
         max_message_bytes: int = 1 << 30, cache_replicas: int = 1, key: ClusterKey | None = None,
+        first_contact_s: float = FIRST_CONTACT_S,
     ) -> None:
         self.client_id = client_id
         self.context = context
         self.key = key
-        self.ventilator = Ventilator(retries)
-        self.handshakes = security.HandshakeWatch()
-        self.view = ClusterView(heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe)
+        self.ventilator = Ventilator(retries, liveness_s)
+        self.handshakes = security.HandshakeWatch(keyed=key is not None)
+        self.view = ClusterView(
+            heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
+            lambda: self.handshakes.refusals, first_contact_s,
+        )
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s)
-        self.vent = self._router()
-        self.sink = self._router()
+        raise_fd_limit()
+        self.vent = self._router(READY_MAX_BYTES)
+        self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
         self.sink_endpoint = _bind(self.sink, bind_where, "sink")
         self.sub = context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.AFFINITY, CONTROL_AFFINITY)
         security.join(self.sub, key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -113,14 +138,19 @@ class IOLoop:
         self.broken: BaseException | None = None
         self.duplicates = 0
         self.malformed = 0
+        self.handler_errors: dict[str, int] = {}  # what was being handled -> exceptions it raised
         self._running = True
         self._deadline = self.view.next_deadline()  # of the next tick, unless the loop is busy
         self._last_tick = -TICK_S
         self._data_plane = frozenset({self._wake_r, self.vent, self.sink})
         self.thread = threading.Thread(target=self._run, name="fabric-io", daemon=True)
 
-    def _router(self) -> zmq.Socket:
+    def _router(self, max_bytes: int) -> zmq.Socket:
+        """A bound data-plane ROUTER; libzmq disconnects a peer whose message
+        part exceeds ``max_bytes`` before buffering it (ZMQ_MAXMSGSIZE)."""
         sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+        sock.setsockopt(zmq.AFFINITY, DATA_AFFINITY)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A worker that re-attaches reconnects under the same identity: its new connection
         # must take over at once, or its READY is dropped as a duplicate and it is never used.
@@ -192,6 +222,7 @@ class IOLoop:
         sock = self.controls.get(control)
         if sock is None:
             sock = self.controls[control] = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.AFFINITY, CONTROL_AFFINITY)
             sock.setsockopt(zmq.IDENTITY, self.client_id)
             sock.setsockopt(zmq.LINGER, GOODBYE_LINGER_MS)
             sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
@@ -246,9 +277,10 @@ class IOLoop:
             self.ventilator.pause(node_id)
         for node_id in actions.resume:
             self.ventilator.resume(node_id)
-        starved = actions.starved
-        if starved is not None:
-            self._fail((batch, starved) for batch in self.ventilator.drop_pending())
+        for failed in (actions.starved, actions.unreachable):
+            if failed is not None:
+                log.warning("client: %s", failed)
+                self._fail((batch, failed) for batch in self.ventilator.drop_pending())
 
     @staticmethod
     def _fail(failures: Iterable[tuple[Batch, BaseException]]) -> None:
@@ -261,9 +293,34 @@ class IOLoop:
         ``TICK_S`` while the loop is busy: timeouts are late by at most that,
         and the data plane does not pay for them on every message."""
         self._last_tick = now
+        self._deadline = now + TICK_S  # kept if a decision below raises: retried soon, not in a busy loop
+        # The poll's events may predate a stall of this thread (the GIL held for seconds
+        # by a caller pickling a large argument, or by decoding a large result): read what
+        # arrived meanwhile before declaring a node dead or a worker silent.
+        if self.view.expiring(now):
+            for sock in [self.sub, *self.controls.values()]:
+                self._on_control(sock, now)
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
-        self._deadline = self.view.next_deadline()
+        silent, next_check = self.ventilator.silent_workers(self.view.vouches)
+        if silent:
+            for _ in range(DRAIN_MAX):
+                if not self.sink.poll(0):
+                    break
+                self._survive("a sink message", self._on_results)
+            silent, next_check = self.ventilator.silent_workers(self.view.vouches)
+        for worker_id in silent:
+            self._take_back(worker_id)
+        self._deadline = min(self.view.next_deadline(), next_check)
+
+    def _take_back(self, worker_id: bytes) -> None:
+        """Re-queue what a silent worker held and ask its node to attach it afresh."""
+        node_id = self.ventilator.node_of.get(worker_id)
+        log.warning("client: worker %s went silent holding work; its batches go to other workers",
+                    worker_id.decode(errors="replace"))
+        self.ventilator.take_back(worker_id)
+        if node_id is not None:
+            self.send_to_node(node_id, WorkerSilent(worker_id))
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -272,19 +329,19 @@ class IOLoop:
             while self._running:
                 timeout_ms = int(max(0.0, self._deadline - time.monotonic()) * 1000) + 1
                 events = dict(self.poller.poll(timeout_ms))
-                now = time.monotonic()
+                now = self.ventilator.now = time.monotonic()
                 if self._wake_r in events:
                     self._run_commands()
                 if self.vent in events:
-                    self._on_ready()
+                    self._survive("a ventilator message", self._on_ready)
                 if self.sink in events:
-                    self._on_results()
+                    self._survive("a sink message", self._on_results)
                 if events.keys() - self._data_plane:
-                    self._on_other_events(events, now)
+                    self._survive("a control-plane event", self._on_other_events, events, now)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
-                    self._tick(now)
+                    self._survive("the timers", self._tick, now)
                 if self.ventilator.urgent or self.ventilator.bulk:
-                    self._dispatch()
+                    self._survive("a dispatch", self._dispatch)
                 if self._idle_waiters:
                     self._notify_idle()
         except Exception:
@@ -293,12 +350,27 @@ class IOLoop:
         finally:
             self._close()
 
+    def _survive(self, what: str, handler: Callable[..., None], *args: Any) -> None:
+        """Run one handler; an exception costs only what it was handling.  One
+        bad message (or a bug it reaches) must not break every call of the client:
+        the first failure of each kind is logged with its traceback, later ones
+        only counted (``handler_errors``)."""
+        try:
+            handler(*args)
+        except Exception:
+            count = self.handler_errors[what] = self.handler_errors.get(what, 0) + 1
+            if count == 1:
+                log.exception("client: handling %s failed; the I/O thread keeps running", what)
+            else:
+                log.debug("client: handling %s failed (%d times so far)", what, count)
+
     def _on_other_events(self, events: dict[Any, int], now: float) -> None:
         """The control plane: nodes' messages and heartbeats, handshakes, an embedded node's exit."""
         for sock in [self.sub, *self.controls.values()]:
             if sock in events:
                 self._on_control(sock, now)
         self.handshakes.on_poll(events)
+        self._perform(Actions(unreachable=self.view.check_contact(now)))
         for fd, control in list(self.embedded.items()):
             if fd in events:
                 self._embedded_exited(fd, control)
@@ -311,11 +383,12 @@ class IOLoop:
         # posted before this line is drained below, one posted after writes anew.
         self._awake = False
         while self._commands:
-            self._commands.popleft()()
+            self._survive("a command", self._commands.popleft())
 
     def _enqueue(self, batch: Batch) -> None:
-        if self.broken is not None:
-            batch.owner.fail(batch, self.broken)
+        failed = self.broken or self.view.unreachable
+        if failed is not None:
+            batch.owner.fail(batch, failed)
         else:
             self.ventilator.enqueue(batch)
 
@@ -330,9 +403,11 @@ class IOLoop:
         if received is None:
             return
         worker_id, msg = received
-        if isinstance(msg, FunctionMissing):
-            self.ventilator.function_missing(worker_id, msg.batch_id)
-        if not isinstance(msg, ResultBatch):
+        if type(msg) is not ResultBatch:
+            if isinstance(msg, BatchStarted):
+                self.ventilator.acknowledged(worker_id, msg.batch_id)
+            elif isinstance(msg, FunctionMissing):
+                self.ventilator.function_missing(worker_id, msg.batch_id)
             return
         batch = self.ventilator.complete(worker_id, msg.batch_id)
         if batch is None:
@@ -369,20 +444,25 @@ class IOLoop:
                 return
             try:
                 msg = from_frames(frames)
-                if isinstance(msg, Heartbeat):
-                    self._perform(self.view.heartbeat(NodeStats.from_info(msg.info), now))
+                stats = NodeStats.from_info(msg.info) if isinstance(msg, Heartbeat) else None
             except ProtocolError as exc:
                 self._malformed(exc)
                 continue
-            if isinstance(msg, WorkerLost):
-                log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
-                self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
-            elif isinstance(msg, CacheHits):
-                self.cache.on_hits(msg)
-            elif isinstance(msg, CacheCleared):
-                self.cache.on_cleared(msg)
-            elif isinstance(msg, NodeLeaving):
-                self._perform(self.view.node_left(msg.node_id))
+            self._survive(type(msg).__name__, self._on_node_message, msg, stats, now)
+
+    def _on_node_message(self, msg: Message, stats: NodeStats | None, now: float) -> None:
+        """One parsed message from a node (``stats``: a heartbeat's, parsed)."""
+        if stats is not None:
+            self._perform(self.view.heartbeat(stats, now))
+        if isinstance(msg, WorkerLost):
+            log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
+            self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
+        elif isinstance(msg, CacheHits):
+            self.cache.on_hits(msg)
+        elif isinstance(msg, CacheCleared):
+            self.cache.on_cleared(msg)
+        elif isinstance(msg, NodeLeaving):
+            self._perform(self.view.node_left(msg.node_id))
 
     def _dispatch(self) -> None:
         for worker_id, batch, frames in self.ventilator.dispatch():
@@ -411,7 +491,13 @@ class IOLoop:
         self._fail((batch, exc) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
 
     def cancel_pending(self) -> None:
-        """Cancel everything not yet sent to a worker (shutdown(cancel_futures=True))."""
+        """Cancel everything no worker has a credit for (shutdown(cancel_futures=True)).
+
+        Work starts at submit, as in ProcessPoolExecutor: what the workers have
+        credits for is dispatched first and finishes, so calls posted just before
+        the shutdown are not all cancelled merely because the loop had not yet
+        dispatched them."""
+        self._dispatch()
         for batch in self.ventilator.drop_pending():
             batch.owner.cancel(batch)
 
@@ -439,6 +525,20 @@ class IOLoop:
         self.embedded.clear()
         for event in self._idle_waiters:
             event.set()
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit: every
+    node and worker connection costs the client descriptors (a TCP connection
+    per socket pair, libzmq's mailboxes), and the usual soft limit of 1,024
+    runs out near a few hundred workers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_FALLBACK if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("client: could not raise the open-file limit from %d to %d: %s", soft, target, exc)
 
 
 def _bind(sock: zmq.Socket, where: str, name: str) -> str:

@@ -33,11 +33,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CacheKeyError, ProtocolError, SerializationError
+from ..errors import CacheKeyError, SerializationError
 from ..wire import codec
 from ..wire.protocol import Mode
 from .batching import BatchSizer
-from .ventilator import Batch, next_batch_id
+from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
     from .cache import CachedFunction
@@ -80,10 +80,10 @@ class Part:
         except SerializationError as exc:
             return [None] * n_values, (0, exc)
         errors = self.errors or []
-        if not isinstance(values, list) or len(values) != n_values:
+        wrong = miscounted(values, n_values)
+        if wrong is not None:
             if not any(record[0] < 0 for record in errors):  # a batch-level failure carries no per-item results
-                count = len(values) if isinstance(values, list) else type(values).__name__
-                return [None] * n_values, (0, ProtocolError(f"a worker answered {n_values} tasks with {count} results"))
+                return [None] * n_values, (0, wrong)
             values = [None] * n_values
         if not errors:
             return values, None

@@ -10,6 +10,9 @@ ROUTER socket this state drives)::
     sink: result arrived  --> complete(): batch leaves flight, credit returns
     node: WORKER_LOST     --> worker_lost(): its batches are split and re-queued
     node over its load    --> pause()/resume(): its workers keep their credits but get nothing
+    sink: BATCH_STARTED   --> acknowledged(): the worker started a batch (a sign of life)
+    the loop's tick       --> silent_workers(): workers that hold work and went silent;
+                              take_back(): their batches go elsewhere, uncharged
 
 Credit-based flow control: a batch is sent only against a credit, so what is in
 flight, and so memory on both sides, is bounded however large the input.  Pull
@@ -20,24 +23,51 @@ one-task round trip never waits behind a bulk map.
 A batch lost with its worker is split in two and both halves re-queued; a lost
 single-item batch counts an attempt and fails with WorkerCrashedError after
 ``retries`` attempts.  A task that kills its worker is thus isolated in
-O(log n) crashes, and the rest of its map finishes.  This class holds no socket
-and no clock: unit tests drive it directly.
+O(log n) crashes, and the rest of its map finishes.
+
+Data-plane liveness: a worker's node may be alive while the worker is silent
+towards this client (one-way loss of its traffic, a worker that is no node's).
+The batch a worker runs is overdue when the worker has shown no sign of life
+(a result, READY, BATCH_STARTED) for ``OVERDUE_FACTOR`` times the batch's
+expected time (its sizer's measured seconds per item), never less than
+``liveness_s``.  A batch its worker acknowledged starting, from a worker its
+node's heartbeat lists, is never overdue, so a task may run for hours.  An
+overdue worker's batches go back to the queue uncharged (nothing says the task
+is at fault) and the worker is forgotten; its late results are duplicates.
+Batches expected to be short do not ask for the acknowledgement, so the hot
+path pays nothing; one taken back asks for it from then on.
+
+This class holds no socket and reads no clock: the loop sets ``now`` at each
+wake-up, and unit tests drive it directly.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from ..errors import WorkerCrashedError
+from ..errors import ProtocolError, WorkerCrashedError
 from ..wire import codec
 from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
+# A batch is overdue after this many times its expected time without a sign of life
+# from its worker (and never before liveness_s): batch times vary several-fold with
+# the items and the machine's load, not tenfold.
+OVERDUE_FACTOR = 10.0
+# Batches expected to take longer than this (or never measured) ask their worker to
+# acknowledge starting them: a shorter one is over before it could be overdue, and an
+# acknowledgement per batch would cost the one-task round trip (W4) a message.
+ACK_AFTER_S = 0.05
+# A batch's bytes must reach its worker before it can start: its allowance grows by its
+# size at this pessimistic rate (a slow network link), so a 1 GiB argument is never
+# taken for silence (measured: 512 MiB took 1-3 s over loopback on the 2-core machine).
+TRANSFER_BYTES_PER_S = 20e6
 
 _batch_ids = itertools.count(1)
 
@@ -101,9 +131,12 @@ class Batch:
     retries: int | None = None  # per-call override of the ventilator's default
     indices: list[int] | None = None  # positions in the owner's chunk, when not contiguous (cache misses)
     suspect: bool = False  # it was running when its worker died: never merged again, so a poison task is isolated
+    taken_back: bool = False  # its worker went silent once: acknowledged from now on
 
-    def frames(self, with_fn: bool) -> list[Any]:
-        header = TaskBatch(self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn, self.n_items)
+    def frames(self, with_fn: bool, ack: bool) -> list[Any]:
+        header = TaskBatch(
+            self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn, self.n_items, ack
+        )
         head = to_frames(header)
         return [*head, self.fn_payload, *self.payload] if with_fn else [*head, *self.payload]
 
@@ -140,8 +173,12 @@ class Batch:
 class Ventilator:
     """Queues, credits and batches in flight, per worker."""
 
-    def __init__(self, retries: int = 3) -> None:
+    def __init__(self, retries: int = 3, liveness_s: float = 3.0) -> None:
         self.retries = retries
+        self.liveness_s = liveness_s
+        self.now = 0.0  # the loop's time at its current wake-up
+        self.since: dict[bytes, float] = {}  # worker -> its last sign of life, or when it was sent work while idle
+        self.started: set[int] = set()  # batches whose worker acknowledged starting them
         self.urgent: deque[Batch] = deque()
         self.bulk: deque[Batch] = deque()
         self.free: dict[bytes, int] = {}  # worker -> credits not in use
@@ -161,6 +198,7 @@ class Ventilator:
         between batches, never while one runs, and drops what it held unrun, so
         its batches go back to the queue as they were, charged nothing."""
         self._requeue(self._forget(worker_id))
+        self.since[worker_id] = self.now
         self.held[worker_id] = {}
         self.shipped[worker_id] = set()
         self.node_of[worker_id] = node_id
@@ -215,6 +253,7 @@ class Ventilator:
         is blamed with) or the node itself is lost."""
         batch = self.in_flight.pop(batch_id)[1]
         del self.held[worker_id][batch_id]
+        self.started.discard(batch_id)
         self.free[worker_id] = 0
         self._requeue([batch])
         if not self.held[worker_id]:
@@ -230,14 +269,16 @@ class Ventilator:
         del held[batch_id]
         batch = self.in_flight.pop(batch_id)[1]
         self.free[worker_id] += 1
+        self.since[worker_id] = self.now
         self.shipped[worker_id].discard(batch.digest)
         self._requeue([batch])
 
     def _forget(self, worker_id: bytes) -> list[Batch]:
         """Drop what is known of the worker; return the batches it held, in the order it runs them."""
         batch_ids = self.held.pop(worker_id, {})
-        for table in (self.shipped, self.node_of, self.free, self._last_send):
+        for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
+        self.started.difference_update(batch_ids)
         return [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
 
     def _requeue(self, batches: list[Batch]) -> None:
@@ -294,11 +335,22 @@ class Ventilator:
         with_fn = batch.digest not in shipped
         shipped.add(batch.digest)
         self.in_flight[batch.batch_id] = (worker_id, batch)
-        self.held[worker_id][batch.batch_id] = with_fn
+        held = self.held[worker_id]
+        if not held:  # it had nothing to do: its silence counts from now
+            self.since[worker_id] = self.now
+        held[batch.batch_id] = with_fn
         self.free[worker_id] -= 1
         self._sends += 1
         self._last_send[worker_id] = self._sends
-        return worker_id, batch, batch.frames(with_fn)
+        expected = self.expected_s(batch)
+        ack = batch.taken_back or expected is None or expected > ACK_AFTER_S
+        return worker_id, batch, batch.frames(with_fn, ack)
+
+    def expected_s(self, batch: Batch) -> float | None:
+        """The batch's expected worker time, from its sizer's measurements (None: never measured)."""
+        sizer = batch.sizer or self.call_sizers.get(batch.digest)
+        per_item_s = sizer.per_item_s if sizer is not None else None
+        return None if per_item_s is None else per_item_s * batch.n_items
 
     def _next_batch(self) -> Batch | None:
         for queue in (self.urgent, self.bulk):
@@ -350,7 +402,47 @@ class Ventilator:
         del self.in_flight[batch_id]
         self.held[worker_id].pop(batch_id, None)
         self.free[worker_id] += 1
+        self.since[worker_id] = self.now
+        self.started.discard(batch_id)
         return entry[1]
+
+    # -- data-plane liveness -------------------------------------------------------
+
+    def acknowledged(self, worker_id: bytes, batch_id: int) -> None:
+        """The worker says it starts the batch (BATCH_STARTED)."""
+        if batch_id in self.held.get(worker_id, ()):
+            self.started.add(batch_id)
+            self.since[worker_id] = self.now
+
+    def silent_workers(self, vouched: Callable[[bytes, bytes | None], bool]) -> tuple[list[bytes], float]:
+        """The workers whose running batch is overdue now, and when the next one
+        could be.  ``vouched(worker, node)``: the node's latest heartbeat lists the
+        worker, which with an acknowledged start means a long task, not silence."""
+        overdue: list[bytes] = []
+        next_at = math.inf
+        for worker_id, held in self.held.items():
+            if not held:
+                continue
+            running = next(iter(held))
+            if running in self.started and vouched(worker_id, self.node_of.get(worker_id)):
+                continue
+            batch = self.in_flight[running][1]
+            allowance = max(self.liveness_s, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
+            at = self.since[worker_id] + allowance + codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
+            if self.now >= at:
+                overdue.append(worker_id)
+            else:
+                next_at = min(next_at, at)
+        return overdue, next_at
+
+    def take_back(self, worker_id: bytes) -> None:
+        """The worker went silent: forget it and re-queue what it held, uncharged
+        (nothing says its task is at fault), each batch asking to be acknowledged
+        from now on.  Its late results are dropped as duplicates."""
+        held = self._forget(worker_id)
+        for batch in held:
+            batch.taken_back = True
+        self._requeue(held)
 
     def observe(self, batch: Batch, elapsed_s: float) -> None:
         """Feed the worker's time for the batch to whoever sizes its successors."""
@@ -368,6 +460,7 @@ class Ventilator:
         """Forget every batch sent (the client is closing or lost its nodes)."""
         dropped = [batch for _, batch in self.in_flight.values()]
         self.in_flight.clear()
+        self.started.clear()
         for worker_id, held in self.held.items():
             self.free[worker_id] += len(held)
             held.clear()
@@ -378,6 +471,15 @@ class Ventilator:
 
     def idle(self) -> bool:
         return not (self.in_flight or self.has_pending())
+
+
+def miscounted(values: Any, n_items: int) -> ProtocolError | None:
+    """The error for a result list that does not hold one value per task of its
+    batch (a lying or broken worker), or None when it does."""
+    if isinstance(values, list) and len(values) == n_items:
+        return None
+    count = len(values) if isinstance(values, list) else type(values).__name__
+    return ProtocolError(f"a worker answered {n_items} tasks with {count} results")
 
 
 def crash_error(batch: Batch, reason: str) -> WorkerCrashedError:

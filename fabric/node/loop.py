@@ -110,7 +110,7 @@ class Node:
         processes.raise_fd_limit()
         self.key = ClusterKey.load(settings.key_file) if settings.key_file else None
         check_bind(settings.address, settings.insecure, self.key is not None)
-        self.context = zmq.Context()
+        self.context = zmq.Context(io_threads=2)  # cache traffic on one, heartbeats go on
         self.gatekeeper = gatekeeper(self.context, self.key)
         self.handshakes = security.HandshakeWatch(self.key is not None)  # logs who failed to connect, and why
         try:

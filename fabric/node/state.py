@@ -44,6 +44,7 @@ from ..wire.protocol import (
     Stop,
     WorkerLost,
     WorkerReport,
+    WorkerSilent,
     WorkerUp,
 )
 from .health import Kill, WorkerHealth, WorkerReading
@@ -222,6 +223,8 @@ class NodeState:
                 return self.client_hello(msg, now)
             case Goodbye():
                 return self.client_goodbye(msg.client_id)
+            case WorkerSilent():
+                return self.worker_silent(sender, msg.worker_id)
             case PeerHello():
                 return [*self._subscribe(msg.pub), Send(sender, self.heartbeat(now))]
             case Status():
@@ -272,6 +275,16 @@ class NodeState:
         at the next heartbeat rather than stop the node."""
         self.spawns_owed += 1
         self.faults.record("a worker could not be started (retried at the next heartbeat)", exc)
+
+    def worker_silent(self, client_id: bytes, worker_id: bytes) -> list[Instruction]:
+        """A client lost sight of one of our workers on its data plane and took its
+        work back: attach the worker to it afresh (a new link, a new READY)."""
+        record, client = self.workers.get(worker_id), self.clients.get(client_id)
+        if record is None or client is None or not record.up or client_id not in record.clients:
+            return []
+        log.info("node %s: worker %s silent towards client %r; attached afresh", self.settings.name,
+                 worker_id.decode(errors="replace"), client_id)
+        return [self._attach(record, client.hello)]
 
     def health_due(self, now: float) -> bool:
         return now >= self.next_health

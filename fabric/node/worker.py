@@ -4,7 +4,7 @@ One single-threaded process per core, spawned and watched by a node::
 
     node ROUTER  <-- control DEALER --  worker  (WORKER_UP; ATTACH / DETACH / SHUTDOWN)
     client ventilator ROUTER <-- DEALER --  (READY credits; TASK_BATCH in)
-    client sink ROUTER       <-- DEALER --  (RESULT_BATCH out, one per batch)
+    client sink ROUTER       <-- DEALER --  (BATCH_STARTED when asked; RESULT_BATCH out, one per batch)
 
 Each READY credit lets the client's ventilator send one batch; every result
 returns the credit implicitly, so the worker holds at most ``credits`` batches
@@ -43,6 +43,7 @@ from ..wire import codec, security
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,
     Attach,
+    BatchStarted,
     Detach,
     FunctionMissing,
     Mode,
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 
 BATCH_ERROR = -1  # error index meaning "every item of the batch"
 REPORT_INTERVAL_S = 0.25  # counters go to the node at most this often
+HINTED_RESULTS = 64  # batches of at most this many results are sized before they are encoded
 
 
 @dataclass
@@ -167,17 +169,21 @@ def _encode_results(
     encoder: codec.PayloadEncoder, results: list[Any], errors: list[codec.ErrorRecord], max_bytes: int
 ) -> tuple[int, list[Any]]:
     """Encode the result list; results that cannot be serialized, or that
-    would take the batch over ``max_bytes``, become errors."""
-    try:
-        encoded = encoder.encode(results)
-        if codec.frames_size(encoded[1]) <= max_bytes:
-            return encoded
-    except SerializationError:
-        pass
+    would take the batch over ``max_bytes``, become errors.  Buffers (bytes,
+    arrays) are measured without pickling them: a 1 GiB result over the limit
+    is refused at once, where pickling it twice took ~20 s."""
+    few = len(results) <= HINTED_RESULTS  # looking at each result costs the hot path only for short batches
+    if not few or sum(map(_size_hint, results)) <= max_bytes:
+        try:
+            encoded = encoder.encode(results)
+            if codec.frames_size(encoded[1]) <= max_bytes:
+                return encoded
+        except SerializationError:
+            pass
     sizes = {}
     for index, value in enumerate(results):
         try:
-            sizes[index] = codec.frames_size(codec.pickle_frames(value))
+            sizes[index] = _size_hint(value) or codec.frames_size(codec.pickle_frames(value))
         except SerializationError as exc:
             _fail_result(results, errors, index, SerializationError(f"result of task {index}: {exc}"))
     total = sum(sizes.values())
@@ -189,6 +195,17 @@ def _encode_results(
         message += f"max_message_bytes={max_bytes:,} (raise it with connect(max_message_bytes=...) or in cluster.toml)"
         _fail_result(results, errors, index, SerializationError(message))
     return encoder.encode(results)
+
+
+def _size_hint(value: Any) -> int:
+    """The bytes of a buffer result (bytes, bytearray, a numpy array or memoryview:
+    what pickling it costs, give or take a header), 0 for anything else."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    if kind is memoryview or (kind.__name__ == "ndarray" and kind.__module__ == "numpy"):
+        return int(value.nbytes)
+    return 0
 
 
 def _fail_result(results: list[Any], errors: list[codec.ErrorRecord], index: int, exc: BaseException) -> None:
@@ -320,6 +337,8 @@ class Worker:
         if not batch.has_fn and batch.digest not in link.functions:
             link.sink.send_multipart(to_frames(FunctionMissing(batch.batch_id)))
             return
+        if batch.ack:  # a long or unmeasured batch: the client knows it runs, however long
+            send_frames(link.sink, to_frames(BatchStarted(batch.batch_id)))
         result = run_batch(link, batch)
         send_frames(link.sink, to_frames(result), copy=False)
         self._count(batch, result)

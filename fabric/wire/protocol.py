@@ -23,6 +23,9 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
     ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id, size cap
     DETACH       node   -> worker   client_id
     WORKER_LOST  node   -> client   worker_id, exit code, reason
+    WORKER_SILENT client -> node    worker_id: the worker went silent on this client's data plane
+                                    while holding work, which went elsewhere; the node attaches it
+                                    to the client afresh (new link, new READY)
     SHUTDOWN     node   -> worker / client -> embedded node
     STOP         anyone -> node     stop as on SIGTERM (``fabric-node stop``); answered with NODE_LEAVING
 
@@ -38,7 +41,9 @@ Data plane (worker <-> client, never through the node)::
 
     READY        worker -> ventilator   credits (batches it may hold, from now on), node_id
     TASK_BATCH   ventilator -> worker   batch_id, fn digest, mode, codec, item frame
-                                        counts, has_fn, items | [fn] + item payload frames
+                                        counts, has_fn, items, ack | [fn] + item payload frames
+    BATCH_STARTED worker -> sink        batch_id: the worker starts the batch (sent when the
+                                        batch asked for it with ``ack``: a long or unmeasured one)
     RESULT_BATCH worker -> sink         batch_id, codec, errors, elapsed_s | result frames
     FUNCTION_MISSING worker -> sink     batch_id: the batch came without its function, which
                                         this worker does not have (it re-attached since the
@@ -101,6 +106,8 @@ class Kind(enum.IntEnum):
     CACHE_CLEARED = 21
     FUNCTION_MISSING = 22
     STOP = 23
+    BATCH_STARTED = 28
+    WORKER_SILENT = 29
 
 
 class Mode(enum.IntEnum):
@@ -321,7 +328,7 @@ class TaskBatch(Message):
 
     KIND = Kind.TASK_BATCH
     HAS_PAYLOAD = True
-    CHECKS = (int, bytes, (int, _is_mode), int, (list, _is_list_of_int), bool, int)
+    CHECKS = (int, bytes, (int, _is_mode), int, (list, _is_list_of_int), bool, int, bool)
     batch_id: int
     digest: bytes
     mode: int
@@ -329,7 +336,22 @@ class TaskBatch(Message):
     item_frames: list[int]
     has_fn: bool
     n_items: int
+    ack: bool  # answer BATCH_STARTED when starting it
     payload: Sequence[Buffer] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStarted(Message):
+    KIND = Kind.BATCH_STARTED
+    CHECKS = (int,)
+    batch_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSilent(Message):
+    KIND = Kind.WORKER_SILENT
+    CHECKS = (bytes,)
+    worker_id: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +422,7 @@ _BY_KIND: dict[int, type[Message]] = {
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
-        CacheCleared, FunctionMissing, Stop,
+        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

@@ -145,13 +145,6 @@ class ShutdownTests(ExecutorShutdownTest):
         """shutdown(wait=False) with a running future neither hangs the exit nor loses the work."""
         self.assert_submitted_work_finishes(then="t.shutdown(wait=False)")
 
-    @known_bug(
-        "shutdown(cancel_futures=True) cancels every submitted future: submits are dispatched by the client's "
-        "I/O thread, which has dispatched none of them yet, so none starts and none completes"
-    )
-    def test_cancel_futures(self):
-        super().test_cancel_futures()
-
 
 for _tests in (ExecutorTests, WaitTests, AsCompletedTests, ShutdownTests):
     util.create_executor_tests(globals(), _tests, executor_mixins=(FabricMixin,))

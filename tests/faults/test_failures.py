@@ -78,12 +78,12 @@ def test_bad_options_are_refused(fx):
         fx.options(retry_on=("ValueError",))
 
 
-def test_no_nodes_fails_after_the_connect_timeout_instead_of_hanging():
+def test_no_nodes_fails_within_the_connect_timeout_instead_of_hanging():
     with socket.socket() as probe:  # a loopback port nobody listens on
         probe.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
     with fabric.connect(address, connect_timeout_s=0.5) as fx:
-        with pytest.raises(fabric.NoNodesError, match="no worker was reachable"):
+        with pytest.raises(fabric.NoNodesError, match=f"no node answered at {address}"):
             fx.submit(square, 2).result(timeout=10)
         with pytest.raises(fabric.NoNodesError):
             list(fx.map(square, range(10), timeout=10))

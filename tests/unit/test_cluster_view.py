@@ -116,8 +116,9 @@ def test_a_paused_node_that_is_lost_and_returns_accepting_gets_batches_again():
 
 
 def test_queued_work_without_a_worker_fails_after_the_connect_timeout():
-    view = make_view()
+    view = make_view()  # once a node has answered: before, first contact decides (test_client_contact)
     view.seed("tcp://a:1")
+    view.heartbeat(heartbeat("a"), now=0.0)
     view.tick(0.0, workers=0, has_pending=lambda: True)
     assert view.next_deadline() == INTERVAL_S  # the next HELLO comes before the timeout
     view.tick(0.5, workers=0, has_pending=lambda: True)
@@ -131,6 +132,7 @@ def test_queued_work_without_a_worker_fails_after_the_connect_timeout():
 
 def test_the_starvation_clock_restarts_when_a_worker_attaches_or_the_queue_empties():
     view = make_view()
+    view.heartbeat(heartbeat("a"), now=0.0)
     view.tick(0.0, 0, lambda: True)
     view.tick(TIMEOUT_S - 1, 2, never_asked)  # a worker attached: has_pending is not even asked
     assert view.starved_since is None
@@ -143,6 +145,7 @@ def test_the_starvation_clock_restarts_when_a_worker_attaches_or_the_queue_empti
 def test_a_refused_handshake_names_the_cluster_key():
     view = make_view(refusals=lambda: "the handshake with tcp://a:1 failed (the two sides' cluster keys differ)")
     view.seed("tcp://a:1")
+    view.heartbeat(heartbeat("a"), now=0.0)  # then restarted with another key
     view.tick(0.0, 0, lambda: True)
     error = view.tick(TIMEOUT_S + 1, 0, lambda: True).starved
     assert error is not None

@@ -7,6 +7,7 @@ from fabric.errors import ProtocolError
 from fabric.wire.protocol import (
     PROTOCOL_VERSION,
     Attach,
+    BatchStarted,
     CacheClear,
     CacheCleared,
     CacheGet,
@@ -29,6 +30,7 @@ from fabric.wire.protocol import (
     TaskBatch,
     WorkerLost,
     WorkerReport,
+    WorkerSilent,
     WorkerUp,
     from_frames,
     is_endpoint,
@@ -52,7 +54,9 @@ MESSAGES = [
     Stop(),
     Ready(2, b"n-1"),
     FunctionMissing(7),
-    TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, 2, [b"fn", b"a", b"b0", b"b1"]),
+    BatchStarted(7),
+    WorkerSilent(b"w-1"),
+    TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, 2, True, [b"fn", b"a", b"b0", b"b1"]),
     ResultBatch(7, 1, [[3, "ValueError", "bad", "tb", None]], 0.25, [b"results"]),
     CacheGet(3, [b"k" * 20, b"j" * 20]),
     CacheHits(3, [1], [b"\x91\xc4\x05value"]),
@@ -71,7 +75,7 @@ def test_round_trip(msg):
 
 
 def test_payload_frames_are_kept_as_given():
-    batch = TaskBatch(1, b"d", 0, 0, [2], False, 5, [b"x", memoryview(b"y")])
+    batch = TaskBatch(1, b"d", 0, 0, [2], False, 5, False, [b"x", memoryview(b"y")])
     back = from_frames(to_frames(batch))
     assert [bytes(p) for p in back.payload] == [b"x", b"y"]
 
@@ -91,9 +95,9 @@ MALFORMED = {
     "too many fields": [header(PROTOCOL_VERSION, Kind.READY, 1, 2)],
     "wrong type": [header(PROTOCOL_VERSION, Kind.READY, "two", b"n")],
     "bool for int": [header(PROTOCOL_VERSION, Kind.READY, True, b"n")],
-    "bad mode": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 7, 0, [1], False, 1), b"x"],
-    "frame count mismatch": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [2], False, 1), b"x"],
-    "negative frame count": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [-1], False, 1)],
+    "bad mode": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 7, 0, [1], False, 1, False), b"x"],
+    "frame count mismatch": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [2], False, 1, False), b"x"],
+    "negative frame count": [header(PROTOCOL_VERSION, Kind.TASK_BATCH, 1, b"d", 0, 0, [-1], False, 1, False)],
     "bad error record": [header(PROTOCOL_VERSION, Kind.RESULT_BATCH, 1, 0, [[1, "E"]], 0.1), b"r"],
     "payload on control message": [header(PROTOCOL_VERSION, Kind.READY, 1, b"n"), b"extra"],
     "heartbeat info not a map": [header(PROTOCOL_VERSION, Kind.HEARTBEAT, b"n", [1, 2])],

@@ -39,7 +39,7 @@ def task_batch(fn, mode, item_frames, payload, n_items, with_fn=True):
     """The TaskBatch a client sends for ``fn`` (with the function unless ``with_fn`` is false)."""
     digest, fn_payload = shipped(fn)
     frames = [fn_payload, *payload] if with_fn else list(payload)
-    return wire(TaskBatch(next(_batch_ids), digest, mode, codec.PICKLE, item_frames, with_fn, n_items, frames))
+    return wire(TaskBatch(next(_batch_ids), digest, mode, codec.PICKLE, item_frames, with_fn, n_items, False, frames))
 
 
 def items_batch(fn, mode, items, with_fn=True):
@@ -139,7 +139,7 @@ def test_results_over_max_message_bytes_fail_largest_first_naming_the_size_and_t
     results, errors = run(items_batch(blob, Mode.MAP, [10, 1500, 1000, 20]), link)
     assert results == [b"x" * 10, None, b"x" * 1000, b"x" * 20]  # dropping the largest was enough
     assert list(errors) == [1]
-    size = codec.frames_size(codec.pickle_frames(b"x" * 1500))
+    size = 1500  # a bytes result is measured by its length, without pickling it
     message = errors[1][2]
     assert f"result of task 1 is {size:,} bytes" in message and "max_message_bytes=2,000" in message
     assert "connect(max_message_bytes=...)" in message and "cluster.toml" in message
@@ -157,7 +157,9 @@ def batch_failures():
     return {
         "items undecodable": (task_batch(square, Mode.MAP, [1], [b"not a pickle"], 2), "SerializationError"),
         "function undecodable": (
-            wire(TaskBatch(next(_batch_ids), b"d" * 16, Mode.MAP, codec.PICKLE, [1], True, 2, [b"junk", *items])),
+            wire(TaskBatch(
+                next(_batch_ids), b"d" * 16, Mode.MAP, codec.PICKLE, [1], True, 2, False, [b"junk", *items]
+            )),
             "_pickle.UnpicklingError",
         ),
         "function never sent": (items_batch(square, Mode.MAP, [1, 2], with_fn=False), "KeyError"),
@@ -170,3 +172,14 @@ def test_a_batch_that_cannot_run_fails_as_a_whole(name):
     results, errors = run(batch)
     assert results is None
     assert list(errors) == [BATCH_ERROR] and errors[BATCH_ERROR][1].endswith(error_type)
+
+
+def test_an_over_limit_buffer_result_is_refused_without_pickling_it(monkeypatch):
+    pickled = []
+    real = codec.PayloadEncoder.encode
+    spy = lambda self, values: pickled.append(values) or real(self, values)  # noqa: E731 - records, then encodes
+    monkeypatch.setattr(codec.PayloadEncoder, "encode", spy)
+    link = Link(max_message_bytes=1000)
+    results, errors = run(items_batch(blob, Mode.MAP, [5000]), link)
+    assert results == [None] and "result of task 0 is 5,000 bytes" in errors[0][2]
+    assert pickled == [[None]], "the over-limit result was pickled"

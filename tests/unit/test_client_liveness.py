@@ -1,0 +1,93 @@
+"""Data-plane liveness in the ventilator: silent workers' batches are taken back,
+acknowledged long tasks of listed workers are not (fake clock, no sockets)."""
+
+from test_node_state import node_with_worker
+from test_ventilator import map_batch
+
+from fabric.client.batching import BatchSizer
+from fabric.client.ventilator import OVERDUE_FACTOR, TRANSFER_BYTES_PER_S, Ventilator
+from fabric.wire import codec
+from fabric.wire.protocol import Attach, Hello, WorkerSilent, from_frames
+
+LIVENESS_S = 3.0
+
+
+def nobody(worker_id, node_id):
+    return False
+
+
+def everybody(worker_id, node_id):
+    return True
+
+
+def transfer_s(batch):
+    return codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
+
+
+def holding(batch=None):
+    """A ventilator at time 100 whose worker w1 (of node n1) holds one batch; (ventilator, batch, ack asked)."""
+    vent = Ventilator(liveness_s=LIVENESS_S)
+    vent.now = 100.0
+    vent.worker_ready(b"w1", 2, b"n1")
+    batch = batch or map_batch(range(4))
+    vent.enqueue(batch)
+    [(_, _, frames)] = list(vent.dispatch())
+    return vent, batch, from_frames(frames).ack
+
+
+def test_a_silent_worker_is_overdue_after_liveness_s_and_its_batch_taken_back_uncharged():
+    vent, batch, _ = holding()
+    vent.now = 100.0 + LIVENESS_S - 0.01
+    assert vent.silent_workers(nobody) == ([], 100.0 + LIVENESS_S + transfer_s(batch))
+    vent.now = 100.0 + LIVENESS_S + transfer_s(batch)
+    assert vent.silent_workers(nobody)[0] == [b"w1"]
+    vent.take_back(b"w1")
+    assert list(vent.bulk) == [batch] and batch.attempts == 0 and batch.n_items == 4  # not split, not charged
+    assert vent.complete(b"w1", batch.batch_id) is None  # its late result is a duplicate
+    vent.worker_ready(b"w2", 1, b"n1")
+    [(worker, again, frames)] = list(vent.dispatch())
+    assert (worker, again) == (b"w2", batch) and from_frames(frames).ack  # asked for from now on
+
+
+def test_an_acknowledged_batch_of_a_listed_worker_runs_as_long_as_it_takes():
+    vent, batch, asked = holding()
+    assert asked  # never measured: the worker is asked to say when it starts
+    vent.acknowledged(b"w1", batch.batch_id)
+    vent.now = 100.0 + 3600
+    assert vent.silent_workers(everybody) == ([], float("inf"))
+    assert vent.silent_workers(nobody)[0] == [b"w1"]  # a worker no heartbeat lists: its word is not enough
+
+
+def test_signs_of_life_and_the_measured_rate_push_the_deadline():
+    sizer = BatchSizer()
+    sizer.observe(1, 1.0)  # one second per item
+    vent, batch, asked = holding(map_batch(range(2)))
+    batch.sizer = sizer
+    assert asked
+    assert vent.silent_workers(nobody)[1] == 100.0 + OVERDUE_FACTOR * 2.0 + transfer_s(batch)
+    vent.now = 110.0
+    vent.worker_ready(b"w1", 2, b"n1")  # READY: it re-attached (and its batch went back)
+    assert vent.silent_workers(nobody) == ([], float("inf"))
+
+
+def test_short_measured_batches_ask_for_no_acknowledgement():
+    sizer = BatchSizer()
+    sizer.observe(1000, 0.001)
+    batch = map_batch(range(4))
+    batch.sizer = sizer
+    assert not holding(batch)[2]
+
+
+def test_a_large_batch_is_allowed_the_time_its_bytes_take_to_arrive():
+    batch = map_batch([b"x" * 10_000_000])
+    vent, batch, _ = holding(batch)
+    assert vent.silent_workers(nobody)[1] >= 100.0 + LIVENESS_S + 10_000_000 / TRANSFER_BYTES_PER_S
+
+
+def test_the_node_attaches_a_worker_a_client_found_silent_afresh():
+    state = node_with_worker()
+    state.on_message(b"c-1", Hello(b"c-1", "ipc:///v", "ipc:///s", 1 << 20), 0.0)
+    [send] = state.on_message(b"c-1", WorkerSilent(b"w-1"), 0.1)
+    assert send.to == b"w-1" and isinstance(send.msg, Attach) and send.msg.client_id == b"c-1"
+    assert state.on_message(b"c-1", WorkerSilent(b"w-fake"), 0.2) == []  # no worker of ours
+    assert state.on_message(b"c-2", WorkerSilent(b"w-1"), 0.3) == []  # not a client of it
