@@ -233,3 +233,10 @@ def worker_processes(node_pids: set[int]) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def scribble(path: Path, offset: int, length: int) -> None:
+    """Random bytes over part of a file in place, as ``dd conv=notrunc`` would (disk corruption)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(os.urandom(length))

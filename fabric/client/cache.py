@@ -88,6 +88,7 @@ class CacheClient:
         # (deadline, start, give up): work waiting for a first node with a shard
         self.parked: list[tuple[float, Callable[[], None], Callable[[], None]]] = []
         self.clearings: dict[int, Clearing] = {}
+        self.nodes_known = False  # whether any node is live, with a shard or not
         self.hits = 0
         self.misses = 0
 
@@ -123,10 +124,15 @@ class CacheClient:
     # -- I/O thread -------------------------------------------------------------------
 
     def _park(self, start: Callable[[], None], give_up: Callable[[], None]) -> bool:
-        """Hold ``start`` until a node with a shard is known; True if held."""
+        """Hold ``start`` until a node with a shard is known; True if not started now.
+        Live nodes none of which holds a shard (their caches are off) mean a miss at
+        once, not a wait for ``timeout_s``."""
         if self.ring:
             return False
-        self.parked.append((time.monotonic() + self.timeout_s, start, give_up))
+        if self.nodes_known:
+            give_up()
+        else:
+            self.parked.append((time.monotonic() + self.timeout_s, start, give_up))
         return True
 
     def _start(self, request: Lookup) -> None:
@@ -192,11 +198,13 @@ class CacheClient:
 
     def nodes_changed(self, nodes: Iterable[NodeStats]) -> None:
         """Membership changed: follow it; start what waited for a first node."""
-        self.ring.update(nodes)
-        if self.ring and self.parked:
+        live = list(nodes)
+        self.nodes_known = bool(live)
+        self.ring.update(live)
+        if self.nodes_known and self.parked:
             parked, self.parked = self.parked, []
-            for _, start, _ in parked:
-                start()
+            for _, start, give_up in parked:
+                (start if self.ring else give_up)()
 
     def node_lost(self, node_id: bytes) -> None:
         """Answers from a lost node will not come: count them as misses."""
