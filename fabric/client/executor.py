@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import logging
 import os
 import socket
 import uuid
@@ -48,6 +49,8 @@ from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
 
 __all__ = ["Fabric", "connect"]
+
+log = logging.getLogger(__name__)
 
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
 
@@ -180,7 +183,8 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work, optionally cancel what has not started, and
-        (with ``wait``) wait for the rest; then stop the embedded node."""
+        (with ``wait``) wait for the rest and for the nodes to take every cache
+        write-back (at most the cache's timeout); then stop the embedded node."""
         if self._closed:
             return
         self._closed = True
@@ -189,6 +193,10 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._io.post(self._io.cancel_pending)
         if wait:
             self._io.wait_idle()
+            cache = self._io.cache
+            if not cache.wait_stored(cache.timeout_s):
+                log.warning("shutdown: some cache write-backs were not acknowledged within %.0f s; they may be lost",
+                            cache.timeout_s)
         self._io.stop()
         self._stop_embedded()
         self._release_context()

@@ -43,6 +43,7 @@ from ..wire import security
 from ..wire.protocol import (
     CacheCleared,
     CacheHits,
+    CacheStored,
     FunctionMissing,
     Goodbye,
     Heartbeat,
@@ -88,7 +89,7 @@ class IOLoop:
         self.handshakes = security.HandshakeWatch()
         self.view = ClusterView(heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe)
         self.max_message_bytes = max_message_bytes
-        self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s)
+        self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         self.vent = self._router()
         self.sink = self._router()
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
@@ -381,6 +382,8 @@ class IOLoop:
                 self.cache.on_hits(msg)
             elif isinstance(msg, CacheCleared):
                 self.cache.on_cleared(msg)
+            elif isinstance(msg, CacheStored):
+                self.cache.on_stored(msg)
             elif isinstance(msg, NodeLeaving):
                 self._perform(self.view.node_left(msg.node_id))
 

@@ -309,12 +309,12 @@ class ResultStore:
 
     # -- writes -------------------------------------------------------------------------
 
-    def put_many(self, fn_digest: bytes, entries: list[tuple[bytes, bytes]]) -> None:
-        """Insert or replace.  The entries are served at once; the disk write
-        waits for :meth:`flush` (the node calls it between messages, so hits
-        never queue behind writes)."""
+    def put_many(self, fn_digest: bytes, entries: list[tuple[bytes, bytes]]) -> int:
+        """Insert or replace; how many were taken (none while the store is off).
+        The entries are served at once; the disk write waits for :meth:`flush`
+        (the node calls it between messages, so hits never queue behind writes)."""
         if self.off is not None:
-            return
+            return 0
         for key, value in entries:
             self._remember(key, fn_digest, value)
             if self._db is not None:
@@ -323,6 +323,7 @@ class ResultStore:
                 self._pending[key] = (fn_digest, value)
         if self._db is None:
             self._evict_memory_only()
+        return len(entries)
 
     def flush(self, max_entries: int | None = None) -> None:
         """Write pending entries to disk (at most ``max_entries``), then evict.

@@ -6,21 +6,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import cluster_file, free_address, scribble, wait_for
+from helpers import cached_double, cluster_file, double, free_address, scribble, wait_for
 
 import fabric
-
-
-def double(x):
-    return 2 * x
-
-
-def cached_double(fx, n):
-    """``fx.map(double, range(n), cache=True)``; (its results are right, hits, misses)."""
-    before = fx.cache.stats()
-    results = list(fx.map(double, range(n), cache=True))
-    after = fx.cache.stats()
-    return results == [2 * x for x in range(n)], after.hits - before.hits, after.misses - before.misses
 
 
 @pytest.mark.timeout(60)  # unanswered lookups each waited connect_timeout_s (set above this)
