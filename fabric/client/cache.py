@@ -88,28 +88,45 @@ class Seal:
     MAC_BYTES = 32
 
     def __init__(self, key: ClusterKey | None) -> None:
-        self._secret = (
-            hashlib.blake2b(key.secret, digest_size=32, person=b"fabric-cache-mac").digest() if key else None
+        # Keyed once: copying a keyed state costs half of keying a new one per value (measured: 21
+        # against 40 ms for a chunk of 10,000 values, about what pickling them costs).
+        self._keyed = (
+            hashlib.blake2b(
+                key=hashlib.blake2b(key.secret, digest_size=32, person=b"fabric-cache-mac").digest(),
+                digest_size=self.MAC_BYTES,
+            )
+            if key
+            else None
         )
 
-    def _mac(self, secret: bytes, cache_key: bytes, value: bytes) -> bytes:
-        mac = hashlib.blake2b(len(cache_key).to_bytes(4, "big"), key=secret, digest_size=self.MAC_BYTES)
-        mac.update(cache_key)
-        mac.update(value)
-        return mac.digest()
+    def seal_many(self, cache_keys: list[bytes], values: list[bytes]) -> list[bytes]:
+        """Each value behind its MAC, over key then value (unprefixed: cache keys are
+        digests of one size, so the two split one way).  One loop, no call per value:
+        the MAC is most of the cost (~3 us a value here, twice pickling a float)."""
+        if self._keyed is None:
+            return values
+        new_mac = self._keyed.copy
+        sealed = []
+        for cache_key, value in zip(cache_keys, values):
+            mac = new_mac()
+            mac.update(cache_key)
+            mac.update(value)
+            sealed.append(mac.digest() + value)
+        return sealed
 
-    def seal(self, cache_key: bytes, value: bytes) -> bytes:
-        if self._secret is None:
-            return value
-        return self._mac(self._secret, cache_key, value) + value
-
-    def open(self, cache_key: bytes, sealed: bytes) -> bytes | None:
-        """The value, or None when its seal is not the cluster's."""
-        if self._secret is None:
-            return sealed
-        value = sealed[self.MAC_BYTES :]
-        return value if hmac.compare_digest(sealed[: self.MAC_BYTES], self._mac(self._secret, cache_key, value)) \
-            else None
+    def open_many(self, cache_keys: list[bytes], sealed: list[bytes]) -> list[bytes | None]:
+        """The values, None where a seal is not the cluster's."""
+        if self._keyed is None:
+            return list(sealed)
+        new_mac, size, same = self._keyed.copy, self.MAC_BYTES, hmac.compare_digest
+        values: list[bytes | None] = []
+        for cache_key, entry in zip(cache_keys, sealed):
+            mac = new_mac()
+            mac.update(cache_key)
+            value = entry[size:]
+            mac.update(value)
+            values.append(value if same(entry[:size], mac.digest()) else None)
+        return values
 
 
 class CacheClient:
@@ -164,7 +181,7 @@ class CacheClient:
         """Write results back to their owners; :meth:`wait_stored` waits until they are taken."""
         if not keys:
             return
-        blobs = [self.seal.seal(k, pickle.dumps(v, protocol=5)) for k, v in zip(keys, values)]
+        blobs = self.seal.seal_many(keys, [pickle.dumps(v, protocol=5) for v in values])
         with self.settled:
             self.unsent += 1
         if not self.post(lambda: self._put(fn_digest, keys, blobs)):
@@ -265,14 +282,14 @@ class CacheClient:
             values = []
         rejected = 0
         if isinstance(values, list) and len(values) == len(msg.indices):
-            for hit, value in zip(msg.indices, values):
-                if hit < len(indices) and isinstance(value, bytes):
-                    index = indices[hit]
-                    opened = self.seal.open(request.keys[index], value)
-                    if opened is None:
-                        rejected += 1
-                    else:
-                        request.found[index] = opened
+            hits = [(indices[hit], value) for hit, value in zip(msg.indices, values)
+                    if hit < len(indices) and isinstance(value, bytes)]
+            opened = self.seal.open_many([request.keys[index] for index, _ in hits], [value for _, value in hits])
+            for (index, _), value in zip(hits, opened):
+                if value is None:
+                    rejected += 1
+                else:
+                    request.found[index] = value
         if rejected:
             self.rejected += rejected
             log.warning("client: %d cache entries from node %r do not carry the cluster key's seal (not written "

@@ -32,19 +32,24 @@ The journal is a rollback journal, not WAL: WAL's index is a shared memory
 map of the ``-shm`` file, and a write into it that the file system refuses
 (``chattr +i`` on the shard mid-run was measured) is a SIGBUS that kills the
 process instead of an error; ``mmap_size`` is pinned to 0 for the same reason.
+Commits do not wait for fsync (``synchronous=OFF``): with a rollback journal
+that wait doubled the time to write a batch, and lookups queue behind it.  A
+process crash loses nothing; an OS crash or power loss may leave a damaged
+file, which the integrity check at the next start (its opener died) or the
+first operation to meet it moves aside, and a damaged value fails its checksum.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import itertools
 import logging
 import os
 import socket
 import sqlite3
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,7 +69,7 @@ SQL_CHUNK = 500  # parameters per IN (...) query
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     key BLOB PRIMARY KEY, fn BLOB NOT NULL, value BLOB NOT NULL, size INTEGER NOT NULL, last_used INTEGER NOT NULL,
-    checksum BLOB NOT NULL
+    checksum INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_fn ON results (fn);
 CREATE INDEX IF NOT EXISTS results_recency ON results (last_used, size);
@@ -92,9 +97,11 @@ def _is_broken_disk(exc: BaseException) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DISK_CODES
 
 
-def checksum(value: bytes) -> bytes:
-    """What a stored value must still hash to when read back (~0.2 us for 100 bytes)."""
-    return hashlib.blake2b(value, digest_size=16).digest()
+def checksum(value: bytes) -> int:
+    """What a stored value must still sum to when read back: CRC-32, which catches
+    any burst of flipped bits up to 32 long (~0.25 us for 100 bytes, a quarter of
+    BLAKE2b's; it guards against a damaged disk, not an attacker: see the clients' seal)."""
+    return zlib.crc32(value)
 
 
 @dataclass(frozen=True)
@@ -167,12 +174,12 @@ class ResultStore:
                 raise _Unreadable(f"schema version {version}, expected {SCHEMA_VERSION}")
             db.execute("PRAGMA mmap_size=0")
             db.execute("PRAGMA journal_mode=DELETE")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=OFF")  # see the module docstring
             db.executescript(_SCHEMA)
             if "checksum" not in {row[1] for row in db.execute("PRAGMA table_info(results)")}:
                 db.create_function("fabric_checksum", 1, checksum, deterministic=True)
                 db.executescript("""
-                    ALTER TABLE results ADD COLUMN checksum BLOB NOT NULL DEFAULT x'';
+                    ALTER TABLE results ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0;
                     UPDATE results SET checksum = fabric_checksum(value);
                 """)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -294,7 +301,7 @@ class ResultStore:
             self._touched.clear()
         return found
 
-    def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes, bytes, int, bytes]]:
+    def _select(self, keys: list[bytes]) -> list[tuple[bytes, bytes, bytes, int, int]]:
         return self._in_chunks("SELECT key, fn, value, size, checksum FROM results WHERE key IN ({})", keys)
 
     def _sizes(self, keys: list[bytes]) -> list[tuple[bytes, int]]:

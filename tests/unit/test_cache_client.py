@@ -77,7 +77,7 @@ def test_a_keyed_reader_takes_only_entries_sealed_with_the_cluster_key(tmp_path,
     assert pickle.loads(reader.lookup([b"k0"])[0]) == "right"
     forged = {
         "unsealed": pickle.dumps("wrong"),
-        "another key's seal": Seal(write_key_file(tmp_path / "other.key")).seal(b"k0", pickle.dumps("wrong")),
+        "another key's seal": Seal(write_key_file(tmp_path / "other.key")).seal_many([b"k0"], [b"wrong"])[0],
         "another cache key's entry": sealed[1],
     }[forgery]
     reader.post = lambda command: command() or reader.on_hits(hit_reply(asked[-1].request_id, forged)) or True
