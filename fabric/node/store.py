@@ -2,8 +2,8 @@
 
 Lives in the node process and is driven from its loop only (one thread), on
 ``CACHE_GET`` / ``CACHE_PUT`` / ``CACHE_CLEAR`` messages.  Entries survive a
-node restart; several node processes on one machine may share a file (WAL
-journal, busy timeout).  Both layers evict the least recently used entry
+node restart; several node processes on one machine may share a file
+(rollback journal, busy timeout).  Both layers evict the least recently used entry
 first: the memory layer by its own bounds, the file by ``max_entries`` and
 ``max_bytes``.  Recency on disk is a counter written in one batch, only when
 an eviction needs it (and at close); serving hits never writes to disk.  Past
