@@ -167,3 +167,56 @@ def start_node(tmp_path):
         process.kill()
     for node in started:
         node.wait()
+
+
+# -- disk faults -------------------------------------------------------------------
+
+
+class DiskFaults:
+    """Small file systems and unwritable files for store tests; ``undo`` reverts all of it."""
+
+    def __init__(self) -> None:
+        self._mounts: list[Path] = []
+        self._immutable: list[Path] = []
+
+    def tmpfs(self, where: Path, size: str = "2m") -> Path:
+        """A fresh tmpfs of ``size`` at ``where`` (skips the test where mounting is not allowed)."""
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
+        self._mounts.append(where)
+        return where
+
+    def read_only(self, where: Path) -> None:
+        """Remount a tmpfs made by :meth:`tmpfs` read-only (EROFS on every write)."""
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+    def immutable(self, *paths: Path) -> None:
+        """``chattr +i``: unwritable even for root (skips the test without chattr)."""
+        for path in paths:
+            try:
+                done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+            except FileNotFoundError:
+                pytest.skip("chattr is not installed (e2fsprogs)")
+            if done.returncode:
+                pytest.skip(f"chattr +i {path} failed: {done.stderr.strip()}")
+            self._immutable.append(path)
+
+    def undo(self) -> None:
+        for path in self._immutable:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        for where in reversed(self._mounts):
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        self._immutable.clear()
+        self._mounts.clear()
+
+
+@pytest.fixture
+def disk_faults() -> Iterator[DiskFaults]:
+    faults = DiskFaults()
+    try:
+        yield faults
+    finally:
+        faults.undo()

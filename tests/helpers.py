@@ -145,6 +145,18 @@ def square(x: int) -> int:
     return x * x
 
 
+def double(x: int) -> int:
+    return 2 * x
+
+
+def cached_double(fx: Any, n: int) -> tuple[bool, int, int]:
+    """``fx.map(double, range(n), cache=True)``: (whether its results are right, hits, misses)."""
+    before = fx.cache.stats()
+    results = list(fx.map(double, range(n), cache=True))
+    after = fx.cache.stats()
+    return results == [2 * x for x in range(n)], after.hits - before.hits, after.misses - before.misses
+
+
 def spin_square(x: int, seconds: float = 1e-4) -> int:
     """``x * x`` after ``seconds`` of busy work."""
     end = time.perf_counter() + seconds
@@ -233,3 +245,10 @@ def worker_processes(node_pids: set[int]) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def scribble(path: Path, offset: int, length: int) -> None:
+    """Random bytes over part of a file in place, as ``dd conv=notrunc`` would (disk corruption)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(os.urandom(length))

@@ -45,6 +45,9 @@ class EmbeddedNode:
 
     def __init__(self, settings: NodeSettings) -> None:
         self.dir = tempfile.mkdtemp(prefix="fabric-")
+        # mkdtemp's mode, made explicit: without a cluster key, whoever can open the ipc
+        # sockets in here is trusted with everything (running code, writing the cache).
+        os.chmod(self.dir, 0o700)
         self.bind_where = f"ipc://{self.dir}" if zmq.has("ipc") else "127.0.0.1"
         address = f"{self.bind_where}/node" if zmq.has("ipc") else "tcp://127.0.0.1:*"
         settings = replace(settings, name="embedded", address=address, owner_pid=os.getpid(), owner_dir=self.dir)

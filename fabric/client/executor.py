@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import logging
 import os
 import socket
 import threading
@@ -49,6 +50,8 @@ from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
 
 __all__ = ["Fabric", "connect"]
+
+log = logging.getLogger(__name__)
 
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
 _closing: set[threading.Thread] = set()  # shutdown(wait=False)s still finishing their work
@@ -186,9 +189,10 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work and, with ``cancel_futures``, cancel what has not
         started.  The rest runs to completion, as with the stdlib executors:
-        ``wait=True`` returns once it has (and the embedded node has stopped),
-        ``wait=False`` at once, the rest finishing in the background; the
-        interpreter waits for it at exit."""
+        ``wait=True`` returns once it has, the nodes have taken every cache
+        write-back (at most the cache's timeout) and the embedded node has
+        stopped; ``wait=False`` at once, the rest finishing in the background;
+        the interpreter waits for it at exit."""
         if self._closed:
             return
         self._closed = True
@@ -203,8 +207,13 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         closer.start()
 
     def _finish(self) -> None:
-        """Wait for what was submitted, then release the sockets and the embedded node."""
+        """Wait for what was submitted and for its cache write-backs, then release
+        the sockets and the embedded node."""
         self._io.wait_idle()
+        cache = self._io.cache
+        if not cache.wait_stored(cache.timeout_s):
+            log.warning("shutdown: some cache write-backs were not acknowledged within %.0f s; they may be lost",
+                        cache.timeout_s)
         self._io.stop()
         self._stop_embedded()
         self._release_context()

@@ -49,6 +49,7 @@ from ..wire.protocol import (
     BatchStarted,
     CacheCleared,
     CacheHits,
+    CacheStored,
     FunctionMissing,
     Goodbye,
     Heartbeat,
@@ -111,7 +112,7 @@ class IOLoop:
             lambda: self.handshakes.refusals, first_contact_s,
         )
         self.max_message_bytes = max_message_bytes
-        self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s)
+        self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         raise_fd_limit()
         self.vent = self._router(READY_MAX_BYTES)
         self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
@@ -461,6 +462,8 @@ class IOLoop:
             self.cache.on_hits(msg)
         elif isinstance(msg, CacheCleared):
             self.cache.on_cleared(msg)
+        elif isinstance(msg, CacheStored):
+            self.cache.on_stored(msg)
         elif isinstance(msg, NodeLeaving):
             self._perform(self.view.node_left(msg.node_id))
 

@@ -58,6 +58,7 @@ from ..wire.protocol import (
     CacheGet,
     CacheHits,
     CachePut,
+    CacheStored,
     Heartbeat,
     Message,
     NodeLeaving,
@@ -303,15 +304,21 @@ class Node:
                 values = msgpack.unpackb(msg.payload[0], raw=False) if msg.payload else []
                 if not isinstance(values, list) or len(values) != len(msg.keys):
                     raise ProtocolError("CACHE_PUT: its values do not match its keys")
-                self.store.put_many(msg.fn_digest, [(k, v) for k, v in zip(msg.keys, values) if isinstance(v, bytes)])
+                taken = self.store.put_many(msg.fn_digest, [(k, v) for k, v in zip(msg.keys, values)
+                                                            if isinstance(v, bytes)])
+                self._send(sender, CacheStored(msg.request_id, taken))
             else:
+                if msg.everything == bool(msg.fn_digest):
+                    raise ProtocolError("CACHE_CLEAR needs either a function digest or the 'everything' flag")
                 removed = self.store.clear(msg.fn_digest or None)
                 self._send(sender, CacheCleared(msg.request_id, removed))
         except (StoreError, ProtocolError, ValueError, msgpack.UnpackException) as exc:
             log.error("node %s: cache request failed: %s", self.settings.name, exc)
             if isinstance(msg, CacheGet):
                 self._send(sender, CacheHits(msg.request_id, []))
-            elif isinstance(msg, CacheClear):
+            elif isinstance(msg, CachePut):  # nothing taken: the writer stops waiting for it
+                self._send(sender, CacheStored(msg.request_id, 0))
+            else:
                 self._send(sender, CacheCleared(msg.request_id, 0))
 
     def _flush_store(self, entries: int) -> None:

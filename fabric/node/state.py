@@ -419,7 +419,7 @@ class NodeState:
             cache_bytes=self.cache.bytes,
             cache_hits=self.cache.hits,
             cache_misses=self.cache.misses,
-            cache_weight=max(1, s.cache.max_bytes >> 20),
+            cache_weight=max(1, s.cache.max_bytes >> 20) if self.cache.enabled else 0,  # 0: off the ring
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
             per_worker=tuple(
                 WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running)

@@ -33,8 +33,10 @@ Result cache (client <-> the key's owner node, see fabric.client.cache)::
 
     CACHE_GET     client -> node   request_id, keys
     CACHE_HITS    node -> client   request_id, indices of the keys found | one frame: msgpack list of values
-    CACHE_PUT     client -> node   function digest, keys | one frame: msgpack list of values
-    CACHE_CLEAR   client -> node   request_id, function digest (empty: everything)
+    CACHE_PUT     client -> node   request_id, function digest, keys | one frame: msgpack list of values
+    CACHE_STORED  node -> client   request_id, entries taken: the write-back is the node's now
+    CACHE_CLEAR   client -> node   request_id, function digest, everything (True: every function's
+                                   entries, and the digest must be empty; False: a digest is required)
     CACHE_CLEARED node -> client   request_id, entries removed
 
 Data plane (worker <-> client, never through the node)::
@@ -108,6 +110,7 @@ class Kind(enum.IntEnum):
     STOP = 23
     BATCH_STARTED = 28
     WORKER_SILENT = 29
+    CACHE_STORED = 33
 
 
 class Mode(enum.IntEnum):
@@ -395,18 +398,31 @@ class CacheHits(Message):
 class CachePut(Message):
     KIND = Kind.CACHE_PUT
     HAS_PAYLOAD = True
-    CHECKS = (bytes, (list, _is_list_of_bytes))
+    CHECKS = (int, bytes, (list, _is_list_of_bytes))
+    request_id: int
     fn_digest: bytes
     keys: list[bytes]
     payload: Sequence[Buffer] = ()
 
 
 @dataclass(frozen=True, slots=True)
+class CacheStored(Message):
+    KIND = Kind.CACHE_STORED
+    CHECKS = (int, int)
+    request_id: int
+    stored: int
+
+
+@dataclass(frozen=True, slots=True)
 class CacheClear(Message):
+    """Exactly one of a function digest and ``everything``: an empty digest alone
+    once meant "all", so one malformed or forged request wiped every shard."""
+
     KIND = Kind.CACHE_CLEAR
-    CHECKS = (int, bytes)
+    CHECKS = (int, bytes, bool)
     request_id: int
     fn_digest: bytes
+    everything: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +438,7 @@ _BY_KIND: dict[int, type[Message]] = {
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
-        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent,
+        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {
@@ -539,6 +555,8 @@ def _expected_frames(cls: type[Message], values: list[Any]) -> int | None:
     """Payload frames a header promises, where it says."""
     if cls is TaskBatch:
         return sum(values[4]) + values[5]
-    if cls in (CacheHits, CachePut):
+    if cls is CacheHits:
         return 1 if values[1] else 0
+    if cls is CachePut:
+        return 1 if values[2] else 0
     return None

@@ -258,6 +258,15 @@ def test_a_beat_publishes_the_heartbeat_with_the_task_rate_and_cache():
     assert state.beat_due(2.0 + SETTINGS.heartbeat_interval_s)
 
 
+def test_a_node_whose_cache_turned_off_has_no_weight_on_the_ring():
+    state = node_with_worker()
+    state.start(now=0.0)
+    [publish] = state.beat(MachineLoad(0.0, 0.0), StoreStats(0, 0, 0, 5, 0, enabled=False), now=1.0)
+    assert NodeStats.from_info(publish.msg.info).cache_weight == 0
+    [publish] = state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=2.0)
+    assert NodeStats.from_info(publish.msg.info).cache_weight > 0
+
+
 def test_a_beat_forgets_silent_clients():
     state = node_with_worker()
     state.client_hello(HELLO, now=0.0)

@@ -13,6 +13,7 @@ from fabric.wire.protocol import (
     CacheGet,
     CacheHits,
     CachePut,
+    CacheStored,
     Detach,
     FunctionMissing,
     Goodbye,
@@ -60,8 +61,10 @@ MESSAGES = [
     ResultBatch(7, 1, [[3, "ValueError", "bad", "tb", None]], 0.25, [b"results"]),
     CacheGet(3, [b"k" * 20, b"j" * 20]),
     CacheHits(3, [1], [b"\x91\xc4\x05value"]),
-    CachePut(b"f" * 16, [b"k" * 20], [b"\x91\xc4\x05value"]),
-    CacheClear(4, b""),
+    CachePut(3, b"f" * 16, [b"k" * 20], [b"\x91\xc4\x05value"]),
+    CacheStored(3, 1),
+    CacheClear(4, b"", True),
+    CacheClear(5, b"f" * 16, False),
     CacheCleared(4, 12),
 ]
 

@@ -1,4 +1,5 @@
-"""A node's result-store shard: bounds, LRU order, persistence, corruption recovery, stats."""
+"""A node's result-store shard: bounds, LRU order, persistence, corruption recovery, checksums,
+broken disks, stats."""
 
 import logging
 import os
@@ -7,7 +8,11 @@ import sqlite3
 import subprocess
 import sys
 
-from fabric.node.store import ResultStore
+import pytest
+from helpers import scribble
+
+from fabric.errors import StoreError
+from fabric.node.store import SCHEMA_VERSION, ResultStore
 
 FN = b"f" * 16
 OTHER = b"g" * 16
@@ -141,7 +146,7 @@ def test_integrity_is_checked_only_after_an_opener_died_with_the_file_open(tmp_p
 # says so, then waits to be killed with the file open.
 KILLED_OPENER = """
 import sys
-from fabric.node.store import ResultStore
+from fabric.node.store import SCHEMA_VERSION, ResultStore
 store = ResultStore(sys.argv[1])
 store.put_many(b"f" * 16, [(i.to_bytes(20, "big"), bytes(100)) for i in range(2000)])
 store.close()
@@ -182,7 +187,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path):
     assert (store.stats().entries, store.stats().bytes) == (3, 6)
     assert store.get_many([key(2)]) == {0: b"vv"}
     store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_writes_pushed_out_of_memory_before_reaching_disk_are_still_served(tmp_path):
@@ -209,3 +214,144 @@ def test_memory_only_evicts_the_least_recently_used_not_the_oldest():
     store.put_many(FN, [(key(4), b"x" * 20)])  # over the byte bound only: two must go
     assert sorted(store.get_many([key(i) for i in range(5)])) == [3, 4]
     assert (store.stats().entries, store.stats().bytes, store.stats().evictions) == (2, 30, 3)
+
+
+def filled_and_reopened(path, n=5000, size=200):
+    """A store of ``n`` entries, every page in the main file, reopened with no memory layer."""
+    store = ResultStore(path, memory_entries=0)
+    store.put_many(FN, [(key(i), bytes([i % 256]) * size) for i in range(n)])
+    store.close()
+    return ResultStore(path, memory_entries=0)
+
+
+OPERATIONS = {
+    "get": lambda store: store.get_many([key(i) for i in range(5000)]),
+    "flush": lambda store: (store.put_many(FN, [(key(i), b"new") for i in range(5000, 6000)]), store.flush()),
+    "clear": lambda store: store.clear(FN),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_a_file_corrupted_under_a_live_store_is_moved_aside_and_rebuilt(tmp_path, caplog, operation):
+    # sqlite raised DatabaseError from fetchall(), outside the store's conversion: the node never
+    # answered the lookup, and the same error from a flush killed it.
+    path = tmp_path / "s.sqlite"
+    store = filled_and_reopened(path)
+    scribble(path, 4096, os.path.getsize(path) - 4096)  # every page but the schema's
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"), pytest.raises(StoreError):
+        OPERATIONS[operation](store)
+    assert caplog.text.count("moved aside") == 1
+    assert list(tmp_path.glob("s.sqlite.corrupt-*"))
+    assert store.stats().entries == store.pending
+    fill(store, 2)
+    assert store.get_many([key(0), key(1)]) == {0: b"\0" * 10, 1: b"\1" * 10}
+    store.close()
+
+
+def test_a_value_damaged_on_disk_is_a_miss_and_is_dropped(tmp_path, caplog):
+    path = tmp_path / "s.sqlite"
+    store = ResultStore(path)
+    store.put_many(FN, [(key(1), b"<" * 64 + b"precious" + b">" * 64), (key(2), b"other")])
+    store.close()
+    at = path.read_bytes().index(b"precious")
+    with open(path, "r+b") as f:  # one flipped byte, which sqlite itself does not notice
+        f.seek(at)
+        f.write(b"P")
+    store = ResultStore(path, memory_entries=0)
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
+        assert store.get_many([key(1), key(2)]) == {1: b"other"}
+    assert "1 entries failed their checksum" in caplog.text
+    assert (store.stats().entries, store.stats().bytes) == (1, 5)
+    assert store.get_many([key(1)]) == {}
+    store.close()
+
+
+def test_a_read_only_directory_turns_the_cache_off_and_leaves_the_shard_alone(tmp_path, disk_faults, caplog):
+    # The node refused to start, after trying to move the healthy shard aside as corrupt.
+    where = disk_faults.tmpfs(tmp_path / "cache")
+    healthy = ResultStore(where / "s.sqlite")
+    fill(healthy, 3)
+    healthy.close()
+    disk_faults.read_only(where)
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
+        store = ResultStore(where / "s.sqlite")
+        store.put_many(FN, [(key(9), b"x")])
+        store.flush()
+        assert store.get_many([key(0), key(9)]) == {}
+    assert caplog.text.count("result cache off") == 1
+    assert str(where) in caplog.text and "readonly database" in caplog.text
+    assert sorted(os.listdir(where)) == ["s.sqlite"]
+    assert (store.stats().entries, store.stats().enabled) == (0, False)
+    store.close()
+
+
+def rows_in(path):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT count(*) FROM results").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_full_disk_turns_the_cache_off_and_never_counts_what_was_not_stored(tmp_path, disk_faults, caplog):
+    where = disk_faults.tmpfs(tmp_path / "cache", "256k")
+    path = where / "s.sqlite"
+    store = ResultStore(path, memory_entries=0)
+    with caplog.at_level(logging.WARNING, logger="fabric.node.store"):
+        for batch in range(1000):
+            store.put_many(FN, [(key(batch * 10 + i), os.urandom(1000)) for i in range(10)])
+            try:
+                store.flush()
+            except StoreError:
+                break
+            assert store.stats().entries == rows_in(path)
+        else:
+            pytest.fail("the 256 KiB disk never filled")
+    assert caplog.text.count("result cache off") == 1 and str(where) in caplog.text
+    assert (store.stats().entries, store.stats().bytes, store.stats().enabled) == (0, 0, False)
+    store.put_many(FN, [(key(0), b"x")])
+    assert store.get_many([key(0)]) == {}
+    store.close()
+
+
+# Two openers of one file, as two nodes sharing a cache directory: each writes and reads,
+# says so, then goes on after the test has made the files unwritable.
+SHARING_OPENER = """
+import sys
+from fabric.errors import StoreError
+from fabric.node.store import ResultStore
+store = ResultStore(sys.argv[1], memory_entries=10)
+def work(rounds, start):
+    for r in range(rounds):
+        keys = [(start + r * 100 + i).to_bytes(20, "big") for i in range(100)]
+        try:
+            store.put_many(b"f" * 16, [(k, bytes(300)) for k in keys])
+            store.flush()
+            store.get_many(keys)
+        except StoreError:
+            pass
+work(20, int(sys.argv[2]))
+print("writing", flush=True)
+sys.stdin.readline()
+work(50, int(sys.argv[2]) + 10_000)
+print("alive", flush=True)
+"""
+
+
+def test_files_made_unwritable_under_two_live_openers_are_an_error_not_a_signal(tmp_path, disk_faults):
+    # WAL's memory-mapped index turned chattr +i mid-run into SIGBUS (exit 135) in both nodes.
+    path = tmp_path / "s.sqlite"
+    openers = [subprocess.Popen([sys.executable, "-c", SHARING_OPENER, str(path), str(n * 100_000)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for n in range(2)]
+    try:
+        assert [p.stdout.readline() for p in openers] == ["writing\n"] * 2
+        disk_faults.immutable(*tmp_path.glob("s.sqlite*"))
+        for opener in openers:
+            opener.stdin.write("go\n")
+            opener.stdin.flush()
+        said = [p.stdout.readline() for p in openers]
+        assert (said, [p.wait(timeout=30) for p in openers]) == (["alive\n"] * 2, [0, 0])
+    finally:
+        for opener in openers:
+            opener.kill()
+            opener.wait()
