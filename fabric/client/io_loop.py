@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 HWM = 100_000  # credits keep queues far below this; it only guards against a bug
 CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (start-up time)
 CONNECT_RETRY_MAX_MS = 1000  # then back off: a node that is down, or refuses our key, is not hammered
+EXTRA_STARTED_CALLS = 1  # as concurrent.futures.process.EXTRA_QUEUED_CALLS
 TICK_S = 0.01  # timeouts and heartbeats are checked at most this often while messages flow
 GOODBYE_LINGER_MS = 200  # how long closing waits to deliver GOODBYE; a node missing it forgets us by liveness
 READY_MAX_BYTES = 1 << 10  # the ventilator only ever receives READY (~20 bytes): a peer sending more is cut off
@@ -499,9 +500,12 @@ class IOLoop:
         Work starts at submit, as in ProcessPoolExecutor: what the workers have
         credits for is dispatched first and finishes, so calls posted just before
         the shutdown are not all cancelled merely because the loop had not yet
-        dispatched them."""
+        dispatched them; and, as ProcessPoolExecutor hands its call queue one
+        call more than it has workers, that many batches count as started even
+        while the workers are still attaching."""
         self._dispatch()
-        for batch in self.ventilator.drop_pending():
+        started = self.workers() + EXTRA_STARTED_CALLS - len(self.ventilator.in_flight)
+        for batch in self.ventilator.drop_pending(keep=max(0, started)):
             batch.owner.cancel(batch)
 
     def _request_stop(self) -> None:

@@ -449,11 +449,13 @@ class Ventilator:
         sizer = batch.sizer or self.call_sizers.setdefault(batch.digest, BatchSizer())
         sizer.observe(batch.n_items, elapsed_s)
 
-    def drop_pending(self) -> list[Batch]:
-        """Remove every queued batch (shutdown with cancel_futures)."""
-        dropped = [*self.urgent, *self.bulk]
-        self.urgent.clear()
-        self.bulk.clear()
+    def drop_pending(self, keep: int = 0) -> list[Batch]:
+        """Remove the queued batches but the first ``keep`` (shutdown with
+        cancel_futures keeps those it counts as started)."""
+        queued = [*self.urgent, *self.bulk]
+        kept, dropped = queued[:keep], queued[keep:]
+        self.urgent = deque(b for b in kept if b.mode == Mode.CALL)
+        self.bulk = deque(b for b in kept if b.mode != Mode.CALL)
         return dropped
 
     def drop_in_flight(self) -> list[Batch]:

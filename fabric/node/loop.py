@@ -106,8 +106,8 @@ class Node:
 
     def __init__(self, settings: NodeSettings) -> None:
         """Bind and open everything, or raise ConfigError (an address in use, not
-        an endpoint, a cache directory that cannot be written) with every socket
-        made so far closed."""
+        an endpoint) with every socket made so far closed.  A cache directory
+        that cannot be written is no error: the node runs with its cache off."""
         processes.raise_fd_limit()
         self.key = ClusterKey.load(settings.key_file) if settings.key_file else None
         check_bind(settings.address, settings.insecure, self.key is not None)

@@ -47,8 +47,6 @@ USER_ERRORS = {
     "bad-join": lambda tmp, port: ["start", "--workers", "1", "--join", "localhost"],
     "unreadable-key-file": lambda tmp, port: ["start", "--workers", "1", "--key-file", str(tmp)],
     "key-file-not-a-key": lambda tmp, port: ["status", free_address(), "--key-file", str(tmp / "garbage")],
-    "cache-dir-not-writable": lambda tmp, port: ["start", "--workers", "1", "--bind", free_address(),
-                                                 "--cache-dir", str(tmp / "garbage" / "cache")],
 }
 
 

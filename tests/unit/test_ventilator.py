@@ -283,3 +283,14 @@ def test_a_vanished_worker_that_held_nothing_else_is_forgotten():
     list(vent.dispatch())
     vent.unreachable(b"w1", batch.batch_id)
     assert vent.workers == 0 and list(vent.urgent) == [batch]
+
+
+def test_cancelling_keeps_the_batches_counted_as_started_in_queue_order():
+    vent = Ventilator()
+    calls = [call_batch(Owner()) for _ in range(3)]
+    chunk = map_batch(range(4))
+    for batch in [*calls, chunk]:
+        vent.enqueue(batch)
+    assert vent.drop_pending(keep=2) == [calls[2], chunk]
+    assert list(vent.urgent) == calls[:2] and not vent.bulk
+    assert vent.drop_pending() == calls[:2] and vent.idle()
