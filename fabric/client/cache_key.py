@@ -8,12 +8,18 @@ deterministic, type-tagged encoding instead:
   argument layout, recursively through nested code), its defaults, its
   closure values and the values of the module globals its code reads,
   recursively through the by-value functions among them.  Editing the body, a
-  default, a closure value or a global (``K = 3`` -> ``K = 5``) changes the key;
-  the same source in a new process gives the same key.
+  default, a closure value or a global (``K = 3`` -> ``K = 5``), or changing one
+  in place (``CFG["k"] = 5``, ``DATA[:] = 7``), changes the key; the same source
+  in a new process gives the same key.  The digest is kept per function while
+  its exact :func:`~fabric.client.shipping.binding_guard` holds (identities and
+  full content digests of what it reads, taken at each call: a numpy array of
+  ``LARGE_BUFFER_BYTES`` or more is hashed in place with sha256, ~0.14 s per
+  200 MB, so once per ``map`` call and per cached ``submit``, never per item).
 - An importable function is identified by module, qualified name and the
   version of the distribution that provides it.
 - Arguments are encoded by exact type (``1``, ``1.0`` and ``True`` differ;
-  dict and set order does not matter).  Anything without a stable encoding (an
+  dict and set order does not matter; a large numpy array by the sha256 of its
+  bytes, read in place).  Anything without a stable encoding (an
   open file, a lock, a generator) raises :class:`~fabric.CacheKeyError`
   naming the argument.
 """
@@ -39,7 +45,7 @@ from typing import Any
 
 from ..errors import CacheKeyError
 from ..wire.codec import function_name
-from .shipping import BindingCache, cell_is_set, global_names, pickled_by_value
+from .shipping import LARGE_BUFFER_BYTES, BindingCache, buffer_digest, cell_is_set, global_names, pickled_by_value
 
 MAX_DEPTH = 64
 _NAN = struct.pack(">d", math.nan)
@@ -202,7 +208,8 @@ def _numpy(e: Encoder, obj: Any) -> None:
             e.value(obj.tolist())
             return
         e.tag(b"a", f"{obj.dtype.str}{obj.shape}")
-        e.out += numpy.ascontiguousarray(obj).tobytes()
+        contiguous = numpy.ascontiguousarray(obj)
+        e.out += buffer_digest(contiguous) if contiguous.nbytes >= LARGE_BUFFER_BYTES else contiguous.tobytes()
     elif isinstance(obj, numpy.generic):
         e.tag(b"g", obj.dtype.str)
         e.out += obj.tobytes()
@@ -243,7 +250,7 @@ def _is_function_like(obj: Any) -> bool:
 
 def function_digest(fn: Callable[..., Any]) -> bytes:
     """16-byte digest of a function's identity (see the module docstring)."""
-    return _digests.get(fn)
+    return _digests.get(fn, exact=True)  # never the sampled check of large arrays
 
 
 def _digest(fn: Callable[..., Any]) -> bytes:
