@@ -56,11 +56,18 @@ class _Unstable(Exception):
 
 
 class Encoder:
-    """Writes a deterministic byte encoding of values into one bytearray."""
+    """Writes a deterministic byte encoding of values into one bytearray.
 
-    def __init__(self) -> None:
+    ``classes`` are the ids of the by-value classes whose identity is being
+    encoded around this encoder: one met again is written by name only.
+    ``identities`` keeps the identities of the classes met at the top, so a map
+    chunk of notebook dataclass instances identifies their class once."""
+
+    def __init__(self, classes: frozenset[int] = frozenset()) -> None:
         self.out = bytearray()
         self.stack: set[int] = set()  # ids of the values being encoded (see _guarded)
+        self.classes = classes
+        self.identities: dict[int, bytes] = {}
 
     def value(self, obj: Any) -> None:
         writer = _WRITERS.get(type(obj))
@@ -177,21 +184,21 @@ def _encode_other(e: Encoder, obj: Any) -> None:
     if cls.__module__ == "numpy":
         _numpy(e, obj)
     elif isinstance(obj, enum.Enum):
-        e.out += b"e" + _class_identity(cls)
+        e.out += b"e" + _class_identity(cls, e)
         e.value(obj.value)
     elif isinstance(obj, pathlib.PurePath):
         e.tag(b"p", f"{cls.__name__}:{obj}")
     elif isinstance(obj, types.ModuleType):
         e.tag(b"m", f"{obj.__name__}=={_version(obj.__name__)}")
     elif isinstance(obj, type):
-        e.out += b"c" + _class_identity(obj)
+        e.out += b"c" + _class_identity(obj, e)
     elif callable(obj) and not dataclasses.is_dataclass(obj) and _is_function_like(obj):
         e.out += b"x" + function_digest(obj)
     elif dataclasses.is_dataclass(obj):
-        e.out += b"@" + _class_identity(cls)
+        e.out += b"@" + _class_identity(cls, e)
         e.value(tuple(getattr(obj, f.name) for f in dataclasses.fields(obj)))
     elif isinstance(obj, (int, float, str, bytes, tuple, list, dict, set, frozenset)):
-        e.out += b"^" + _class_identity(cls)  # a subclass of a plain type: its class, then its plain value
+        e.out += b"^" + _class_identity(cls, e)  # a subclass of a plain type: its class, then its plain value
         _WRITERS[next(t for t in cls.__mro__ if t in _WRITERS)](e, obj)
     elif _plain_object(obj):
         _instance(e, obj)
@@ -236,7 +243,7 @@ def _plain_object(obj: Any) -> bool:
 
 def _instance(e: Encoder, obj: Any) -> None:
     """A plain object by its class and attributes, as an argument or as a callable."""
-    e.out += b"o" + _class_identity(type(obj))
+    e.out += b"o" + _class_identity(type(obj), e)
     _dict(e, vars(obj))
 
 
@@ -280,7 +287,7 @@ def _function(e: Encoder, fn: Any, seen: set[int]) -> None:
     elif isinstance(fn, types.FunctionType) and pickled_by_value(fn):
         _by_value(e, fn, seen)
     elif isinstance(fn, type):
-        e.out += b"c" + _class_identity(fn)
+        e.out += b"c" + _class_identity(fn, e)
     elif isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)) or hasattr(fn, "__qualname__"):
         module = getattr(fn, "__module__", None) or ""
         e.tag(b"R", f"{module}:{fn.__qualname__}=={_version(module)}")
@@ -330,24 +337,36 @@ def _code(e: Encoder, code: types.CodeType) -> None:
             e.value(const)
 
 
-def _class_identity(cls: type) -> bytes:
+def _class_identity(cls: type, outer: Encoder) -> bytes:
     """Importable classes by name and version; classes pickled by value (defined
-    in ``__main__`` or in a function) by name and the digests of their functions."""
+    in ``__main__`` or in a function) by name, their functions and attributes.
+
+    A class met again inside its own identity (an Enum's members, a method that
+    names its class: ``outer.classes``) is written by name only, as
+    :func:`_by_value` does for recursion."""
     name = f"{cls.__module__}:{cls.__qualname__}"
     if not pickled_by_value(cls):
         return f"{name}=={_version(cls.__module__)}".encode()
-    encoder = Encoder()
+    if id(cls) in outer.classes:
+        return f"{name}@".encode()
+    known = outer.identities.get(id(cls))
+    if known is not None:
+        return known
+    encoder = Encoder(outer.classes | {id(cls)})
     encoder.tag(b"K", name)
     for attr, value in sorted(vars(cls).items()):
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
         if isinstance(value, types.FunctionType):
             encoder.tag(b"k", attr)
-            encoder.out += function_digest(value)
+            _function(encoder, value, set())  # inline, not function_digest: its own Encoder would forget `within`
         elif not attr.startswith("__") and not isinstance(value, (property, types.MemberDescriptorType)):
             encoder.tag(b"k", attr)
             encoder.value(value)
-    return hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
+    identity = hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
+    if not outer.classes:  # one found inside another class names that class only: not the same bytes
+        outer.identities[id(cls)] = identity
+    return identity
 
 
 @functools.lru_cache(maxsize=1024)
