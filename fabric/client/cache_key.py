@@ -15,8 +15,14 @@ deterministic, type-tagged encoding instead:
   full content digests of what it reads, taken at each call: a numpy array of
   ``LARGE_BUFFER_BYTES`` or more is hashed in place with sha256, ~0.14 s per
   200 MB, so once per ``map`` call and per cached ``submit``, never per item).
-- An importable function is identified by module, qualified name and the
-  version of the distribution that provides it.
+- A function of the user's own module (``mymod.py`` beside the script or
+  notebook, not an installed distribution: :func:`~fabric.client.shipping.user_module`)
+  goes by value and is identified by its code as above, so editing and
+  reloading the module gives new keys, and the same source in a new process
+  the same keys.  Such a module read as a global (``import mymod``) is
+  identified by the code of its functions and classes.
+- A function of an installed package or the standard library is identified
+  by module, qualified name and the version of the distribution that provides it.
 - Arguments are encoded by exact type (``1``, ``1.0`` and ``True`` differ;
   dict and set order does not matter; a large numpy array by the sha256 of its
   bytes, read in place).  Anything without a stable encoding (an
@@ -45,7 +51,16 @@ from typing import Any
 
 from ..errors import CacheKeyError
 from ..wire.codec import function_name
-from .shipping import LARGE_BUFFER_BYTES, BindingCache, buffer_digest, cell_is_set, global_names, pickled_by_value
+from .shipping import (
+    LARGE_BUFFER_BYTES,
+    BindingCache,
+    buffer_digest,
+    cell_is_set,
+    global_names,
+    installed_distributions,
+    pickled_by_value,
+    user_module,
+)
 
 MAX_DEPTH = 64
 _NAN = struct.pack(">d", math.nan)
@@ -58,15 +73,16 @@ class _Unstable(Exception):
 class Encoder:
     """Writes a deterministic byte encoding of values into one bytearray.
 
-    ``classes`` are the ids of the by-value classes whose identity is being
-    encoded around this encoder: one met again is written by name only.
+    ``enclosing`` are the ids of the by-value classes and user modules whose
+    identity is being encoded around this encoder: one met again is written by
+    name only.
     ``identities`` keeps the identities of the classes met at the top, so a map
     chunk of notebook dataclass instances identifies their class once."""
 
-    def __init__(self, classes: frozenset[int] = frozenset()) -> None:
+    def __init__(self, enclosing: frozenset[int] = frozenset()) -> None:
         self.out = bytearray()
         self.stack: set[int] = set()  # ids of the values being encoded (see _guarded)
-        self.classes = classes
+        self.enclosing = enclosing
         self.identities: dict[int, bytes] = {}
 
     def value(self, obj: Any) -> None:
@@ -188,6 +204,8 @@ def _encode_other(e: Encoder, obj: Any) -> None:
         e.value(obj.value)
     elif isinstance(obj, pathlib.PurePath):
         e.tag(b"p", f"{cls.__name__}:{obj}")
+    elif isinstance(obj, types.ModuleType) and user_module(obj.__name__):
+        _user_module(e, obj)
     elif isinstance(obj, types.ModuleType):
         e.tag(b"m", f"{obj.__name__}=={_version(obj.__name__)}")
     elif isinstance(obj, type):
@@ -245,6 +263,25 @@ def _instance(e: Encoder, obj: Any) -> None:
     """A plain object by its class and attributes, as an argument or as a callable."""
     e.out += b"o" + _class_identity(type(obj), e)
     _dict(e, vars(obj))
+
+
+def _user_module(e: Encoder, module: types.ModuleType) -> None:
+    """A module of the user's own, read as a global (``import mymod``), by the
+    code of the functions and classes defined in it, so a reload gives new keys;
+    the other values it holds are not keyed (read them as globals of your own
+    function, or pass them).  Met again inside itself: by name only."""
+    if id(module) in e.enclosing:
+        e.tag(b"u", module.__name__)
+        return
+    outer, e.enclosing = e.enclosing, e.enclosing | {id(module)}
+    try:
+        e.tag(b"U", module.__name__)
+        for attr, value in sorted(vars(module).items()):
+            if isinstance(value, (types.FunctionType, type)) and value.__module__ == module.__name__:
+                e.tag(b"k", attr)
+                _function(e, value, set())
+    finally:
+        e.enclosing = outer
 
 
 def _is_function_like(obj: Any) -> bool:
@@ -342,17 +379,17 @@ def _class_identity(cls: type, outer: Encoder) -> bytes:
     in ``__main__`` or in a function) by name, their functions and attributes.
 
     A class met again inside its own identity (an Enum's members, a method that
-    names its class: ``outer.classes``) is written by name only, as
+    names its class: ``outer.enclosing``) is written by name only, as
     :func:`_by_value` does for recursion."""
     name = f"{cls.__module__}:{cls.__qualname__}"
     if not pickled_by_value(cls):
         return f"{name}=={_version(cls.__module__)}".encode()
-    if id(cls) in outer.classes:
+    if id(cls) in outer.enclosing:
         return f"{name}@".encode()
     known = outer.identities.get(id(cls))
     if known is not None:
         return known
-    encoder = Encoder(outer.classes | {id(cls)})
+    encoder = Encoder(outer.enclosing | {id(cls)})
     encoder.tag(b"K", name)
     for attr, value in sorted(vars(cls).items()):
         if isinstance(value, (staticmethod, classmethod)):
@@ -364,7 +401,7 @@ def _class_identity(cls: type, outer: Encoder) -> bytes:
             encoder.tag(b"k", attr)
             encoder.value(value)
     identity = hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
-    if not outer.classes:  # one found inside another class names that class only: not the same bytes
+    if not outer.enclosing:  # one found inside another class names that class only: not the same bytes
         outer.identities[id(cls)] = identity
     return identity
 
@@ -378,7 +415,7 @@ def _version(module: str) -> str:
     version = getattr(sys.modules.get(top), "__version__", None)
     if isinstance(version, str):
         return version
-    for dist in [top, *_distributions().get(top, ())]:  # the mapping is slow to build: try the name first
+    for dist in [top, *installed_distributions().get(top, ())]:  # the mapping is slow to build: try the name first
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -386,9 +423,6 @@ def _version(module: str) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=1)
-def _distributions() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())
 
 
 # -- calls -------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ worker link and the digest afterwards (workers unpickle it with
 globals a function reads, whether it goes by value) is shared with the cache
 keys of :mod:`fabric.client.cache_key`.
 
+A function goes by value (its code) when defined in ``__main__`` or a notebook,
+as a lambda or closure, or in a module of the user's own (:func:`user_module`:
+``mymod.py`` beside the script, which every worker would otherwise import for
+itself, old or new, after an edit); functions of installed packages and the
+standard library go by reference.
+
 What a by-value function reads is checked on every call, by identity and, for
 mutable values, by content, so ``CFG["scale"] = 100`` or ``DATA[:] = 7`` ships
 the new value on the next call, as rebinding does.  The rule and its cost
@@ -35,11 +41,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
+import io
+import site
 import sys
+import sysconfig
 import time
 import types
 import weakref
+from collections import ChainMap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import cloudpickle
@@ -107,10 +119,30 @@ def shipped(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
 def dumps_function(fn: Callable[..., Any]) -> bytes:
     if not callable(fn):
         raise SerializationError(f"{describe(fn)} is not callable")
+    for name in list(sys.modules):  # what fn reaches, however deep, of the user's modules goes by value
+        user_module(name)
+    buffer = io.BytesIO()
     try:
-        return cloudpickle.dumps(fn, protocol=5)
+        _FunctionPickler(buffer, protocol=5).dump(fn)
     except Exception as exc:
         raise SerializationError(f"cannot serialize function {function_name(fn)}: {exc}") from exc
+    return buffer.getvalue()
+
+
+_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _code_keeping_its_file(code: types.CodeType) -> tuple[Any, tuple[Any, ...]]:
+    constructor, args = _reduce_code(code)
+    return constructor, tuple(code.co_filename if arg == "<dynamic-code>" else arg for arg in args)
+
+
+class _FunctionPickler(cloudpickle.Pickler):
+    """cloudpickle, except that code shipped by value keeps its file name
+    (cloudpickle writes ``<dynamic-code>``), so a worker's traceback of a
+    function from the user's script or module shows its source lines."""
+
+    dispatch_table = ChainMap({types.CodeType: _code_keeping_its_file}, cloudpickle.Pickler.dispatch_table)
 
 
 def binding_guard(fn: object, exact: bool = False, _seen: set[int] | None = None) -> tuple[object, ...]:
@@ -134,7 +166,10 @@ def binding_guard(fn: object, exact: bool = False, _seen: set[int] | None = None
     guard: list[object] = [id(fn.__code__)]
     for value in captured:
         guard.append(id(value))
-        if type(value) not in _BY_IDENTITY and not isinstance(value, (type, types.ModuleType)):
+        if isinstance(value, types.ModuleType):
+            if user_module(value.__name__):  # importlib.reload rebinds its functions in the same module
+                guard.extend(map(id, vars(value).values()))
+        elif type(value) not in _BY_IDENTITY and not isinstance(value, type):
             guard.append(fingerprint(value, exact))
     for value in captured:
         guard.extend(binding_guard(value, exact, seen))
@@ -216,7 +251,50 @@ _large_arrays = LargeArrays()
 def pickled_by_value(obj: types.FunctionType | type) -> bool:
     """Whether cloudpickle ships a function or class by value (its code) rather
     than by reference (its importable name)."""
-    return obj.__module__ == "__main__" or "<locals>" in obj.__qualname__ or obj.__name__ == "<lambda>"
+    return (obj.__module__ == "__main__" or "<locals>" in obj.__qualname__ or obj.__name__ == "<lambda>"
+            or user_module(obj.__module__))
+
+
+@functools.cache
+def user_module(name: str) -> bool:
+    """Whether module ``name`` is the user's own code (``mymod.py`` beside the
+    script or notebook, a folder put on ``sys.path``): it has a file outside the
+    standard library and site-packages, and no installed distribution provides
+    it.  Such a module is registered with cloudpickle to go by value, so its
+    functions ship, and are keyed, by their code as ``__main__``'s are: an
+    edited, reloaded module gives new digests, and workers never import a copy
+    of their own that may be older or newer than the client's.  Installed
+    packages, editable installs included, go by reference (module, name and
+    version).  Asked once per module name (~0.1 ms), then cached."""
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    top = name.partition(".")[0]
+    if not path or _installed(path) or top in installed_distributions() or top not in sys.modules:
+        return False
+    cloudpickle.register_pickle_by_value(sys.modules[top])
+    return True
+
+
+def _installed(path: str) -> bool:
+    parts = Path(path).resolve().parts
+    return "site-packages" in parts or "dist-packages" in parts or any(
+        root in Path(path).resolve().parents for root in _install_roots()
+    )
+
+
+@functools.cache
+def _install_roots() -> frozenset[Path]:
+    """The standard library's and site-packages' folders."""
+    paths = sysconfig.get_paths()
+    roots = [paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths]
+    roots += [*site.getsitepackages(), site.getusersitepackages()]
+    return frozenset(Path(root).resolve() for root in roots)
+
+
+@functools.cache
+def installed_distributions() -> dict[str, list[str]]:
+    """Top-level module names of the installed distributions (slow to build: once)."""
+    return dict(importlib.metadata.packages_distributions())
 
 
 @functools.lru_cache(maxsize=4096)
