@@ -21,15 +21,20 @@ the new value on the next call, as rebinding does.  The rule and its cost
 - Values immutable by type (numbers, strings, bytes, functions, classes,
   modules) go by identity: nothing added to a submit.
 - Any other value (dicts, lists, sets, small arrays, objects) is cloudpickled
-  and digested (sha256, out-of-band buffers included) on every call: ~6 us for
-  ``{"scale": 1}``.
+  and digested (sha256, out-of-band buffers included) on every call: +~5 us
+  per submit for ``{"scale": 1}`` (``FunctionCache.get`` 3-5 -> 7-9 us; with
+  small immutable globals, by reference and builtins it is unchanged, 5-13,
+  0.5-1 and 0.4-0.8 us).
 - A C-contiguous numpy array of ``LARGE_BUFFER_BYTES`` or more, bound directly
   to a global, closure cell or default, is digested in full (sha256, ~1.4
-  GB/s: ~0.14 s for 200 MB) once per ``map``/``map_reduce`` call and once per
-  cached call.  A ``submit`` burst re-digests it only when its last digest is
-  older than ``RECHECK_FACTOR`` times that digest's cost (so digesting takes at
-  most ~1/11 of the burst, 0.14 s of every ~1.5 s for 200 MB); in between it
-  compares a strided sample of ``SAMPLE_BYTES`` (~10 us), which sees bulk
+  GB/s: 0.14-0.18 s for 200 MB) on every ``map``/``map_reduce`` call and
+  cached call, never per item (a cached map digests it twice, for the shipped
+  function and for the key's, three times when it changed).  A ``submit``
+  burst re-digests it only when its last digest is older than
+  ``RECHECK_FACTOR`` times that digest's cost (so digesting takes at most ~1/11
+  of the burst: 30-40 us per submit on average over a 4 s burst on a 200 MB
+  global); in between it compares a strided sample of ``SAMPLE_BYTES``
+  (15-30 us), which sees bulk
   rewrites (``DATA[:] = 7``, ``DATA *= 2``) but may miss a sparse edit
   (``DATA[5] = 1``) made within that window: rebind the global, or pass the
   array as an argument, to be certain.  Cached calls (``exact=True``) never use
