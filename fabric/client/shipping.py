@@ -270,14 +270,19 @@ def user_module(name: str) -> bool:
     edited, reloaded module gives new digests, and workers never import a copy
     of their own that may be older or newer than the client's.  Installed
     packages, editable installs included, go by reference (module, name and
-    version).  Asked once per module name (~0.1 ms), then cached."""
+    version), and so does fabric, which every worker runs, even when it is
+    imported from a source tree.  Asked once per module name (~0.1 ms), then
+    cached."""
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
     top = name.partition(".")[0]
-    if not path or _installed(path) or top in installed_distributions() or top not in sys.modules:
+    if not path or top == _FABRIC or _installed(path) or top in installed_distributions() or top not in sys.modules:
         return False
     cloudpickle.register_pickle_by_value(sys.modules[top])
     return True
+
+
+_FABRIC = __name__.partition(".")[0]
 
 
 def _installed(path: str) -> bool:

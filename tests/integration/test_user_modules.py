@@ -11,6 +11,7 @@ import sys
 import pytest
 from notebook_cells import cell
 
+from fabric.client import shipping
 from fabric.client.cache_key import function_digest
 from fabric.client.shipping import pickled_by_value
 
@@ -76,3 +77,19 @@ def test_installed_and_standard_modules_still_go_by_reference():
 
     import fabric
     assert not any(pickled_by_value(fn) for fn in (json.dumps, numpy.sum, fabric.connect))
+
+
+@pytest.fixture
+def nothing_installed(monkeypatch):
+    """As if no distribution were installed: fabric imported from its source tree."""
+    monkeypatch.setattr(shipping, "installed_distributions", lambda: {})
+    shipping.user_module.cache_clear()
+    yield
+    shipping.user_module.cache_clear()
+
+
+def test_fabric_goes_by_reference_even_from_a_source_tree(nothing_installed):
+    import fabric.task.guard
+
+    assert not pickled_by_value(fabric.task.guard.Guarded)
+    assert pickled_by_value(digest_in_a_new_process)  # this test module, likewise not installed, is the user's
