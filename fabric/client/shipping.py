@@ -109,7 +109,8 @@ def _reference(obj: object) -> Callable[[], object]:
 
 class FunctionCache(BindingCache[tuple[bytes, bytes]]):
     """``(digest, payload)`` per function, so a function is cloudpickled once,
-    not once per task, and shipped again when what it reads is rebound."""
+    not once per task, and shipped again when what it reads is rebound or
+    changed in place."""
 
     def __init__(self, max_entries: int = 1024) -> None:
         super().__init__(shipped, max_entries)
@@ -286,9 +287,11 @@ _FABRIC = __name__.partition(".")[0]
 
 
 def _installed(path: str) -> bool:
-    parts = Path(path).resolve().parts
-    return "site-packages" in parts or "dist-packages" in parts or any(
-        root in Path(path).resolve().parents for root in _install_roots()
+    """Whether a module's file lies in the standard library or a site-packages
+    (this environment's, or another one's put on ``sys.path``)."""
+    resolved = Path(path).resolve()
+    return "site-packages" in resolved.parts or "dist-packages" in resolved.parts or any(
+        root in resolved.parents for root in _install_roots()
     )
 
 
