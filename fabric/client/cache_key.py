@@ -8,12 +8,24 @@ deterministic, type-tagged encoding instead:
   argument layout, recursively through nested code), its defaults, its
   closure values and the values of the module globals its code reads,
   recursively through the by-value functions among them.  Editing the body, a
-  default, a closure value or a global (``K = 3`` -> ``K = 5``) changes the key;
-  the same source in a new process gives the same key.
-- An importable function is identified by module, qualified name and the
-  version of the distribution that provides it.
+  default, a closure value or a global (``K = 3`` -> ``K = 5``), or changing one
+  in place (``CFG["k"] = 5``, ``DATA[:] = 7``), changes the key; the same source
+  in a new process gives the same key.  The digest is kept per function while
+  its exact :func:`~fabric.client.shipping.binding_guard` holds (identities and
+  full content digests of what it reads, taken at each call: a numpy array of
+  ``LARGE_BUFFER_BYTES`` or more is hashed in place with sha256, ~0.14 s per
+  200 MB, so once per ``map`` call and per cached ``submit``, never per item).
+- A function of the user's own module (``mymod.py`` beside the script or
+  notebook, not an installed distribution: :func:`~fabric.client.shipping.user_module`)
+  goes by value and is identified by its code as above, so editing and
+  reloading the module gives new keys, and the same source in a new process
+  the same keys.  Such a module read as a global (``import mymod``) is
+  identified by the code of its functions and classes.
+- A function of an installed package or the standard library is identified
+  by module, qualified name and the version of the distribution that provides it.
 - Arguments are encoded by exact type (``1``, ``1.0`` and ``True`` differ;
-  dict and set order does not matter).  Anything without a stable encoding (an
+  dict and set order does not matter; a large numpy array by the sha256 of its
+  bytes, read in place).  Anything without a stable encoding (an
   open file, a lock, a generator) raises :class:`~fabric.CacheKeyError`
   naming the argument.
 """
@@ -39,7 +51,16 @@ from typing import Any
 
 from ..errors import CacheKeyError
 from ..wire.codec import function_name
-from .shipping import BindingCache, cell_is_set, global_names, pickled_by_value
+from .shipping import (
+    LARGE_BUFFER_BYTES,
+    BindingCache,
+    buffer_digest,
+    cell_is_set,
+    global_names,
+    installed_distributions,
+    pickled_by_value,
+    user_module,
+)
 
 MAX_DEPTH = 64
 _NAN = struct.pack(">d", math.nan)
@@ -50,11 +71,19 @@ class _Unstable(Exception):
 
 
 class Encoder:
-    """Writes a deterministic byte encoding of values into one bytearray."""
+    """Writes a deterministic byte encoding of values into one bytearray.
 
-    def __init__(self) -> None:
+    ``enclosing`` are the ids of the by-value classes and user modules whose
+    identity is being encoded around this encoder: one met again is written by
+    name only.
+    ``identities`` keeps the identities of the classes met at the top, so a map
+    chunk of notebook dataclass instances identifies their class once."""
+
+    def __init__(self, enclosing: frozenset[int] = frozenset()) -> None:
         self.out = bytearray()
         self.stack: set[int] = set()  # ids of the values being encoded (see _guarded)
+        self.enclosing = enclosing
+        self.identities: dict[int, bytes] = {}
 
     def value(self, obj: Any) -> None:
         writer = _WRITERS.get(type(obj))
@@ -171,21 +200,23 @@ def _encode_other(e: Encoder, obj: Any) -> None:
     if cls.__module__ == "numpy":
         _numpy(e, obj)
     elif isinstance(obj, enum.Enum):
-        e.out += b"e" + _class_identity(cls)
+        e.out += b"e" + _class_identity(cls, e)
         e.value(obj.value)
     elif isinstance(obj, pathlib.PurePath):
         e.tag(b"p", f"{cls.__name__}:{obj}")
+    elif isinstance(obj, types.ModuleType) and user_module(obj.__name__):
+        _user_module(e, obj)
     elif isinstance(obj, types.ModuleType):
         e.tag(b"m", f"{obj.__name__}=={_version(obj.__name__)}")
     elif isinstance(obj, type):
-        e.out += b"c" + _class_identity(obj)
+        e.out += b"c" + _class_identity(obj, e)
     elif callable(obj) and not dataclasses.is_dataclass(obj) and _is_function_like(obj):
         e.out += b"x" + function_digest(obj)
     elif dataclasses.is_dataclass(obj):
-        e.out += b"@" + _class_identity(cls)
+        e.out += b"@" + _class_identity(cls, e)
         e.value(tuple(getattr(obj, f.name) for f in dataclasses.fields(obj)))
     elif isinstance(obj, (int, float, str, bytes, tuple, list, dict, set, frozenset)):
-        e.out += b"^" + _class_identity(cls)  # a subclass of a plain type: its class, then its plain value
+        e.out += b"^" + _class_identity(cls, e)  # a subclass of a plain type: its class, then its plain value
         _WRITERS[next(t for t in cls.__mro__ if t in _WRITERS)](e, obj)
     elif _plain_object(obj):
         _instance(e, obj)
@@ -202,7 +233,8 @@ def _numpy(e: Encoder, obj: Any) -> None:
             e.value(obj.tolist())
             return
         e.tag(b"a", f"{obj.dtype.str}{obj.shape}")
-        e.out += numpy.ascontiguousarray(obj).tobytes()
+        contiguous = numpy.ascontiguousarray(obj)
+        e.out += buffer_digest(contiguous) if contiguous.nbytes >= LARGE_BUFFER_BYTES else contiguous.tobytes()
     elif isinstance(obj, numpy.generic):
         e.tag(b"g", obj.dtype.str)
         e.out += obj.tobytes()
@@ -229,8 +261,27 @@ def _plain_object(obj: Any) -> bool:
 
 def _instance(e: Encoder, obj: Any) -> None:
     """A plain object by its class and attributes, as an argument or as a callable."""
-    e.out += b"o" + _class_identity(type(obj))
+    e.out += b"o" + _class_identity(type(obj), e)
     _dict(e, vars(obj))
+
+
+def _user_module(e: Encoder, module: types.ModuleType) -> None:
+    """A module of the user's own, read as a global (``import mymod``), by the
+    code of the functions and classes defined in it, so a reload gives new keys;
+    the other values it holds are not keyed (read them as globals of your own
+    function, or pass them).  Met again inside itself: by name only."""
+    if id(module) in e.enclosing:
+        e.tag(b"u", module.__name__)
+        return
+    outer, e.enclosing = e.enclosing, e.enclosing | {id(module)}
+    try:
+        e.tag(b"U", module.__name__)
+        for attr, value in sorted(vars(module).items()):
+            if isinstance(value, (types.FunctionType, type)) and value.__module__ == module.__name__:
+                e.tag(b"k", attr)
+                _function(e, value, set())
+    finally:
+        e.enclosing = outer
 
 
 def _is_function_like(obj: Any) -> bool:
@@ -243,7 +294,7 @@ def _is_function_like(obj: Any) -> bool:
 
 def function_digest(fn: Callable[..., Any]) -> bytes:
     """16-byte digest of a function's identity (see the module docstring)."""
-    return _digests.get(fn)
+    return _digests.get(fn, exact=True)  # never the sampled check of large arrays
 
 
 def _digest(fn: Callable[..., Any]) -> bytes:
@@ -273,7 +324,7 @@ def _function(e: Encoder, fn: Any, seen: set[int]) -> None:
     elif isinstance(fn, types.FunctionType) and pickled_by_value(fn):
         _by_value(e, fn, seen)
     elif isinstance(fn, type):
-        e.out += b"c" + _class_identity(fn)
+        e.out += b"c" + _class_identity(fn, e)
     elif isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)) or hasattr(fn, "__qualname__"):
         module = getattr(fn, "__module__", None) or ""
         e.tag(b"R", f"{module}:{fn.__qualname__}=={_version(module)}")
@@ -323,24 +374,36 @@ def _code(e: Encoder, code: types.CodeType) -> None:
             e.value(const)
 
 
-def _class_identity(cls: type) -> bytes:
+def _class_identity(cls: type, outer: Encoder) -> bytes:
     """Importable classes by name and version; classes pickled by value (defined
-    in ``__main__`` or in a function) by name and the digests of their functions."""
+    in ``__main__`` or in a function) by name, their functions and attributes.
+
+    A class met again inside its own identity (an Enum's members, a method that
+    names its class: ``outer.enclosing``) is written by name only, as
+    :func:`_by_value` does for recursion."""
     name = f"{cls.__module__}:{cls.__qualname__}"
     if not pickled_by_value(cls):
         return f"{name}=={_version(cls.__module__)}".encode()
-    encoder = Encoder()
+    if id(cls) in outer.enclosing:
+        return f"{name}@".encode()
+    known = outer.identities.get(id(cls))
+    if known is not None:
+        return known
+    encoder = Encoder(outer.enclosing | {id(cls)})
     encoder.tag(b"K", name)
     for attr, value in sorted(vars(cls).items()):
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
         if isinstance(value, types.FunctionType):
             encoder.tag(b"k", attr)
-            encoder.out += function_digest(value)
+            _function(encoder, value, set())  # inline, not function_digest: its own Encoder would forget `within`
         elif not attr.startswith("__") and not isinstance(value, (property, types.MemberDescriptorType)):
             encoder.tag(b"k", attr)
             encoder.value(value)
-    return hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
+    identity = hashlib.blake2b(bytes(encoder.out), digest_size=16).digest()
+    if not outer.enclosing:  # one found inside another class names that class only: not the same bytes
+        outer.identities[id(cls)] = identity
+    return identity
 
 
 @functools.lru_cache(maxsize=1024)
@@ -352,7 +415,7 @@ def _version(module: str) -> str:
     version = getattr(sys.modules.get(top), "__version__", None)
     if isinstance(version, str):
         return version
-    for dist in [top, *_distributions().get(top, ())]:  # the mapping is slow to build: try the name first
+    for dist in [top, *installed_distributions().get(top, ())]:  # the mapping is slow to build: try the name first
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -360,9 +423,6 @@ def _version(module: str) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=1)
-def _distributions() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())
 
 
 # -- calls -------------------------------------------------------------------------------

@@ -101,9 +101,10 @@ class TaskAPI:
         pipeline = self._pipeline
         pipeline.check_open()
         options = self._task_options
-        digest, fn_payload = pipeline.shipper.get(fn, options)
+        cached = wants_cache(fn, options.cache)
+        digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
         future = Future(codec.function_name(fn))
-        if wants_cache(fn, options.cache) and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
+        if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
         payload = codec.pickle_frames((args, kwargs))
         pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
@@ -144,7 +145,7 @@ class TaskAPI:
             CachedFunction(pipeline.cache, fn, mode == Mode.STARMAP)
             if wants_cache(fn, task_options.cache) else None
         )
-        shipped = pipeline.shipper.get(fn, task_options)
+        shipped = pipeline.shipper.get(fn, task_options, exact=True)
         call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
         return self._stream(shipped, items, call, task_options, cache).results()
 
@@ -238,8 +239,8 @@ class FunctionShipper:
         self.pickles = FunctionCache()
         self.guards: OrderedDict[tuple[int, TaskOptions], Guarded] = OrderedDict()
 
-    def get(self, fn: Callable[..., Any], options: TaskOptions) -> tuple[bytes, bytes]:
-        return self.pickles.get(self.wrapped(fn, options))
+    def get(self, fn: Callable[..., Any], options: TaskOptions, exact: bool = False) -> tuple[bytes, bytes]:
+        return self.pickles.get(self.wrapped(fn, options), exact)
 
     def wrapped(self, fn: Callable[..., Any], options: TaskOptions) -> Callable[..., Any]:
         """``fn``, or the :class:`Guarded` that applies its options on the worker."""

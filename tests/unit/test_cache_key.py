@@ -63,13 +63,17 @@ SCRIPT = BASE + (
 )
 
 
-def test_stable_across_processes(tmp_path):
+def outputs_of_two_runs(tmp_path, source):
+    """What ``source`` prints, run as a script twice, each with its own hash seed."""
     script = tmp_path / "s.py"
-    script.write_text(SCRIPT)
-    runs = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}  # each with its own hash seed
+    script.write_text(source)
+    return {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+
+
+def test_stable_across_processes(tmp_path):
     here = call_key(digest_of(BASE), (1, "a"), {"b": [1.5]}).hex()
-    assert runs == {here + "\n"}
+    assert outputs_of_two_runs(tmp_path, SCRIPT) == {here + "\n"}
 
 
 D = function_digest(abs)
@@ -159,3 +163,25 @@ def test_unstable_global_raises_naming_it():
 def test_item_keys_match_call_key():
     assert item_keys(D, [1, "a"], star=False) == [key(1), key("a")]
     assert item_keys(D, [(1, 2), ("a", None)], star=True) == [key(1, 2), key("a", None)]
+
+
+COLOR = "import enum\nclass Color(enum.Enum):\n    RED = 1\n    BLUE = 2\n"
+NAMES_ITS_CLASS = "class Node:\n    def copy(self):\n        return Node()\n"
+
+
+def test_notebook_enum_members_and_classes_naming_themselves_have_keys():
+    color = cell(COLOR)["Color"]
+    assert key(color.RED) == key(cell(COLOR)["Color"].RED) != key(color.BLUE)
+    assert key(color.RED) != key(cell(COLOR.replace("RED = 1", "RED = 3"))["Color"].RED)
+    node = cell(NAMES_ITS_CLASS)["Node"]
+    assert key(node()) == key(cell(NAMES_ITS_CLASS)["Node"]())
+    assert key(node()) != key(cell(NAMES_ITS_CLASS.replace("Node()", "Node() or 1"))["Node"]())
+
+
+def test_notebook_enum_keys_are_stable_across_processes(tmp_path):
+    script = COLOR + (
+        "from fabric.client.cache_key import function_digest, call_key\n"
+        "print(*(call_key(function_digest(abs), (c,), {}).hex() for c in (Color.RED, Color.BLUE)))\n"
+    )
+    color = cell(COLOR)["Color"]
+    assert outputs_of_two_runs(tmp_path, script) == {f"{key(color.RED).hex()} {key(color.BLUE).hex()}\n"}

@@ -187,3 +187,12 @@ def test_unpicklable_exception_becomes_remote_error():
     record = codec.error_record(0, Unpicklable("boom"))
     rebuilt = codec.rebuild_error(record)
     assert isinstance(rebuilt, RemoteError) and "Unpicklable" in rebuilt.type_name and "boom" in str(rebuilt)
+
+
+def raises_here():
+    raise ValueError("from this file")
+
+
+def test_code_shipped_by_value_keeps_its_file_for_remote_tracebacks():
+    digest, payload = FunctionCache().get(raises_here)  # this test module is the user's own: by value
+    assert pickle.loads(payload).__code__.co_filename == raises_here.__code__.co_filename
