@@ -106,7 +106,7 @@ class TaskAPI:
         future = Future(codec.function_name(fn))
         if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
-        payload = codec.pickle_frames((args, kwargs))
+        payload = codec.pickle_call(args, kwargs)
         pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,

@@ -196,3 +196,18 @@ def raises_here():
 def test_code_shipped_by_value_keeps_its_file_for_remote_tracebacks():
     digest, payload = FunctionCache().get(raises_here)  # this test module is the user's own: by value
     assert pickle.loads(payload).__code__.co_filename == raises_here.__code__.co_filename
+
+
+def test_a_large_bytes_argument_travels_as_its_own_frame_without_a_copy():
+    """Copying it into the pickle held the caller's GIL long enough to starve the
+    I/O thread's heartbeats (~1 s per 512 MiB); now the frame is its own memory."""
+    big = b"x" * codec.LARGE_BYTES
+    frames = codec.pickle_call((big, 1), {"also": big, "small": b"y"})
+    assert len(frames) == 3 and all(memoryview(f).obj is big for f in frames[1:])
+    (args, kwargs) = codec.decode(codec.PICKLE, frames)
+    assert args == (big, 1) and kwargs == {"also": big, "small": b"y"}
+    assert type(args[0]) is bytes and type(kwargs["also"]) is bytes
+
+
+def test_small_arguments_stay_in_one_frame():
+    assert len(codec.pickle_call((b"x" * (codec.LARGE_BYTES - 1), [b"y" * codec.LARGE_BYTES]), {})) == 1
