@@ -44,7 +44,7 @@ from ..errors import ClosedError, ConfigError
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
 from .embedded import EmbeddedNode
-from .io_loop import IO_THREADS, IOLoop
+from .io_loop import IOLoop, io_threads
 from .options import TaskOptions
 from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
@@ -160,7 +160,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     ) -> None:
         self._task_options = TaskOptions()
         self._embedded = embedded
-        self._context = zmq.Context(io_threads=IO_THREADS)
+        self._context = zmq.Context(io_threads=io_threads(key))
         self._closed = False
         self.address = controls[0]
         self._gatekeeper: Gatekeeper | None = None
