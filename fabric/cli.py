@@ -184,12 +184,19 @@ def status(args: argparse.Namespace) -> int:
             errors.append(str(exc))
             continue
         if args.json:
-            print(json.dumps([{**asdict(n), "node_id": n.node_id.decode()} for n in nodes], indent=2))
+            print(json.dumps([asdict(n) for n in nodes], indent=2, default=_bytes_as_text))
         else:
             print(format_table(nodes))
         return 0
     print("fabric-node: no node answered: " + "; ".join(errors), file=sys.stderr)
     return 1
+
+
+def _bytes_as_text(value: object) -> str:
+    """JSON has no bytes: node ids and the client ids of workers' running batches print as text."""
+    if not isinstance(value, bytes):
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return value.decode(errors="backslashreplace")
 
 
 def stop(args: argparse.Namespace) -> int:

@@ -72,10 +72,11 @@ class ClusterView:
     def __init__(
         self, heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float,
         refusals: Callable[[], str] = str, refused: Callable[[], Collection[str]] = tuple,
-        first_contact_s: float = FIRST_CONTACT_S,
+        first_contact_s: float = FIRST_CONTACT_S, client_id: bytes = b"",
     ) -> None:
         """``refusals`` says why handshakes failed, for a NoNodesError ("" if none);
         ``refused`` names the control endpoints whose last handshake was refused."""
+        self.client_id = client_id
         self.heartbeat_interval_s = heartbeat_interval_s
         self.connect_timeout_s = connect_timeout_s
         self.refusals = refusals
@@ -84,7 +85,8 @@ class ClusterView:
         self.first_contact_by: float | None = None  # set by the first tick
         self.heard = False  # some node has answered since the start
         self.unreachable: NoNodesError | None = None
-        self.reported: dict[bytes, frozenset[bytes]] = {}  # node -> the worker ids its latest heartbeat lists
+        # node -> worker -> (this client's batch it was last listed running, since when it is or is not, listed now)
+        self.running: dict[bytes, dict[bytes, tuple[int, float, bool]]] = {}
         self.membership = Membership(liveness_s)
         self.controls: dict[str, None] = {}  # every control endpoint greeted, in the order learned
         self.pubs: dict[str, None] = {}  # every PUB subscribed to
@@ -103,7 +105,7 @@ class ClusterView:
         back = stats.node_id in self.declared_dead  # expired, so a member again only from now
         self.heard = True
         self.unreachable = None
-        self.reported[stats.node_id] = frozenset(w.worker_id.encode() for w in stats.per_worker)
+        self._note_running(stats, now)
         self.declared_dead.discard(stats.node_id)
         was_accepting = previous.accepting if previous is not None else True
         changed = () if stats.accepting == was_accepting else (stats.node_id,)
@@ -196,9 +198,28 @@ class ClusterView:
             deadlines.append(self.first_contact_by)
         return min(deadlines)
 
-    def vouches(self, worker_id: bytes, node_id: bytes | None) -> bool:
-        """The worker's node is live and its latest heartbeat lists the worker."""
-        return node_id in self.membership.nodes and worker_id in self.reported.get(node_id, ())
+    def _note_running(self, stats: NodeStats, now: float) -> None:
+        """Record which of this client's batches each worker of the node runs; a
+        batch no longer listed keeps the time it was first missed, for the grace."""
+        before = self.running.get(stats.node_id, {})
+        after: dict[bytes, tuple[int, float, bool]] = {}
+        for w in stats.per_worker:
+            worker_id = w.worker_id.encode()
+            if w.batch_id and w.client_id == self.client_id:
+                after[worker_id] = (w.batch_id, now, True)
+            elif (last := before.get(worker_id)) is not None:
+                after[worker_id] = (last[0], now, False) if last[2] else last
+        self.running[stats.node_id] = after
+
+    def vouched_at(self, worker_id: bytes, node_id: bytes | None, batch_id: int) -> float:
+        """The node's word on the worker's acknowledged batch, as a sign of life:
+        now and always (infinite) while its latest heartbeat lists the worker
+        running it; the first heartbeat that missed it once it stopped (the
+        worker's word to its node can overtake its result); never if unlisted."""
+        last = self.running.get(node_id, {}).get(worker_id) if node_id in self.membership.nodes else None
+        if last is None or last[0] != batch_id:
+            return -math.inf
+        return math.inf if last[2] else last[1]
 
     def control_of(self, node_id: bytes) -> str | None:
         """The control endpoint of a live node."""

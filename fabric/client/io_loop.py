@@ -116,7 +116,7 @@ class IOLoop:
         self.handshakes = security.HandshakeWatch(keyed=key is not None)
         self.view = ClusterView(
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
-            lambda: self.handshakes.refusals, first_contact_s,
+            lambda: self.handshakes.refusals, first_contact_s, client_id,
         )
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
@@ -315,13 +315,13 @@ class IOLoop:
                 self._on_control(sock, now)
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
-        silent, next_check = self.ventilator.silent_workers(self.view.vouches)
+        silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         if silent:
             for _ in range(DRAIN_MAX):
                 if not self.sink.poll(0):
                     break
                 self._survive("a sink message", self._on_results)
-            silent, next_check = self.ventilator.silent_workers(self.view.vouches)
+            silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         for worker_id in silent:
             self._take_back(worker_id)
         self._deadline = min(self.view.next_deadline(), next_check)

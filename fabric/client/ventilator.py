@@ -30,8 +30,11 @@ towards this client (one-way loss of its traffic, a worker that is no node's).
 The batch a worker runs is overdue when the worker has shown no sign of life
 (a result, READY, BATCH_STARTED) for ``OVERDUE_FACTOR`` times the batch's
 expected time (its sizer's measured seconds per item), never less than
-``liveness_s``.  A batch its worker acknowledged starting, from a worker its
-node's heartbeat lists, is never overdue, so a task may run for hours.  An
+``liveness_s``.  A batch its worker acknowledged starting is exempt while its
+node's latest heartbeat lists the worker running that very batch, so a task may
+run for hours; once the node lists it running something else or nothing, the
+usual rule applies, counting the node's last word as the worker's last sign of
+life (so a result lost on the way is taken back, not waited for forever).  An
 overdue worker's batches go back to the queue uncharged (nothing says the task
 is at fault) and the worker is forgotten; its late results are duplicates.
 Batches expected to be short do not ask for the acknowledgement, so the hot
@@ -414,21 +417,27 @@ class Ventilator:
             self.started.add(batch_id)
             self.since[worker_id] = self.now
 
-    def silent_workers(self, vouched: Callable[[bytes, bytes | None], bool]) -> tuple[list[bytes], float]:
+    def silent_workers(
+        self, vouched_at: Callable[[bytes, bytes | None, int], float],
+    ) -> tuple[list[bytes], float]:
         """The workers whose running batch is overdue now, and when the next one
-        could be.  ``vouched(worker, node)``: the node's latest heartbeat lists the
-        worker, which with an acknowledged start means a long task, not silence."""
+        could be.  ``vouched_at(worker, node, batch)``: when the node's heartbeats
+        last listed the worker running an acknowledged batch, a sign of life
+        (infinite while they do: a long task, not silence)."""
         overdue: list[bytes] = []
         next_at = math.inf
         for worker_id, held in self.held.items():
             if not held:
                 continue
             running = next(iter(held))
-            if running in self.started and vouched(worker_id, self.node_of.get(worker_id)):
+            node_id = self.node_of.get(worker_id)
+            vouched = vouched_at(worker_id, node_id, running) if running in self.started else -math.inf
+            if vouched == math.inf:
                 continue
             batch = self.in_flight[running][1]
             allowance = max(self.liveness_s, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
-            at = self.since[worker_id] + allowance + codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
+            transfer_s = codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
+            at = max(self.since[worker_id], vouched) + allowance + transfer_s
             if self.now >= at:
                 overdue.append(worker_id)
             else:

@@ -25,6 +25,7 @@ from ..wire.protocol import is_endpoint
 
 MAX_PEERS = 10_000  # peers one heartbeat may name; more is forged (and a heartbeat is capped in bytes too)
 MAX_WORKERS = 4_096  # worker records one heartbeat may carry
+MAX_CLIENT_ID_BYTES = 255  # a ZeroMQ identity's limit
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class WorkerStats:
     failed: int = 0
     busy_s: float = 0.0
     running: bool = False
+    client_id: bytes = b""  # whose acknowledged batch it runs (b"": none); a client exempts that batch
+    batch_id: int = 0  # from data-plane liveness only while its worker's node lists it here
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,9 @@ def _peer(pair: object) -> tuple[str, str]:
 
 
 def _worker(record: object) -> WorkerStats:
-    if type(record) is not list or tuple(map(type, record)) != _WORKER_TYPES:
-        raise TypeError(f"a worker is [id, pid, done, failed, busy_s, running], got {record!r:.80}")
+    if (type(record) is not list or tuple(map(type, record)) != _WORKER_TYPES
+            or len(record[-2]) > MAX_CLIENT_ID_BYTES):
+        raise TypeError(f"a worker is [id, pid, done, failed, busy_s, running, client, batch], got {record!r:.80}")
     return WorkerStats(*record)
 
 
@@ -107,7 +111,7 @@ def _bounded(values: object, limit: int, what: str) -> list[Any]:
     return values
 
 
-_WORKER_TYPES = (str, int, int, int, float, bool)
+_WORKER_TYPES = (str, int, int, int, float, bool, bytes, int)
 
 
 def _check_types(stats: NodeStats) -> None:

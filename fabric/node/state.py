@@ -31,6 +31,7 @@ from ..cluster.stats import NodeStats, WorkerStats
 from ..config import NodeSettings
 from ..wire.protocol import (
     Attach,
+    BatchRunning,
     Detach,
     Goodbye,
     Heartbeat,
@@ -131,6 +132,7 @@ class WorkerRecord:
     up: bool = False
     clients: set[bytes] = field(default_factory=set)
     report: WorkerReport = WorkerReport(0, 0, 0.0, False)
+    running: BatchRunning = BatchRunning(b"", 0)  # the acknowledged batch it runs, and whose
 
 
 @dataclass
@@ -217,6 +219,8 @@ class NodeState:
         match msg:
             case WorkerReport():
                 self.worker_report(sender, msg)
+            case BatchRunning():
+                self.batch_running(sender, msg)
             case WorkerUp():
                 return self.worker_up(sender)
             case Hello():
@@ -254,6 +258,12 @@ class NodeState:
         record = self.workers.get(worker_id)
         if record is not None:
             record.report = report
+
+    def batch_running(self, worker_id: bytes, running: BatchRunning) -> None:
+        """Listed in the heartbeat: a client exempts that batch from liveness only while it is."""
+        record = self.workers.get(worker_id)
+        if record is not None:
+            record.running = running
 
     def worker_exited(self, worker_id: bytes, exitcode: int) -> list[Instruction]:
         """Tell the worker's clients which worker died and why; replace it unless stopping."""
@@ -422,7 +432,8 @@ class NodeState:
             cache_weight=max(1, s.cache.max_bytes >> 20) if self.cache.enabled else 0,  # 0: off the ring
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
             per_worker=tuple(
-                WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running)
+                WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running,
+                            r.running.client_id, r.running.batch_id)
                 for r, rep in reports
             ),
         )

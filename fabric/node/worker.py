@@ -43,6 +43,7 @@ from ..wire import codec, security
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,
     Attach,
+    BatchRunning,
     BatchStarted,
     Detach,
     FunctionMissing,
@@ -261,7 +262,7 @@ class Worker:
                     self._on_control()
                 for client_id, link in list(self.links.items()):
                     if link.ventilator in events and client_id in self.links:
-                        self._on_batch(link)
+                        self._on_batch(client_id, link)
         finally:
             self.close()
 
@@ -321,7 +322,7 @@ class Worker:
             self.poller.unregister(link.ventilator)
             link.close()
 
-    def _on_batch(self, link: ClientLink) -> None:
+    def _on_batch(self, client_id: bytes, link: ClientLink) -> None:
         try:
             frames = recv_frames(link.ventilator)
         except zmq.Again:
@@ -337,10 +338,13 @@ class Worker:
         if not batch.has_fn and batch.digest not in link.functions:
             link.sink.send_multipart(to_frames(FunctionMissing(batch.batch_id)))
             return
-        if batch.ack:  # a long or unmeasured batch: the client knows it runs, however long
+        if batch.ack:  # a long or unmeasured batch: the client knows it runs, however long, while our node says so
             send_frames(link.sink, to_frames(BatchStarted(batch.batch_id)))
+            self.control.send_multipart(to_frames(BatchRunning(client_id, batch.batch_id)))
         result = run_batch(link, batch)
         send_frames(link.sink, to_frames(result), copy=False)
+        if batch.ack:  # the node stops vouching for it: a result lost on the way is then taken back
+            self.control.send_multipart(to_frames(BatchRunning(b"", 0)))
         self._count(batch, result)
         if guard.recycle_requested():  # a task was interrupted: leave no trace of it
             self.running = False

@@ -20,6 +20,9 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
                                     so peers and clients see the node leave at once
     WORKER_UP    worker -> node     worker_id, pid
     WORKER_REPORT worker -> node    tasks done, failed, busy seconds, running now
+    BATCH_RUNNING worker -> node    client_id, batch_id: the acknowledged batch the worker starts,
+                                    or (b"", 0) when it is done; the node's heartbeat lists it, so a
+                                    client exempts a long batch from liveness only while it runs
     ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id, size cap
     DETACH       node   -> worker   client_id
     WORKER_LOST  node   -> client   worker_id, exit code, reason
@@ -111,6 +114,7 @@ class Kind(enum.IntEnum):
     BATCH_STARTED = 28
     WORKER_SILENT = 29
     CACHE_STORED = 33
+    BATCH_RUNNING = 38
 
 
 class Mode(enum.IntEnum):
@@ -259,6 +263,14 @@ class WorkerReport(Message):
     failed: int
     busy_s: float
     running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRunning(Message):
+    KIND = Kind.BATCH_RUNNING
+    CHECKS = (bytes, int)
+    client_id: bytes  # b"": the worker runs no acknowledged batch
+    batch_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +450,7 @@ _BY_KIND: dict[int, type[Message]] = {
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
-        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored,
+        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored, BatchRunning,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

@@ -233,11 +233,6 @@ def test_a_keyed_cluster_spans_hosts_without_the_insecure_flag(hosts, cluster_ke
     assert result["workers"] == 2 and len(result["done"]) == 2
 
 
-@pytest.mark.xfail(
-    raises=subprocess.TimeoutExpired, strict=True,
-    reason="the map hangs: the batch host 2's worker was running when the loss began had its start acknowledged, "
-    "and an acknowledged batch of a worker its node's heartbeat lists is never overdue, though its result is lost",
-)
 def test_a_one_way_loss_from_a_hosts_workers_to_the_client_does_not_stall_a_map(hosts, nodes, tmp_path):
     """From a quarter of the way in until the map is done, nothing host 2's worker sends the client arrives,
     while host 2's node heartbeats and answers as before. The node is alive, so only data-plane liveness can

@@ -1,23 +1,28 @@
 """Data-plane liveness in the ventilator: silent workers' batches are taken back,
-acknowledged long tasks of listed workers are not (fake clock, no sockets)."""
+acknowledged long tasks are not while the worker's node lists the worker running
+them (fake heartbeats, fake clock, no sockets)."""
 
 from test_node_state import node_with_worker
 from test_ventilator import map_batch
 
 from fabric.client.batching import BatchSizer
+from fabric.client.cluster_view import ClusterView
 from fabric.client.ventilator import OVERDUE_FACTOR, TRANSFER_BYTES_PER_S, Ventilator
+from fabric.cluster.stats import NodeStats, WorkerStats
 from fabric.wire import codec
-from fabric.wire.protocol import Attach, Hello, WorkerSilent, from_frames
+from fabric.wire.protocol import Attach, BatchRunning, Hello, WorkerSilent, from_frames
 
 LIVENESS_S = 3.0
+INTERVAL_S = 1.0
+CLIENT = b"client-1"
 
 
-def nobody(worker_id, node_id):
-    return False
+def nobody(worker_id, node_id, batch_id):
+    return float("-inf")
 
 
-def everybody(worker_id, node_id):
-    return True
+def everybody(worker_id, node_id, batch_id):
+    return float("inf")
 
 
 def transfer_s(batch):
@@ -49,13 +54,70 @@ def test_a_silent_worker_is_overdue_after_liveness_s_and_its_batch_taken_back_un
     assert (worker, again) == (b"w2", batch) and from_frames(frames).ack  # asked for from now on
 
 
-def test_an_acknowledged_batch_of_a_listed_worker_runs_as_long_as_it_takes():
+def test_an_acknowledged_batch_is_exempt_only_while_vouched_for():
     vent, batch, asked = holding()
     assert asked  # never measured: the worker is asked to say when it starts
     vent.acknowledged(b"w1", batch.batch_id)
     vent.now = 100.0 + 3600
     assert vent.silent_workers(everybody) == ([], float("inf"))
-    assert vent.silent_workers(nobody)[0] == [b"w1"]  # a worker no heartbeat lists: its word is not enough
+    assert vent.silent_workers(nobody)[0] == [b"w1"]  # a worker no heartbeat lists running it: its word is not enough
+
+
+def node_heartbeat(view, now, client_id=CLIENT, batch_id=0):
+    """Node n1's heartbeat at ``now``, listing w1 running ``client_id``'s batch ``batch_id`` (0: nothing)."""
+    worker = WorkerStats("w1", 1, client_id=client_id if batch_id else b"", batch_id=batch_id)
+    view.heartbeat(NodeStats(node_id=b"n1", name="n1", control="tcp://n1:1", pub="tcp://n1:2", workers=1,
+                             per_worker=(worker,)), now)
+
+
+def acknowledged():
+    """w1 (of n1) acknowledged starting its batch at 100; (ventilator, view, batch)."""
+    vent, batch, _ = holding()
+    vent.acknowledged(b"w1", batch.batch_id)
+    return vent, ClusterView(INTERVAL_S, LIVENESS_S, 30.0, client_id=CLIENT), batch
+
+
+def test_a_long_task_its_node_lists_running_is_never_taken_back():
+    vent, view, batch = acknowledged()
+    for second in range(1, int(100 * LIVENESS_S)):
+        vent.now = 100.0 + second
+        node_heartbeat(view, vent.now, batch_id=batch.batch_id)
+        assert vent.silent_workers(view.vouched_at) == ([], float("inf"))
+
+
+def test_a_batch_its_node_says_is_done_is_overdue_at_the_usual_rule_from_the_nodes_last_word():
+    """One-way loss: the worker finished, its result never arrived, its node lists it idle."""
+    vent, view, batch = acknowledged()
+    node_heartbeat(view, 101.0, batch_id=batch.batch_id)
+    node_heartbeat(view, 500.0)
+    vent.now = 500.0
+    due = 500.0 + LIVENESS_S + transfer_s(batch)
+    assert vent.silent_workers(view.vouched_at) == ([], due)  # its result may be on its way
+    node_heartbeat(view, 501.0)  # still idle: the first miss counts
+    vent.now = due
+    assert vent.silent_workers(view.vouched_at)[0] == [b"w1"]
+    vent.take_back(b"w1")
+    assert list(vent.bulk) == [batch] and batch.attempts == 0
+    assert vent.complete(b"w1", batch.batch_id) is None  # the late result is a duplicate
+
+
+def test_a_worker_listed_running_another_batch_is_not_exempt():
+    vent, view, batch = acknowledged()
+    vent.now = 100.0 + LIVENESS_S + transfer_s(batch)
+    node_heartbeat(view, vent.now, batch_id=batch.batch_id + 1)
+    assert vent.silent_workers(view.vouched_at)[0] == [b"w1"]
+    node_heartbeat(view, vent.now, client_id=b"client-2", batch_id=batch.batch_id)  # another client's batch
+    assert vent.silent_workers(view.vouched_at)[0] == [b"w1"]
+
+
+def test_the_node_lists_the_acknowledged_batch_its_worker_runs():
+    state = node_with_worker()
+    state.on_message(b"w-1", BatchRunning(CLIENT, 7), 0.0)
+    [worker] = state.stats().per_worker
+    assert (worker.client_id, worker.batch_id) == (CLIENT, 7)
+    state.on_message(b"w-1", BatchRunning(b"", 0), 0.1)
+    [worker] = state.stats().per_worker
+    assert (worker.client_id, worker.batch_id) == (b"", 0)
 
 
 def test_signs_of_life_and_the_measured_rate_push_the_deadline():

@@ -7,6 +7,7 @@ from fabric.errors import ProtocolError
 from fabric.wire.protocol import (
     PROTOCOL_VERSION,
     Attach,
+    BatchRunning,
     BatchStarted,
     CacheClear,
     CacheCleared,
@@ -56,6 +57,7 @@ MESSAGES = [
     Ready(2, b"n-1"),
     FunctionMissing(7),
     BatchStarted(7),
+    BatchRunning(b"c-1", 7),
     WorkerSilent(b"w-1"),
     TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, 2, True, [b"fn", b"a", b"b0", b"b1"]),
     ResultBatch(7, 1, [[3, "ValueError", "bad", "tb", None]], 0.25, [b"results"]),

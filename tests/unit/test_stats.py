@@ -3,13 +3,13 @@ become connect() calls, counts become loops."""
 
 import pytest
 
-from fabric.cluster.stats import MAX_PEERS, NodeStats, WorkerStats
+from fabric.cluster.stats import MAX_CLIENT_ID_BYTES, MAX_PEERS, NodeStats, WorkerStats
 from fabric.errors import ProtocolError
 
 GOOD = NodeStats(
     node_id=b"n-1", name="alpha", control="tcp://198.18.0.2:7100", pub="tcp://198.18.0.2:40001", workers=1,
     peers=(("tcp://198.18.0.3:7100", "ipc:///tmp/f/node-heartbeat"),),
-    per_worker=(WorkerStats("w-1", 42, 10, 1, 0.5, True),),
+    per_worker=(WorkerStats("w-1", 42, 10, 1, 0.5, True, b"client-1", 7), WorkerStats("w-2", 43)),
 )
 
 
@@ -25,10 +25,13 @@ def test_a_heartbeat_round_trips():
     {"control": "localhost:7100"},
     {"pub": "inproc://x"},
     {"per_worker": ["abcdef"]},
-    {"per_worker": [["w", 1, 2, 3, "4", True]]},
+    {"per_worker": [["w", 1, 2, 3, "4", True, b"", 0]]},
+    {"per_worker": [["w", 1, 2, 3, 4.0, True]]},
+    {"per_worker": [["w", 1, 2, 3, 4.0, True, b"c" * (MAX_CLIENT_ID_BYTES + 1), 1]]},
     {"workers": True},
 ], ids=["bad peer", "short peer", "peers not a list", "too many peers", "control without scheme",
-        "pub of another scheme", "worker not a record", "worker field of a wrong type", "bool for a count"])
+        "pub of another scheme", "worker not a record", "worker field of a wrong type", "worker without its batch",
+        "client id too long", "bool for a count"])
 def test_a_forged_heartbeat_is_refused(change):
     with pytest.raises(ProtocolError):
         NodeStats.from_info({**GOOD.to_info(), **change})
