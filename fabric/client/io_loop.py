@@ -466,7 +466,10 @@ class IOLoop:
     def _on_node_message(self, msg: Message, stats: NodeStats | None, now: float) -> None:
         """One parsed message from a node (``stats``: a heartbeat's, parsed)."""
         if stats is not None:
-            self._perform(self.view.heartbeat(stats, now))
+            # Stamped when read, not with the loop's ``now``: a stall of this thread (another
+            # holding the GIL) may fall between the two, and heartbeats that arrived during it
+            # would be dated before it, so the node would look silent for the stall's length.
+            self._perform(self.view.heartbeat(stats, max(now, time.monotonic())))
         if isinstance(msg, WorkerLost):
             log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
             self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
