@@ -19,11 +19,13 @@ from .errors import (
     ClosedError,
     FabricError,
     NoNodesError,
+    ObjectLostError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
     StoreError,
     TaskTimeoutError,
+    UnknownObjectError,
     WorkerCrashedError,
     WorkerLostError,
 )
@@ -32,11 +34,13 @@ if TYPE_CHECKING:
     from .client.cache import FabricCache, cached
     from .client.executor import Fabric, connect
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
+    from .client.objects import ObjectInfo
     from .client.options import TaskOptions
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
     from .errors import AuthenticationError, ConfigError
+    from .wire.ref import Ref
 
 __version__ = "0.1.0"
 
@@ -47,6 +51,7 @@ _LAZY = {
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
+    "ObjectInfo": "client.objects", "Ref": "wire.ref",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
     "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
@@ -55,9 +60,9 @@ _LAZY = {
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
     "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
-    "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
-    "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
-    "cached", "connect", "wait",
+    "NoNodesError", "NodeStats", "ObjectInfo", "ObjectLostError", "Ref", "RemoteError", "RemoteTraceback",
+    "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownObjectError", "WorkerCrashedError",
+    "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "wait",
 ]
 
 

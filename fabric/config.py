@@ -19,6 +19,12 @@ Every key, its default and its unit, in one place::
     max_bytes = 1073741824        # bytes of stored results per node shard (1 GiB); also the node's ring weight
     replicas = 1                  # 2 also stores each entry on the next distinct node of the ring
 
+    [store]                       # each node's object store (fx.put, keep=True results, fetched copies)
+    max_bytes = 2147483648        # bytes held in memory (/dev/shm) per node (2 GiB); past it the least
+                                  # recently used objects spill to disk under the cache dir
+    locality_bytes = 1048576      # a batch whose Ref/future arguments total this much (1 MiB) runs where they are
+    locality_wait_s = 0.05        # how long such a batch waits for a credit on that node before it runs elsewhere
+
     [[node]]                      # one table per seed node
     name = "alpha"                # unique
     address = "tcp://127.0.0.1:7100"   # control endpoint; heartbeats go out on a port the node announces
@@ -69,6 +75,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 DEFAULT_CACHE_ENTRIES = 1_000_000
 DEFAULT_CACHE_BYTES = 1 << 30
 DEFAULT_BIND = "tcp://127.0.0.1:7100"
+DEFAULT_STORE_BYTES = 2 << 30
+DEFAULT_LOCALITY_BYTES = 1 << 20
+# A batch held back for its data's node waits at most this long for a credit there: a
+# batch of ~20 ms (TARGET_BATCH_S) frees a credit well within it, while moving 1 MiB
+# over a 1 Gb/s link costs ~10 ms, so waiting longer rarely pays.
+DEFAULT_LOCALITY_WAIT_S = 0.05
 DEFAULT_MAX_CLIENTS = 256  # x 2 sockets per worker stays well under libzmq's 1,023 sockets per process
 
 
@@ -90,6 +102,13 @@ class CacheConfig:
         """The node's shard file under the cache directory."""
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node_name) or "node"
         return Path(self.dir or default_cache_dir()) / f"{safe}.sqlite"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    max_bytes: int = DEFAULT_STORE_BYTES
+    locality_bytes: int = DEFAULT_LOCALITY_BYTES
+    locality_wait_s: float = DEFAULT_LOCALITY_WAIT_S
 
 
 def default_cache_dir() -> Path:
@@ -121,6 +140,7 @@ class NodeSettings:
     insecure: bool = False
     key_file: str = ""  # the cluster's CURVE key (fabric.wire.security); "": none, loopback only
     cache: CacheConfig = CacheConfig()
+    store: StoreConfig = StoreConfig()
     owner_pid: int | None = None  # embedded: exit when this process exits
     owner_dir: str = ""  # embedded: the owner's private directory, removed when the node stops
 
@@ -133,7 +153,8 @@ class NodeSettings:
         """Settings written by :meth:`to_json` in another process, checked again."""
         try:
             values = json.loads(text)
-            settings = cls(**{**values, "seeds": tuple(values["seeds"]), "cache": CacheConfig(**values["cache"])})
+            settings = cls(**{**values, "seeds": tuple(values["seeds"]), "cache": CacheConfig(**values["cache"]),
+                                    "store": StoreConfig(**values["store"])})
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"{source}: not node settings: {exc!r}") from None
         check_settings(settings, source)
@@ -151,6 +172,7 @@ class ClusterConfig:
     insecure: bool = False
     key_file: str = ""  # resolved against the cluster file's directory
     cache: CacheConfig = CacheConfig()
+    store: StoreConfig = StoreConfig()
     source: str = "<defaults>"
 
     def node(self, name: str) -> NodeSettings:
@@ -162,7 +184,7 @@ class ClusterConfig:
     def node_settings(self, **values: Any) -> NodeSettings:
         """A node's settings: ``values``, and this cluster's for what every node shares."""
         shared = {"heartbeat_interval_s": self.heartbeat_interval_s, "liveness_s": self.liveness_s,
-                  "insecure": self.insecure, "key_file": self.key_file, "cache": self.cache,
+                  "insecure": self.insecure, "key_file": self.key_file, "cache": self.cache, "store": self.store,
                   "max_message_bytes": self.max_message_bytes}
         return NodeSettings(**{**shared, **values})
 
@@ -172,6 +194,7 @@ _CLUSTER_KEYS = {
     "max_message_bytes": int, "insecure": bool, "key_file": str,
 }
 _CACHE_KEYS = {"dir": str, "max_entries": int, "max_bytes": int, "replicas": int}
+_STORE_KEYS = {"max_bytes": int, "locality_bytes": int, "locality_wait_s": float}
 _NODE_KEYS = {
     "name": str, "address": str, "workers": int, "prefetch": int, "max_load": float, "memory_limit_mb": int,
     "max_clients": int,
@@ -192,7 +215,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
 
 def parse_config(data: dict[str, Any], source: str = "<config>", base: Path = Path()) -> ClusterConfig:
     """Check a parsed cluster file; ``key_file`` is taken relative to ``base``."""
-    _check_keys(data, {"cluster": dict, "node": list, "cache": dict}, source, "")
+    _check_keys(data, {"cluster": dict, "node": list, "cache": dict, "store": dict}, source, "")
     cluster = _typed(data.get("cluster", {}), _CLUSTER_KEYS, source, "cluster.")
     if cluster.get("key_file"):
         cluster["key_file"] = str(base / Path(cluster["key_file"]).expanduser())
@@ -202,7 +225,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base: Path = Pa
     for key in ("max_entries", "max_bytes"):
         if getattr(cache, key) < 1:
             raise ConfigError(f"{source}: cache.{key}: must be >= 1, got {getattr(cache, key)}")
-    config = ClusterConfig(source=source, cache=cache, **cluster)
+    store = StoreConfig(**_typed(data.get("store", {}), _STORE_KEYS, source, "store."))
+    if store.max_bytes < 1 or store.locality_bytes < 0 or store.locality_wait_s < 0:
+        raise ConfigError(f"{source}: store: max_bytes must be >= 1, locality_bytes and locality_wait_s >= 0")
+    config = ClusterConfig(source=source, cache=cache, store=store, **cluster)
     check_settings(config, source, "cluster.")
     entries = [_node_entry(entry, source, i) for i, entry in enumerate(data.get("node", []))]
     _check_unique(entries, source)

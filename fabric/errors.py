@@ -81,3 +81,14 @@ class RemoteTraceback(Exception):
 
 class ConfigError(FabricError, ValueError):
     """A cluster file, key file or node option is wrong; says where and why."""
+
+
+class ObjectLostError(FabricError):
+    """Every copy of a stored object is gone (each node holding it died or
+    dropped it); the error names the object.  A kept result whose task the
+    client still holds is recomputed instead."""
+
+
+class UnknownObjectError(FabricError, LookupError):
+    """A :class:`~fabric.Ref` names an object this cluster does not know: a Ref
+    of another cluster, a forged or freed one, or a name never put."""

@@ -41,10 +41,12 @@ from ..config import (
     load_config,
 )
 from ..errors import ClosedError, ConfigError
+from ..wire.ref import Ref
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
 from .embedded import EmbeddedNode
 from .io_loop import IOLoop, io_threads
+from .objects import ObjectClient, ObjectInfo
 from .options import TaskOptions
 from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
@@ -170,11 +172,16 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
                 self._context, f"c-{uuid.uuid4().hex[:12]}".encode(), bind_where, retries=config.retries,
                 heartbeat_interval_s=config.heartbeat_interval_s, liveness_s=config.liveness_s,
                 connect_timeout_s=config.connect_timeout_s, max_message_bytes=config.max_message_bytes,
-                cache_replicas=config.cache.replicas, key=key,
+                cache_replicas=config.cache.replicas, key=key, locality_wait_s=config.store.locality_wait_s,
             )
             self._pipeline = Pipeline(
                 self._io.post_batch, self._io.capacity, self._io.workers, self._check_open,
-                FunctionShipper(config.retries), self._io.cache, config.max_message_bytes,
+                FunctionShipper(config.retries), self._io.cache, config.max_message_bytes, self._io.objects,
+                config.store.locality_bytes,
+            )
+            self._objects = ObjectClient(
+                self._context, self._io.objects, self._io.view.live_nodes, self._io.post, config.cache.replicas,
+                key, config.connect_timeout_s,
             )
             self.cache = FabricCache(self._io.cache, self.statistics)
             for control in controls:
@@ -227,6 +234,53 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         if self._gatekeeper is not None:
             self._gatekeeper.stop()
         self._context.term()
+
+    # -- objects ---------------------------------------------------------------------
+
+    def put(self, obj: Any, *, name: str | None = None) -> Ref:
+        """Store ``obj`` on the cluster once and return a small :class:`~fabric.Ref` to it.
+
+        Pass the Ref to ``submit``/``map`` (at any depth of the arguments) and
+        each task receives the value, read from its node's copy; equal objects
+        are stored once.  Unnamed, the object lives while this client holds a
+        Ref to it (until :meth:`free`, or the client closes); with ``name`` it is
+        stored on the name's ring owner (and replica) and outlives the client
+        (:meth:`ref`, :meth:`objects`, :meth:`delete`).
+        """
+        self._check_open()
+        return self._objects.put(obj, name or "")
+
+    def get(self, refs: Any, timeout: float | None = None) -> Any:
+        """The value of a :class:`~fabric.Ref` (or of each in a list), fetched from
+        a node holding it; a future is waited for first.  Raises
+        :class:`~fabric.ObjectLostError` when every copy is gone (a kept result
+        whose ``submit`` this client holds is computed again instead) and
+        :class:`~fabric.UnknownObjectError` for a Ref the cluster does not know."""
+        if isinstance(refs, (list, tuple)):
+            return [self.get(ref, timeout) for ref in refs]
+        if isinstance(refs, concurrent.futures.Future):
+            refs = refs.result(timeout)
+        if not isinstance(refs, Ref):
+            raise TypeError(f"get() takes a fabric.Ref, a future or a list of them, got {type(refs).__name__}")
+        return self._objects.get(refs, timeout)
+
+    def free(self, ref: Ref) -> None:
+        """Release the object now (its Refs become dangling); otherwise it goes
+        when its last Ref here is garbage-collected, or when the fabric closes."""
+        if ref.owner == self._io.client_id:
+            self._io.post(lambda: self._io.objects.free(ref))
+
+    def ref(self, name: str) -> Ref:
+        """A Ref to the named object (put by any client); UnknownObjectError if none."""
+        return self._objects.ref(name)
+
+    def objects(self) -> list[ObjectInfo]:
+        """The named objects on the cluster: name, size and the nodes holding each."""
+        return self._objects.objects()
+
+    def delete(self, name: str) -> bool:
+        """Remove the named object from every node; False if there was none."""
+        return self._objects.delete(name)
 
     # -- statistics ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import SerializationError
 from ..wire import codec
+from ..wire.ref import failed_argument, value_of
 from .ventilator import miscounted
 
 __all__ = ["Future", "FutureGroup", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
@@ -35,6 +36,17 @@ _DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
 
 
 _next_condition: Callable[[], threading.Condition]
+_markers = threading.local()  # .on: a failed future pickles as a marker the worker raises (map's inputs)
+
+
+class PendingArgument(BaseException):
+    """Raised out of pickling by a future argument that is not done (or failed):
+    the call waits for it instead of being sent.  A BaseException so that no
+    ``except Exception`` on the way (the codec's fallbacks) takes it for an error."""
+
+    def __init__(self, future: Future) -> None:
+        super().__init__(future)
+        self.future = future
 
 
 def _new_stripes() -> None:
@@ -77,6 +89,16 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait_done(timeout)
         return super().exception(0)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A future given as a task's argument travels as its result (see
+        :mod:`fabric.client.dependencies`); pending, it cannot travel yet."""
+        if self._state == "FINISHED":
+            if self._exception is None:
+                return value_of, (self._result,)
+            if getattr(_markers, "on", False):
+                return failed_argument, (codec.error_record(-1, self._exception),)
+        raise PendingArgument(self)
 
     def _wait_done(self, timeout: float | None) -> None:
         """Wait until done or ``timeout``: the shared Condition also wakes for other futures."""

@@ -69,6 +69,7 @@ from ..wire.protocol import (
 from ..wire.security import ClusterKey
 from .cache import CacheClient
 from .cluster_view import FIRST_CONTACT_S, Actions, ClusterView
+from .objects import ObjectTable
 from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
@@ -107,12 +108,12 @@ class IOLoop:
         self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
         heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float = 30.0,
         max_message_bytes: int = 1 << 30, cache_replicas: int = 1, key: ClusterKey | None = None,
-        first_contact_s: float = FIRST_CONTACT_S,
+        first_contact_s: float = FIRST_CONTACT_S, locality_wait_s: float = 0.05,
     ) -> None:
         self.client_id = client_id
         self.context = context
         self.key = key
-        self.ventilator = Ventilator(retries, liveness_s)
+        self.ventilator = Ventilator(retries, liveness_s, locality_wait_s)
         self.handshakes = security.HandshakeWatch(keyed=key is not None)
         self.view = ClusterView(
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
@@ -120,6 +121,7 @@ class IOLoop:
         )
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
+        self.objects = ObjectTable(client_id, self.send_to_node)
         raise_fd_limit()
         self.vent = self._router(READY_MAX_BYTES)
         self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
@@ -315,6 +317,7 @@ class IOLoop:
                 self._on_control(sock, now)
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
+        self.objects.flush()
         silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         if silent:
             for _ in range(DRAIN_MAX):
@@ -324,7 +327,7 @@ class IOLoop:
             silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         for worker_id in silent:
             self._take_back(worker_id)
-        self._deadline = min(self.view.next_deadline(), next_check)
+        self._deadline = min(self.view.next_deadline(), next_check, self.ventilator.parked_deadline())
 
     def _take_back(self, worker_id: bytes) -> None:
         """Re-queue what a silent worker held and ask its node to attach it afresh."""
@@ -353,7 +356,7 @@ class IOLoop:
                     self._survive("a control-plane event", self._on_other_events, events, now)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
                     self._survive("the timers", self._tick, now)
-                if self.ventilator.urgent or self.ventilator.bulk:
+                if self.ventilator.urgent or self.ventilator.bulk or self.ventilator.parked:
                     self._survive("a dispatch", self._dispatch)
                 if self._idle_waiters:
                     self._notify_idle()
@@ -539,6 +542,7 @@ class IOLoop:
             self._commands.popleft()()
         self._fail((batch, self.broken) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
         self.handshakes.close()
+        self.objects.close()
         for sock in [self.vent, self.sink, self.sub, *self.controls.values()]:
             sock.close()
         for fd in [*self.embedded, self._wake_r, self._wake_w]:

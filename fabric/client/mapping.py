@@ -36,7 +36,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CacheKeyError, SerializationError
 from ..wire import codec
 from ..wire.protocol import Mode
+from ..wire.ref import collecting
 from .batching import BatchSizer
+from .dependencies import failed_as_markers, futures_in, wait_all
+from .futures import PendingArgument
 from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
@@ -108,6 +111,7 @@ class MapStream:
         retries: int | None = None,
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
+        locate: Callable[[list[Any]], dict[bytes, int] | None] | None = None,
     ) -> None:
         self._digest, self._fn_payload = fn_info
         self._mode = mode
@@ -121,6 +125,7 @@ class MapStream:
         self._retries = retries
         self._check_size = check_size
         self._cache = cache
+        self._locate = locate
         self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
         self._repeats: dict[int, dict[int, int]] = {}  # seq -> {position: position of the same key computed}
         self._encoder = codec.PayloadEncoder()
@@ -300,7 +305,7 @@ class MapStream:
     def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None) -> None:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch."""
         try:
-            codec_id, payload = self._encoder.encode(items)
+            codec_id, payload, refs = self._encode(items)
             if self._check_size is not None:
                 self._check_size(payload, f"map input items {start}..{start + len(items) - 1}")
         except SerializationError as exc:
@@ -310,8 +315,22 @@ class MapStream:
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
                 len(items), self, seq=seq, sizer=self.sizer, retries=self._retries, indices=indices,
+                refs=refs or None, data=self._locate(refs) if refs and self._locate else None,
             )
         )
+
+    def _encode(self, items: Sequence[Any]) -> tuple[int, list[Any], list[Any]]:
+        """Encode a chunk, noting the Refs it holds; a chunk holding futures not done
+        waits for them here (failed ones travel as markers its items raise)."""
+        try:
+            with collecting() as refs:
+                codec_id, payload = self._encoder.encode(items)
+            return codec_id, payload, refs
+        except PendingArgument:
+            wait_all(futures_in(list(items)))
+        with failed_as_markers(), collecting() as refs:
+            codec_id, payload = self._encoder.encode(items)
+        return codec_id, payload, refs
 
     def _post_unencodable(
         self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None, exc: SerializationError

@@ -11,6 +11,8 @@ does, so options travel through a view: ``fx.options(task_timeout=5).submit(f, x
   raised inside the task (SIGALRM in the worker's main thread) and the worker is
   recycled after reporting, so no state of the interrupted task survives.
 - ``cache``: reuse stored results of identical calls (the result cache).
+- ``keep``: leave each result in the object store of the node that computed it;
+  ``submit``'s future resolves to a :class:`~fabric.Ref`, ``map`` yields Refs.
 
 ``retry_on`` and ``task_timeout`` are applied by :class:`Guarded`, a callable
 wrapped around the user's function and shipped in its place, so the worker's
@@ -33,10 +35,11 @@ class TaskOptions:
     retries: int | None = None
     retry_on: tuple[type[BaseException], ...] = ()
     cache: bool = False
+    keep: bool = False
 
     def merged(self, **changes: Any) -> TaskOptions:
         """These options with ``changes`` applied and checked (None keeps a value)."""
-        unknown = set(changes) - {"task_timeout", "retries", "retry_on", "cache"}
+        unknown = set(changes) - {"task_timeout", "retries", "retry_on", "cache", "keep"}
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         options = replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -54,6 +57,6 @@ class TaskOptions:
             raise TypeError(f"retry_on must be exception types, got {self.retry_on!r}")
 
     def guards(self) -> bool:
-        """Whether the function must be wrapped in :class:`Guarded`."""
-        return bool(self.retry_on) or self.task_timeout is not None
+        """Whether the function must be wrapped (in :class:`Guarded`, :class:`Kept`)."""
+        return bool(self.retry_on) or self.task_timeout is not None or self.keep
 

@@ -66,3 +66,13 @@ class FabricStatistics:
     cache: CacheStats
     duplicates: int
     malformed: int
+
+    @property
+    def store(self) -> dict[str, dict[str, int]]:
+        """Each node's object store by node name: ``objects``, ``bytes`` in memory,
+        ``disk_bytes`` spilled, ``named`` objects (the NodeStats ``store_*`` fields)."""
+        return {
+            n.name: {"objects": n.store_objects, "bytes": n.store_bytes, "disk_bytes": n.store_disk_bytes,
+                     "named": n.store_named}
+            for n in self.nodes
+        }

@@ -26,12 +26,17 @@ from typing import Any, TypeVar
 from ..errors import SerializationError
 from ..task.fold import NO_INITIAL, Fold
 from ..task.guard import Guarded
+from ..task.keep import Kept
 from ..wire import codec
 from ..wire.protocol import Mode
+from ..wire.ref import Ref, collecting
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
-from .futures import Future, FutureGroup
+from .dependencies import futures_in, when_done
+from .futures import Future, FutureGroup, PendingArgument
+from .locality import data_by_node
 from .mapping import MapStream, sized_length, sliced_input
+from .objects import ObjectTable
 from .options import TaskOptions
 from .reduction import combiner, fold
 from .shipping import FunctionCache
@@ -70,6 +75,12 @@ class Pipeline:
     shipper: FunctionShipper
     cache: CacheClient
     max_message_bytes: int
+    objects: ObjectTable
+    locality_bytes: int = 1 << 20
+
+    def locate(self, refs: list[Ref]) -> dict[bytes, int] | None:
+        """Where a batch holding ``refs`` should run (see fabric.client.locality)."""
+        return data_by_node(refs, self.locality_bytes) if refs else None
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
@@ -89,7 +100,7 @@ class TaskAPI:
 
     def options(self, **changes: Any) -> FabricView:
         """A view whose calls use these options (``task_timeout``, ``retries``,
-        ``retry_on``, ``cache``); the fabric itself is unchanged."""
+        ``retry_on``, ``cache``, ``keep``); the fabric itself is unchanged."""
         return FabricView(self._pipeline, self._task_options.merged(**changes))
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:
@@ -106,14 +117,40 @@ class TaskAPI:
         future = Future(codec.function_name(fn))
         if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
-        payload = codec.pickle_call(args, kwargs)
+        if options.keep:  # a kept result lost with its node is computed again while this call is held
+            _remember(pipeline.objects, future, lambda: self.submit(fn, *args, **kwargs).result())
+        self._post_call(fn, (digest, fn_payload), args, kwargs, future)
+        return future
+
+    def _post_call(self, fn: Callable[..., Any], shipped: tuple[bytes, bytes], args: tuple[Any, ...],
+                   kwargs: dict[str, Any], future: Future) -> None:
+        """Send one call, or, when an argument is a future not done yet, once it is."""
+        pipeline = self._pipeline
+        try:
+            with collecting() as refs:
+                payload = codec.pickle_call(args, kwargs)
+        except PendingArgument:
+            when_done(futures_in((args, kwargs)),
+                      lambda failed: self._resume(fn, shipped, args, kwargs, future, failed))
+            return
         pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
         batch = Batch(
-            next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
-            FutureGroup([future]), retries=options.retries,
+            next_batch_id(), shipped[0], shipped[1], Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
+            FutureGroup([future]), retries=self._task_options.retries, refs=refs or None, data=pipeline.locate(refs),
         )
         pipeline.post(batch)
-        return future
+
+    def _resume(self, fn: Callable[..., Any], shipped: tuple[bytes, bytes], args: tuple[Any, ...],
+                kwargs: dict[str, Any], future: Future, failed: BaseException | None) -> None:
+        """The futures among the call's arguments are done: fail it with the first
+        failure, unrun, or send it now."""
+        try:
+            if failed is not None:
+                raise failed
+            self._post_call(fn, shipped, args, kwargs, future)
+        except BaseException as exc:  # noqa: BLE001 - the call's outcome, not this thread's
+            if not future.done():
+                future.set_exception(exc)
 
     def map(
         self,
@@ -131,8 +168,9 @@ class TaskAPI:
         bounded number of batches in flight.  ``chunksize`` fixes the batch
         size (default: adapted to 20-100 ms of work per batch).  ``timeout``
         bounds the caller's wait, from this call, as in ``Executor.map``; task
-        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
-        given as keywords.
+        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``, ``keep``)
+        may be given as keywords.  An input holding a fabric future waits for it
+        (in the thread that reads the map).
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -167,6 +205,7 @@ class TaskAPI:
             retries=task_options.retries,
             check_size=pipeline.check_size,
             cache=cache,
+            locate=pipeline.locate,
         )
         stream.start()
         return stream
@@ -202,6 +241,9 @@ class TaskAPI:
         merge = combiner(reducer, combine)
         self._pipeline.check_open()
         task_options = self._task_options.merged(**options)
+        if task_options.keep:
+            raise ValueError("keep=True keeps each call's result on its node, and with combine= a batch returns "
+                             "one folded value: map with keep=True, then map_reduce over the Refs")
         if wants_cache(mapper, task_options.cache):
             raise ValueError("the result cache stores each mapper call, and with combine= a batch returns one "
                              "folded value: use map_reduce without combine to cache the mapper's results")
@@ -237,26 +279,39 @@ class FunctionShipper:
     def __init__(self, default_retries: int) -> None:
         self.default_retries = default_retries
         self.pickles = FunctionCache()
-        self.guards: OrderedDict[tuple[int, TaskOptions], Guarded] = OrderedDict()
+        self.guards: OrderedDict[tuple[int, TaskOptions], tuple[Callable[..., Any], Callable[..., Any]]] = OrderedDict()
 
     def get(self, fn: Callable[..., Any], options: TaskOptions, exact: bool = False) -> tuple[bytes, bytes]:
         return self.pickles.get(self.wrapped(fn, options), exact)
 
     def wrapped(self, fn: Callable[..., Any], options: TaskOptions) -> Callable[..., Any]:
-        """``fn``, or the :class:`Guarded` that applies its options on the worker."""
+        """``fn``, or the wrapper (:class:`Guarded`, :class:`Kept`) that applies its options on the worker."""
         if not callable(fn):
             raise SerializationError(f"{fn!r:.80} is not callable")
         if not options.guards():
             return fn
         key = (id(fn), options)
-        guarded = self.guards.get(key)
-        if guarded is None or guarded.__wrapped__ is not fn:
-            guarded = self.guards[key] = Guarded(
-                fn, options.retry_on, options.retries or self.default_retries, options.task_timeout
-            )
+        entry = self.guards.get(key)
+        if entry is None or entry[0] is not fn:
+            wrapper: Callable[..., Any] = fn
+            if options.retry_on or options.task_timeout is not None:
+                wrapper = Guarded(fn, options.retry_on, options.retries or self.default_retries, options.task_timeout)
+            if options.keep:
+                wrapper = Kept(wrapper)
+            entry = self.guards[key] = (fn, wrapper)
             if len(self.guards) > MAX_GUARDS:
                 self.guards.popitem(last=False)
-        return guarded
+        return entry[1]
+
+
+def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Ref]) -> None:
+    """Note how to compute a kept result again, once its Ref is known."""
+
+    def note(done: concurrent.futures.Future) -> None:
+        if not done.cancelled() and done.exception() is None and isinstance(done.result(), Ref):
+            table.lineage[done.result().key] = recompute
+
+    future.add_done_callback(note)
 
 
 def _served_from_cache(cache: CacheClient, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -57,6 +57,7 @@ from ..errors import ProtocolError, WorkerCrashedError
 from ..wire import codec
 from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
+from .locality import choose_by_data
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
 # A batch is overdue after this many times its expected time without a sign of life
@@ -135,6 +136,9 @@ class Batch:
     indices: list[int] | None = None  # positions in the owner's chunk, when not contiguous (cache misses)
     suspect: bool = False  # it was running when its worker died: never merged again, so a poison task is isolated
     taken_back: bool = False  # its worker went silent once: acknowledged from now on
+    refs: list[Any] | None = None  # the Refs its items hold, alive until it is done (their objects must stay)
+    data: dict[bytes, int] | None = None  # bytes of those objects per node holding them, when worth placing by
+    parked_at: float | None = None  # when it started to wait for a credit on its data's node
 
     def frames(self, with_fn: bool, ack: bool) -> list[Any]:
         header = TaskBatch(
@@ -176,7 +180,7 @@ class Batch:
 class Ventilator:
     """Queues, credits and batches in flight, per worker."""
 
-    def __init__(self, retries: int = 3, liveness_s: float = 3.0) -> None:
+    def __init__(self, retries: int = 3, liveness_s: float = 3.0, locality_wait_s: float = 0.05) -> None:
         self.retries = retries
         self.liveness_s = liveness_s
         self.now = 0.0  # the loop's time at its current wake-up
@@ -193,6 +197,8 @@ class Ventilator:
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
         self.call_sizers: dict[bytes, BatchSizer] = {}
+        self.locality_wait_s = locality_wait_s
+        self.parked: deque[Batch] = deque()  # waiting for a credit on the node that holds their data
 
     # -- workers -----------------------------------------------------------------
 
@@ -311,6 +317,7 @@ class Ventilator:
 
     def dispatch(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
         """Yield (worker id, batch, frames) for every batch that has a credit."""
+        yield from self._unpark()
         while True:
             worker_id = self._least_loaded()
             if worker_id is None:
@@ -318,7 +325,36 @@ class Ventilator:
             batch = self._next_batch()
             if batch is None:
                 return
+            if batch.data is not None:
+                local = choose_by_data(batch.data, self._candidates())
+                if local is None and self.locality_wait_s > 0:
+                    batch.parked_at = self.now
+                    self.parked.append(batch)
+                    continue
+                worker_id = local or worker_id
             yield self._send(worker_id, batch)
+
+    def _candidates(self) -> dict[bytes, bytes]:
+        """Workers with a free credit on an accepting node, and their nodes."""
+        return {w: n for w, n in self.node_of.items() if self.free.get(w) and n not in self._paused}
+
+    def _unpark(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
+        """Send each parked batch to its data's node once a credit is free there, or
+        anywhere once it has waited ``locality_wait_s``."""
+        for _ in range(len(self.parked)):
+            batch = self.parked.popleft()
+            worker_id = choose_by_data(batch.data or {}, self._candidates())
+            if worker_id is None and self.now >= (batch.parked_at or self.now) + self.locality_wait_s:
+                worker_id = self._least_loaded()
+            if worker_id is None:
+                self.parked.append(batch)
+            else:
+                yield self._send(worker_id, batch)
+
+    def parked_deadline(self) -> float:
+        """When the first parked batch stops waiting for its data's node (inf: none parked)."""
+        return min((b.parked_at + self.locality_wait_s for b in self.parked if b.parked_at is not None),
+                   default=math.inf)
 
     def _least_loaded(self) -> bytes | None:
         """The worker with the most free credits (an idle one before one that
@@ -461,7 +497,8 @@ class Ventilator:
     def drop_pending(self, keep: int = 0) -> list[Batch]:
         """Remove the queued batches but the first ``keep`` (shutdown with
         cancel_futures keeps those it counts as started)."""
-        queued = [*self.urgent, *self.bulk]
+        queued = [*self.parked, *self.urgent, *self.bulk]
+        self.parked.clear()
         kept, dropped = queued[:keep], queued[keep:]
         self.urgent = deque(b for b in kept if b.mode == Mode.CALL)
         self.bulk = deque(b for b in kept if b.mode != Mode.CALL)
@@ -478,7 +515,7 @@ class Ventilator:
         return dropped
 
     def has_pending(self) -> bool:
-        return any(b.owner.alive() for b in itertools.chain(self.urgent, self.bulk))
+        return any(b.owner.alive() for b in itertools.chain(self.urgent, self.bulk, self.parked))
 
     def idle(self) -> bool:
         return not (self.in_flight or self.has_pending())

@@ -65,6 +65,11 @@ class NodeStats:
     cache_hits: int = 0
     cache_misses: int = 0
     cache_weight: int = 0  # the node's weight on the cache ring (MiB of shard capacity); 0: no cache
+    objects: str = ""  # endpoint of the node's object socket ("": a node without an object store)
+    store_objects: int = 0  # objects in its object store (both tiers)
+    store_bytes: int = 0  # bytes of them in memory
+    store_disk_bytes: int = 0  # bytes of them spilled to disk
+    store_named: int = 0  # named objects
     peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every peer it knows
     per_worker: tuple[WorkerStats, ...] = ()
     age_s: float = field(default=0.0, compare=False)
@@ -120,12 +125,14 @@ def _check_types(stats: NodeStats) -> None:
         if type(getattr(stats, name)) is not kind:
             raise ProtocolError(f"heartbeat field {name} is not {kind.__name__}")
     for name in ("workers", "busy", "done", "failed", "clients", "cache_entries", "cache_bytes", "cache_hits",
-                 "cache_misses", "cache_weight"):
+                 "cache_misses", "cache_weight", "store_objects", "store_bytes", "store_disk_bytes", "store_named"):
         if type(getattr(stats, name)) is not int:
             raise ProtocolError(f"heartbeat field {name} is not int")
     for name in ("tasks_per_s", "cpu_percent", "memory_percent", "max_load"):
         if type(getattr(stats, name)) is not float:
             raise ProtocolError(f"heartbeat field {name} is not float")
+    if type(stats.objects) is not str or (stats.objects and not is_endpoint(stats.objects)):
+        raise ProtocolError(f"heartbeat field objects is not an endpoint: {stats.objects!r:.80}")
     for name in ("control", "pub"):
         if not is_endpoint(getattr(stats, name)):
             raise ProtocolError(f"heartbeat field {name} is not an endpoint: {getattr(stats, name)!r:.80}")

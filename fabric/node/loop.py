@@ -33,6 +33,7 @@ for it.  The control ROUTER refuses a frame larger than ``max_message_bytes``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -40,10 +41,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import msgpack
 import zmq
@@ -53,15 +56,19 @@ from ..config import ConfigError, NodeSettings, is_loopback
 from ..errors import ProtocolError, StoreError
 from ..wire import security
 from ..wire.protocol import (
+    MAX_CHUNK_BYTES,
     CacheClear,
     CacheCleared,
     CacheGet,
     CacheHits,
     CachePut,
     CacheStored,
+    Goodbye,
     Heartbeat,
     Message,
     NodeLeaving,
+    ObjectAdopt,
+    ObjectFree,
     PeerHello,
     from_frames,
     to_frames,
@@ -70,8 +77,11 @@ from ..wire.security import ClusterKey, gatekeeper
 from . import processes
 from .health import Kill
 from .load import Sampler
+from .object_server import SOCKET_SLACK_BYTES, ObjectServer
+from .objects import ObjectStore, memory_dir
 from .state import Bound, Greet, Instruction, NodeState, Publish, Send, Spawn, Subscribe, Terminate
 from .store import ResultStore
+from .worker_objects import OBJECTS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +139,17 @@ class Node:
         control = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub = self._socket(zmq.PUB, SNDHWM=100)
         security.serve(self.pub, self.key)
-        _bind(self.pub, _pub_endpoint(control))
+        _bind(self.pub, _side_endpoint(control, "heartbeat"))
         self.sub = self._socket(zmq.SUB)
         security.join(self.sub, self.key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         settings = replace(settings, name=settings.name or default_name(control))
-        bound = Bound(new_id("n"), control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.object_sock = self._socket(zmq.ROUTER, ROUTER_MANDATORY=1, MAXMSGSIZE=MAX_CHUNK_BYTES + SOCKET_SLACK_BYTES)
+        security.serve(self.object_sock, self.key)
+        _bind(self.object_sock, _side_endpoint(control, "objects"))
+        node_id = new_id("n")
+        bound = Bound(node_id, control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
+                      self.object_sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.state = NodeState(settings, bound)
         cache = settings.cache
         shard = cache.shard_path(settings.name)
@@ -143,8 +158,16 @@ class Node:
         except (StoreError, OSError) as exc:
             raise ConfigError(f"cannot open the result cache shard {shard}: {exc}; give --cache-dir (or [cache] dir "
                               "in cluster.toml) a directory this user may write to") from None
+        spill_root = cache.shard_path(settings.name).parent
+        if not _writable(spill_root):  # as for the cache: the node runs, spilling to the temporary directory
+            log.warning("node %s: cannot spill objects under %s; using %s", settings.name, spill_root,
+                        tempfile.gettempdir())
+            spill_root = Path(tempfile.gettempdir())
+        self.objects = ObjectStore(memory_dir(node_id, spill_root), spill_root / f"objects-{node_id.decode()}",
+                                   settings.store.max_bytes)
+        self.object_server = ObjectServer(self.objects, self.object_sock, self.state.faults)
         self.poller = zmq.Poller()
-        for sock in (self.router, self.sub, incoming):
+        for sock in (self.router, self.sub, incoming, self.object_sock):
             self.poller.register(sock, zmq.POLLIN)
         self.peers: dict[str, zmq.Socket] = {}  # DEALERs to the peers greeted, by control endpoint
         self.processes: dict[bytes, subprocess.Popen[bytes]] = {}
@@ -203,6 +226,9 @@ class Node:
             env.setdefault(key, "1")
         if self.key is not None:
             env[security.KEY_FILE_ENV] = os.path.abspath(self.key.path)
+        bound = self.state.bound
+        env[OBJECTS_ENV] = json.dumps([bound.node_id.decode(), bound.objects, str(self.objects.mem_dir),
+                                       str(self.objects.disk_dir)])
         cmd = [sys.executable, "-m", "fabric.node.worker", self.endpoint, worker_id.decode(), str(os.getpid()),
                str(self.settings.max_clients)]
         try:
@@ -280,8 +306,14 @@ class Node:
     def _on_message(self, sender: bytes, msg: Message, now: float) -> None:
         if isinstance(msg, (CacheGet, CachePut, CacheClear)):
             self._on_cache(sender, msg)
+        elif isinstance(msg, ObjectFree):
+            self.objects.free(msg.owner, msg.keys)
+        elif isinstance(msg, ObjectAdopt):
+            self.objects.adopt(msg.owner, msg.key, msg.pinned)
         else:
             self._perform(self.state.on_message(sender, msg, now))
+            if isinstance(msg, Goodbye):
+                self.objects.forget_owners(set(self.state.clients))
 
     def _guarded(self, what: str, step: Callable[..., object], *args: object) -> None:
         """Run one step of the loop; an exception is counted (the first of each
@@ -363,6 +395,8 @@ class Node:
                     break
                 if self.router in events:
                     self._on_router(now)
+                if self.object_sock in events:
+                    self._guarded("serving objects failed", self.object_server.on_readable)
                 for sock in [self.sub, *self.peers.values()]:
                     if sock in events:
                         self._on_heartbeats(sock, now)
@@ -381,6 +415,9 @@ class Node:
             readings = self.sampler.workers(rss=self.settings.memory_limit_mb > 0)
             self._perform(state.check_workers(readings, now))
         if state.beat_due(now):
+            self.objects.forget_owners(set(state.clients))
+            self.objects.expire_incoming(now)
+            state.objects = self.objects.figures()
             self._perform(state.beat(self.sampler.machine(), self.store.stats(), now))
 
     def _owner_gone(self, events: dict[object, int]) -> bool:
@@ -419,6 +456,7 @@ class Node:
         self.pub.setsockopt(zmq.LINGER, LEAVING_LINGER_MS)  # NODE_LEAVING reaches the subscribers
         self._close_sockets()
         self.store.close()
+        self.objects.close()
         if self.state.faults.counts:
             log.info("node %s: dropped or failed: %s", self.settings.name, self.state.faults.summary())
         if self.settings.owner_dir:
@@ -464,8 +502,17 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
         raise ConfigError(f"cannot bind {endpoint!r}: {why}") from None
 
 
-def _pub_endpoint(control: str) -> str:
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK)
+
+
+def _side_endpoint(control: str, what: str) -> str:
+    """Where a socket beside the control ROUTER binds: the same ipc path with a suffix, or the same host."""
     if control.startswith("ipc://"):
-        return f"{control}-heartbeat"
+        return f"{control}-{what}"
     host = control[len("tcp://") :].rpartition(":")[0]
     return f"tcp://{host}:*"

@@ -49,6 +49,7 @@ from ..wire.protocol import (
     WorkerUp,
 )
 from .health import Kill, WorkerHealth, WorkerReading
+from .objects import ObjectFigures
 from .processes import Faults
 from .store import StoreStats
 
@@ -68,6 +69,7 @@ class Bound:
     node_id: bytes
     control: str  # the ROUTER endpoint
     pub: str  # the PUB endpoint heartbeats go out on
+    objects: str = ""  # the object ROUTER's endpoint (fabric.node.object_server)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class NodeState:
         self.lost_done = 0  # tasks done by workers that have since exited
         self.lost_failed = 0
         self.cache = StoreStats(0, 0, 0, 0, 0)  # as of the last heartbeat
+        self.objects = ObjectFigures(0, 0, 0, 0)  # the object store's, set by the loop before each heartbeat
         self.stopping = False
         self.stop_reason = ""  # what stopped the node (a signal's name, STOP), for the log
         self.spawns_owed = 0  # workers whose spawn failed (out of descriptors...), started again at a beat
@@ -430,6 +433,11 @@ class NodeState:
             cache_hits=self.cache.hits,
             cache_misses=self.cache.misses,
             cache_weight=max(1, s.cache.max_bytes >> 20) if self.cache.enabled else 0,  # 0: off the ring
+            objects=bound.objects,
+            store_objects=self.objects.objects,
+            store_bytes=self.objects.memory_bytes,
+            store_disk_bytes=self.objects.disk_bytes,
+            store_named=self.objects.named,
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
             per_worker=tuple(
                 WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running,

@@ -37,9 +37,9 @@ from typing import Any, Protocol
 
 import zmq
 
-from ..errors import ProtocolError, SerializationError
+from ..errors import FabricError, ProtocolError, SerializationError
 from ..task import guard
-from ..wire import codec, security
+from ..wire import codec, ref, security
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,
     Attach,
@@ -47,6 +47,7 @@ from ..wire.protocol import (
     BatchStarted,
     Detach,
     FunctionMissing,
+    Message,
     Mode,
     Ready,
     ResultBatch,
@@ -60,7 +61,7 @@ from ..wire.protocol import (
     to_frames,
 )
 from ..wire.security import ClusterKey
-from . import processes
+from . import processes, worker_objects
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +110,34 @@ def apply(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[list[Any
 
 
 def _calls(fn: Callable[..., Any], batch: TaskBatch, frames: list[Any]) -> list[tuple[Any, ...]]:
-    """One (fn, args, kwargs) per CALL item; an item that cannot be decoded
-    becomes a call that raises its decoding error, so it fails alone."""
+    """One (fn, args, kwargs) per CALL item; an item that cannot be decoded (or
+    whose Ref is lost) becomes a call that raises that error, so it fails alone."""
     calls: list[tuple[Any, ...]] = []
     start = 0
     for count in batch.item_frames:
         try:
-            args, kwargs = codec.decode(batch.codec, frames[start : start + count])
-            calls.append((fn, args, kwargs))
-        except SerializationError as exc:
+            with ref.resolving(worker_objects.resolve):
+                args, kwargs = codec.decode(batch.codec, frames[start : start + count])
+            failure = ref.first_failure(args) or ref.first_failure(tuple(kwargs.values()))
+            calls.append((_reraise, (failure,), {}) if failure is not None else (fn, args, kwargs))
+        except FabricError as exc:
             calls.append((_reraise, (exc,), {}))
         start += count
     return calls
+
+
+class _FailedArguments:
+    """``fn`` for a batch holding failed future arguments: an item holding one
+    raises that future's exception instead of running."""
+
+    def __init__(self, fn: Callable[..., Any], star: bool) -> None:
+        self.fn, self.star = fn, star
+
+    def __call__(self, *args: Any) -> Any:
+        failure = ref.first_failure(args[0] if self.star else args)
+        if failure is not None:
+            raise failure
+        return self.fn(*args)
 
 
 def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -143,9 +160,12 @@ def run_batch(link: LinkState, batch: TaskBatch) -> ResultBatch:
         results, errors = apply(_invoke, Mode.STARMAP, _calls(fn, batch, frames))
     else:
         try:
-            items = codec.decode(batch.codec, frames)
-        except SerializationError as exc:
+            with ref.resolving(worker_objects.resolve):
+                items = codec.decode(batch.codec, frames)
+        except FabricError as exc:
             return _batch_failed(batch, exc, started)
+        if ref.saw_failed_argument():  # a future argument failed: its items raise its error, unrun
+            fn = _FailedArguments(fn, batch.mode == Mode.STARMAP)
         if batch.mode == Mode.FOLD:  # one call over the whole batch, one result
             results, errors = apply(fn, Mode.MAP, [items])
         else:
@@ -233,6 +253,9 @@ class Worker:
         self.parent_fd = processes.pidfd(parent_pid)
         if self.parent_fd is not None:
             self.poller.register(self.parent_fd, zmq.POLLIN)
+        objects_env = os.environ.get(worker_objects.OBJECTS_ENV)
+        if objects_env:
+            worker_objects.local = worker_objects.LocalObjects.from_env(objects_env, self.context, self._tell_node, key)
         self.running = True
         self.done = 0
         self.failed = 0
@@ -265,6 +288,9 @@ class Worker:
                         self._on_batch(client_id, link)
         finally:
             self.close()
+
+    def _tell_node(self, msg: Message) -> None:
+        self.control.send_multipart(to_frames(msg))
 
     def _parent_alive(self) -> bool:
         return os.getppid() == self.parent_pid
@@ -341,6 +367,8 @@ class Worker:
         if batch.ack:  # a long or unmeasured batch: the client knows it runs, however long, while our node says so
             send_frames(link.sink, to_frames(BatchStarted(batch.batch_id)))
             self.control.send_multipart(to_frames(BatchRunning(client_id, batch.batch_id)))
+        if worker_objects.local is not None:
+            worker_objects.local.client_id = client_id
         result = run_batch(link, batch)
         send_frames(link.sink, to_frames(result), copy=False)
         if batch.ack:  # the node stops vouching for it: a result lost on the way is then taken back

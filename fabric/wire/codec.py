@@ -29,7 +29,7 @@ from typing import Any, SupportsIndex
 import cloudpickle
 import msgpack
 
-from ..errors import RemoteError, RemoteTraceback, SerializationError
+from ..errors import FabricError, RemoteError, RemoteTraceback, SerializationError
 
 PICKLE = 0
 MSGPACK = 1
@@ -180,6 +180,8 @@ def decode(codec: int, frames: Sequence[Any]) -> Any:
             # Out-of-band buffers are copied once into writable memory, so arrays
             # arrive writable as they would from ProcessPoolExecutor.
             return pickle.loads(frames[0], buffers=[bytearray(f) for f in frames[1:]])
+    except FabricError:  # a Ref in the payload whose object is lost or unknown: that error, as it is
+        raise
     except Exception as exc:
         raise SerializationError(f"cannot deserialize payload: {type(exc).__name__}: {exc}") from exc
     raise SerializationError(f"unknown payload codec {codec} with {len(frames)} frames")

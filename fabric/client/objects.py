@@ -1,0 +1,250 @@
+"""The client's objects: ``put``/``get``/``free``, named objects, and the table of
+the Refs this client owns (Ray's ownership model: the client that made an
+object knows where it is and when it may go; no central directory).
+
+::
+
+    caller thread: put(x) ─ blob.encode, content key ─► ring owner(s) of the key (or of the name)
+                            ── OBJECT_PUT chunks over a DEALER of its own ──► node object socket
+                   get(ref) ── OBJECT_GET chunks ◄── a live holder (bytes never pass the I/O thread)
+    any thread:    last Ref of a key garbage-collected ─► released (a deque, no lock: it may run in
+                   any thread, inside any allocation)
+    I/O thread:    flush() at its ticks ─ OBJECT_FREE(keys) ─► each holder's control socket
+
+An object put without a name is owned by this client: it lives while a Ref to
+it is alive here (Refs arriving in results count too), until ``free``, or until
+the client closes or its nodes forget it.  A named object is owned by the
+nodes, placed like a cache entry (the ring owner of its name, and the next
+node with ``replicas = 2``), and lives until ``delete``.  A kept result whose
+nodes died is computed again when its ``submit`` is still held here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from ..cluster.ring import CacheRing
+from ..cluster.stats import NodeStats
+from ..errors import NoNodesError, ObjectLostError, UnknownObjectError
+from ..wire import blob, transfer
+from ..wire.protocol import ObjectFree
+from ..wire.ref import Ref, register_table, unregister_table
+from ..wire.security import ClusterKey
+
+NODES_WAIT_POLL_S = 0.01  # how often put/get look for a node with an object store while none is known yet
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A named object, as ``fx.objects()`` lists it."""
+
+    name: str
+    size: int
+    nodes: tuple[str, ...]  # names of the nodes holding it
+
+
+class _Buffer:
+    """Where a fetched object lands in the client: one allocation of its size, decoded in place."""
+
+    data = bytearray()
+
+    def allocate(self, total: int) -> memoryview:
+        self.data = bytearray(total)
+        return memoryview(self.data)
+
+
+class ObjectTable:
+    """The Refs this client owns: live counts per key, frees to send, and how
+    to recompute kept results (their ``submit``)."""
+
+    def __init__(self, client_id: bytes, send_to_node: Callable[[bytes, Any], bool]) -> None:
+        self.client_id = client_id
+        self.send_to_node = send_to_node
+        self._lock = threading.Lock()
+        self.counts: dict[bytes, int] = {}
+        self.holders: dict[bytes, tuple[bytes, ...]] = {}  # key -> node ids to free it on
+        self.released: deque[bytes] = deque()
+        self.lineage: dict[bytes, Callable[[], Ref]] = {}
+        register_table(client_id, self.adopt)
+
+    def adopt(self, ref: Ref) -> Ref:
+        """Count ``ref`` (made here, or unpickled here from a result)."""
+        if ref.owner != self.client_id:
+            return ref
+        with self._lock:
+            self.counts[ref.key] = self.counts.get(ref.key, 0) + 1
+            self.holders[ref.key] = ref.node_ids
+        ref._release = self.released.append
+        return ref
+
+    def free(self, ref: Ref) -> None:
+        """Release the object now, whatever Refs remain (``fx.free``)."""
+        with self._lock:
+            if self.counts.pop(ref.key, None) is not None:
+                self._send_free([ref.key])
+
+    def flush(self) -> None:
+        """Send OBJECT_FREE for keys whose last Ref is gone (the I/O thread, at its ticks)."""
+        if not self.released:
+            return
+        gone = []
+        with self._lock:
+            while self.released:
+                key = self.released.popleft()
+                count = self.counts.get(key)
+                if count is None:
+                    continue
+                if count <= 1:
+                    del self.counts[key]
+                    gone.append(key)
+                else:
+                    self.counts[key] = count - 1
+            self._send_free(gone)
+
+    def _send_free(self, keys: list[bytes]) -> None:
+        by_node: dict[bytes, list[bytes]] = {}
+        for key in keys:
+            self.lineage.pop(key, None)
+            for node_id in self.holders.pop(key, ()):
+                by_node.setdefault(node_id, []).append(key)
+        for node_id, node_keys in by_node.items():
+            self.send_to_node(node_id, ObjectFree(self.client_id, node_keys))
+
+    def close(self) -> None:
+        unregister_table(self.client_id)
+
+
+class ObjectClient:
+    """``put``, ``get``, named objects, from the caller's thread."""
+
+    def __init__(self, context: zmq.Context, table: ObjectTable, nodes: Callable[[], Iterable[NodeStats]],
+                 post: Callable[[Callable[[], None]], bool], replicas: int, key: ClusterKey | None,
+                 wait_s: float) -> None:
+        self.context = context
+        self.table = table
+        self.nodes = nodes
+        self.post = post
+        self.replicas = replicas
+        self.key = key
+        self.wait_s = wait_s
+        self._ring = CacheRing(replicas)
+
+    # -- put -------------------------------------------------------------------------------
+
+    def put(self, obj: Any, name: str = "") -> Ref:
+        parts = blob.encode(obj)
+        key = blob.content_key(parts)
+        owner = b"" if name else self.table.client_id
+        holders = []
+        for node in self._placed(hashlib.sha256(name.encode()).digest()[:16] if name else key):
+            with transfer.ObjectLink(self.context, node.objects, self.key) as link:
+                transfer.put(link, key, parts, owner, name)
+            holders.append((node.node_id, node.objects))
+        return self.table.adopt(Ref(key, blob.size(parts), tuple(holders), owner, name))
+
+    def _placed(self, ring_key: bytes) -> list[NodeStats]:
+        """The ring owner of ``ring_key`` and its replica, among live nodes with an object store."""
+        nodes = self._live()
+        self._ring.update(nodes)
+        by_id = {n.node_id: n for n in nodes}
+        chosen = [by_id[i] for i in self._ring.owners(ring_key) if i in by_id]
+        return chosen or nodes[: self.replicas]
+
+    def _live(self) -> list[NodeStats]:
+        """Live nodes with an object store, waiting a little for the first heartbeats."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            nodes = [n for n in list(self.nodes()) if n.objects]
+            if nodes or time.monotonic() >= deadline:
+                break
+            time.sleep(NODES_WAIT_POLL_S)
+        if not nodes:
+            raise NoNodesError(f"no node with an object store answered within {self.wait_s:g} s")
+        return nodes
+
+    # -- get -------------------------------------------------------------------------------
+
+    def get(self, ref: Ref, timeout: float | None = None) -> Any:
+        """The value of ``ref``, fetched from a live holder; a lost kept result is computed again."""
+        try:
+            return self._fetch(ref, timeout)
+        except ObjectLostError:
+            recompute = self.table.lineage.get(ref.key)
+            if recompute is None:
+                raise
+            return self._fetch(recompute(), timeout)
+
+    def _fetch(self, ref: Ref, timeout: float | None) -> Any:
+        live = {n.node_id for n in self._live()}
+        timeout_s = transfer.TIMEOUT_S if timeout is None else max(0.001, timeout)
+        missing = []
+        for node_id, endpoint in ref.holders:
+            if node_id not in live:
+                continue
+            buffer = _Buffer()
+            try:
+                with transfer.ObjectLink(self.context, endpoint, self.key, timeout_s) as link:
+                    transfer.fetch(link, ref.key, buffer.allocate)
+            except UnknownObjectError:
+                missing.append(endpoint)
+                continue
+            except ObjectLostError:
+                continue
+            return blob.decode(memoryview(buffer.data))
+        what = f"object {ref.name or ref.key.hex()} ({ref.size:,} bytes)"
+        if missing and ref.owner != self.table.client_id:
+            raise UnknownObjectError(f"{what}: no node it names holds it (a Ref of another cluster, a forged or "
+                                     f"freed one?): {', '.join(missing)}")
+        raise ObjectLostError(f"{what} is lost: every node that held it died or dropped it")
+
+    # -- named objects ---------------------------------------------------------------------
+
+    def ref(self, name: str) -> Ref:
+        """A Ref to the object named ``name``: asked of its ring owners, then of every node."""
+        nodes = self._live()
+        ring_key = hashlib.sha256(name.encode()).digest()[:16]
+        owners = self._placed(ring_key)
+        holders = []
+        found: tuple[bytes, int] | None = None
+        for node in [*owners, *(n for n in nodes if n not in owners)]:
+            try:
+                with transfer.ObjectLink(self.context, node.objects, self.key) as link:
+                    found = transfer.lookup(link, b"", name)
+            except (UnknownObjectError, ObjectLostError):
+                continue
+            holders.append((node.node_id, node.objects))
+        if found is None:
+            raise UnknownObjectError(f"no object named {name!r} on the cluster")
+        return Ref(found[0], found[1], tuple(holders), b"", name)
+
+    def objects(self) -> list[ObjectInfo]:
+        return self._merged(self._each_node(""))
+
+    def delete(self, name: str) -> bool:
+        return bool(self._merged(self._each_node(name)))
+
+    def _each_node(self, delete: str) -> list[tuple[NodeStats, list[list[Any]]]]:
+        out = []
+        for node in self._live():
+            try:
+                with transfer.ObjectLink(self.context, node.objects, self.key) as link:
+                    out.append((node, transfer.listing(link, delete)))
+            except ObjectLostError:
+                continue
+        return out
+
+    @staticmethod
+    def _merged(listings: Sequence[tuple[NodeStats, list[list[Any]]]]) -> list[ObjectInfo]:
+        by_name: dict[str, tuple[int, list[str]]] = {}
+        for node, entries in listings:
+            for name, _key, size in entries:
+                by_name.setdefault(name, (size, []))[1].append(node.name)
+        return [ObjectInfo(name, size, tuple(nodes)) for name, (size, nodes) in sorted(by_name.items())]
