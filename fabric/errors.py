@@ -83,10 +83,11 @@ class ConfigError(FabricError, ValueError):
     """A cluster file, key file or node option is wrong; says where and why."""
 
 
-class ObjectLostError(FabricError):
+class ObjectLostError(FabricError, LookupError):
     """Every copy of a stored object is gone (each node holding it died or
-    dropped it); the error names the object.  A kept result whose task the
-    client still holds is recomputed instead."""
+    dropped it), or none of the nodes it names is known; the error names the
+    object.  A kept result whose task the client still holds is recomputed
+    instead."""
 
 
 class UnknownObjectError(FabricError, LookupError):

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-from .futures import Future, _markers
+from .futures import Future, failed_as_markers
+
+__all__ = ["failed_as_markers", "failure_of", "futures_in", "wait_all", "when_done"]
 
 MAX_DEPTH = 8  # containers searched for futures, nested
 
@@ -64,16 +65,6 @@ def when_done(futures: list[Future], then: Callable[[BaseException | None], None
         then(None)
     for future in futures:
         future.add_done_callback(one_done)
-
-
-@contextmanager
-def failed_as_markers() -> Iterator[None]:
-    """Inside the block a failed future pickles as a marker the worker raises for its item."""
-    _markers.on = True
-    try:
-        yield
-    finally:
-        _markers.on = False
 
 
 def wait_all(futures: list[Future], deadline_s: float | None = None) -> None:

@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import SerializationError
@@ -37,6 +38,16 @@ _DONE_STATES = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"})
 
 _next_condition: Callable[[], threading.Condition]
 _markers = threading.local()  # .on: a failed future pickles as a marker the worker raises (map's inputs)
+
+
+@contextmanager
+def failed_as_markers() -> Iterator[None]:
+    """Inside the block a failed future pickles as a marker the worker raises for its item."""
+    _markers.on = True
+    try:
+        yield
+    finally:
+        _markers.on = False
 
 
 class PendingArgument(BaseException):

@@ -22,6 +22,16 @@ from fabric.wire.protocol import (
     Hello,
     Kind,
     NodeLeaving,
+    ObjectAdopt,
+    ObjectData,
+    ObjectDelete,
+    ObjectFree,
+    ObjectGet,
+    ObjectList,
+    ObjectListing,
+    ObjectMissing,
+    ObjectPut,
+    ObjectPutAck,
     PeerHello,
     Ready,
     ResultBatch,
@@ -68,6 +78,16 @@ MESSAGES = [
     CacheClear(4, b"", True),
     CacheClear(5, b"f" * 16, False),
     CacheCleared(4, 12),
+    ObjectPut(9, b"k" * 16, 100, 0, b"c-1", "", [b"chunk"]),
+    ObjectPutAck(9, 5, False, ""),
+    ObjectGet(9, b"", "corpus", 0, 0),
+    ObjectData(9, b"k" * 16, 0, 100, [b"chunk"]),
+    ObjectMissing(9, b"k" * 16, ""),
+    ObjectFree(b"c-1", [b"k" * 16]),
+    ObjectAdopt(b"c-1", b"k" * 16, True),
+    ObjectList(10),
+    ObjectListing(10, [["corpus", b"k" * 16, 100]]),
+    ObjectDelete(11, "corpus"),
 ]
 
 
@@ -127,6 +147,13 @@ MALFORMED = {
         header(PROTOCOL_VERSION, Kind.ATTACH, b"c", "ipc:///v", "ipc:///s", 1_000_000, b"n", 1024)
     ],
     "negative size cap": [header(PROTOCOL_VERSION, Kind.HELLO, b"c", "ipc:///v", "ipc:///s", -1)],
+    "object key of the wrong length": [header(PROTOCOL_VERSION, Kind.OBJECT_FREE, b"c", [b"short"])],
+    "object put with a negative offset": [
+        header(PROTOCOL_VERSION, Kind.OBJECT_PUT, 1, b"k" * 16, 10, -1, b"c", ""), b"x"
+    ],
+    "object put without its chunk": [header(PROTOCOL_VERSION, Kind.OBJECT_PUT, 1, b"k" * 16, 10, 0, b"c", "")],
+    "object get of more than a chunk": [header(PROTOCOL_VERSION, Kind.OBJECT_GET, 1, b"k" * 16, "", 0, 1 << 40)],
+    "object listing with a bad entry": [header(PROTOCOL_VERSION, Kind.OBJECT_LISTING, 1, [["n", 3, 4]])],
 }
 
 

@@ -13,8 +13,9 @@ def test_exported_names():
     assert sorted(fabric.__all__) == sorted([
         "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
         "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView",
-        "Future", "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
-        "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
+        "Future", "NoNodesError", "NodeStats", "ObjectInfo", "ObjectLostError", "Ref", "RemoteError",
+        "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownObjectError",
+        "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
         "cached", "connect", "wait",
     ])
 
@@ -26,7 +27,7 @@ def test_protocol_errors_stay_inside():
 
 
 def test_what_users_are_handed_is_exported_and_documented():
-    for name in ("FabricView", "TaskOptions", "FabricCache", "FabricStatistics", "CacheStats"):
+    for name in ("FabricView", "TaskOptions", "FabricCache", "FabricStatistics", "CacheStats", "Ref", "ObjectInfo"):
         assert getattr(fabric, name).__doc__, name
     assert issubclass(fabric.FabricView, fabric.client.submission.TaskAPI)
 
