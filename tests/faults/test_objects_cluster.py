@@ -1,0 +1,111 @@
+"""Objects across daemon nodes on loopback: placement by data, named objects seen
+from another process, the store's bound and spill, and the death of a holder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import cluster_file, square, wait_for, worker_processes
+
+import fabric
+from fabric.config import load_config
+
+MB = 1 << 20
+
+
+def node_of_worker(_: object = None) -> bytes:
+    from fabric.node import worker_objects
+
+    return worker_objects.local.node_id
+
+
+def make_mb(i: int) -> np.ndarray:
+    return np.full(MB // 8, float(i))
+
+
+def where_and_sum(array: np.ndarray) -> tuple[bytes, float]:
+    return node_of_worker(), float(array.sum())
+
+
+def two_nodes(tmp_path, start_node, *tables: str) -> tuple[str, dict[str, subprocess.Popen[bytes]]]:
+    config = cluster_file(tmp_path / "cluster.toml", ["alpha", "beta"], *tables)
+    nodes = {name: start_node(config=config, name=name) for name in ("alpha", "beta")}
+    return str(config), nodes
+
+
+def connected(config: str) -> fabric.Fabric:
+    fx = fabric.connect(config)
+    wait_for(lambda: len([n for n in fx.nodes() if n.objects]) == 2 and fx.workers() == 2, 20, "both nodes")
+    return fx
+
+
+def test_a_keep_pipeline_runs_each_step_where_its_input_is(tmp_path, start_node):
+    config, _ = two_nodes(tmp_path, start_node)
+    with connected(config) as fx:
+        kept = list(fx.map(make_mb, range(16), keep=True, chunksize=1))
+        holders = {ref.node_ids[0] for ref in kept}
+        assert len(holders) == 2  # both nodes made some
+        placed = list(fx.map(where_and_sum, kept, chunksize=1))
+        assert [s for _, s in placed] == [float(i) * (MB // 8) for i in range(16)]
+        local = sum(node == ref.node_ids[0] for (node, _), ref in zip(placed, kept))
+        assert local >= 12  # most ran where their input was (a few may wait out locality_wait_s)
+
+
+def test_a_named_object_outlives_its_client_and_is_seen_from_another_process(tmp_path, start_node):
+    config, _ = two_nodes(tmp_path, start_node)
+    with connected(config) as fx:
+        fx.put(list(range(1000)), name="corpus")
+    script = (
+        "import sys, fabric\n"
+        "with fabric.connect(sys.argv[1]) as fx:\n"
+        "    ref = fx.ref('corpus')\n"
+        "    print(sum(fx.get(ref)), [o.name for o in fx.objects()], fx.submit(len, ref).result())\n"
+        "    print(fx.delete('corpus'), fx.objects())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", script, config], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["499500 ['corpus'] 1000", "True []"]
+
+
+def test_the_store_is_bounded_and_spills_to_disk(tmp_path, start_node):
+    config, _ = two_nodes(tmp_path, start_node, "[store]", f"max_bytes = {2 * MB}")
+    with connected(config) as fx:
+        refs = [fx.put(np.full(MB // 8, float(i))) for i in range(6)]
+        wait_for(lambda: sum(s["disk_bytes"] for s in fx.statistics().store.values()) > 0
+                 and sum(s["objects"] for s in fx.statistics().store.values()) == 6, 10, "six objects, some spilled")
+        assert all(s["bytes"] <= 2 * MB for s in fx.statistics().store.values())
+        assert [float(fx.get(r)[0]) for r in refs] == [float(i) for i in range(6)]
+        assert list(fx.map(lambda a: float(a[0]), refs)) == [float(i) for i in range(6)]
+
+
+def kill_node(node: subprocess.Popen[bytes]) -> None:
+    for process in [*worker_processes({node.pid})]:
+        process.kill()
+    node.kill()
+    node.wait()
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_sigkill_of_the_holding_node(tmp_path, start_node, replicas):
+    config, nodes = two_nodes(tmp_path, start_node, "[cache]", f"replicas = {replicas}")
+    by_id = {}
+    with connected(config) as fx:
+        by_id = {n.node_id: n.name for n in fx.nodes()}
+        ref = fx.put(np.arange(1000.0))
+        kept = fx.options(keep=True).submit(square, 12).result()
+        assert len(ref.holders) == replicas
+        victim = by_id[ref.node_ids[0]]
+        kill_node(nodes[victim])
+        wait_for(lambda: len(fx.nodes()) == 1, 20, "the killed node declared dead")
+        if replicas == 2:
+            assert float(fx.get(ref).sum()) == np.arange(1000.0).sum()
+        else:
+            with pytest.raises(fabric.ObjectLostError):
+                fx.get(ref)
+        assert fx.get(kept) == 144  # recomputed when its node was the one killed
+        assert load_config(config).cache.replicas == replicas
