@@ -158,11 +158,11 @@ def ask_status(address: str, key: ClusterKey | None = None, timeout_s: float = S
 
 def format_table(nodes: list[NodeStats]) -> str:
     header: list[object] = ["name", "address", "workers", "busy", "done", "failed", "tasks/s", "cpu%", "mem%",
-                            "state", "cache", "age s"]
+                            "state", "cache", "objects", "store MB", "spilled MB", "age s"]
     rows = [
         [n.name, n.control, n.workers, n.busy, n.done, n.failed, f"{n.tasks_per_s:.0f}", f"{n.cpu_percent:.0f}",
          f"{n.memory_percent:.0f}", "accepting" if n.accepting else f"paused>{n.max_load:.0f}%", n.cache_entries,
-         f"{n.age_s:.1f}"]
+         n.store_objects, f"{n.store_bytes / 2**20:.1f}", f"{n.store_disk_bytes / 2**20:.1f}", f"{n.age_s:.1f}"]
         for n in sorted(nodes, key=lambda n: n.name)
     ]
     cells = [[str(c) for c in row] for row in [header, *rows]]

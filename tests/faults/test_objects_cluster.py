@@ -109,3 +109,22 @@ def test_sigkill_of_the_holding_node(tmp_path, start_node, replicas):
                 fx.get(ref)
         assert fx.get(kept) == 144  # recomputed when its node was the one killed
         assert load_config(config).cache.replicas == replicas
+
+
+def test_fabric_node_status_shows_each_nodes_store(tmp_path, start_node):
+    config, _ = two_nodes(tmp_path, start_node)
+    with connected(config) as fx:
+        ref = fx.put(np.zeros(3 * MB // 8))
+        node = next(n for n in fx.nodes() if n.node_id == ref.node_ids[0])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+        def status_line() -> str:
+            out = subprocess.run([sys.executable, "-m", "fabric.cli", "status", node.control], capture_output=True,
+                                 text=True, env=env, timeout=30).stdout
+            return next(line for line in out.splitlines() if line.startswith(node.name))
+
+        header = subprocess.run([sys.executable, "-m", "fabric.cli", "status", node.control], capture_output=True,
+                                text=True, env=env, timeout=30).stdout.splitlines()[0]
+        assert "objects" in header and "store MB" in header
+        line = wait_for(lambda: (text := status_line()).split()[11:13] == ["1", "3.0"] and text, 10, "the put listed")
+        assert line
