@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CacheKeyError, SerializationError
 from ..wire import codec
 from ..wire.protocol import Mode
-from ..wire.ref import collecting
+from ..wire.ref import start_collecting, stop_collecting
 from .batching import BatchSizer
 from .dependencies import failed_as_markers, futures_in, wait_all
 from .futures import PendingArgument
@@ -322,14 +322,20 @@ class MapStream:
     def _encode(self, items: Sequence[Any]) -> tuple[int, list[Any], list[Any]]:
         """Encode a chunk, noting the Refs it holds; a chunk holding futures not done
         waits for them here (failed ones travel as markers its items raise)."""
+        refs = start_collecting()
         try:
-            with collecting() as refs:
-                codec_id, payload = self._encoder.encode(items)
+            codec_id, payload = self._encoder.encode(items)
             return codec_id, payload, refs
         except PendingArgument:
             wait_all(futures_in(list(items)))
-        with failed_as_markers(), collecting() as refs:
-            codec_id, payload = self._encoder.encode(items)
+        finally:
+            stop_collecting()
+        refs = start_collecting()
+        try:
+            with failed_as_markers():
+                codec_id, payload = self._encoder.encode(items)
+        finally:
+            stop_collecting()
         return codec_id, payload, refs
 
     def _post_unencodable(

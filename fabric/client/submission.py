@@ -29,7 +29,7 @@ from ..task.guard import Guarded
 from ..task.keep import Kept
 from ..wire import codec
 from ..wire.protocol import Mode
-from ..wire.ref import Ref, collecting
+from ..wire.ref import Ref, start_collecting, stop_collecting
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .dependencies import futures_in, when_done
@@ -80,7 +80,7 @@ class Pipeline:
 
     def locate(self, refs: list[Ref]) -> dict[bytes, int] | None:
         """Where a batch holding ``refs`` should run (see fabric.client.locality)."""
-        return data_by_node(refs, self.locality_bytes) if refs else None
+        return data_by_node(refs, self.locality_bytes)
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
@@ -126,18 +126,22 @@ class TaskAPI:
                    kwargs: dict[str, Any], future: Future) -> None:
         """Send one call, or, when an argument is a future not done yet, once it is."""
         pipeline = self._pipeline
+        refs = start_collecting()
         try:
-            with collecting() as refs:
-                payload = codec.pickle_call(args, kwargs)
+            payload = codec.pickle_call(args, kwargs)
         except PendingArgument:
             when_done(futures_in((args, kwargs)),
                       lambda failed: self._resume(fn, shipped, args, kwargs, future, failed))
             return
+        finally:
+            stop_collecting()
         pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
         batch = Batch(
             next_batch_id(), shipped[0], shipped[1], Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
-            FutureGroup([future]), retries=self._task_options.retries, refs=refs or None, data=pipeline.locate(refs),
+            FutureGroup([future]), retries=self._task_options.retries,
         )
+        if refs:
+            batch.refs, batch.data = refs, pipeline.locate(refs)
         pipeline.post(batch)
 
     def _resume(self, fn: Callable[..., Any], shipped: tuple[bytes, bytes], args: tuple[Any, ...],

@@ -114,16 +114,23 @@ def _calls(fn: Callable[..., Any], batch: TaskBatch, frames: list[Any]) -> list[
     whose Ref is lost) becomes a call that raises that error, so it fails alone."""
     calls: list[tuple[Any, ...]] = []
     start = 0
-    for count in batch.item_frames:
-        try:
-            with ref.resolving(worker_objects.resolve):
+    with ref.resolving(worker_objects.resolve):
+        for count in batch.item_frames:
+            try:
                 args, kwargs = codec.decode(batch.codec, frames[start : start + count])
-            failure = ref.first_failure(args) or ref.first_failure(tuple(kwargs.values()))
-            calls.append((_reraise, (failure,), {}) if failure is not None else (fn, args, kwargs))
-        except FabricError as exc:
-            calls.append((_reraise, (exc,), {}))
-        start += count
+                calls.append((fn, args, kwargs))
+            except FabricError as exc:
+                calls.append((_reraise, (exc,), {}))
+            start += count
+        if ref.saw_failed_argument():  # a future argument failed: its calls raise its error, unrun
+            calls = [_unless_failed(call) for call in calls]
     return calls
+
+
+def _unless_failed(call: tuple[Any, ...]) -> tuple[Any, ...]:
+    _, args, kwargs = call
+    failure = ref.first_failure(args) or ref.first_failure(tuple(kwargs.values()))
+    return call if failure is None else (_reraise, (failure,), {})
 
 
 class _FailedArguments:
