@@ -70,17 +70,21 @@ class ObjectTable:
         self.send_to_node = send_to_node
         self._lock = threading.Lock()
         self.counts: dict[bytes, int] = {}
+        self.claims: dict[bytes, int] = {}  # key -> puts (or the one kept result) the nodes count for us
         self.holders: dict[bytes, tuple[bytes, ...]] = {}  # key -> node ids to free it on
         self.released: deque[bytes] = deque()
         self.lineage: dict[bytes, Callable[[], Ref]] = {}
         register_table(client_id, self.adopt)
 
-    def adopt(self, ref: Ref) -> Ref:
-        """Count ``ref`` (made here, or unpickled here from a result)."""
+    def adopt(self, ref: Ref, claimed: bool = False) -> Ref:
+        """Count ``ref`` (made here, or unpickled here from a result); ``claimed``:
+        a put of this client, which the nodes count as one more claim."""
         if ref.owner != self.client_id:
             return ref
         with self._lock:
             self.counts[ref.key] = self.counts.get(ref.key, 0) + 1
+            if claimed or ref.key not in self.claims:  # a kept result: its worker's one claim
+                self.claims[ref.key] = self.claims.get(ref.key, 0) + 1
             self.holders[ref.key] = ref.node_ids
         ref._release = self.released.append
         return ref
@@ -113,8 +117,9 @@ class ObjectTable:
         by_node: dict[bytes, list[bytes]] = {}
         for key in keys:
             self.lineage.pop(key, None)
+            claims = [key] * self.claims.pop(key, 1)
             for node_id in self.holders.pop(key, ()):
-                by_node.setdefault(node_id, []).append(key)
+                by_node.setdefault(node_id, []).extend(claims)
         for node_id, node_keys in by_node.items():
             self.send_to_node(node_id, ObjectFree(self.client_id, node_keys))
 
@@ -148,7 +153,7 @@ class ObjectClient:
             with transfer.ObjectLink(self.context, node.objects, self.key) as link:
                 transfer.put(link, key, parts, owner, name)
             holders.append((node.node_id, node.objects))
-        return self.table.adopt(Ref(key, blob.size(parts), tuple(holders), owner, name))
+        return self.table.adopt(Ref(key, blob.size(parts), tuple(holders), owner, name), claimed=True)
 
     def _placed(self, ring_key: bytes) -> list[NodeStats]:
         """The ring owner of ``ring_key`` and its replica, among live nodes with an object store."""
@@ -192,7 +197,7 @@ class ObjectClient:
             buffer = _Buffer()
             try:
                 with transfer.ObjectLink(self.context, endpoint, self.key, timeout_s) as link:
-                    transfer.fetch(link, ref.key, buffer.allocate)
+                    transfer.fetch(link, ref.key, buffer.allocate, ref.size)
             except UnknownObjectError:
                 missing.append(endpoint)
                 continue

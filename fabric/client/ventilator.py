@@ -344,7 +344,8 @@ class Ventilator:
         for _ in range(len(self.parked)):
             batch = self.parked.popleft()
             worker_id = choose_by_data(batch.data or {}, self._candidates())
-            if worker_id is None and self.now >= (batch.parked_at or self.now) + self.locality_wait_s:
+            parked_at = self.now if batch.parked_at is None else batch.parked_at
+            if worker_id is None and self.now >= parked_at + self.locality_wait_s:
                 worker_id = self._least_loaded()
             if worker_id is None:
                 self.parked.append(batch)

@@ -15,7 +15,9 @@ kept result, until the client frees it, closes or is forgotten) or while it
 has a name (until ``fx.delete``).  Over the bound, least recently used objects
 leave memory: an unpinned copy is dropped (its holder still has it), a pinned
 object is spilled to disk, never dropped.  Objects are content-addressed where
-they were put (equal bytes are stored once and get more owners); kept results
+they were put (equal bytes are stored once and get more owners, or more claims of
+one owner: each put is a claim and each key in an OBJECT_FREE releases one, so a
+put that overtakes the free of an earlier equal put is not undone by it); kept results
 have random keys.  The store is emptied when the node stops: objects do not
 outlive their node.
 """
@@ -56,7 +58,7 @@ def file_name(key: bytes) -> str:
 class Entry:
     size: int
     on_disk: bool = False
-    owners: set[bytes] = field(default_factory=set)
+    owners: dict[bytes, int] = field(default_factory=dict)  # owner -> its claims (puts) not yet freed
     names: set[str] = field(default_factory=set)
 
     @property
@@ -75,6 +77,7 @@ class Incoming:
     path: Path
     file: IO[bytes]
     started: float
+    on_disk: bool
     received: int = 0
 
 
@@ -151,7 +154,7 @@ class ObjectStore:
         if entry is None:
             return False
         if owner:
-            entry.owners.add(owner)
+            entry.owners[owner] = entry.owners.get(owner, 0) + 1
         if name:
             self._name(name, key)
         self.entries.move_to_end(key)
@@ -162,8 +165,10 @@ class ObjectStore:
             raise ValueError(f"{MAX_INCOMING} puts are being received already")
         if total <= 0:
             raise ValueError("an object has at least a header")
-        path = self.mem_dir / f".in-{file_name(key)}-{os.getpid()}-{request_id}-{len(self.incoming)}"
-        incoming = Incoming(key, total, owner, name, path, open(path, "wb"), time.monotonic())
+        on_disk = total > self.max_bytes  # larger than the memory tier: straight to disk
+        directory = self.disk_dir if on_disk else self.mem_dir
+        path = directory / f".in-{file_name(key)}-{os.getpid()}-{request_id}-{len(self.incoming)}"
+        incoming = Incoming(key, total, owner, name, path, open(path, "wb"), time.monotonic(), on_disk)
         self.incoming[(sender, request_id)] = incoming
         return incoming
 
@@ -176,8 +181,8 @@ class ObjectStore:
     def commit(self, sender: bytes, request_id: int) -> None:
         incoming = self.incoming.pop((sender, request_id))
         incoming.file.close()
-        os.replace(incoming.path, self.path(incoming.key))
-        self._add(incoming.key, incoming.total)
+        os.replace(incoming.path, self.path(incoming.key, incoming.on_disk))
+        self._add(incoming.key, incoming.total, incoming.on_disk)
         self.claim(incoming.key, incoming.owner, incoming.name)
         self._bound()
 
@@ -204,9 +209,13 @@ class ObjectStore:
             self.claim(key, owner, "")
         self._bound()
 
-    def _add(self, key: bytes, size: int) -> None:
-        if key not in self.entries:
-            self.entries[key] = Entry(size)
+    def _add(self, key: bytes, size: int, on_disk: bool = False) -> None:
+        if key in self.entries:
+            return
+        self.entries[key] = Entry(size, on_disk)
+        if on_disk:
+            self.disk_bytes += size
+        else:
             self.memory_bytes += size
 
     def _name(self, name: str, key: bytes) -> None:
@@ -220,14 +229,18 @@ class ObjectStore:
     # -- releasing -----------------------------------------------------------------------
 
     def free(self, owner: bytes, keys: list[bytes]) -> int:
-        """The owner holds no Ref to these any more; return how many objects went."""
+        """The owner holds no Ref to these any more: one claim per key listed; return how many objects went."""
         dropped = 0
         for key in keys:
             entry = self.entries.get(key)
             if entry is None:
                 self.path(key).unlink(missing_ok=True)  # a kept result freed before its worker's ADOPT
                 continue
-            entry.owners.discard(owner)
+            claims = entry.owners.get(owner, 0) - 1
+            if claims > 0:
+                entry.owners[owner] = claims
+            else:
+                entry.owners.pop(owner, None)
             dropped += self._drop_if_free(key)
         return dropped
 
@@ -235,8 +248,8 @@ class ObjectStore:
         """Release what clients no longer attached (closed, or forgotten) owned."""
         dropped = 0
         for key, entry in list(self.entries.items()):
-            if entry.owners - live:
-                entry.owners &= live
+            if entry.owners.keys() - live:
+                entry.owners = {owner: n for owner, n in entry.owners.items() if owner in live}
                 dropped += self._drop_if_free(key)
         return dropped
 

@@ -41,7 +41,8 @@ from .objects import file_name
 log = logging.getLogger(__name__)
 
 OBJECTS_ENV = "FABRIC_OBJECTS"  # how a worker learns its node's store: JSON [node id, endpoint, memory dir, disk dir]
-MAX_VALUES = 8  # values decoded lately, kept per worker
+MAX_VALUES = 8  # values decoded lately, kept per worker...
+MAX_VALUE_BYTES = 256 << 20  # ...and their objects' bytes (an array is a view of the map; bytes are a copy)
 FETCH_TIMEOUT_S = 5.0  # a holder silent this long is taken for dead (its node's liveness is 3 s by default)
 
 
@@ -58,6 +59,7 @@ class LocalObjects:
         self.key = key
         self.client_id = b""  # whose batch runs: the owner of what it keeps
         self.values: OrderedDict[bytes, Any] = OrderedDict()
+        self.value_bytes: dict[bytes, int] = {}
         self.fetched_bytes = 0
 
     @classmethod
@@ -75,9 +77,11 @@ class LocalObjects:
             self.values.move_to_end(ref.key)
             return value
         value = blob.decode(self._view(ref))
-        self.values[ref.key] = value
-        if len(self.values) > MAX_VALUES:
-            self.values.popitem(last=False)
+        if ref.size <= MAX_VALUE_BYTES:
+            self.values[ref.key] = value
+            self.value_bytes[ref.key] = ref.size
+            while len(self.values) > MAX_VALUES or sum(self.value_bytes.values()) > MAX_VALUE_BYTES:
+                self.value_bytes.pop(self.values.popitem(last=False)[0])
         return value
 
     def _view(self, ref: Ref) -> memoryview:
@@ -142,7 +146,7 @@ class LocalObjects:
                 return memoryview(maps[0])[:total]
 
             try:
-                transfer.fetch(link, ref.key, allocate)
+                transfer.fetch(link, ref.key, allocate, ref.size)
             except BaseException:
                 partial.unlink(missing_ok=True)
                 raise

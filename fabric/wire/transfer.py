@@ -126,9 +126,13 @@ def _acked(link: ObjectLink, request_id: int) -> bool:
     return ack.done
 
 
-def fetch(link: ObjectLink, key: bytes, allocate: Callable[[int], memoryview], name: str = "") -> bytes:
-    """Copy the object ``key`` (or named ``name``) into ``allocate(total)``; return its key."""
-    found_key, total = lookup(link, key, name)
+def fetch(link: ObjectLink, key: bytes, allocate: Callable[[int], memoryview], size: int | None = None) -> bytes:
+    """Copy the object ``key`` into ``allocate(total)``; return its key.  ``size``,
+    when known (a Ref's), must be what the node says: a node cannot make the
+    reader allocate what it likes."""
+    found_key, total = lookup(link, key)
+    if size is not None and total != size:
+        raise ProtocolError(f"the node at {link.endpoint} holds {total:,} bytes under a key of {size:,}")
     target = allocate(total)
     request_id = next(_request_ids)
     offsets = iter(range(0, total, CHUNK_BYTES))

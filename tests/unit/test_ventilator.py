@@ -294,3 +294,32 @@ def test_cancelling_keeps_the_batches_counted_as_started_in_queue_order():
     assert vent.drop_pending(keep=2) == [calls[2], chunk]
     assert list(vent.urgent) == calls[:2] and not vent.bulk
     assert vent.drop_pending() == calls[:2] and vent.idle()
+
+
+def test_a_batch_goes_to_the_node_holding_its_data_and_waits_for_a_credit_there():
+    vent = Ventilator(locality_wait_s=0.05)
+    vent.worker_ready(b"wa", 1, b"n-a")
+    vent.worker_ready(b"wb", 1, b"n-b")
+    first, second, third = (map_batch([i]) for i in range(3))
+    for batch in (first, second, third):
+        batch.data = {b"n-a": 5 << 20}
+        vent.enqueue(batch)
+    assert [(w, b) for w, b, _ in vent.dispatch()] == [(b"wa", first)]  # wb is free, but holds none of it
+    assert list(vent.parked) == [second, third]
+    vent.complete(b"wa", first.batch_id)  # a credit on n-a: the next parked batch takes it
+    assert [(w, b) for w, b, _ in vent.dispatch()] == [(b"wa", second)]
+    assert vent.parked_deadline() == 0.05
+    vent.now = 0.06  # waited long enough: it runs where a credit is, and its data moves
+    assert [(w, b) for w, b, _ in vent.dispatch()] == [(b"wb", third)]
+    assert not vent.parked and vent.parked_deadline() == float("inf")
+
+
+def test_parked_batches_count_as_pending_and_are_dropped_at_shutdown():
+    vent = Ventilator(locality_wait_s=1.0)
+    vent.worker_ready(b"wb", 1, b"n-b")
+    batch = map_batch([1])
+    batch.data = {b"n-a": 5 << 20}
+    vent.enqueue(batch)
+    assert list(vent.dispatch()) == []
+    assert vent.has_pending() and not vent.idle()
+    assert vent.drop_pending() == [batch] and not vent.parked
