@@ -21,7 +21,9 @@ nodes died is computed again when its ``submit`` is still held here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import threading
 import time
 from collections import deque
@@ -72,7 +74,9 @@ class ObjectTable:
         self.counts: dict[bytes, int] = {}
         self.claims: dict[bytes, int] = {}  # key -> puts (or the one kept result) the nodes count for us
         self.holders: dict[bytes, tuple[bytes, ...]] = {}  # key -> node ids to free it on
-        self.released: deque[bytes] = deque()
+        self.released: deque[tuple[bytes, int]] = deque()  # (key, generation) of each Ref collected
+        self.generations: dict[bytes, int] = {}  # key -> the generation its live Refs belong to
+        self._next_generation = itertools.count(1).__next__
         self.lineage: dict[bytes, Callable[[], Ref]] = {}
         register_table(client_id, self.adopt)
 
@@ -86,13 +90,19 @@ class ObjectTable:
             if claimed or ref.key not in self.claims:  # a kept result: its worker's one claim
                 self.claims[ref.key] = self.claims.get(ref.key, 0) + 1
             self.holders[ref.key] = ref.node_ids
-        ref._release = self.released.append
+            generation = self.generations.setdefault(ref.key, self._next_generation())
+        # A Ref collected after its key was freed (fx.free, or freed and put again) counts for nothing.
+        ref._release = functools.partial(self._collected, generation)
         return ref
+
+    def _collected(self, generation: int, key: bytes) -> None:
+        self.released.append((key, generation))
 
     def free(self, ref: Ref) -> None:
         """Release the object now, whatever Refs remain (``fx.free``)."""
         with self._lock:
             if self.counts.pop(ref.key, None) is not None:
+                self.generations.pop(ref.key, None)
                 self._send_free([ref.key])
 
     def flush(self) -> None:
@@ -102,12 +112,12 @@ class ObjectTable:
         gone = []
         with self._lock:
             while self.released:
-                key = self.released.popleft()
+                key, generation = self.released.popleft()
                 count = self.counts.get(key)
-                if count is None:
+                if count is None or self.generations.get(key) != generation:
                     continue
                 if count <= 1:
-                    del self.counts[key]
+                    del self.counts[key], self.generations[key]
                     gone.append(key)
                 else:
                     self.counts[key] = count - 1

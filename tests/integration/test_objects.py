@@ -163,3 +163,16 @@ def test_named_objects_are_listed_found_and_deleted(fx):
     assert fx.objects() == []
     with pytest.raises(fabric.UnknownObjectError):
         fx.ref("test-corpus")
+
+
+def test_a_ref_collected_after_its_object_was_freed_and_put_again_frees_nothing(fresh_fx):
+    fx = fresh_fx
+    data = os.urandom(300_000)
+    old = fx.put(data)
+    fx.free(old)
+    new = fx.put(data)  # equal bytes, put again: the same key
+    del old
+    gc.collect()
+    wait_for(lambda: store_figures(fx)["objects"] == 1, 10, "the object put again stored")
+    fx.submit(len, b"").result()  # the I/O thread ticks: any free the collected Ref caused has been sent
+    assert fx.get(new) == data
