@@ -40,7 +40,7 @@ Holder = tuple[bytes, str]  # (node id, object endpoint)
 
 _collect = threading.local()  # .refs: the list a batch being encoded collects its Refs into
 _resolver: Callable[[Ref], Any] | None = None  # a worker's, while it decodes a batch
-_tables: dict[bytes, Callable[[Ref], None]] = {}  # client id -> its object table's adopt (client processes)
+_tables: dict[bytes, Callable[[Ref], object]] = {}  # client id -> its object table's adopt (client processes)
 _failed_seen = threading.local()  # .flag: a failed argument was decoded (worker)
 
 
@@ -143,7 +143,7 @@ def resolving(resolver: Callable[[Ref], Any]) -> Iterator[None]:
         _resolver = outer
 
 
-def register_table(owner: bytes, adopt: Callable[[Ref], None]) -> None:
+def register_table(owner: bytes, adopt: Callable[[Ref], object]) -> None:
     _tables[owner] = adopt
 
 

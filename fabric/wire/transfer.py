@@ -136,25 +136,27 @@ def fetch(link: ObjectLink, key: bytes, allocate: Callable[[int], memoryview], s
     target = allocate(total)
     request_id = next(_request_ids)
     offsets = iter(range(0, total, CHUNK_BYTES))
-    in_flight = 0
+    pending: dict[int, int] = {}  # offset -> length of each chunk asked for and not yet received
+
+    def ask(offset: int) -> None:
+        pending[offset] = min(CHUNK_BYTES, total - offset)
+        link.send(ObjectGet(request_id, found_key, "", offset, pending[offset]))
+
     for offset in itertools.islice(offsets, WINDOW):
-        link.send(ObjectGet(request_id, found_key, "", offset, min(CHUNK_BYTES, total - offset)))
-        in_flight += 1
-    while in_flight:
+        ask(offset)
+    while pending:
         reply = link.receive(request_id)
         if isinstance(reply, ObjectMissing):
             raise UnknownObjectError(f"object {found_key.hex()} vanished from the node at {link.endpoint}")
         if not isinstance(reply, ObjectData) or reply.key != found_key or reply.total != total:
             raise ProtocolError(f"unexpected answer {type(reply).__name__} to OBJECT_GET")
         data = memoryview(reply.payload[0])
-        if reply.offset + data.nbytes > total:
-            raise ProtocolError("OBJECT_DATA beyond the object's end")
+        if pending.pop(reply.offset, None) != data.nbytes:  # every chunk asked for, once, whole
+            raise ProtocolError(f"OBJECT_DATA at {reply.offset} with {data.nbytes} bytes was not asked for")
         target[reply.offset : reply.offset + data.nbytes] = data
-        in_flight -= 1
-        offset = next(offsets, None)
-        if offset is not None:
-            link.send(ObjectGet(request_id, found_key, "", offset, min(CHUNK_BYTES, total - offset)))
-            in_flight += 1
+        following = next(offsets, None)
+        if following is not None:
+            ask(following)
     return found_key
 
 
