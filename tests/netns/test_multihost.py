@@ -245,3 +245,57 @@ def test_a_one_way_loss_from_a_hosts_workers_to_the_client_does_not_stall_a_map(
     assert_each_result_once(result, n)
     assert dropped_packets(hosts) > 0  # the rule was in place, and hit, until the map ended
     assert "host2" in result["done"]  # its node was never declared dead: liveness, not node loss, undid the stall
+
+
+PIPELINE = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    import fabric
+
+    def make(i):
+        return np.full((1 << 20) // 8, float(i))  # 1 MiB
+
+    def head(array):
+        return float(array[0])
+
+    def client_bytes():
+        link = sys.argv[2]
+        return sum(int(open(f"/sys/class/net/{link}/statistics/{d}_bytes").read()) for d in ("rx", "tx"))
+
+    n = 40
+    with fabric.connect(sys.argv[1], insecure=True, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
+        deadline = time.monotonic() + 30
+        while fx.workers() < 2 and time.monotonic() < deadline:
+            fabric.wait([fx.submit(head, [0.0])], timeout=0.2)
+        before = client_bytes()
+        kept = list(fx.map(make, range(n), keep=True))
+        heads = list(fx.map(head, kept))
+        kept_bytes = client_bytes() - before
+        holders = sorted({ref.node_ids[0].decode() for ref in kept})
+        before = client_bytes()
+        through = list(fx.map(head, fx.map(make, range(n))))
+        through_bytes = client_bytes() - before
+        print(json.dumps({"heads": heads, "through": through, "kept_bytes": kept_bytes,
+                          "through_bytes": through_bytes, "holders": len(holders)}))
+    """
+)
+
+
+def test_a_keep_pipeline_across_hosts_sends_no_intermediate_through_the_client(hosts, nodes, tmp_path):
+    script = tmp_path / "pipeline.py"
+    script.write_text(PIPELINE)
+    seed = f"tcp://{hosts.address(1)}:{NODE_PORT}"
+    client = hosts.exec(0, sys.executable, str(script), seed, hosts.link(0), stdout=subprocess.PIPE)
+    try:
+        out, _ = client.communicate(timeout=100)
+    finally:
+        client.kill()
+    assert client.returncode == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    n, mib = 40, 1 << 20
+    print(f"client bytes: keep {result['kept_bytes']:,}, through the client {result['through_bytes']:,}")
+    assert result["heads"] == result["through"] == [float(i) for i in range(n)]
+    assert result["holders"] == 2  # both hosts made intermediates
+    assert result["through_bytes"] > 2 * n * mib  # each intermediate came to the client and went out again
+    assert result["kept_bytes"] < n * mib // 10  # with keep=True only Refs and control traffic reach it
