@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import SerializationError
 from ..wire import codec
-from ..wire.ref import failed_argument, value_of
+from ..wire.ref import encoding_a_batch, failed_argument, value_of
 from .ventilator import miscounted
 
 __all__ = ["Future", "FutureGroup", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
@@ -103,7 +103,10 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def __reduce__(self) -> tuple[Any, ...]:
         """A future given as a task's argument travels as its result (see
-        :mod:`fabric.client.dependencies`); pending, it cannot travel yet."""
+        :mod:`fabric.client.dependencies`); pending, it cannot travel yet.
+        Pickled anywhere else, a future refuses, as the stdlib's does."""
+        if not encoding_a_batch():
+            raise TypeError(f"cannot pickle {self!r}: pass it to submit/map as an argument, or pickle its result")
         if self._state == "FINISHED":
             if self._exception is None:
                 return value_of, (self._result,)

@@ -131,6 +131,11 @@ def stop_collecting() -> None:
     _collect.refs = None
 
 
+def encoding_a_batch() -> bool:
+    """This thread is encoding a batch (between start_ and stop_collecting)."""
+    return getattr(_collect, "refs", None) is not None
+
+
 @contextmanager
 def resolving(resolver: Callable[[Ref], Any]) -> Iterator[None]:
     """Refs unpickled inside the block become ``resolver(ref)`` (a worker decoding a batch)."""

@@ -176,3 +176,12 @@ def test_a_ref_collected_after_its_object_was_freed_and_put_again_frees_nothing(
     wait_for(lambda: store_figures(fx)["objects"] == 1, 10, "the object put again stored")
     fx.submit(len, b"").result()  # the I/O thread ticks: any free the collected Ref caused has been sent
     assert fx.get(new) == data
+
+
+def test_a_future_pickled_outside_a_call_refuses_as_the_stdlibs_does(fx):
+    import pickle
+
+    future = fx.submit(square, 2)
+    future.result()
+    with pytest.raises(TypeError, match="pass it to submit/map"):
+        pickle.dumps(future)
