@@ -24,6 +24,7 @@ import json
 import logging
 import mmap
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 OBJECTS_ENV = "FABRIC_OBJECTS"  # how a worker learns its node's store: JSON [node id, endpoint, memory dir, disk dir]
 MAX_VALUES = 8  # values decoded lately, kept per worker...
 MAX_VALUE_BYTES = 256 << 20  # ...and their objects' bytes (an array is a view of the map; bytes are a copy)
+FAILED_FOR_S = 1.0  # a failed fetch is not tried again for this long (the other calls of its batch fail at once)
 FETCH_TIMEOUT_S = 5.0  # a holder silent this long is taken for dead (its node's liveness is 3 s by default)
 
 
@@ -60,6 +62,7 @@ class LocalObjects:
         self.client_id = b""  # whose batch runs: the owner of what it keeps
         self.values: OrderedDict[bytes, Any] = OrderedDict()
         self.value_bytes: dict[bytes, int] = {}
+        self.failed: dict[bytes, tuple[float, FabricError]] = {}  # key -> (until when, why) a fetch failed
         self.fetched_bytes = 0
 
     @classmethod
@@ -87,8 +90,17 @@ class LocalObjects:
     def _view(self, ref: Ref) -> memoryview:
         view = self._map_local(ref.key)
         if view is None:
-            with self._fetch_lock(ref.key):
-                view = self._map_local(ref.key) or self._fetch(ref)
+            failed = self.failed.get(ref.key)
+            if failed is not None and time.monotonic() < failed[0]:
+                raise failed[1]  # the calls of one batch do not wait for the same dead holder one by one
+            try:
+                with self._fetch_lock(ref.key):
+                    view = self._map_local(ref.key) or self._fetch(ref)
+            except (ObjectLostError, UnknownObjectError) as exc:
+                now = time.monotonic()
+                self.failed = {k: v for k, v in self.failed.items() if v[0] > now}
+                self.failed[ref.key] = (now + FAILED_FOR_S, exc)
+                raise
         return view
 
     def _map_local(self, key: bytes) -> memoryview | None:

@@ -107,6 +107,9 @@ def test_sigkill_of_the_holding_node(tmp_path, start_node, replicas):
         else:
             with pytest.raises(fabric.ObjectLostError):
                 fx.get(ref)
+            for future in [fx.submit(len, ref) for _ in range(3)]:  # every task that needs it fails too
+                with pytest.raises(fabric.ObjectLostError):
+                    future.result(timeout=60)
         assert fx.get(kept) == 144  # recomputed when its node was the one killed
         assert load_config(config).cache.replicas == replicas
 
