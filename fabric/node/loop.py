@@ -306,10 +306,12 @@ class Node:
     def _on_message(self, sender: bytes, msg: Message, now: float) -> None:
         if isinstance(msg, (CacheGet, CachePut, CacheClear)):
             self._on_cache(sender, msg)
-        elif isinstance(msg, ObjectFree):
+        elif isinstance(msg, ObjectFree) and msg.owner == sender:  # a client frees only its own claims
             self.objects.free(msg.owner, msg.keys)
-        elif isinstance(msg, ObjectAdopt):
+        elif isinstance(msg, ObjectAdopt) and sender in self.state.workers:  # only this node's workers write
             self.objects.adopt(msg.owner, msg.key, msg.pinned)
+        elif isinstance(msg, (ObjectFree, ObjectAdopt)):
+            self.state.faults.record(f"refused {type(msg).__name__}", f"from {sender!r:.40}, not its sender's to send")
         else:
             self._perform(self.state.on_message(sender, msg, now))
             if isinstance(msg, Goodbye):

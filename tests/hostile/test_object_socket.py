@@ -57,3 +57,21 @@ def test_forged_and_malformed_object_requests_are_refused_and_the_node_serves_on
         raw.close()
         assert len(fx.get(real)) == 100_000
         assert fx.submit(len, real).result(timeout=30) == 100_000
+
+
+def test_a_client_cannot_free_what_another_client_owns(start_node, zmq_context):
+    from fabric.wire.protocol import ObjectFree, Status, StatusReply
+
+    address = free_address()
+    start_node(address, **FAST)
+    with fabric.connect(address, **FAST) as fx:
+        ref = fx.put(os.urandom(50_000))
+        impostor = zmq_context.socket(zmq.DEALER)
+        impostor.setsockopt(zmq.LINGER, 0)
+        impostor.setsockopt(zmq.IDENTITY, b"c-impostor")
+        impostor.connect(address)
+        impostor.send_multipart(to_frames(ObjectFree(ref.owner, [ref.key])))  # the owner's id, from its Ref
+        impostor.send_multipart(to_frames(Status()))  # answered after the FREE was handled
+        assert isinstance(answer(impostor), StatusReply)
+        impostor.close()
+        assert len(fx.get(ref)) == 50_000
