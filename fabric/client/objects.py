@@ -41,6 +41,7 @@ from ..wire.protocol import ObjectFree
 from ..wire.ref import Ref, register_table, unregister_table
 from ..wire.security import ClusterKey
 
+UNLISTED_HOLDER_WAIT_S = 1.0  # how long get waits on a holder this client does not list as live
 NODES_WAIT_POLL_S = 0.01  # how often put/get look for a node with an object store while none is known yet
 
 
@@ -201,12 +202,13 @@ class ObjectClient:
         live = {n.node_id for n in self._live()}
         timeout_s = transfer.TIMEOUT_S if timeout is None else max(0.001, timeout)
         missing = []
-        for node_id, endpoint in ref.holders:
-            if node_id not in live:
-                continue
+        # Live holders first; one this client thinks dead is still asked, briefly: a node whose
+        # loop stalled (a loaded machine) may be declared dead for a moment while it holds the object.
+        for node_id, endpoint in sorted(ref.holders, key=lambda holder: holder[0] not in live):
+            wait_s = timeout_s if node_id in live else min(timeout_s, UNLISTED_HOLDER_WAIT_S)
             buffer = _Buffer()
             try:
-                with transfer.ObjectLink(self.context, endpoint, self.key, timeout_s) as link:
+                with transfer.ObjectLink(self.context, endpoint, self.key, wait_s) as link:
                     transfer.fetch(link, ref.key, buffer.allocate, ref.size)
             except UnknownObjectError:
                 missing.append(endpoint)

@@ -45,7 +45,8 @@ from .processes import Faults
 log = logging.getLogger(__name__)
 
 SOCKET_SLACK_BYTES = 1 << 20
-MAX_MESSAGES_PER_TURN = 256  # then the loop's other sockets get their turn
+MAX_MESSAGES_PER_TURN = 256  # then the loop's other sockets (heartbeats) get their turn...
+MAX_BYTES_PER_TURN = 64 << 20  # ...or after about this many bytes written or served
 
 
 class ObjectServer:
@@ -59,11 +60,15 @@ class ObjectServer:
         self.received_bytes = 0
 
     def on_readable(self) -> None:
+        moved = 0
         for _ in range(MAX_MESSAGES_PER_TURN):
+            if moved > MAX_BYTES_PER_TURN:
+                return
             try:
                 sender, *frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            moved += sum(len(frame) for frame in frames) + MAX_CHUNK_BYTES // 8  # a read serves ~a chunk
             try:
                 msg = from_frames(frames)
                 self._handle(sender.bytes, msg)
