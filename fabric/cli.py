@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a cluster key")
     start.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
     start.add_argument("--cache-dir", help="directory of this node's result-cache shard (default: the config's)")
+    start.add_argument("--store-max-bytes", type=int,
+                       help="object bytes kept in memory; past it the least recently used spill to disk (2 GiB)")
 
     status = commands.add_parser("status", help="print a table of the live nodes")
     status.add_argument("address", nargs="?", help="any node's control endpoint")
@@ -93,6 +95,7 @@ def node_settings(args: argparse.Namespace) -> NodeSettings:
         "memory_limit_mb": args.memory_limit_mb, "max_clients": args.max_clients,
         "heartbeat_interval_s": args.heartbeat_interval, "liveness_s": args.liveness, "insecure": args.insecure or None,
         "cache": replace(settings.cache, dir=args.cache_dir) if args.cache_dir else None,
+        "store": replace(settings.store, max_bytes=args.store_max_bytes) if args.store_max_bytes else None,
     }
     settings = replace(settings, **{k: v for k, v in flags.items() if v is not None})
     check_settings(settings, "command line")

@@ -7,7 +7,15 @@ import pytest
 
 import fabric
 from fabric import cli
-from fabric.config import CacheConfig, ClusterConfig, ConfigError, NodeSettings, check_settings, parse_config
+from fabric.config import (
+    CacheConfig,
+    ClusterConfig,
+    ConfigError,
+    NodeSettings,
+    check_settings,
+    load_config,
+    parse_config,
+)
 
 # key, a bad value, how every source's message ends
 CASES = [
@@ -126,3 +134,18 @@ def test_the_command_line_wins_over_the_cluster_file(tmp_path):
     bad = cli.build_parser().parse_args(["start", "--config", str(path), "--name", "a", "--heartbeat-interval", "3"])
     with pytest.raises(ConfigError, match="liveness_s: must exceed heartbeat_interval_s"):  # 2.0 from the file
         cli.node_settings(bad)
+
+
+def test_the_object_store_settings_come_from_the_cluster_file_and_the_command_line(tmp_path):
+    path = tmp_path / "cluster.toml"
+    path.write_text('[store]\nmax_bytes = 4096\nlocality_bytes = 10\nlocality_wait_s = 0\n'
+                    '[[node]]\nname = "a"\naddress = "tcp://127.0.0.1:7100"\n')
+    config = load_config(path)
+    assert (config.store.max_bytes, config.store.locality_bytes, config.store.locality_wait_s) == (4096, 10, 0.0)
+    assert config.node("a").store == config.store
+    assert NodeSettings.from_json(config.node("a").to_json(), "json").store == config.store
+    args = cli.build_parser().parse_args(["start", "--config", str(path), "--name", "a", "--store-max-bytes", "99"])
+    assert cli.node_settings(args).store.max_bytes == 99
+    path.write_text('[store]\nmax_bytes = 0\n')
+    with pytest.raises(ConfigError, match="store"):
+        load_config(path)
