@@ -131,3 +131,21 @@ def test_fabric_node_status_shows_each_nodes_store(tmp_path, start_node):
         assert "objects" in header and "store MB" in header
         line = wait_for(lambda: (text := status_line()).split()[11:13] == ["1", "3.0"] and text, 10, "the put listed")
         assert line
+
+
+def where_and_len(data: bytes, _: int = 0) -> tuple[bytes, int]:
+    return node_of_worker(), len(data)
+
+
+def test_a_worker_fetches_what_its_node_lacks_from_the_holding_node(tmp_path, start_node):
+    config, _ = two_nodes(tmp_path, start_node)
+    with connected(config) as fx:
+        ref = fx.put(os.urandom(300_000))  # under the locality threshold: tasks run anywhere
+        ran = set()
+        for _ in range(20):
+            ran |= {node for node, size in fx.map(where_and_len, [ref] * 8, range(8), chunksize=1) if size == 300_000}
+            if len(ran) == 2:
+                break
+        assert len(ran) == 2  # a worker of the other node read it too: its node fetched a copy
+        wait_for(lambda: [s["objects"] for s in fx.statistics().store.values()] == [1, 1], 10, "a copy on each node")
+        assert fx.map_reduce(where_and_len, lambda total, pair: total + pair[1], [ref] * 4, initial=0) == 1_200_000
