@@ -7,8 +7,9 @@ no scheduler::
     f1 resolved (I/O thread) ─► resume: f1 failed ─► g's future fails with f1's exception, unrun
                                        f1 done   ─► g pickled again, f1 as its result (a Ref when
                                                     f1 kept it: g then runs where that object is)
-    map(g, [f1, f2]) ── the map's feeding thread waits for the chunk's futures, then sends the
-                        chunk; a failed one travels as a marker, and its item raises, unrun
+    map(g, [f1, f2]) ── a chunk holding f1 pending is sent once its futures are done, from the
+                        thread that finishes the last; a failed one travels as a marker, and its
+                        item raises, unrun (the map's later chunks go meanwhile)
 
 Nothing here runs for calls without futures: a future is found by pickling
 (``Future.__reduce__`` raises when it is not done), never by inspecting
@@ -24,7 +25,7 @@ from typing import Any
 
 from .futures import Future, failed_as_markers
 
-__all__ = ["failed_as_markers", "failure_of", "futures_in", "wait_all", "when_done"]
+__all__ = ["failed_as_markers", "failure_of", "futures_in", "when_done"]
 
 MAX_DEPTH = 8  # containers searched for futures, nested
 
@@ -65,7 +66,3 @@ def when_done(futures: list[Future], then: Callable[[BaseException | None], None
         then(None)
     for future in futures:
         future.add_done_callback(one_done)
-
-
-def wait_all(futures: list[Future], deadline_s: float | None = None) -> None:
-    concurrent.futures.wait(futures, deadline_s)

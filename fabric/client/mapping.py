@@ -24,6 +24,7 @@ result per item, in input order when ordered.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import pickle
 import threading
@@ -38,7 +39,7 @@ from ..wire import codec
 from ..wire.protocol import Mode
 from ..wire.ref import start_collecting, stop_collecting
 from .batching import BatchSizer
-from .dependencies import failed_as_markers, futures_in, wait_all
+from .dependencies import failed_as_markers, futures_in, when_done
 from .futures import PendingArgument
 from .ventilator import Batch, miscounted, next_batch_id
 
@@ -302,15 +303,26 @@ class MapStream:
                 self._lengths[seq] -= len(repeats)
         return computed
 
-    def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None) -> None:
-        """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch."""
+    def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None,
+                    encoder: codec.PayloadEncoder | None = None) -> None:
+        """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch; a
+        chunk holding futures not done is posted once they are (from the thread that
+        finishes the last), with a failed one as a marker its item raises."""
+        refs = start_collecting()
         try:
-            codec_id, payload, refs = self._encode(items)
+            with failed_as_markers() if encoder is not None else contextlib.nullcontext():
+                codec_id, payload = (encoder or self._encoder).encode(items)
             if self._check_size is not None:
                 self._check_size(payload, f"map input items {start}..{start + len(items) - 1}")
+        except PendingArgument:
+            later = codec.PayloadEncoder()  # the I/O thread encodes it, while this thread may encode others
+            when_done(futures_in(list(items)), lambda _: self._post_items(seq, start, items, indices, later))
+            return
         except SerializationError as exc:
             self._post_unencodable(seq, start, items, indices, exc)
             return
+        finally:
+            stop_collecting()
         self._post(
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
@@ -318,25 +330,6 @@ class MapStream:
                 refs=refs or None, data=self._locate(refs) if refs and self._locate else None,
             )
         )
-
-    def _encode(self, items: Sequence[Any]) -> tuple[int, list[Any], list[Any]]:
-        """Encode a chunk, noting the Refs it holds; a chunk holding futures not done
-        waits for them here (failed ones travel as markers its items raise)."""
-        refs = start_collecting()
-        try:
-            codec_id, payload = self._encoder.encode(items)
-            return codec_id, payload, refs
-        except PendingArgument:
-            wait_all(futures_in(list(items)))
-        finally:
-            stop_collecting()
-        refs = start_collecting()
-        try:
-            with failed_as_markers():
-                codec_id, payload = self._encoder.encode(items)
-        finally:
-            stop_collecting()
-        return codec_id, payload, refs
 
     def _post_unencodable(
         self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None, exc: SerializationError

@@ -173,8 +173,8 @@ class TaskAPI:
         size (default: adapted to 20-100 ms of work per batch).  ``timeout``
         bounds the caller's wait, from this call, as in ``Executor.map``; task
         options (``task_timeout``, ``retries``, ``retry_on``, ``cache``, ``keep``)
-        may be given as keywords.  An input holding a fabric future waits for it
-        (in the thread that reads the map).
+        may be given as keywords.  An input holding a fabric future is sent when
+        the future is done.
         """
         pipeline = self._pipeline
         pipeline.check_open()

@@ -185,3 +185,11 @@ def test_a_future_pickled_outside_a_call_refuses_as_the_stdlibs_does(fx):
     future.result()
     with pytest.raises(TypeError, match="pass it to submit/map"):
         pickle.dumps(future)
+
+
+def test_a_map_over_pending_futures_returns_at_once_and_later_chunks_go_meanwhile(fx, gate):
+    slow = fx.submit(gated, gate.path, 5)
+    results = fx.map(add, [slow, 1, 2], [1, 1, 1], chunksize=1)  # returns although its first input is pending
+    assert not slow.done()
+    gate.open()
+    assert list(results) == [6, 2, 3]
