@@ -35,7 +35,7 @@ import zmq
 
 from ..cluster.ring import CacheRing
 from ..cluster.stats import NodeStats
-from ..errors import NoNodesError, ObjectLostError, UnknownObjectError
+from ..errors import FabricError, NoNodesError, ObjectLostError, UnknownObjectError
 from ..wire import blob, transfer
 from ..wire.protocol import ObjectFree
 from ..wire.ref import Ref, register_table, unregister_table
@@ -160,10 +160,17 @@ class ObjectClient:
         key = blob.content_key(parts)
         owner = b"" if name else self.table.client_id
         holders = []
+        failure: BaseException | None = None
         for node in self._placed(hashlib.sha256(name.encode()).digest()[:16] if name else key):
-            with transfer.ObjectLink(self.context, node.objects, self.key) as link:
-                transfer.put(link, key, parts, owner, name)
+            try:
+                with transfer.ObjectLink(self.context, node.objects, self.key) as link:
+                    transfer.put(link, key, parts, owner, name)
+            except (FabricError, zmq.ZMQError) as exc:  # a replica that failed: the others may hold it
+                failure = exc
+                continue
             holders.append((node.node_id, node.objects))
+        if not holders:
+            raise failure or NoNodesError("no node took the object")
         return self.table.adopt(Ref(key, blob.size(parts), tuple(holders), owner, name), claimed=True)
 
     def _placed(self, ring_key: bytes) -> list[NodeStats]:

@@ -149,3 +149,18 @@ def test_a_worker_fetches_what_its_node_lacks_from_the_holding_node(tmp_path, st
         assert len(ran) == 2  # a worker of the other node read it too: its node fetched a copy
         wait_for(lambda: [s["objects"] for s in fx.statistics().store.values()] == [1, 1], 10, "a copy on each node")
         assert fx.map_reduce(where_and_len, lambda total, pair: total + pair[1], [ref] * 4, initial=0) == 1_200_000
+
+
+def test_a_put_whose_replica_does_not_answer_is_held_by_the_other(tmp_path, start_node):
+    import signal
+
+    config, nodes = two_nodes(tmp_path, start_node, "[cache]", "replicas = 2")
+    with connected(config) as fx:
+        nodes["beta"].send_signal(signal.SIGSTOP)  # listed as live for another second: the put starts on both
+        try:
+            ref = fx.put(np.arange(10.0))  # beta's part times out (transfer.TIMEOUT_S)
+            names = {n.node_id: n.name for n in fx.nodes()}
+            assert [names.get(node_id, "beta") for node_id in ref.node_ids] == ["alpha"]
+            assert float(fx.get(ref).sum()) == 45.0
+        finally:
+            nodes["beta"].send_signal(signal.SIGCONT)
