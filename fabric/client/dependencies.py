@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .futures import Future, failed_as_markers
@@ -49,7 +49,7 @@ def failure_of(future: concurrent.futures.Future) -> BaseException | None:
     return future.exception()
 
 
-def when_done(futures: list[Future], then: Callable[[BaseException | None], None]) -> None:
+def when_done(futures: Sequence[concurrent.futures.Future], then: Callable[[BaseException | None], None]) -> None:
     """Call ``then(first failure or None)`` once every future is done (in the
     thread that finishes the last one, or here if all are done already)."""
     remaining = [len(futures)]

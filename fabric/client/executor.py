@@ -177,7 +177,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._pipeline = Pipeline(
                 self._io.post_batch, self._io.capacity, self._io.workers, self._check_open,
                 FunctionShipper(config.retries), self._io.cache, config.max_message_bytes, self._io.objects,
-                config.store.locality_bytes,
+                self._live_node_ids, config.store.locality_bytes,
             )
             self._objects = ObjectClient(
                 self._context, self._io.objects, self._io.view.live_nodes, self._io.post, config.cache.replicas,
@@ -297,6 +297,9 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     def nodes(self) -> tuple[NodeStats, ...]:
         """``statistics().nodes``: the live nodes, as their latest heartbeats describe them."""
         return self.statistics().nodes
+
+    def _live_node_ids(self) -> set[bytes]:
+        return {node.node_id for node in list(self._io.view.live_nodes())}
 
     def _check_open(self) -> None:
         if self._closed:

@@ -21,6 +21,7 @@ nodes died is computed again when its ``submit`` is still held here.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
 import itertools
@@ -38,7 +39,7 @@ from ..cluster.stats import NodeStats
 from ..errors import FabricError, NoNodesError, ObjectLostError, UnknownObjectError
 from ..wire import blob, transfer
 from ..wire.protocol import ObjectFree
-from ..wire.ref import Ref, register_table, unregister_table
+from ..wire.ref import Ref, current, redirect, register_table, unregister_table
 from ..wire.security import ClusterKey
 
 UNLISTED_HOLDER_WAIT_S = 1.0  # how long get waits on a holder this client does not list as live
@@ -78,7 +79,7 @@ class ObjectTable:
         self.released: deque[tuple[bytes, int]] = deque()  # (key, generation) of each Ref collected
         self.generations: dict[bytes, int] = {}  # key -> the generation its live Refs belong to
         self._next_generation = itertools.count(1).__next__
-        self.lineage: dict[bytes, Callable[[], Ref]] = {}
+        self.lineage: dict[bytes, Callable[[], concurrent.futures.Future]] = {}  # key -> submits its call again
         register_table(client_id, self.adopt)
 
     def adopt(self, ref: Ref, claimed: bool = False) -> Ref:
@@ -106,6 +107,27 @@ class ObjectTable:
                 self.generations.pop(ref.key, None)
                 self._send_free([ref.key])
 
+    def lost(self, refs: list[Ref], live: Callable[[], set[bytes]]) -> list[Ref]:
+        """The kept results among ``refs`` that this client can compute again and
+        whose every holder is gone from the live nodes."""
+        if not self.lineage or not any(ref.key in self.lineage for ref in refs):
+            return []
+        alive = live()
+        return [ref for ref in {r.key: r for r in refs}.values()
+                if ref.key in self.lineage and not alive.intersection(ref.node_ids)]
+
+    def recompute(self, ref: Ref) -> concurrent.futures.Future:
+        """Submit the call that made the kept result ``ref`` again; once done, Refs
+        to it pickle as the new result's (so a dependent sent then reads that)."""
+        resubmitted = self.lineage[ref.key]()
+
+        def redirect_to(done: concurrent.futures.Future) -> None:
+            if not done.cancelled() and done.exception() is None and isinstance(done.result(), Ref):
+                redirect(ref.key, done.result())  # the new result's own lineage is its submit's
+
+        resubmitted.add_done_callback(redirect_to)
+        return resubmitted
+
     def flush(self) -> None:
         """Send OBJECT_FREE for keys whose last Ref is gone (the I/O thread, at its ticks)."""
         if not self.released:
@@ -128,6 +150,7 @@ class ObjectTable:
         by_node: dict[bytes, list[bytes]] = {}
         for key in keys:
             self.lineage.pop(key, None)
+            redirect(key, None)
             claims = [key] * self.claims.pop(key, 1)
             for node_id in self.holders.pop(key, ()):
                 by_node.setdefault(node_id, []).extend(claims)
@@ -197,13 +220,13 @@ class ObjectClient:
 
     def get(self, ref: Ref, timeout: float | None = None) -> Any:
         """The value of ``ref``, fetched from a live holder; a lost kept result is computed again."""
+        ref = current(ref)
         try:
             return self._fetch(ref, timeout)
         except ObjectLostError:
-            recompute = self.table.lineage.get(ref.key)
-            if recompute is None:
+            if ref.key not in self.table.lineage:
                 raise
-            return self._fetch(recompute(), timeout)
+            return self._fetch(self.table.recompute(ref).result(timeout), timeout)
 
     def _fetch(self, ref: Ref, timeout: float | None) -> Any:
         live = {n.node_id for n in self._live()}

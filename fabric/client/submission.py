@@ -76,6 +76,7 @@ class Pipeline:
     cache: CacheClient
     max_message_bytes: int
     objects: ObjectTable
+    live_nodes: Callable[[], set[bytes]]
     locality_bytes: int = 1 << 20
 
     def locate(self, refs: list[Ref]) -> dict[bytes, int] | None:
@@ -118,7 +119,7 @@ class TaskAPI:
         if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
         if options.keep:  # a kept result lost with its node is computed again while this call is held
-            _remember(pipeline.objects, future, lambda: self.submit(fn, *args, **kwargs).result())
+            _remember(pipeline.objects, future, lambda: self.submit(fn, *args, **kwargs))
         self._post_call(fn, (digest, fn_payload), args, kwargs, future)
         return future
 
@@ -135,6 +136,11 @@ class TaskAPI:
             return
         finally:
             stop_collecting()
+        lost = pipeline.objects.lost(refs, pipeline.live_nodes) if refs else None
+        if lost:  # kept results whose nodes died: computed again first, then this call reads the new ones
+            when_done([pipeline.objects.recompute(ref) for ref in lost],
+                      lambda failed: self._resume(fn, shipped, args, kwargs, future, failed))
+            return
         pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
         batch = Batch(
             next_batch_id(), shipped[0], shipped[1], Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
@@ -308,7 +314,7 @@ class FunctionShipper:
         return entry[1]
 
 
-def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Ref]) -> None:
+def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Future]) -> None:
     """Note how to compute a kept result again, once its Ref is known."""
 
     def note(done: concurrent.futures.Future) -> None:

@@ -41,6 +41,7 @@ Holder = tuple[bytes, str]  # (node id, object endpoint)
 _collect = threading.local()  # .refs: the list a batch being encoded collects its Refs into
 _resolver: Callable[[Ref], Any] | None = None  # a worker's, while it decodes a batch
 _tables: dict[bytes, Callable[[Ref], object]] = {}  # client id -> its object table's adopt (client processes)
+_redirects: dict[bytes, Ref] = {}  # key of a kept result whose nodes died -> the Ref of its recomputation
 _failed_seen = threading.local()  # .flag: a failed argument was decoded (worker)
 
 
@@ -64,10 +65,11 @@ class Ref:
         self._release: Callable[[bytes], None] | None = None  # set by the owning client's table
 
     def __reduce__(self) -> tuple[Any, ...]:
+        current = _redirects.get(self.key, self) if _redirects else self  # a lost kept result, computed again
         refs = getattr(_collect, "refs", None)
         if refs is not None:
-            refs.append(self)
-        return load_ref, (self.key, self.size, [list(h) for h in self.holders], self.owner, self.name)
+            refs.append(current)
+        return load_ref, (current.key, current.size, [list(h) for h in current.holders], current.owner, current.name)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ref) and other.key == self.key
@@ -146,6 +148,19 @@ def resolving(resolver: Callable[[Ref], Any]) -> Iterator[None]:
         yield
     finally:
         _resolver = outer
+
+
+def redirect(old_key: bytes, new: Ref | None) -> None:
+    """Pickle Refs to ``old_key`` as ``new`` from now on (None: no more)."""
+    if new is None:
+        _redirects.pop(old_key, None)
+    else:
+        _redirects[old_key] = new
+
+
+def current(ref: Ref) -> Ref:
+    """``ref``, or the Ref of its recomputation."""
+    return _redirects.get(ref.key, ref)
 
 
 def register_table(owner: bytes, adopt: Callable[[Ref], object]) -> None:

@@ -164,3 +164,19 @@ def test_a_put_whose_replica_does_not_answer_is_held_by_the_other(tmp_path, star
             assert float(fx.get(ref).sum()) == 45.0
         finally:
             nodes["beta"].send_signal(signal.SIGCONT)
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+def test_a_lost_kept_result_is_computed_again_for_its_dependents_and_get(tmp_path, start_node):
+    config, nodes = two_nodes(tmp_path, start_node)
+    with connected(config) as fx:
+        names = {n.node_id: n.name for n in fx.nodes()}
+        kept = fx.options(keep=True).submit(square, 7).result()
+        kill_node(nodes[names[kept.node_ids[0]]])
+        wait_for(lambda: len(fx.nodes()) == 1, 20, "the killed node declared dead")
+        dependent = fx.submit(add_one, kept)  # its input is gone: its call runs again first
+        assert dependent.result(timeout=60) == 50
+        assert fx.get(kept) == 49
