@@ -317,7 +317,8 @@ class Ventilator:
 
     def dispatch(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
         """Yield (worker id, batch, frames) for every batch that has a credit."""
-        yield from self._unpark()
+        if self.parked:
+            yield from self._unpark()
         while True:
             worker_id = self._least_loaded()
             if worker_id is None:

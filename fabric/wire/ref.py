@@ -24,8 +24,7 @@ worker then fails the items that hold one without running them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import UnknownObjectError
@@ -138,16 +137,23 @@ def encoding_a_batch() -> bool:
     return getattr(_collect, "refs", None) is not None
 
 
-@contextmanager
-def resolving(resolver: Callable[[Ref], Any]) -> Iterator[None]:
-    """Refs unpickled inside the block become ``resolver(ref)`` (a worker decoding a batch)."""
-    global _resolver
-    outer, _resolver = _resolver, resolver
-    _failed_seen.flag = False
-    try:
-        yield
-    finally:
-        _resolver = outer
+class resolving:  # noqa: N801 - used as a context manager, named like one
+    """Refs unpickled inside the block become ``resolver(ref)`` (a worker decoding a
+    batch).  A class, not a generator: it is entered once per batch on the worker."""
+
+    __slots__ = ("resolver", "outer")
+
+    def __init__(self, resolver: Callable[[Ref], Any]) -> None:
+        self.resolver = resolver
+
+    def __enter__(self) -> None:
+        global _resolver
+        self.outer, _resolver = _resolver, self.resolver
+        _failed_seen.flag = False
+
+    def __exit__(self, *exc: object) -> None:
+        global _resolver
+        _resolver = self.outer
 
 
 def redirect(old_key: bytes, new: Ref | None) -> None:
