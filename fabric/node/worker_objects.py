@@ -166,10 +166,10 @@ class LocalObjects:
                 mapped.flush()
         os.replace(partial, self.mem_dir / file_name(ref.key))
         self.fetched_bytes += ref.size
+        view = self._map_local(ref.key)  # mapped before the node may drop the copy (an unpinned one, over its bound)
         self.tell_node(ObjectAdopt(b"", ref.key, False))
-        view = self._map_local(ref.key)
         if view is None:
-            raise ObjectLostError(f"object {ref.key.hex()} was dropped by this node as soon as it arrived")
+            raise ObjectLostError(f"object {ref.key.hex()} vanished from this node's store as soon as it arrived")
         return view
 
     # -- writing ---------------------------------------------------------------------------
