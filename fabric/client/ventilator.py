@@ -69,8 +69,9 @@ OVERDUE_FACTOR = 10.0
 # acknowledgement per batch would cost the one-task round trip (W4) a message.
 ACK_AFTER_S = 0.05
 # A batch's bytes must reach its worker before it can start: its allowance grows by its
-# size at this pessimistic rate (a slow network link), so a 1 GiB argument is never
-# taken for silence (measured: 512 MiB took 1-3 s over loopback on the 2-core machine).
+# size (and the size of the stored objects it reads, which the worker may fetch) at this
+# pessimistic rate (a slow network link), so a 1 GiB argument is never taken for silence
+# (measured: 512 MiB took 1-3 s over loopback on the 2-core machine).
 TRANSFER_BYTES_PER_S = 20e6
 
 _batch_ids = itertools.count(1)
@@ -474,7 +475,7 @@ class Ventilator:
                 continue
             batch = self.in_flight[running][1]
             allowance = max(self.liveness_s, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
-            transfer_s = codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
+            transfer_s = (codec.frames_size(batch.payload) + _object_bytes(batch)) / TRANSFER_BYTES_PER_S
             at = max(self.since[worker_id], vouched) + allowance + transfer_s
             if self.now >= at:
                 overdue.append(worker_id)
@@ -521,6 +522,11 @@ class Ventilator:
 
     def idle(self) -> bool:
         return not (self.in_flight or self.has_pending())
+
+
+def _object_bytes(batch: Batch) -> int:
+    """Bytes of the stored objects the batch reads, which its worker may have to fetch first."""
+    return sum({ref.key: ref.size for ref in batch.refs}.values()) if batch.refs else 0
 
 
 def miscounted(values: Any, n_items: int) -> ProtocolError | None:

@@ -153,3 +153,14 @@ def test_the_node_attaches_a_worker_a_client_found_silent_afresh():
     assert send.to == b"w-1" and isinstance(send.msg, Attach) and send.msg.client_id == b"c-1"
     assert state.on_message(b"c-1", WorkerSilent(b"w-fake"), 0.2) == []  # no worker of ours
     assert state.on_message(b"c-2", WorkerSilent(b"w-1"), 0.3) == []  # not a client of it
+
+
+def test_the_objects_a_batch_reads_lengthen_its_allowance_as_its_own_bytes_do():
+    from fabric.wire.ref import Ref
+
+    batch = map_batch(range(4))
+    big = Ref(b"k" * 16, 400 << 20, ((b"n2", "tcp://127.0.0.1:1"),))  # its worker fetches 400 MiB first
+    batch.refs = [big, big]
+    vent, batch, _ = holding(batch)
+    fetch_s = (400 << 20) / TRANSFER_BYTES_PER_S
+    assert vent.silent_workers(nobody) == ([], 100.0 + LIVENESS_S + transfer_s(batch) + fetch_s)
