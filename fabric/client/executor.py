@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import logging
 import os
 import socket
@@ -44,6 +45,7 @@ from ..errors import ClosedError, ConfigError
 from ..wire.ref import Ref
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
+from .cluster_view import ClusterView
 from .embedded import EmbeddedNode
 from .io_loop import IOLoop, io_threads
 from .objects import ObjectClient, ObjectInfo
@@ -177,7 +179,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._pipeline = Pipeline(
                 self._io.post_batch, self._io.capacity, self._io.workers, self._check_open,
                 FunctionShipper(config.retries), self._io.cache, config.max_message_bytes, self._io.objects,
-                self._live_node_ids, config.store.locality_bytes,
+                functools.partial(_live_node_ids, self._io.view), config.store.locality_bytes,
             )
             self._objects = ObjectClient(
                 self._context, self._io.objects, self._io.view.live_nodes, self._io.post, config.cache.replicas,
@@ -298,9 +300,6 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         """``statistics().nodes``: the live nodes, as their latest heartbeats describe them."""
         return self.statistics().nodes
 
-    def _live_node_ids(self) -> set[bytes]:
-        return {node.node_id for node in list(self._io.view.live_nodes())}
-
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("cannot schedule new work after shutdown()")
@@ -311,6 +310,12 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.workers()} workers"
         return f"<fabric.Fabric {self.address} ({state})>"
+
+
+def _live_node_ids(view: ClusterView) -> set[bytes]:
+    """The ids of the live nodes (a function of the view, not of the fabric: the pipeline
+    that holds it must not keep the fabric alive)."""
+    return {node.node_id for node in list(view.live_nodes())}
 
 
 @atexit.register
