@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import SerializationError
+from ..task.by_key import FoldByKey
 from ..task.fold import NO_INITIAL, Fold
 from ..task.guard import Guarded
 from ..wire import codec
@@ -33,13 +34,14 @@ from .cache import CacheClient, CachedFunction, wants_cache
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
 from .options import TaskOptions
-from .reduction import combiner, fold
+from .reduction import combiner, fold, merge_partitions
 from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
 
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_GUARDS = 256  # wrapped (function, options) pairs kept, so their pickles are reused
+PARTITIONS_PER_WORKER = 4  # by_key's default: enough partitions to spread over nodes by key, few enough to stay cheap
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ class TaskAPI:
         *,
         initial: Any = NO_INITIAL,
         combine: Callable[[Any, Any], Any] | bool = False,
+        by_key: bool = False,
+        partitions: int | None = None,
         ordered: bool = False,
         chunksize: int | None = None,
         timeout: float | None = None,
@@ -196,21 +200,41 @@ class TaskAPI:
         batch's fold as well, so it must be an identity (0, [], ``Counter()``).
         Results are folded in completion order (the reducer should be
         associative and commutative), or in input order with ``ordered=True``.
+
+        With ``by_key=True`` the mapper returns an iterable of ``(key, value)``
+        pairs and the result is a dict ``{key: fold of its values}`` (Spark's
+        ``reduceByKey``, Dask's ``Bag.foldby``): values are folded per key on
+        the worker that mapped them, ``initial`` starting each key's fold,
+        each batch's partial is split into ``partitions`` by key (default a
+        few per worker), and the client merges the partials (``combine`` as
+        above), so no pair reaches it.  Keys need a stable encoding (str,
+        bytes, numbers, tuples, ...); one without raises
+        :class:`~fabric.CacheKeyError` naming it.
         """
-        if combine is False:
+        if combine is False and not by_key:
+            if partitions is not None:
+                raise TypeError("partitions= applies to map_reduce(..., by_key=True) only")
             results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
             return fold(reducer, results, initial)
-        merge = combiner(reducer, combine)
-        self._pipeline.check_open()
+        merge = combiner(reducer, combine or True)
+        pipeline = self._pipeline
+        pipeline.check_open()
         task_options = self._task_options.merged(**options)
         if wants_cache(mapper, task_options.cache):
-            raise ValueError("the result cache stores each mapper call, and with combine= a batch returns one "
-                             "folded value: use map_reduce without combine to cache the mapper's results")
-        shipper = self._pipeline.shipper
-        batch_fold = Fold(shipper.wrapped(mapper, task_options), reducer, initial)
+            how = "by_key" if by_key else "combine"
+            raise ValueError(f"the result cache stores each mapper call, and with {how}= a batch returns one "
+                             f"folded value: use map_reduce without {how} to cache the mapper's results")
+        shipper = pipeline.shipper
+        wrapped = shipper.wrapped(mapper, task_options)
         call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
-        stream = self._stream(shipper.pickles.get(batch_fold), sliced_input(iterable), call, task_options, None)
-        return fold(merge, stream.results(), initial)
+        if not by_key:
+            shipped = shipper.pickles.get(Fold(wrapped, reducer, initial))
+            return fold(merge, self._stream(shipped, sliced_input(iterable), call, task_options, None).results(),
+                        initial)
+        count = PARTITIONS_PER_WORKER * max(1, pipeline.workers()) if partitions is None else partitions
+        shipped = shipper.pickles.get(FoldByKey(wrapped, reducer, initial, count))
+        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None)
+        return merge_partitions(stream.results(), merge, ordered)
 
 
 class FabricView(TaskAPI):
