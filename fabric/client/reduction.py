@@ -16,14 +16,15 @@ in halves returns two partials, which the client combines like any others.
 The worker's side, :class:`~fabric.task.fold.Fold`, lives in :mod:`fabric.task.fold`.
 
 With ``by_key=True`` (Spark's ``reduceByKey``, Dask's ``Bag.foldby``) a batch's
-partial is one dict per partition (:class:`~fabric.task.by_key.FoldByKey`), and
-the client merges each into the result with :func:`merge_by_key`: a key seen
+partial is one pickled dict per partition (:class:`~fabric.task.by_key.FoldByKey`),
+and the client merges each into the result with :func:`merge_by_key`: a key seen
 before is combined, a new one is adopted, both in C-level loops.
 """
 
 from __future__ import annotations
 
 import functools
+import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,10 +63,11 @@ def merge_by_key(total: dict[Any, Any], partial: dict[Any, Any], merge: Reducer,
     return total
 
 
-def merge_partitions(partials: Iterable[list[dict[Any, Any]]], merge: Reducer, ordered: bool) -> dict[Any, Any]:
-    """One dict from the batches' partials, each a list of per-partition dicts."""
+def merge_partitions(partials: Iterable[list[bytes]], merge: Reducer, ordered: bool) -> dict[Any, Any]:
+    """One dict from the batches' partials, each a list of pickled per-partition dicts (b"" for none)."""
     total: dict[Any, Any] = {}
     for parts in partials:
         for part in parts:
-            total = merge_by_key(total, part, merge, ordered)
+            if part:
+                total = merge_by_key(total, pickle.loads(part), merge, ordered)
     return total

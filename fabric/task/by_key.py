@@ -37,7 +37,9 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import CacheKeyError
+import cloudpickle
+
+from ..errors import CacheKeyError, SerializationError
 from .fold import NO_INITIAL, Reducer, pickled_initial
 
 MASK = (1 << 64) - 1
@@ -68,7 +70,7 @@ class FoldByKey:
         self.initial = None if initial is NO_INITIAL else pickled_initial(initial)
         self.partitions = partitions
 
-    def __call__(self, items: Iterable[Any]) -> list[dict[Any, Any]]:
+    def __call__(self, items: Iterable[Any]) -> list[bytes]:
         folded: dict[Any, Any] = {}
         pairs = itertools.chain.from_iterable(map(self.mapper, items))
         if self.initial is None:
@@ -78,7 +80,7 @@ class FoldByKey:
             fresh = itertools.repeat(start).__next__ if type(start) in _IMMUTABLE else (
                 functools.partial(pickle.loads, self.initial))
             _fold_from(folded, pairs, self.reducer, fresh)
-        return split(folded, self.partitions)
+        return [pickled_partial(part) for part in split(folded, self.partitions)]
 
     def __getstate__(self) -> tuple[Any, ...]:
         return self.mapper, self.reducer, self.initial, self.partitions
@@ -125,6 +127,22 @@ def _check_hashable(key: Any, exc: TypeError) -> None:
         hash(key)
     except TypeError:
         raise CacheKeyError(f"key {key!r:.80} is not hashable: a by-key reduction needs keys a dict can hold") from exc
+
+
+def pickled_partial(part: dict[Any, Any]) -> bytes:
+    """A partition's partial as one opaque blob (b"" when empty): the client (or the node that
+    will own the partition) keeps or forwards it without decoding it, and decodes it once.
+    Plain pickle is ~3x faster than cloudpickle; values of classes defined in the caller's
+    script are not importable here, so those fall back to cloudpickle."""
+    if not part:
+        return b""
+    try:
+        return pickle.dumps(part, protocol=5)
+    except Exception:  # noqa: BLE001 - anything plain pickle refuses, cloudpickle may take
+        try:
+            return cloudpickle.dumps(part, protocol=5)
+        except Exception as exc:
+            raise SerializationError(f"a partial of the by-key reduction cannot be serialized: {exc}") from exc
 
 
 # -- partitions --------------------------------------------------------------------

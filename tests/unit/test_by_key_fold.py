@@ -23,7 +23,7 @@ import pytest
 
 import fabric
 from fabric.client.reduction import merge_by_key, merge_partitions
-from fabric.task.by_key import FoldByKey, key_hash, partition_of, split
+from fabric.task.by_key import FoldByKey, key_hash, partition_of, pickled_partial, split
 from fabric.task.fold import NO_INITIAL
 
 
@@ -34,8 +34,13 @@ def words(line: str):
 LINES = ["a b a c", "b b d", "", "a é \ud800"]
 
 
+def folded(fold: FoldByKey, items) -> list[dict]:
+    """A batch's partials as the client decodes them (each partition travels pickled, b"" when empty)."""
+    return [pickle.loads(blob) if blob else {} for blob in fold(items)]
+
+
 def test_pairs_are_folded_per_key_and_split_into_disjoint_partitions():
-    parts = FoldByKey(words, operator.add, NO_INITIAL, 4)(LINES)
+    parts = folded(FoldByKey(words, operator.add, NO_INITIAL, 4), LINES)
     assert len(parts) == 4
     merged = {k: v for part in parts for k, v in part.items()}
     assert sum(map(len, parts)) == len(merged)  # disjoint
@@ -45,7 +50,7 @@ def test_pairs_are_folded_per_key_and_split_into_disjoint_partitions():
 
 
 def test_a_generic_reducer_folds_from_the_first_value():
-    parts = FoldByKey(lambda x: [(x % 3, x)], max, NO_INITIAL, 1)(range(10))
+    parts = folded(FoldByKey(lambda x: [(x % 3, x)], max, NO_INITIAL, 1), range(10))
     assert parts == [{0: 9, 1: 7, 2: 8}]
 
 
@@ -54,15 +59,15 @@ def test_a_mutable_initial_starts_every_key_afresh():
         acc.append(x)
         return acc
 
-    [groups] = FoldByKey(lambda x: [(x % 2, x)], append, [], 1)(range(6))
+    [groups] = folded(FoldByKey(lambda x: [(x % 2, x)], append, [], 1), range(6))
     assert groups == {0: [0, 2, 4], 1: [1, 3, 5]}
-    [sums] = FoldByKey(lambda x: [(x % 2, x)], operator.add, 100, 1)(range(6))
+    [sums] = folded(FoldByKey(lambda x: [(x % 2, x)], operator.add, 100, 1), range(6))
     assert sums == {0: 106, 1: 109}
 
 
 def test_a_fold_survives_pickling_as_it_is_shipped():
     fold = pickle.loads(pickle.dumps(FoldByKey(operator.methodcaller("items"), operator.add, 0, 3)))
-    assert {k: v for part in fold([{"x": 1}, {"x": 2, "y": 5}]) for k, v in part.items()} == {"x": 3, "y": 5}
+    assert {k: v for part in folded(fold, [{"x": 1}, {"x": 2, "y": 5}]) for k, v in part.items()} == {"x": 3, "y": 5}
 
 
 def test_bad_arguments_are_refused_when_built():
@@ -115,7 +120,7 @@ HASHED = ["word", b"bytes", 12345, -7, 2.5, None, (1, ("a", b"b")), frozenset({"
 
 def test_the_hash_is_the_same_in_another_process_with_another_string_salt():
     here = [key_hash(key) for key in HASHED]
-    script = ("import pickle, sys; from fabric.task.by_key import key_hash; import test_by_key as t; "
+    script = ("import pickle, sys; from fabric.task.by_key import key_hash; import test_by_key_fold as t; "
               "print([key_hash(k) for k in t.HASHED])")
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
@@ -166,4 +171,17 @@ def test_ordered_merging_keeps_the_earlier_values_first():
     for part in ({"k": "a"}, {"k": "b", "j": "x"}, {"k": "c"}):
         total = merge_by_key(total, part, operator.add, True)
     assert total == {"k": "abc", "j": "x"}
-    assert merge_partitions([[{"k": "a"}, {}], [{"k": "b"}, {"z": "q"}]], operator.add, True) == {"k": "ab", "z": "q"}
+    blobs = [[pickle.dumps({"k": "a"}), b""], [pickle.dumps({"k": "b"}), pickle.dumps({"z": "q"})]]
+    assert merge_partitions(blobs, operator.add, True) == {"k": "ab", "z": "q"}
+
+
+def test_a_partial_plain_pickle_refuses_travels_by_cloudpickle():
+    value = type("Dynamic", (), {"n": 3})()  # a class no module holds, as a notebook's class is on a worker
+    blob = pickled_partial({"k": value})
+    assert pickle.loads(blob)["k"].n == 3
+    with pytest.raises(fabric.SerializationError, match="partial of the by-key reduction"):
+        pickled_partial({"k": lambda_in_a_generator()})
+
+
+def lambda_in_a_generator():
+    yield 1
