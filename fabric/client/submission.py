@@ -216,6 +216,9 @@ class TaskAPI:
                 raise TypeError("partitions= applies to map_reduce(..., by_key=True) only")
             results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
             return fold(reducer, results, initial)
+        if by_key and options.get("keep"):
+            raise ValueError("keep=True with by_key=True (one object per partition, left on its node) needs the "
+                             "partitions folded on their owner nodes, which is not built yet; drop keep=True")
         merge = combiner(reducer, combine or True)
         pipeline = self._pipeline
         pipeline.check_open()

@@ -130,6 +130,8 @@ def test_bad_arguments_are_refused_at_the_call(fx):
         fx.map_reduce(word_pairs, operator.add, ["a"], by_key=True, cache=True)
     with pytest.raises(TypeError, match="reducer must be a function"):
         fx.map_reduce(word_pairs, 42, ["a"], by_key=True)
+    with pytest.raises(ValueError, match="not built yet"):
+        fx.map_reduce(word_pairs, operator.add, ["a"], by_key=True, keep=True)
 
 
 def test_a_word_count_by_key_over_three_loopback_nodes(start_node):
