@@ -42,6 +42,7 @@ from ..config import (
 )
 from ..errors import ClosedError, ConfigError
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
+from . import display
 from .cache import FabricCache
 from .embedded import EmbeddedNode
 from .io_loop import IOLoop, io_threads
@@ -252,8 +253,11 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         return self
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.workers()} workers"
-        return f"<fabric.Fabric {self.address} ({state})>"
+        return display.one_line(self.address, None if self._closed else self.statistics())
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display of a cell ending in ``fx``: nodes, workers, load, tasks, cache."""
+        return display.html_table(self.address, None if self._closed else self.statistics())
 
 
 @atexit.register
