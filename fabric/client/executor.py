@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import itertools
 import logging
 import os
 import socket
@@ -55,6 +56,7 @@ __all__ = ["Fabric", "connect"]
 log = logging.getLogger(__name__)
 
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
+_connections = itertools.count()  # orders open fabrics for current_fabric()
 _closing: set[threading.Thread] = set()  # shutdown(wait=False)s still finishing their work
 
 
@@ -108,6 +110,12 @@ def connect(
         return Fabric([embedded.endpoint], embedded.bind_where, config, key, embedded=embedded)
     controls = [node.address for node in config.nodes]
     return Fabric(controls, client_bind_host(controls[0], config.insecure or key is not None), config, key)
+
+
+def current_fabric() -> Fabric | None:
+    """The open fabric this process connected last, or None: what runs work
+    handed over without naming a fabric (``fabric.joblib``'s backend)."""
+    return max(list(_open_fabrics), key=lambda fabric: fabric._connection, default=None)
 
 
 def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:
@@ -185,6 +193,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._stop_embedded()
             self._release_context()
             raise
+        self._connection = next(_connections)
         _open_fabrics.add(self)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
