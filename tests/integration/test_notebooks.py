@@ -67,7 +67,8 @@ def test_the_experiment_notebook_shows_what_each_step_promises():
         assert bar_finished(nb, cell(nb, bar)), bar
     printed = stream(cell(nb, "task-output"))
     assert all(f"task {x} says hello" in printed for x in range(3)), printed
-    assert stream(cell(nb, "await")).splitlines() == ["awaited: 144", f"async for total: {sum(x * x for x in range(20))}"]
+    total = sum(x * x for x in range(20))
+    assert stream(cell(nb, "await")).splitlines() == ["awaited: 144", f"async for total: {total}"]
     assert any("image/png" in o.get("data", {}) for o in cell(nb, "sweep").outputs)  # the plot
     assert stream(cell(nb, "joblib")).strip() == str([s * s for s in range(8)])
     page = next(o.data["text/html"] for o in cell(nb, "display").outputs if o.output_type == "execute_result")
