@@ -52,14 +52,8 @@ def bar_finished(nb, c) -> bool:
     return False
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_every_example_notebook_runs_in_a_kernel(path):
-    nb = execute(nbformat.read(path, as_version=4), EXAMPLES)
-    assert all(o.output_type != "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-
-
-def test_the_experiment_notebook_shows_what_each_step_promises():
-    nb = execute(nbformat.read(EXAMPLES / "experiment.ipynb", as_version=4), EXAMPLES)
+def check_experiment(nb) -> None:
+    """examples/experiment.ipynb shows what each of its steps promises."""
     assert stream(cell(nb, "rebind")).splitlines() == ["999999 2000000 True"]  # the rebound global
     assert stream(cell(nb, "redefine")).splitlines() == ["True"]  # the new code
     assert "hits 200, misses 200" in stream(cell(nb, "cache"))
@@ -73,6 +67,16 @@ def test_the_experiment_notebook_shows_what_each_step_promises():
     assert stream(cell(nb, "joblib")).strip() == str([s * s for s in range(8)])
     page = next(o.data["text/html"] for o in cell(nb, "display").outputs if o.output_type == "execute_result")
     assert "<table" in page and "Workers" in page and "Tasks done" in page
+
+
+CHECKS = {"experiment.ipynb": check_experiment}  # a notebook without checks must at least run without error
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_example_notebook_runs_in_a_kernel_and_shows_its_outputs(path):
+    nb = execute(nbformat.read(path, as_version=4), EXAMPLES)
+    assert all(o.output_type != "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    CHECKS.get(path.name, lambda nb: None)(nb)
 
 
 SETUP_CELL = """
