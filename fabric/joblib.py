@@ -33,6 +33,7 @@ arguments are not memory-mapped: each batch carries its own copy.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -80,7 +81,9 @@ class FabricBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None or n_jobs < 0:
-            workers = self.fabric().workers() or 1
+            # Before the first heartbeat nothing is known: guess a core count rather than
+            # 1, with which joblib would keep only two batches in flight for the whole call.
+            workers = self.fabric().workers() or os.cpu_count() or 1
             return max(workers + 1 + (n_jobs or -1), 1)  # joblib's convention: -1 all, -2 all but one
         return n_jobs
 

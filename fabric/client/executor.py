@@ -262,11 +262,15 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         return self
 
     def __repr__(self) -> str:
-        return display.one_line(self.address, None if self._closed else self.statistics())
+        return display.one_line(self.address, self._displayed())
 
     def _repr_html_(self) -> str:
         """Jupyter's display of a cell ending in ``fx``: nodes, workers, load, tasks, cache."""
-        return display.html_table(self.address, None if self._closed else self.statistics())
+        return display.html_table(self.address, self._displayed())
+
+    def _displayed(self) -> FabricStatistics | None:
+        """What the displays show: the statistics, or None once closed (or never fully opened)."""
+        return None if self._closed or not hasattr(self, "_io") else self.statistics()
 
 
 @atexit.register

@@ -194,3 +194,11 @@ def test_async_for_keeps_the_map_timeout(fx, gate):
             asyncio.run(collect())
     finally:
         gate.open()
+
+
+def test_async_for_unordered_with_a_bar_yields_every_result(fx, capsys):
+    async def collect():
+        return [x async for x in fx.map(square, range(5_000), ordered=False, progress=True)]
+
+    assert sorted(asyncio.run(collect())) == [x * x for x in range(5_000)]
+    assert "5000/5000" in final_bar(capsys.readouterr().err)
