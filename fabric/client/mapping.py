@@ -181,7 +181,8 @@ class MapStream:
                 if not self._ordered:
                     self._complete.append(seq)
                 self._cond.notify()
-                self._wake()
+                if self._waker is not None:  # an async iteration awaits a chunk
+                    self._wake()
 
     # -- iterating thread side -------------------------------------------------------
 
