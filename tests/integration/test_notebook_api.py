@@ -5,6 +5,7 @@ asyncio loop; tests/integration/test_notebooks.py runs them in a Jupyter kernel)
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import operator
 import sys
 import threading
@@ -14,7 +15,8 @@ from helpers import gated, square
 
 import fabric
 
-pytest.importorskip("tqdm", reason="progress bars need tqdm (pip install '.[notebook]')")
+needs_tqdm = pytest.mark.skipif(importlib.util.find_spec("tqdm") is None,
+                                reason="progress bars need tqdm (pip install '.[test]')")
 
 BACKSTOP_S = 20.0  # a blocked event loop never opens its gate: the test then fails instead of hanging
 
@@ -27,18 +29,21 @@ def final_bar(stderr: str) -> str:
 # -- progress bars -------------------------------------------------------------------
 
 
+@needs_tqdm
 def test_map_progress_counts_every_item_against_the_input_length(fx, capsys):
     assert sum(fx.map(square, range(5_000), progress="squares")) == sum(x * x for x in range(5_000))
     bar = final_bar(capsys.readouterr().err)
     assert bar.startswith("squares: 100%") and "5000/5000" in bar, bar
 
 
+@needs_tqdm
 def test_map_progress_over_a_generator_counts_without_a_total(fx, capsys):
     assert len(list(fx.map(square, (x for x in range(3_000)), progress=True, ordered=False))) == 3_000
     bar = final_bar(capsys.readouterr().err)
     assert "3000task" in bar and "%" not in bar, bar  # no length: a counter, not a percentage
 
 
+@needs_tqdm
 def test_map_reduce_progress_counts_items_mapped_with_and_without_combine(fx, capsys):
     for combine in (False, True):
         total = fx.map_reduce(square, operator.add, range(4_000), initial=0, combine=combine, progress=True)
@@ -47,6 +52,7 @@ def test_map_reduce_progress_counts_items_mapped_with_and_without_combine(fx, ca
         assert "100%" in bar and "4000/4000" in bar, (combine, bar)
 
 
+@needs_tqdm
 def test_a_failed_map_leaves_its_bar_where_it_stopped(fx, capsys):
     with pytest.raises(ZeroDivisionError):
         list(fx.map(operator.truediv, [1] * 10, [1] * 5 + [0] * 5, chunksize=5, progress=True))
@@ -54,6 +60,7 @@ def test_a_failed_map_leaves_its_bar_where_it_stopped(fx, capsys):
     assert "5/10" in bar, bar
 
 
+@needs_tqdm
 def test_fabric_progress_waits_for_futures_and_returns_them_in_order(fx, capsys):
     futures = [fx.submit(square, x) for x in range(40)]
     assert [f.result() for f in fabric.progress(futures, label="submitted")] == [x * x for x in range(40)]
@@ -62,6 +69,7 @@ def test_fabric_progress_waits_for_futures_and_returns_them_in_order(fx, capsys)
     assert fabric.progress([]) == []
 
 
+@needs_tqdm
 def test_fabric_progress_timeout_names_what_is_pending(fx, gate, capsys):
     futures = [fx.submit(square, 3), fx.submit(gated, gate.path, 1)]
     try:
@@ -196,6 +204,7 @@ def test_async_for_keeps_the_map_timeout(fx, gate):
         gate.open()
 
 
+@needs_tqdm
 def test_async_for_unordered_with_a_bar_yields_every_result(fx, capsys):
     async def collect():
         return [x async for x in fx.map(square, range(5_000), ordered=False, progress=True)]
