@@ -55,14 +55,14 @@ def html_table(address: str, stats: FabricStatistics | None) -> str:
 
 
 _NODE_COLUMNS = ("node", "workers", "busy", "CPU %", "memory %", "tasks done", "tasks/s", "cache entries",
-                 "cache size", "accepting")
+                 "cache size", "cache hits", "cache misses", "accepting")
 
 
 def _node_row(node: NodeStats) -> str:
     cells = (
         html.escape(node.name), node.workers, node.busy, f"{node.cpu_percent:.0f}", f"{node.memory_percent:.0f}",
         f"{node.done:,}", f"{node.tasks_per_s:,.0f}", f"{node.cache_entries:,}", _bytes(node.cache_bytes),
-        "yes" if node.accepting else "paused (load)",
+        f"{node.cache_hits:,}", f"{node.cache_misses:,}", "yes" if node.accepting else "paused (load)",
     )
     return "<tr>" + "".join(f"<td style='text-align:right'>{c}</td>" for c in cells) + "</tr>"
 

@@ -29,10 +29,10 @@ def test_before_any_worker_attaches_it_says_starting_not_zero():
 def test_html_has_a_row_per_node_with_load_tasks_and_cache():
     page = display.html_table("tcp://h:1", stats(
         node("alpha", workers=2, busy=2, done=42, failed=1, cpu_percent=87.0, memory_percent=12.0,
-             cache_entries=1234, cache_bytes=3 * 1024 * 1024, cache_weight=1),
+             cache_entries=1234, cache_bytes=3 * 1024 * 1024, cache_hits=4321, cache_misses=8765, cache_weight=1),
         node("beta", accepting=False),
     ))
-    for part in ("alpha", "beta", "87", "12", "42 (1 failed)", "1,234", "3.0 MiB", "paused (load)",
+    for part in ("alpha", "beta", "87", "12", "42 (1 failed)", "1,234", "3.0 MiB", "4,321", "8,765", "paused (load)",
                  "5 hits", "7 misses"):
         assert part in page, part
     assert page.count("<tr><td") == 2
