@@ -64,18 +64,26 @@ class FabricBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
     uses_threads = False
     supports_sharedmem = False
 
+    _connected: Fabric | None = None  # the embedded fabric a backend connected, kept for later calls
+
     def __init__(self, fabric: Fabric | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._given = fabric
-        self._fabric: Fabric | None = None
+        self._fabric: Fabric | None = None  # the one a Parallel call runs on, from configure to terminate
         self._pending: set[concurrent.futures.Future] = set()
         self._callbacks: concurrent.futures.ThreadPoolExecutor | None = None
 
     def fabric(self) -> Fabric:
-        """The fabric this backend runs on (connecting the embedded one if none is open)."""
-        if self._fabric is None:
-            self._fabric = self._given or current_fabric() or connect()
-        return self._fabric
+        """The fabric to run on: the one given, else the open one connected last (so a
+        notebook that reconnects is followed), else a new embedded one."""
+        if self._fabric is not None:
+            return self._fabric
+        if self._given is not None:
+            return self._given
+        current = current_fabric()
+        if current is None:
+            current = FabricBackend._connected = connect()
+        return current
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
@@ -91,6 +99,7 @@ class FabricBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
                   require: str | None = None, **kwargs: Any) -> int:
         self.parallel = parallel
         self.terminate()
+        self._fabric = self.fabric()
         self._callbacks = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fabric-joblib")
         return self.effective_n_jobs(n_jobs)
 
@@ -122,6 +131,7 @@ class FabricBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=False)
             self._callbacks = None
+        self._fabric = None
         self.reset_batch_stats()
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:

@@ -104,3 +104,14 @@ def test_without_an_open_fabric_it_connects_the_embedded_one_which_stops_at_exit
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["[0, 1, 4, 9, 16]", "True"]
+
+
+def test_a_backend_set_once_follows_the_fabric_connected_last(make_fabric):
+    # A notebook sets the backend once, then shuts its fabric down and connects again.
+    first = make_fabric()
+    with joblib.parallel_config(backend="fabric"):
+        first_workers = worker_pids(first)
+        assert set(Parallel(n_jobs=-1)(delayed(os.getpid)() for _ in range(8))) <= first_workers
+        first.shutdown()
+        second = make_fabric()
+        assert set(Parallel(n_jobs=-1)(delayed(os.getpid)() for _ in range(8))) <= worker_pids(second)
