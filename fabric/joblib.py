@@ -9,8 +9,9 @@
         GridSearchCV(model, grid, n_jobs=-1).fit(X, y)
 
 It runs on the fabric given as ``fabric=``, else on the open fabric this
-process connected last, else it connects the embedded one (which then stays
-open for later calls, and stops at exit like any other).
+process connected last (looked up at each ``Parallel`` call, so a notebook
+that reconnects is followed), else it connects the embedded one (which then
+stays open for later calls, and stops at exit like any other).
 
 How a ``Parallel`` call travels, as dask.distributed's and ray's backends do
 it, with joblib's own ``ParallelBackendBase`` and ``AutoBatchingMixin``::
