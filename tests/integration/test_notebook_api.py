@@ -11,7 +11,7 @@ import sys
 import threading
 
 import pytest
-from helpers import gated, square
+from helpers import gated, square, wait_for
 
 import fabric
 
@@ -72,6 +72,7 @@ def test_fabric_progress_waits_for_futures_and_returns_them_in_order(fx, capsys)
 @needs_tqdm
 def test_fabric_progress_timeout_names_what_is_pending(fx, gate, capsys):
     futures = [fx.submit(square, 3), fx.submit(gated, gate.path, 1)]
+    assert futures[0].result(timeout=10) == 9  # one done, one held at its gate
     try:
         with pytest.raises(TimeoutError, match="1 of 2 futures not done"):
             fabric.progress(futures, timeout=0.3)
@@ -95,6 +96,7 @@ def test_without_tqdm_a_progress_bar_says_which_extra_to_install(fx, monkeypatch
 
 def test_repr_is_one_line_with_nodes_workers_and_tasks(fresh_fx):
     assert list(fresh_fx.map(square, range(100))) == [x * x for x in range(100)]
+    wait_for(lambda: len(fresh_fx.nodes()) == 1, 10, "the node's first heartbeat")
     text = repr(fresh_fx)
     assert "\n" not in text and text.startswith(f"<fabric.Fabric {fresh_fx.address}: 1 node, 2 workers, ")
     assert "tasks done" in text and "tasks/s" in text, text
