@@ -26,7 +26,8 @@ def execute(nb, cwd: Path, timeout_s: float = CELL_TIMEOUT_S):
     ``timeout_s`` fails the test (nbclient's CellExecutionError, CellTimeoutError)."""
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout_s,
                                      resources={"metadata": {"path": str(cwd)}})
-    client.execute(env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    env = {name: value for name, value in os.environ.items() if name != "MPLBACKEND"}  # the kernel's inline plots
+    client.execute(env={**env, "PYTHONPATH": os.pathsep.join(sys.path)})
     return nb
 
 
