@@ -28,11 +28,13 @@ from ..task.fold import NO_INITIAL, Fold
 from ..task.guard import Guarded
 from ..wire import codec
 from ..wire.protocol import Mode
+from .awaiting import MapResults
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
 from .options import TaskOptions
+from .progress import new_bar
 from .reduction import combiner, fold
 from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
@@ -51,6 +53,7 @@ class MapCall:
     timeout: float | None
     chunksize: int | None
     ordered: bool
+    progress: bool | str = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,17 +126,20 @@ class TaskAPI:
         timeout: float | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        progress: bool | str = False,
         **options: Any,
-    ) -> Iterator[R]:
+    ) -> MapResults[R]:
         """Lazily apply ``fn`` to every item (``fn(*items)`` for several iterables).
 
         Results come in input order, or as they finish with ``ordered=False``.
         Work starts at once; input is read as results are consumed, with a
         bounded number of batches in flight.  ``chunksize`` fixes the batch
         size (default: adapted to 20-100 ms of work per batch).  ``timeout``
-        bounds the caller's wait, from this call, as in ``Executor.map``; task
-        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
-        given as keywords.
+        bounds the caller's wait, from this call, as in ``Executor.map``;
+        ``progress`` shows a bar (a string labels it; needs tqdm) moving as
+        results are taken.  Task options (``task_timeout``, ``retries``,
+        ``retry_on``, ``cache``) may be given as keywords.  The iterator is also
+        an async iterator: ``async for`` awaits results without blocking the loop.
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -147,7 +153,7 @@ class TaskAPI:
             if wants_cache(fn, task_options.cache) else None
         )
         shipped = pipeline.shipper.get(fn, task_options, exact=True)
-        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
+        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
         return self._stream(shipped, items, call, task_options, cache).results()
 
     def _stream(
@@ -168,6 +174,7 @@ class TaskAPI:
             retries=task_options.retries,
             check_size=pipeline.check_size,
             cache=cache,
+            bar=new_bar(call.length, call.progress) if call.progress else None,
         )
         stream.start()
         return stream
@@ -183,6 +190,7 @@ class TaskAPI:
         ordered: bool = False,
         chunksize: int | None = None,
         timeout: float | None = None,
+        progress: bool | str = False,
         **options: Any,
     ) -> Any:
         """``reduce(reducer, map(mapper, iterable), initial)``.
@@ -196,9 +204,11 @@ class TaskAPI:
         batch's fold as well, so it must be an identity (0, [], ``Counter()``).
         Results are folded in completion order (the reducer should be
         associative and commutative), or in input order with ``ordered=True``.
+        ``progress`` shows a bar of the items mapped, as ``map``'s.
         """
         if combine is False:
-            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
+            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered,
+                               progress=progress, **options)
             return fold(reducer, results, initial)
         merge = combiner(reducer, combine)
         self._pipeline.check_open()
@@ -208,7 +218,7 @@ class TaskAPI:
                              "folded value: use map_reduce without combine to cache the mapper's results")
         shipper = self._pipeline.shipper
         batch_fold = Fold(shipper.wrapped(mapper, task_options), reducer, initial)
-        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
+        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
         stream = self._stream(shipper.pickles.get(batch_fold), sliced_input(iterable), call, task_options, None)
         return fold(merge, stream.results(), initial)
 

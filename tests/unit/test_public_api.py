@@ -15,7 +15,7 @@ def test_exported_names():
         "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView",
         "Future", "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
         "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
-        "cached", "connect", "wait",
+        "cached", "connect", "progress", "wait",
     ])
 
 
