@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .client.executor import Fabric, connect
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
     from .client.options import TaskOptions
+    from .client.progress import progress
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
@@ -47,6 +48,7 @@ _LAZY = {
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
+    "progress": "client.progress",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
     "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
@@ -57,7 +59,7 @@ __all__ = [
     "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
     "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
     "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
-    "cached", "connect", "wait",
+    "cached", "connect", "progress", "wait",
 ]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import itertools
 import logging
 import os
 import socket
@@ -42,6 +43,7 @@ from ..config import (
 )
 from ..errors import ClosedError, ConfigError
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
+from . import display
 from .cache import FabricCache
 from .embedded import EmbeddedNode
 from .io_loop import IOLoop, io_threads
@@ -54,6 +56,7 @@ __all__ = ["Fabric", "connect"]
 log = logging.getLogger(__name__)
 
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
+_connections = itertools.count()  # orders open fabrics for current_fabric()
 _closing: set[threading.Thread] = set()  # shutdown(wait=False)s still finishing their work
 
 
@@ -107,6 +110,12 @@ def connect(
         return Fabric([embedded.endpoint], embedded.bind_where, config, key, embedded=embedded)
     controls = [node.address for node in config.nodes]
     return Fabric(controls, client_bind_host(controls[0], config.insecure or key is not None), config, key)
+
+
+def current_fabric() -> Fabric | None:
+    """The open fabric this process connected last, or None: what runs work
+    handed over without naming a fabric (``fabric.joblib``'s backend)."""
+    return max(list(_open_fabrics), key=lambda fabric: fabric._connection, default=None)
 
 
 def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:
@@ -184,6 +193,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             self._stop_embedded()
             self._release_context()
             raise
+        self._connection = next(_connections)
         _open_fabrics.add(self)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -252,8 +262,15 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         return self
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.workers()} workers"
-        return f"<fabric.Fabric {self.address} ({state})>"
+        return display.one_line(self.address, self._displayed())
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display of a cell ending in ``fx``: nodes, workers, load, tasks, cache."""
+        return display.html_table(self.address, self._displayed())
+
+    def _displayed(self) -> FabricStatistics | None:
+        """What the displays show: the statistics, or None once closed (or never fully opened)."""
+        return None if self._closed or not hasattr(self, "_io") else self.statistics()
 
 
 @atexit.register

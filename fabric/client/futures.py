@@ -13,7 +13,7 @@ import concurrent.futures
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from ..errors import SerializationError
@@ -49,7 +49,9 @@ os.register_at_fork(after_in_child=_new_stripes)  # a lock held by another threa
 class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     """The outcome of one submitted task; a :class:`concurrent.futures.Future`.
 
-    ``task`` names the submitted function, for messages.
+    ``task`` names the submitted function, for messages and its repr.
+    ``await fut`` waits without blocking the event loop (see
+    :mod:`fabric.client.awaiting`).
     """
 
     def __init__(self, task: str = "") -> None:
@@ -77,6 +79,15 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait_done(timeout)
         return super().exception(0)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        import asyncio  # here: it costs the client's start-up ~30 ms, and most callers never await
+
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        # concurrent.futures' "<Future at 0x... state=finished returned int>", naming the task
+        return super().__repr__().replace("<Future", f"<fabric.Future {self.task}", 1)
 
     def _wait_done(self, timeout: float | None) -> None:
         """Wait until done or ``timeout``: the shared Condition also wakes for other futures."""

@@ -29,11 +29,13 @@ from ..task.fold import NO_INITIAL, Fold
 from ..task.guard import Guarded
 from ..wire import codec
 from ..wire.protocol import Mode
+from .awaiting import MapResults
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
 from .options import TaskOptions
+from .progress import new_bar
 from .reduction import combiner, fold, merge_partitions
 from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
@@ -53,6 +55,7 @@ class MapCall:
     timeout: float | None
     chunksize: int | None
     ordered: bool
+    progress: bool | str = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +128,20 @@ class TaskAPI:
         timeout: float | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        progress: bool | str = False,
         **options: Any,
-    ) -> Iterator[R]:
+    ) -> MapResults[R]:
         """Lazily apply ``fn`` to every item (``fn(*items)`` for several iterables).
 
         Results come in input order, or as they finish with ``ordered=False``.
         Work starts at once; input is read as results are consumed, with a
         bounded number of batches in flight.  ``chunksize`` fixes the batch
         size (default: adapted to 20-100 ms of work per batch).  ``timeout``
-        bounds the caller's wait, from this call, as in ``Executor.map``; task
-        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
-        given as keywords.
+        bounds the caller's wait, from this call, as in ``Executor.map``;
+        ``progress`` shows a bar (a string labels it; needs tqdm) moving as
+        results are taken.  Task options (``task_timeout``, ``retries``,
+        ``retry_on``, ``cache``) may be given as keywords.  The iterator is also
+        an async iterator: ``async for`` awaits results without blocking the loop.
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -149,7 +155,7 @@ class TaskAPI:
             if wants_cache(fn, task_options.cache) else None
         )
         shipped = pipeline.shipper.get(fn, task_options, exact=True)
-        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
+        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
         return self._stream(shipped, items, call, task_options, cache).results()
 
     def _stream(
@@ -170,6 +176,7 @@ class TaskAPI:
             retries=task_options.retries,
             check_size=pipeline.check_size,
             cache=cache,
+            bar=new_bar(call.length, call.progress) if call.progress else None,
         )
         stream.start()
         return stream
@@ -187,6 +194,7 @@ class TaskAPI:
         ordered: bool = False,
         chunksize: int | None = None,
         timeout: float | None = None,
+        progress: bool | str = False,
         **options: Any,
     ) -> Any:
         """``reduce(reducer, map(mapper, iterable), initial)``.
@@ -200,6 +208,7 @@ class TaskAPI:
         batch's fold as well, so it must be an identity (0, [], ``Counter()``).
         Results are folded in completion order (the reducer should be
         associative and commutative), or in input order with ``ordered=True``.
+        ``progress`` shows a bar of the items mapped, as ``map``'s.
 
         With ``by_key=True`` the mapper returns an iterable of ``(key, value)``
         pairs and the result is a dict ``{key: fold of its values}`` (Spark's
@@ -214,7 +223,8 @@ class TaskAPI:
         if combine is False and not by_key:
             if partitions is not None:
                 raise TypeError("partitions= applies to map_reduce(..., by_key=True) only")
-            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
+            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered,
+                               progress=progress, **options)
             return fold(reducer, results, initial)
         if by_key and options.get("keep"):
             raise ValueError("keep=True with by_key=True (one object per partition, left on its node) needs the "
@@ -229,7 +239,7 @@ class TaskAPI:
                              f"folded value: use map_reduce without {how} to cache the mapper's results")
         shipper = pipeline.shipper
         wrapped = shipper.wrapped(mapper, task_options)
-        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
+        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
         if not by_key:
             shipped = shipper.pickles.get(Fold(wrapped, reducer, initial))
             return fold(merge, self._stream(shipped, sliced_input(iterable), call, task_options, None).results(),

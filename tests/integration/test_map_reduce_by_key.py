@@ -7,6 +7,7 @@ partials in the client.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import operator
 import random
 from collections import Counter
@@ -95,6 +96,15 @@ def test_ordered_merges_the_partials_in_input_order(fx):
 
     joined = fx.map_reduce(digits, operator.add, range(2000), by_key=True, initial="", ordered=True, chunksize=7)
     assert joined == {r: "".join(str(x) for x in range(r, 2000, 3)) for r in range(3)}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tqdm") is None, reason="progress bars need tqdm (pip install '.[test]')")
+def test_progress_counts_the_items_mapped(fx, capsys):
+    lines = corpus(3000, seed=5)
+    assert fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=100, progress="words") == \
+        serial_count(lines)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("words: 100%") and "3000/3000" in bar, bar
 
 
 def test_an_empty_input_gives_an_empty_dict(fx):
