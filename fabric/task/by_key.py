@@ -4,9 +4,9 @@ Built by ``map_reduce(..., by_key=True)`` in the client and run on a worker
 once per batch (Mode.FOLD, as :class:`~fabric.task.fold.Fold`)::
 
     items --mapper--> (key, value) pairs --fold per key--> {key: partial}
-          --partition_of(key)--> [ {key: partial} for each partition ]   one result per batch
+          --partition_of(key)--> [ pickled {key: partial} for each partition ]   one result per batch
 
-The mapper's pairs never leave the worker: one dict per partition does, and
+The mapper's pairs never leave the worker: one pickled dict per partition does, and
 a key lives in one partition on every worker, so partitions can be merged
 apart from each other (the shuffle of MapReduce, Spark's ``reduceByKey``).
 
@@ -43,6 +43,7 @@ from ..errors import CacheKeyError, SerializationError
 from .fold import NO_INITIAL, Reducer, pickled_initial
 
 MASK = (1 << 64) - 1
+MAX_PARTITIONS = 1 << 16  # every batch returns one blob per partition, empty or not
 MAX_DEPTH = 64  # nesting of a key (tuples in tuples) before it counts as having no stable encoding
 _MISSING: Any = object()
 _IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None), frozenset})
@@ -63,8 +64,8 @@ class FoldByKey:
                  partitions: int) -> None:
         if not callable(reducer):
             raise TypeError(f"the reducer must be a function of two arguments, got {reducer!r:.80}")
-        if type(partitions) is not int or partitions < 1:
-            raise ValueError(f"partitions must be a positive int, got {partitions!r:.80}")
+        if type(partitions) is not int or not 1 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be an int from 1 to {MAX_PARTITIONS}, got {partitions!r:.80}")
         self.mapper = mapper
         self.reducer = reducer
         self.initial = None if initial is NO_INITIAL else pickled_initial(initial)

@@ -132,7 +132,7 @@ def test_a_mappers_exception_fails_the_call_with_its_type_and_the_fabric_goes_on
 
 
 def test_bad_arguments_are_refused_at_the_call(fx):
-    with pytest.raises(ValueError, match="partitions must be a positive int"):
+    with pytest.raises(ValueError, match="partitions must be an int from 1 to 65536"):
         fx.map_reduce(word_pairs, operator.add, ["a"], by_key=True, partitions=0)
     with pytest.raises(TypeError, match=r"by_key=True\) only"):
         fx.map_reduce(word_pairs, operator.add, ["a"], partitions=4)

@@ -73,8 +73,8 @@ def test_a_fold_survives_pickling_as_it_is_shipped():
 def test_bad_arguments_are_refused_when_built():
     with pytest.raises(TypeError, match="reducer must be a function"):
         FoldByKey(words, 3, NO_INITIAL, 2)
-    for bad in (0, -1, 2.0, True):
-        with pytest.raises(ValueError, match="partitions must be a positive int"):
+    for bad in (0, -1, 2.0, True, 1 << 17):
+        with pytest.raises(ValueError, match="partitions must be an int from 1 to 65536"):
             FoldByKey(words, operator.add, NO_INITIAL, bad)
 
 
