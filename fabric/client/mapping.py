@@ -37,6 +37,7 @@ from ..errors import CacheKeyError, SerializationError
 from ..wire import codec
 from ..wire.protocol import Mode
 from .batching import BatchSizer
+from .output import Printed, show_at
 from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Part:
     exc: BaseException | None = None
     indices: list[int] | None = None
     blobs: list[bytes] | None = None
+    printed: Printed | None = None  # what its tasks printed
 
     def positions(self) -> Sequence[int]:
         return self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
@@ -108,6 +110,8 @@ class MapStream:
         retries: int | None = None,
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
+        interrupted: Callable[[], None] | None = None,
+        keepalive: object = None,
     ) -> None:
         self._digest, self._fn_payload = fn_info
         self._mode = mode
@@ -121,6 +125,8 @@ class MapStream:
         self._retries = retries
         self._check_size = check_size
         self._cache = cache
+        self._interrupted = interrupted  # a KeyboardInterrupt stops this map's running tasks
+        self._keepalive = keepalive  # the fabric's pipeline: an unfinished map keeps its fabric open
         self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
         self._repeats: dict[int, dict[int, int]] = {}  # seq -> {position: position of the same key computed}
         self._encoder = codec.PayloadEncoder()
@@ -151,7 +157,8 @@ class MapStream:
         raise TypeError("map chunks are never merged")
 
     def deliver(self, batch: Batch, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None:
-        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors, indices=batch.indices))
+        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors, indices=batch.indices,
+                                  printed=batch.printed))
 
     def fail(self, batch: Batch, exc: BaseException) -> None:
         self._add(batch.seq, Part(batch.offset, batch.n_items, exc=exc, indices=batch.indices))
@@ -194,6 +201,9 @@ class MapStream:
                         raise self._input_error
                     return
                 seq, length, parts = self._wait_chunk()
+                printed = [(part.positions(), part.printed) for part in parts if part.printed is not None]
+                if printed:
+                    show_at(printed)
                 started = time.perf_counter()
                 if self._mode == Mode.FOLD:
                     results, error = _partials(parts)
@@ -214,6 +224,11 @@ class MapStream:
                 del results, parts  # the caller's loop alone decides how long a result lives
                 # Resumed once the caller has used every result of the chunk.
                 self.sizer.observe_caller(used, time.perf_counter() - started)
+        except KeyboardInterrupt:  # ctrl-C while waiting: this map's tasks stop, not only the wait
+            self.close()
+            if self._interrupted is not None:
+                self._interrupted()
+            raise
         finally:
             self.close()
 

@@ -53,14 +53,17 @@ class MapCall:
     ordered: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Pipeline:
-    """What the task API needs from its fabric, held by the fabric and its views.
+    """What the task API needs from its fabric, held by the fabric, its views
+    and its map streams (the fabric shuts down when the last of them goes).
 
     ``post`` hands a batch to the I/O thread (which fails it once the fabric
     has closed); ``capacity`` (credits) and ``workers`` size map windows and
     batches; ``check_open`` raises :class:`~fabric.ClosedError` after
-    ``shutdown()``; ``cache`` looks results up and stores them.
+    ``shutdown()``; ``cache`` looks results up and stores them; ``interrupted``
+    (a KeyboardInterrupt in a caller) drops the work nobody waits for any more
+    and stops the workers running it.
     """
 
     post: Callable[[Batch], None]
@@ -70,6 +73,7 @@ class Pipeline:
     shipper: FunctionShipper
     cache: CacheClient
     max_message_bytes: int
+    interrupted: Callable[[], None]
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
@@ -167,6 +171,8 @@ class TaskAPI:
             retries=task_options.retries,
             check_size=pipeline.check_size,
             cache=cache,
+            interrupted=pipeline.interrupted,
+            keepalive=pipeline,
         )
         stream.start()
         return stream
