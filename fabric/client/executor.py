@@ -97,9 +97,10 @@ def connect(
     that reads them, each line prefixed with where it ran; ``forward_output=False``
     leaves it in the nodes' log files instead (see :mod:`fabric.node.output`).
     """
-    if isinstance(address, int) and not isinstance(address, bool):
-        if workers is not None:
-            raise TypeError(f"connect({address}, workers={workers}): give the number of workers once")
+    if isinstance(address, int):  # connect(4), as ProcessPoolExecutor(4)
+        if isinstance(address, bool) or workers is not None:
+            raise TypeError(f"connect({address!r}, workers={workers!r}): give the number of workers once, "
+                            "as connect(N) or connect(workers=N)")
         address, workers = None, address
     config = _cluster_config(address)
     overrides: dict[str, Any] = {

@@ -132,7 +132,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # concurrent.futures.Future's own
 
 
 def as_completed(fs: Iterable[concurrent.futures.Future], timeout: float | None = None) -> Iterator[Any]:
