@@ -183,12 +183,12 @@ class FutureGroup:
         if wrong is not None:  # a lying or broken worker: fail the calls, not the I/O thread
             self.fail(batch, wrong)
             return
-        printed = batch.printed
+        printed = batch.printed.by_task() if batch.printed is not None else None
         for index, future in enumerate(self.futures):
             if future.done():
                 continue
             if printed is not None:
-                future._printed = printed.of_task(index)
+                future._printed = printed.get(index)
             failure = failed.get(index)
             if failure is None:
                 future.set_result(results[index])

@@ -190,7 +190,11 @@ class MapStream:
 
     def start(self) -> None:
         """Post the first window of chunks, so work begins at the map call."""
-        self._fill()
+        try:
+            self._fill()
+        except KeyboardInterrupt:  # ctrl-C in the map call itself: its first tasks may be running
+            self._interrupt()
+            raise
 
     def _chunks(self) -> Iterator[Iterable[Any]]:
         try:
@@ -225,12 +229,16 @@ class MapStream:
                 # Resumed once the caller has used every result of the chunk.
                 self.sizer.observe_caller(used, time.perf_counter() - started)
         except KeyboardInterrupt:  # ctrl-C while waiting: this map's tasks stop, not only the wait
-            self.close()
-            if self._interrupted is not None:
-                self._interrupted()
+            self._interrupt()
             raise
         finally:
             self.close()
+
+    def _interrupt(self) -> None:
+        """Stop: nobody waits for this map any more, so its running tasks are stopped too."""
+        self.close()
+        if self._interrupted is not None:
+            self._interrupted()
 
     def close(self) -> None:
         """Stop: queued chunks are skipped, late results dropped."""

@@ -33,10 +33,12 @@ class Printed:
     where: str
     records: list[list[Any]]
 
-    def of_task(self, index: int) -> Printed | None:
-        """What task ``index`` printed, or None."""
-        mine = [record for record in self.records if record[0] == index]
-        return Printed(self.where, mine) if mine else None
+    def by_task(self) -> dict[int, Printed]:
+        """What each task that printed printed, by its index within the batch."""
+        grouped: dict[int, list[list[Any]]] = {}
+        for record in self.records:
+            grouped.setdefault(record[0], []).append(record)
+        return {task: Printed(self.where, records) for task, records in grouped.items()}
 
 
 def show(printed: Printed) -> None:

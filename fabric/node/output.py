@@ -121,6 +121,13 @@ class TaskStream(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    def fileno(self) -> int:
+        """The worker's own descriptor (the node's log), as Jupyter's streams give
+        theirs: ``faulthandler`` and subprocesses write there, below Python."""
+        if self._own is None:
+            raise io.UnsupportedOperation("fileno")
+        return self._own.fileno()
+
     def write(self, text: str) -> int:
         if type(text) is not str:
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")

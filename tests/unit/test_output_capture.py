@@ -69,4 +69,10 @@ def test_the_caller_writes_each_line_prefixed_in_task_order(capsys):
     second = output.Printed("(a:w2)", [[0, STDOUT, "three\n"]])
     output.show_at([((5, 6), first), ((2,), second)])
     assert capsys.readouterr() == ("(a:w2) three\n(a:w1) one\n(a:w1) two\n", "(a:w1) zero\n")
-    assert first.of_task(1).records == [[1, STDOUT, "one\ntwo"]] and first.of_task(7) is None
+    assert {task: p.records for task, p in first.by_task().items()} == {1: [[1, STDOUT, "one\ntwo"]],
+                                                                         0: [[0, STDERR, "zero\n"]]}
+
+
+def test_the_streams_descriptor_is_the_workers_own(capture):
+    assert capture.stdout.fileno() == sys.__stdout__.fileno()
+    assert capture.stderr.fileno() == sys.__stderr__.fileno()
