@@ -121,7 +121,8 @@ class IOLoop:
         self.forward_output = forward_output
         self.context = context
         self.key = key
-        self.ventilator = Ventilator(retries, liveness_s)
+        raise_fd_limit()
+        self.ventilator = Ventilator(retries, liveness_s, max_workers())
         self.handshakes = security.HandshakeWatch(keyed=key is not None)
         self.view = ClusterView(
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
@@ -129,7 +130,6 @@ class IOLoop:
         )
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
-        raise_fd_limit()
         self.vent = self._router(READY_MAX_BYTES)
         self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
@@ -220,7 +220,7 @@ class IOLoop:
         nodes = self.view.nodes(time.monotonic())
         return FabricStatistics(
             tuple(nodes), self.workers(), CacheStats.of(nodes, self.cache.hits, self.cache.misses),
-            self.duplicates, self.malformed,
+            self.duplicates, self.malformed, self.ventilator.refused_workers,
         )
 
     def wait_workers(self, count: int, timeout_s: float) -> bool:
@@ -437,7 +437,11 @@ class IOLoop:
         received = self._receive(self.vent)
         if received is not None and isinstance(received[1], Ready):
             worker_id, msg = received
-            self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id)
+            if not self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id) and \
+                    self.ventilator.refused_workers == 1:
+                log.warning("client: refused worker %r of node %r: %d workers attached, the most this client's "
+                            "open-file limit serves (logged once; later ones are counted in statistics())",
+                            worker_id[:40], msg.node_id[:40], self.ventilator.max_workers)
 
     def _on_results(self) -> None:
         received = self._receive(self.sink)
@@ -628,6 +632,15 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
             log.debug("client: could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+
+
+def max_workers() -> int:
+    """Workers one client serves at once: each costs it two connections (a
+    descriptor each) besides libzmq's own; a quarter of the open-file limit is
+    kept for everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
+    return max(1, limit * 3 // 8)
 
 
 def _bind(sock: zmq.Socket, where: str, name: str) -> str:

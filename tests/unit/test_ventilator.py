@@ -316,3 +316,11 @@ def test_an_interrupt_drops_queued_batches_nobody_waits_for_and_recycles_their_w
     assert [b.owner for b in vent.urgent] == [abandoned, wanted]  # back uncharged; the first is skipped
     assert all(b.attempts == 0 and not b.suspect for b in vent.urgent)
     assert not vent.recycling
+
+
+def test_a_new_worker_beyond_max_workers_is_refused_but_a_known_one_reattaches():
+    v = Ventilator(max_workers=2)
+    assert v.worker_ready(b"w1", 2, b"n1") and v.worker_ready(b"w2", 2, b"n1")
+    assert not v.worker_ready(b"w3", 2, b"n1")
+    assert v.worker_ready(b"w1", 1, b"n1")  # a re-attach takes no new place
+    assert (v.workers, v.refused_workers, v.free[b"w1"]) == (2, 1, 1)
