@@ -7,7 +7,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from helpers import wait_for
+from helpers import free_address, wait_for
+
+import fabric
+from fabric.config import CacheConfig
 
 PREFIX = re.compile(r"^\(embedded:w\d+\) ", re.MULTILINE)
 
@@ -113,3 +116,16 @@ def test_descriptor_level_output_goes_to_the_node_log_named_in_status(fx, capsys
     log = Path(re.search(r"log of embedded: (\S+)", status.stdout)[1])
     assert log == Path(fx.nodes()[0].log_file)
     wait_for(lambda: "fd1 loud-91c2" in log.read_text(errors="replace"), 10, "the descriptor's write in the log")
+
+
+def test_a_daemons_workers_write_to_its_log_beside_its_cache_shard(start_node, tmp_path):
+    address = free_address()
+    start_node(address)
+    with fabric.connect(address, heartbeat_interval_s=0.2, liveness_s=1.0) as fx:
+        wait_for(lambda: fx.workers() == 1, 20, "the daemon's worker")
+        assert fx.submit(write_below_python, "daemon-5e1d").result(timeout=30) == "daemon-5e1d"
+        node = fx.nodes()[0]
+        log = Path(node.log_file)
+    assert log == CacheConfig(dir=str(tmp_path / "cache")).shard_path(node.name).with_suffix(".log")
+    wait_for(lambda: "fd2 daemon-5e1d" in log.read_text(errors="replace"), 10, "the worker's write in the log")
+    assert f"node {node.name} on " in log.read_text()  # the daemon's own messages are there too
