@@ -200,6 +200,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             for control in controls:
                 self._io.add_node(control, embedded.sentinel() if embedded else None)
             self._io.start()
+            _open.add(self._lifecycle)
         except BaseException:
             if embedded is not None:
                 embedded.stop()
@@ -262,7 +263,6 @@ class _Lifecycle:
         self.context = context
         self.gate = gate
         self.closed = False
-        _open.add(self)
 
     def check_open(self) -> None:
         if self.closed:

@@ -59,16 +59,16 @@ class OutputCapture:
     def end(self) -> list[Record]:
         """Stop capturing; the batch's records, with consecutive writes of one
         task to one stream joined, and a note of what was dropped."""
-        records, dropped, dropped_at = self.records, self.dropped, self.dropped_at
         self.results = None
-        self.records, self.size, self.dropped = [], 0, 0
-        if not records and not dropped:
+        records, dropped = self.records, self.dropped
+        if not records and not dropped:  # the common case costs no allocation
             return records
+        self.records, self.size, self.dropped = [], 0, 0
         joined = _joined(records)
         if dropped:
             note = (f"[fabric: {dropped:,} more characters of output dropped: a batch keeps at most "
                     f"{self.max_chars:,}]\n")
-            joined.append([dropped_at, STDERR, note])
+            joined.append([self.dropped_at, STDERR, note])
         return joined
 
     def write(self, stream: int, text: str) -> None:
