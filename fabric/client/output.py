@@ -17,6 +17,7 @@ where the task ran, ``(node:wN)``, as Ray prefixes a worker's lines.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ def write(entries: Iterable[tuple[str, int, str]]) -> None:
             continue
         lines = text.splitlines(keepends=True)
         block = "".join(f"{where} {line}" for line in lines)
-        out.write(block if block.endswith("\n") else block + "\n")
-        used.add(out)
+        with contextlib.suppress(OSError, ValueError):  # a closed stream must not cost the caller its results
+            out.write(block if block.endswith("\n") else block + "\n")
+            used.add(out)
     for out in used:
-        out.flush()
+        with contextlib.suppress(OSError, ValueError):
+            out.flush()

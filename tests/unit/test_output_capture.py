@@ -1,6 +1,7 @@
 """A worker's capture of what tasks print: attributed to each task of a batch
 without any work per item, bounded, and written back in the caller with a prefix."""
 
+import io
 import sys
 
 import pytest
@@ -76,3 +77,10 @@ def test_the_caller_writes_each_line_prefixed_in_task_order(capsys):
 def test_the_streams_descriptor_is_the_workers_own(capture):
     assert capture.stdout.fileno() == sys.__stdout__.fileno()
     assert capture.stderr.fileno() == sys.__stderr__.fileno()
+
+
+def test_a_closed_stream_in_the_caller_costs_it_nothing(monkeypatch):
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)
+    output.show(output.Printed("(a:w1)", [[0, STDOUT, "lost\n"]]))  # no exception: the results still come
