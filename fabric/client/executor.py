@@ -43,6 +43,7 @@ from ..config import (
 from ..errors import ClosedError, ConfigError
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
+from .cluster_view import FIRST_CONTACT_S
 from .embedded import EmbeddedNode
 from .io_loop import IOLoop, io_threads
 from .options import TaskOptions
@@ -53,6 +54,7 @@ __all__ = ["Fabric", "connect"]
 
 log = logging.getLogger(__name__)
 
+CONTACT_SLACK_S = 1.0  # beyond first contact's timeout, for the I/O thread to say it failed
 _open: set[_Lifecycle] = set()  # fabrics not shut down yet, closed at exit
 _closing: set[threading.Thread] = set()  # shutdown(wait=False)s still finishing their work
 
@@ -121,7 +123,12 @@ def connect(
         return fabric
     controls = [node.address for node in config.nodes]
     bind_where = client_bind_host(controls[0], config.insecure or key is not None)
-    return Fabric(controls, bind_where, config, key, forward_output=forward_output)
+    fabric = Fabric(controls, bind_where, config, key, forward_output=forward_output)
+    # Until a node has said how many workers it has: fx.workers() then counts them,
+    # never a bare 0.  Nothing answering costs first contact's timeout, after which
+    # calls fail at once, as they would have then anyway.
+    fabric._io.wait_contact(min(FIRST_CONTACT_S, config.connect_timeout_s) + CONTACT_SLACK_S)
+    return fabric
 
 
 def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:

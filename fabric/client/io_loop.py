@@ -152,7 +152,7 @@ class IOLoop:
         self._closed = False
         self._awake = False
         self._idle_waiters: list[threading.Event] = []
-        self._worker_waiters: list[tuple[int, threading.Event]] = []
+        self._waiters: list[tuple[Callable[[], bool], threading.Event]] = []  # for connect(): workers, contact
         self._printed: dict[bytes, BatchOutput] = {}  # worker -> what its next result's tasks printed
         self._labels: dict[bytes, str] = {}  # worker -> "(node:wN)", its output's prefix
         self.broken: BaseException | None = None
@@ -225,8 +225,17 @@ class IOLoop:
 
     def wait_workers(self, count: int, timeout_s: float) -> bool:
         """Block until ``count`` workers have attached (or the loop broke or closed)."""
+        return self._wait_until(lambda: self.ventilator.workers >= count, timeout_s)
+
+    def wait_contact(self, timeout_s: float) -> bool:
+        """Block until some node has reported its workers, or first contact failed."""
+        return self._wait_until(lambda: self.view.reported_workers() > 0 or self.view.unreachable is not None,
+                                timeout_s)
+
+    def _wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
+        """Block until ``ready()`` holds in the I/O thread (or the loop broke or closed)."""
         event = threading.Event()
-        if not self.post(lambda: self._worker_waiters.append((count, event))):
+        if not self.post(lambda: self._waiters.append((ready, event))):
             return False
         return event.wait(timeout_s)
 
@@ -383,8 +392,8 @@ class IOLoop:
                     self._survive("a dispatch", self._dispatch)
                 if self._idle_waiters:
                     self._notify_idle()
-                if self._worker_waiters:
-                    self._notify_workers()
+                if self._waiters:
+                    self._notify_waiters()
         except Exception:
             log.exception("client I/O loop failed")
             self._break(NoNodesError("the client's I/O thread failed; see the log"))
@@ -546,15 +555,14 @@ class IOLoop:
                 event.set()
             self._idle_waiters.clear()
 
-    def _notify_workers(self) -> None:
-        attached, broken = self.ventilator.workers, self.broken is not None
+    def _notify_waiters(self) -> None:
         waiting = []
-        for count, event in self._worker_waiters:
-            if attached >= count or broken:
+        for ready, event in self._waiters:
+            if self.broken is not None or ready():
                 event.set()
             else:
-                waiting.append((count, event))
-        self._worker_waiters = waiting
+                waiting.append((ready, event))
+        self._waiters = waiting
 
     def _drop_abandoned(self) -> None:
         """Drop queued batches nobody waits for; ask the nodes to recycle the
@@ -616,7 +624,7 @@ class IOLoop:
         self.embedded.clear()
         for event in self._idle_waiters:
             event.set()
-        for _, event in self._worker_waiters:
+        for _, event in self._waiters:
             event.set()
 
 

@@ -8,7 +8,7 @@ import linecache
 import traceback
 
 import pytest
-from helpers import all_gone, fabric_pids, node_pid, wait_for
+from helpers import all_gone, fabric_pids, free_address, node_pid, wait_for
 
 import fabric
 
@@ -44,6 +44,13 @@ def test_connect_returns_with_its_workers_ready(no_leaked_processes):
         assert fx.workers() == 2  # at once, not after a while
         assert "2 workers" in repr(fx)
         assert len(fabric_pids(fx) - {node_pid(fx)}) == 2
+
+
+def test_connecting_to_a_node_returns_knowing_its_workers(start_node):
+    address = free_address()
+    start_node(address, workers=2)
+    with fabric.connect(address, heartbeat_interval_s=0.2, liveness_s=1.0) as fx:
+        assert fx.workers() == 2  # reported by the node, or attached: never a bare 0
 
 
 def test_a_number_of_workers_given_twice_is_refused():
