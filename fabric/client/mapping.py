@@ -38,6 +38,7 @@ from ..wire import codec
 from ..wire.protocol import Mode
 from .awaiting import MapResults
 from .batching import BatchSizer
+from .output import Printed, show_at
 from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Part:
     exc: BaseException | None = None
     indices: list[int] | None = None
     blobs: list[bytes] | None = None
+    printed: Printed | None = None  # what its tasks printed
 
     def positions(self) -> Sequence[int]:
         return self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
@@ -111,6 +113,8 @@ class MapStream:
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
         bar: Bar | None = None,
+        interrupted: Callable[[], None] | None = None,
+        keepalive: object = None,
     ) -> None:
         self._digest, self._fn_payload = fn_info
         self._mode = mode
@@ -124,6 +128,8 @@ class MapStream:
         self._retries = retries
         self._check_size = check_size
         self._cache = cache
+        self._interrupted = interrupted  # a KeyboardInterrupt stops this map's running tasks
+        self._keepalive = keepalive  # the fabric's pipeline: an unfinished map keeps its fabric open
         self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
         self._repeats: dict[int, dict[int, int]] = {}  # seq -> {position: position of the same key computed}
         self._encoder = codec.PayloadEncoder()
@@ -158,7 +164,8 @@ class MapStream:
         raise TypeError("map chunks are never merged")
 
     def deliver(self, batch: Batch, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None:
-        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors, indices=batch.indices))
+        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors, indices=batch.indices,
+                                  printed=batch.printed))
 
     def fail(self, batch: Batch, exc: BaseException) -> None:
         self._add(batch.seq, Part(batch.offset, batch.n_items, exc=exc, indices=batch.indices))
@@ -192,7 +199,11 @@ class MapStream:
 
     def start(self) -> None:
         """Post the first window of chunks, so work begins at the map call."""
-        self._fill()
+        try:
+            self._fill()
+        except KeyboardInterrupt:  # ctrl-C in the map call itself: its first tasks may be running
+            self._interrupt()
+            raise
 
     def chunks(self) -> Iterator[Iterable[Any]]:
         """Each chunk's results in turn, as the caller takes them."""
@@ -204,6 +215,9 @@ class MapStream:
                         raise self._input_error
                     return
                 seq, length, parts = self._wait_chunk()
+                printed = [(part.positions(), part.printed) for part in parts if part.printed is not None]
+                if printed:
+                    show_at(printed)
                 started = time.perf_counter()
                 if self._mode == Mode.FOLD:
                     results, error = _partials(parts)
@@ -227,6 +241,9 @@ class MapStream:
                 del results, parts  # the caller's loop alone decides how long a result lives
                 # Resumed once the caller has used every result of the chunk.
                 self.sizer.observe_caller(used, time.perf_counter() - started)
+        except KeyboardInterrupt:  # ctrl-C while waiting: this map's tasks stop, not only the wait
+            self._interrupt()
+            raise
         finally:
             self.close()
             if self._bar is not None:
@@ -237,6 +254,12 @@ class MapStream:
         self.last_taken = results
         if self._bar is not None:
             self._bar.update(items)
+
+    def _interrupt(self) -> None:
+        """Stop: nobody waits for this map any more, so its running tasks are stopped too."""
+        self.close()
+        if self._interrupted is not None:
+            self._interrupted()
 
     def close(self) -> None:
         """Stop: queued chunks are skipped, late results dropped."""

@@ -58,14 +58,17 @@ class MapCall:
     progress: bool | str = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Pipeline:
-    """What the task API needs from its fabric, held by the fabric and its views.
+    """What the task API needs from its fabric, held by the fabric, its views
+    and its map streams (the fabric shuts down when the last of them goes).
 
     ``post`` hands a batch to the I/O thread (which fails it once the fabric
     has closed); ``capacity`` (credits) and ``workers`` size map windows and
     batches; ``check_open`` raises :class:`~fabric.ClosedError` after
-    ``shutdown()``; ``cache`` looks results up and stores them.
+    ``shutdown()``; ``cache`` looks results up and stores them; ``interrupted``
+    (a KeyboardInterrupt in a caller) drops the work nobody waits for any more
+    and stops the workers running it.
     """
 
     post: Callable[[Batch], None]
@@ -75,6 +78,7 @@ class Pipeline:
     shipper: FunctionShipper
     cache: CacheClient
     max_message_bytes: int
+    interrupted: Callable[[], None]
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
@@ -177,6 +181,8 @@ class TaskAPI:
             check_size=pipeline.check_size,
             cache=cache,
             bar=new_bar(call.length, call.progress) if call.progress else None,
+            interrupted=pipeline.interrupted,
+            keepalive=pipeline,
         )
         stream.start()
         return stream

@@ -13,6 +13,8 @@ ROUTER socket this state drives)::
     sink: BATCH_STARTED   --> acknowledged(): the worker started a batch (a sign of life)
     the loop's tick       --> silent_workers(): workers that hold work and went silent;
                               take_back(): their batches go elsewhere, uncharged
+    a caller's ctrl-C     --> drop_abandoned(), recycle_abandoned(): queued batches nobody
+                              waits for are dropped, workers running one are recycled
 
 Credit-based flow control: a batch is sent only against a credit, so what is in
 flight, and so memory on both sides, is bounded however large the input.  Pull
@@ -57,6 +59,7 @@ from ..errors import ProtocolError, WorkerCrashedError
 from ..wire import codec
 from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
+from .output import Printed
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
 # A batch is overdue after this many times its expected time without a sign of life
@@ -135,6 +138,7 @@ class Batch:
     indices: list[int] | None = None  # positions in the owner's chunk, when not contiguous (cache misses)
     suspect: bool = False  # it was running when its worker died: never merged again, so a poison task is isolated
     taken_back: bool = False  # its worker went silent once: acknowledged from now on
+    printed: Printed | None = None  # what its tasks printed, set with its results for its owner
 
     def frames(self, with_fn: bool, ack: bool) -> list[Any]:
         header = TaskBatch(
@@ -194,6 +198,7 @@ class Ventilator:
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
+        self.recycling: set[bytes] = set()  # workers whose node was asked to recycle them
         self.call_sizers: dict[bytes, BatchSizer] = {}
 
     # -- workers -----------------------------------------------------------------
@@ -250,8 +255,12 @@ class Ventilator:
         Only the batch the worker was running (the first it was sent) can have
         killed it: that one is split, or charged an attempt when it is a single
         task; the batches waiting behind it go back to the queue unchanged."""
+        recycled = worker_id in self.recycling
         held = self._forget(worker_id)
         if not held:
+            return []
+        if recycled:  # killed on our word, for abandoned work: nothing it ran is at fault
+            self._requeue(held)
             return []
         self._requeue(held[1:])
         return self._retry(held[0], reason)
@@ -289,6 +298,7 @@ class Ventilator:
         batch_ids = self.held.pop(worker_id, {})
         for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
+        self.recycling.discard(worker_id)
         self.started.difference_update(batch_ids)
         return [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
 
@@ -474,6 +484,25 @@ class Ventilator:
         self.urgent = deque(b for b in kept if b.mode == Mode.CALL)
         self.bulk = deque(b for b in kept if b.mode != Mode.CALL)
         return dropped
+
+    def drop_abandoned(self) -> None:
+        """Drop the queued batches whose owner nobody waits for any more."""
+        self.urgent = deque(b for b in self.urgent if b.owner.alive())
+        self.bulk = deque(b for b in self.bulk if b.owner.alive())
+
+    def recycle_abandoned(self) -> list[tuple[bytes, bytes]]:
+        """(worker, node) of each worker running a batch nobody waits for, once:
+        its node is to kill and replace it, as ``task_timeout`` recycles one.  A
+        worker's running batch is the first it holds; what it holds behind that
+        batch runs later, and its results are dropped if abandoned too."""
+        found = []
+        for worker_id, held in self.held.items():
+            if held and worker_id not in self.recycling and worker_id in self.node_of:
+                running = self.in_flight[next(iter(held))][1]
+                if not running.owner.alive():
+                    self.recycling.add(worker_id)
+                    found.append((worker_id, self.node_of[worker_id]))
+        return found
 
     def drop_in_flight(self) -> list[Batch]:
         """Forget every batch sent (the client is closing or lost its nodes)."""

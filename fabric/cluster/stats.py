@@ -66,6 +66,7 @@ class NodeStats:
     cache_misses: int = 0
     cache_weight: int = 0  # the node's weight on the cache ring (MiB of shard capacity); 0: no cache
     peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every peer it knows
+    log_file: str = ""  # where the node and its workers write (descriptors 1 and 2, and its log)
     per_worker: tuple[WorkerStats, ...] = ()
     age_s: float = field(default=0.0, compare=False)
 
@@ -115,7 +116,7 @@ _WORKER_TYPES = (str, int, int, int, float, bool, bytes, int)
 
 
 def _check_types(stats: NodeStats) -> None:
-    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool}
+    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool, "log_file": str}
     for name, kind in expected.items():
         if type(getattr(stats, name)) is not kind:
             raise ProtocolError(f"heartbeat field {name} is not {kind.__name__}")

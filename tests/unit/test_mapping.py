@@ -232,3 +232,25 @@ def test_a_stream_past_its_deadline_is_ready_to_raise(clock):
     assert stream.wake_when_ready(lambda: None) and stream.time_left() == 0.0
     with pytest.raises(TimeoutError):
         next(stream.results())
+
+
+def test_ctrl_c_in_the_map_call_or_its_wait_stops_the_map_and_says_so():
+    calls = []
+
+    def post(batch):
+        if len(calls) == 2:  # the caller's thread is interrupted while it posts the first window
+            raise KeyboardInterrupt
+        calls.append(batch)
+
+    stream = MapStream((b"digest", b"fn"), Mode.MAP, range(100), post=post, capacity=lambda: 4,
+                       sizer=BatchSizer(10), ordered=True, deadline=None, interrupted=lambda: calls.append("stop"))
+    with pytest.raises(KeyboardInterrupt):
+        stream.start()
+    assert calls[-1] == "stop" and not stream.alive()
+
+    waiting = MapStream((b"digest", b"fn"), Mode.MAP, range(100), post=lambda batch: None, capacity=lambda: 4,
+                        sizer=BatchSizer(10), ordered=True, deadline=None, interrupted=lambda: calls.append("again"))
+    waiting._cond.wait = lambda *args: (_ for _ in ()).throw(KeyboardInterrupt())  # what ctrl-C does to the wait
+    with pytest.raises(KeyboardInterrupt):
+        next(waiting.results())
+    assert calls[-1] == "again" and not waiting.alive()
