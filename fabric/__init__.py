@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
     from .client.objects import ObjectInfo
     from .client.options import TaskOptions
+    from .client.progress import progress
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
@@ -51,7 +52,7 @@ _LAZY = {
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
-    "ObjectInfo": "client.objects", "Ref": "wire.ref",
+    "ObjectInfo": "client.objects", "progress": "client.progress", "Ref": "wire.ref",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
     "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
@@ -62,7 +63,7 @@ __all__ = [
     "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
     "NoNodesError", "NodeStats", "ObjectInfo", "ObjectLostError", "Ref", "RemoteError", "RemoteTraceback",
     "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownObjectError", "WorkerCrashedError",
-    "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "wait",
+    "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "progress", "wait",
 ]
 
 

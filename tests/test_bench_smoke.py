@@ -71,3 +71,12 @@ def test_the_harness_installs_under_the_projects_name(tmp_path):
                     [str(Path(sys.executable).with_name("fabric-bench")), "--help"]):
         out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)  # away from a checkout
         assert out.returncode == 0 and "fabric-bench" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("system", ["serial", "fabric by_key", "fabric combine"])
+def test_the_by_key_workload_counts_every_word_in_a_process_of_its_own(system):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.by_key", system, "wide", "40000", "2"], check=True,
+                         timeout=120, capture_output=True, text=True)
+    measured = json.loads(out.stdout)
+    assert measured["keys"] == 20_000  # every key twice: the words were all counted (checked inside too)
+    assert measured["seconds"] > 0 and measured["peak_rss_mb"] >= 0

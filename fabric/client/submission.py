@@ -18,18 +18,21 @@ from __future__ import annotations
 import concurrent.futures
 import pickle
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import SerializationError
+from ..errors import ClosedError, SerializationError
+from ..task.by_key import FoldByKey
 from ..task.fold import NO_INITIAL, Fold
 from ..task.guard import Guarded
 from ..task.keep import Kept
 from ..wire import codec
 from ..wire.protocol import Mode
 from ..wire.ref import Ref, start_collecting, stop_collecting
+from .awaiting import MapResults
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .dependencies import futures_in, when_done
@@ -38,13 +41,15 @@ from .locality import data_by_node
 from .mapping import MapStream, sized_length, sliced_input
 from .objects import ObjectTable
 from .options import TaskOptions
-from .reduction import combiner, fold
+from .progress import new_bar
+from .reduction import combiner, fold, merge_partitions
 from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
 
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_GUARDS = 256  # wrapped (function, options) pairs kept, so their pickles are reused
+PARTITIONS_PER_WORKER = 4  # by_key's default: enough partitions to spread over nodes by key, few enough to stay cheap
 
 
 @dataclass(frozen=True)
@@ -56,16 +61,22 @@ class MapCall:
     timeout: float | None
     chunksize: int | None
     ordered: bool
+    progress: bool | str = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Pipeline:
-    """What the task API needs from its fabric, held by the fabric and its views.
+    """What the task API needs from its fabric, held by the fabric, its views
+    and its map streams (the fabric shuts down when the last of them goes).
 
     ``post`` hands a batch to the I/O thread (which fails it once the fabric
     has closed); ``capacity`` (credits) and ``workers`` size map windows and
     batches; ``check_open`` raises :class:`~fabric.ClosedError` after
-    ``shutdown()``; ``cache`` looks results up and stores them.
+    ``shutdown()``; ``cache`` looks results up and stores them; ``interrupted``
+    (a KeyboardInterrupt in a caller) drops the work nobody waits for any more
+    and stops the workers running it; ``objects`` counts this client's Refs,
+    and ``live_nodes`` with ``locality_bytes`` place a batch by the data it reads.
+    None of them is a method of the fabric, which would keep it alive.
     """
 
     post: Callable[[Batch], None]
@@ -75,6 +86,7 @@ class Pipeline:
     shipper: FunctionShipper
     cache: CacheClient
     max_message_bytes: int
+    interrupted: Callable[[], None]
     objects: ObjectTable
     live_nodes: Callable[[], set[bytes]]
     locality_bytes: int = 1 << 20
@@ -115,11 +127,12 @@ class TaskAPI:
         options = self._task_options
         cached = wants_cache(fn, options.cache)
         digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
-        future = Future(codec.function_name(fn))
+        name = codec.function_name(fn)
+        future = Future(name)
         if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
         if options.keep:  # a kept result lost with its node is computed again while this call is held
-            _remember(pipeline.objects, future, lambda: self.submit(fn, *args, **kwargs))
+            _remember(pipeline.objects, future, _resubmit(pipeline, options, fn, args, kwargs))
         self._post_call(fn, (digest, fn_payload), args, kwargs, future)
         return future
 
@@ -141,7 +154,7 @@ class TaskAPI:
             when_done([pipeline.objects.recompute(ref) for ref in lost],
                       lambda failed: self._resume(fn, shipped, args, kwargs, future, failed))
             return
-        pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
+        pipeline.check_size(payload, f"the arguments of {future.task}")
         batch = Batch(
             next_batch_id(), shipped[0], shipped[1], Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=self._task_options.retries,
@@ -169,18 +182,22 @@ class TaskAPI:
         timeout: float | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        progress: bool | str = False,
         **options: Any,
-    ) -> Iterator[R]:
+    ) -> MapResults[R]:
         """Lazily apply ``fn`` to every item (``fn(*items)`` for several iterables).
 
         Results come in input order, or as they finish with ``ordered=False``.
         Work starts at once; input is read as results are consumed, with a
         bounded number of batches in flight.  ``chunksize`` fixes the batch
         size (default: adapted to 20-100 ms of work per batch).  ``timeout``
-        bounds the caller's wait, from this call, as in ``Executor.map``; task
-        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``, ``keep``)
-        may be given as keywords.  An input holding a fabric future is sent when
-        the future is done.
+        bounds the caller's wait, from this call, as in ``Executor.map``;
+        ``progress`` shows a bar (a string labels it; needs tqdm) moving as
+        results are taken.  Task options (``task_timeout``, ``retries``,
+        ``retry_on``, ``cache``, ``keep``) may be given as keywords.  An input
+        holding a fabric future is sent when the future is done.  The iterator
+        is also an async iterator: ``async for`` awaits results without
+        blocking the loop.
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -194,7 +211,7 @@ class TaskAPI:
             if wants_cache(fn, task_options.cache) else None
         )
         shipped = pipeline.shipper.get(fn, task_options, exact=True)
-        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
+        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
         return self._stream(shipped, items, call, task_options, cache).results()
 
     def _stream(
@@ -216,6 +233,9 @@ class TaskAPI:
             check_size=pipeline.check_size,
             cache=cache,
             locate=pipeline.locate,
+            bar=new_bar(call.length, call.progress) if call.progress else None,
+            interrupted=pipeline.interrupted,
+            keepalive=pipeline,
         )
         stream.start()
         return stream
@@ -228,9 +248,12 @@ class TaskAPI:
         *,
         initial: Any = NO_INITIAL,
         combine: Callable[[Any, Any], Any] | bool = False,
+        by_key: bool = False,
+        partitions: int | None = None,
         ordered: bool = False,
         chunksize: int | None = None,
         timeout: float | None = None,
+        progress: bool | str = False,
         **options: Any,
     ) -> Any:
         """``reduce(reducer, map(mapper, iterable), initial)``.
@@ -244,24 +267,51 @@ class TaskAPI:
         batch's fold as well, so it must be an identity (0, [], ``Counter()``).
         Results are folded in completion order (the reducer should be
         associative and commutative), or in input order with ``ordered=True``.
+        ``progress`` shows a bar of the items mapped, as ``map``'s.
+
+        With ``by_key=True`` the mapper returns an iterable of ``(key, value)``
+        pairs and the result is a dict ``{key: fold of its values}`` (Spark's
+        ``reduceByKey``, Dask's ``Bag.foldby``): values are folded per key on
+        the worker that mapped them, ``initial`` starting each key's fold,
+        each batch's partial is split into ``partitions`` by key (default a
+        few per worker), and the client merges the partials (``combine`` as
+        above), so no pair reaches it.  Keys need a stable encoding (str,
+        bytes, numbers, tuples, ...); one without raises
+        :class:`~fabric.CacheKeyError` naming it.
         """
-        if combine is False:
-            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
+        if combine is False and not by_key:
+            if partitions is not None:
+                raise TypeError("partitions= applies to map_reduce(..., by_key=True) only")
+            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered,
+                               progress=progress, **options)
             return fold(reducer, results, initial)
-        merge = combiner(reducer, combine)
-        self._pipeline.check_open()
+        merge = combiner(reducer, combine or True)
+        pipeline = self._pipeline
+        pipeline.check_open()
         task_options = self._task_options.merged(**options)
-        if task_options.keep:
-            raise ValueError("keep=True keeps each call's result on its node, and with combine= a batch returns "
-                             "one folded value: map with keep=True, then map_reduce over the Refs")
+        if task_options.keep:  # as a keyword here or from fx.options(keep=True)
+            raise ValueError(_KEEP_BY_KEY if by_key else _KEEP_COMBINED)
         if wants_cache(mapper, task_options.cache):
-            raise ValueError("the result cache stores each mapper call, and with combine= a batch returns one "
-                             "folded value: use map_reduce without combine to cache the mapper's results")
-        shipper = self._pipeline.shipper
-        batch_fold = Fold(shipper.wrapped(mapper, task_options), reducer, initial)
-        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
-        stream = self._stream(shipper.pickles.get(batch_fold), sliced_input(iterable), call, task_options, None)
-        return fold(merge, stream.results(), initial)
+            how = "by_key" if by_key else "combine"
+            raise ValueError(f"the result cache stores each mapper call, and with {how}= a batch returns one "
+                             f"folded value: use map_reduce without {how} to cache the mapper's results")
+        shipper = pipeline.shipper
+        wrapped = shipper.wrapped(mapper, task_options)
+        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
+        if not by_key:
+            shipped = shipper.pickles.get(Fold(wrapped, reducer, initial))
+            return fold(merge, self._stream(shipped, sliced_input(iterable), call, task_options, None).results(),
+                        initial)
+        count = PARTITIONS_PER_WORKER * max(1, pipeline.workers()) if partitions is None else partitions
+        shipped = shipper.pickles.get(FoldByKey(wrapped, reducer, initial, count))
+        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None)
+        return merge_partitions(stream.results(), merge, ordered)
+
+
+_KEEP_BY_KEY = ("keep=True with by_key=True (one object per partition, left on its node) needs the partitions "
+                "folded on their owner nodes, which is not built yet; drop keep=True")
+_KEEP_COMBINED = ("keep=True keeps each call's result on its node, and with combine= a batch returns one folded "
+                  "value: map with keep=True, then map_reduce over the Refs")
 
 
 class FabricView(TaskAPI):
@@ -312,6 +362,21 @@ class FunctionShipper:
             if len(self.guards) > MAX_GUARDS:
                 self.guards.popitem(last=False)
         return entry[1]
+
+
+def _resubmit(pipeline: Pipeline, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Callable[[], Future]:
+    """The call submitted again, holding its pipeline weakly: the lineage of a kept
+    Ref lives in the I/O thread, and must not keep a fabric let go of open."""
+    weak_pipeline = weakref.ref(pipeline)
+
+    def again() -> Future:
+        alive = weak_pipeline()
+        if alive is None:
+            raise ClosedError("the fabric that kept this result has shut down; it cannot compute it again")
+        return FabricView(alive, options).submit(fn, *args, **kwargs)
+
+    return again
 
 
 def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Future]) -> None:

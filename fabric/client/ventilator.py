@@ -13,6 +13,8 @@ ROUTER socket this state drives)::
     sink: BATCH_STARTED   --> acknowledged(): the worker started a batch (a sign of life)
     the loop's tick       --> silent_workers(): workers that hold work and went silent;
                               take_back(): their batches go elsewhere, uncharged
+    a caller's ctrl-C     --> drop_abandoned(), recycle_abandoned(): queued batches nobody
+                              waits for are dropped, workers running one are recycled
 
 Credit-based flow control: a batch is sent only against a credit, so what is in
 flight, and so memory on both sides, is bounded however large the input.  Pull
@@ -58,6 +60,7 @@ from ..wire import codec
 from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
 from .locality import choose_by_data
+from .output import Printed
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
 # A batch is overdue after this many times its expected time without a sign of life
@@ -140,6 +143,7 @@ class Batch:
     refs: list[Any] | None = None  # the Refs its items hold, alive until it is done (their objects must stay)
     data: dict[bytes, int] | None = None  # bytes of those objects per node holding them, when worth placing by
     parked_at: float | None = None  # when it started to wait for a credit on its data's node
+    printed: Printed | None = None  # what its tasks printed, set with its results for its owner
 
     def frames(self, with_fn: bool, ack: bool) -> list[Any]:
         header = TaskBatch(
@@ -181,9 +185,12 @@ class Batch:
 class Ventilator:
     """Queues, credits and batches in flight, per worker."""
 
-    def __init__(self, retries: int = 3, liveness_s: float = 3.0, locality_wait_s: float = 0.05) -> None:
+    def __init__(self, retries: int = 3, liveness_s: float = 3.0, max_workers: int = 1 << 16,
+                 locality_wait_s: float = 0.05) -> None:
         self.retries = retries
         self.liveness_s = liveness_s
+        self.max_workers = max_workers  # attached at once; READY from one more is refused
+        self.refused_workers = 0
         self.now = 0.0  # the loop's time at its current wake-up
         self.since: dict[bytes, float] = {}  # worker -> its last sign of life, or when it was sent work while idle
         self.started: set[int] = set()  # batches whose worker acknowledged starting them
@@ -197,16 +204,22 @@ class Ventilator:
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
+        self.recycling: set[bytes] = set()  # workers whose node was asked to recycle them
         self.call_sizers: dict[bytes, BatchSizer] = {}
         self.locality_wait_s = locality_wait_s
         self.parked: deque[Batch] = deque()  # waiting for a credit on the node that holds their data
 
     # -- workers -----------------------------------------------------------------
 
-    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> None:
+    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> bool:
         """A worker (re)attached with ``credits`` free slots.  A worker re-attaches
         between batches, never while one runs, and drops what it held unrun, so
-        its batches go back to the queue as they were, charged nothing."""
+        its batches go back to the queue as they were, charged nothing.  A new
+        worker beyond ``max_workers`` is refused (False) and counted: each costs
+        this client descriptors and memory, whoever sends the READY."""
+        if worker_id not in self.held and len(self.held) >= self.max_workers:
+            self.refused_workers += 1
+            return False
         self._requeue(self._forget(worker_id))
         self.since[worker_id] = self.now
         self.held[worker_id] = {}
@@ -214,6 +227,7 @@ class Ventilator:
         self.node_of[worker_id] = node_id
         self.free[worker_id] = max(0, credits)
         self._last_send[worker_id] = -1
+        return True
 
     @property
     def credits(self) -> int:
@@ -249,8 +263,12 @@ class Ventilator:
         Only the batch the worker was running (the first it was sent) can have
         killed it: that one is split, or charged an attempt when it is a single
         task; the batches waiting behind it go back to the queue unchanged."""
+        recycled = worker_id in self.recycling
         held = self._forget(worker_id)
         if not held:
+            return []
+        if recycled:  # killed on our word, for abandoned work: nothing it ran is at fault
+            self._requeue(held)
             return []
         self._requeue(held[1:])
         return self._retry(held[0], reason)
@@ -288,6 +306,7 @@ class Ventilator:
         batch_ids = self.held.pop(worker_id, {})
         for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
+        self.recycling.discard(worker_id)
         self.started.difference_update(batch_ids)
         return [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
 
@@ -506,6 +525,26 @@ class Ventilator:
         self.urgent = deque(b for b in kept if b.mode == Mode.CALL)
         self.bulk = deque(b for b in kept if b.mode != Mode.CALL)
         return dropped
+
+    def drop_abandoned(self) -> None:
+        """Drop the queued batches (parked ones too) whose owner nobody waits for any more."""
+        self.urgent = deque(b for b in self.urgent if b.owner.alive())
+        self.bulk = deque(b for b in self.bulk if b.owner.alive())
+        self.parked = deque(b for b in self.parked if b.owner.alive())
+
+    def recycle_abandoned(self) -> list[tuple[bytes, bytes]]:
+        """(worker, node) of each worker running a batch nobody waits for, once:
+        its node is to kill and replace it, as ``task_timeout`` recycles one.  A
+        worker's running batch is the first it holds; what it holds behind that
+        batch runs later, and its results are dropped if abandoned too."""
+        found = []
+        for worker_id, held in self.held.items():
+            if held and worker_id not in self.recycling and worker_id in self.node_of:
+                running = self.in_flight[next(iter(held))][1]
+                if not running.owner.alive():
+                    self.recycling.add(worker_id)
+                    found.append((worker_id, self.node_of[worker_id]))
+        return found
 
     def drop_in_flight(self) -> list[Batch]:
         """Forget every batch sent (the client is closing or lost its nodes)."""

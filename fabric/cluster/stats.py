@@ -71,6 +71,7 @@ class NodeStats:
     store_disk_bytes: int = 0  # bytes of them spilled to disk
     store_named: int = 0  # named objects
     peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every peer it knows
+    log_file: str = ""  # where the node and its workers write (descriptors 1 and 2, and its log)
     per_worker: tuple[WorkerStats, ...] = ()
     age_s: float = field(default=0.0, compare=False)
 
@@ -120,7 +121,7 @@ _WORKER_TYPES = (str, int, int, int, float, bool, bytes, int)
 
 
 def _check_types(stats: NodeStats) -> None:
-    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool}
+    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool, "log_file": str}
     for name, kind in expected.items():
         if type(getattr(stats, name)) is not kind:
             raise ProtocolError(f"heartbeat field {name} is not {kind.__name__}")

@@ -39,6 +39,7 @@ from ..wire.protocol import (
     Message,
     NodeLeaving,
     PeerHello,
+    RecycleWorker,
     Shutdown,
     Status,
     StatusReply,
@@ -166,6 +167,7 @@ class NodeState:
         self.stop_reason = ""  # what stopped the node (a signal's name, STOP), for the log
         self.spawns_owed = 0  # workers whose spawn failed (out of descriptors...), started again at a beat
         self.faults = Faults(f"node {settings.name}", log)
+        self.log_file = ""  # where the node and its workers write (the loop opens it)
         self.next_beat = self.next_health = 0.0
         self._rate_at = 0.0
         self._rate_done = 0
@@ -232,6 +234,8 @@ class NodeState:
                 return self.client_goodbye(msg.client_id)
             case WorkerSilent():
                 return self.worker_silent(sender, msg.worker_id)
+            case RecycleWorker():
+                return self.recycle_worker(sender, msg.worker_id)
             case PeerHello():
                 return [*self._subscribe(msg.pub), Send(sender, self.heartbeat(now))]
             case Status():
@@ -299,6 +303,18 @@ class NodeState:
                  worker_id.decode(errors="replace"), client_id)
         return [self._attach(record, client.hello)]
 
+    def recycle_worker(self, client_id: bytes, worker_id: bytes) -> list[Instruction]:
+        """A client abandoned the work one of our workers runs for it (a
+        KeyboardInterrupt): kill the worker, as ``task_timeout`` recycles one, and
+        start another.  Only a client the worker serves may ask."""
+        record = self.workers.get(worker_id)
+        if record is None or client_id not in self.clients or client_id not in record.clients:
+            return []
+        reason = "was recycled: its client interrupted the call it was running"
+        if not self.health.killing(worker_id, reason):
+            return []
+        return [Kill(worker_id, reason)]
+
     def health_due(self, now: float) -> bool:
         return now >= self.next_health
 
@@ -311,7 +327,7 @@ class NodeState:
         record.clients.add(hello.client_id)
         attach = Attach(
             hello.client_id, hello.ventilator, hello.sink, self.settings.prefetch, self.bound.node_id,
-            hello.max_message_bytes,
+            hello.max_message_bytes, hello.forward_output,
         )
         return Send(record.worker_id, attach)
 
@@ -439,6 +455,7 @@ class NodeState:
             store_disk_bytes=self.objects.disk_bytes,
             store_named=self.objects.named,
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
+            log_file=self.log_file,
             per_worker=tuple(
                 WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running,
                             r.running.client_id, r.running.batch_id)

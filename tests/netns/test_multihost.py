@@ -142,10 +142,17 @@ def start_nodes(hosts: Hosts, key_file: str | None = None) -> list[subprocess.Po
 def run_client(
     hosts: Hosts, tmp_path, n: int, cut: list[str], key_file: str | None = None, timeout: float = 100
 ) -> dict:
-    script = tmp_path / "client.py"
-    script.write_text(CLIENT)
     seed = f"tcp://{hosts.address(1)}:{NODE_PORT}"
-    client = hosts.exec(0, sys.executable, str(script), seed, str(n), *cut, key_file=key_file, stdout=subprocess.PIPE)
+    return run_script(hosts, tmp_path, CLIENT, seed, str(n), *cut, key_file=key_file, timeout=timeout)
+
+
+def run_script(
+    hosts: Hosts, tmp_path, text: str, *args: str, key_file: str | None = None, timeout: float = 100
+) -> dict:
+    """Run the client script ``text`` on host 0; what it printed last, as JSON."""
+    script = tmp_path / "client.py"
+    script.write_text(text)
+    client = hosts.exec(0, sys.executable, str(script), *args, key_file=key_file, stdout=subprocess.PIPE)
     try:
         out, _ = client.communicate(timeout=timeout)
     finally:
@@ -282,20 +289,44 @@ PIPELINE = textwrap.dedent(
 )
 
 
+BY_KEY_CLIENT = textwrap.dedent(
+    """
+    import json, operator, sys, time
+    from collections import Counter
+    import fabric
+    from helpers import spin_square
+
+    def word_pairs(line):
+        return ((word, 1) for word in line.split())
+
+    seed = sys.argv[1]
+    lines = [" ".join(f"w{(i * k) % 5003}" for k in range(1, 11)) for i in range(30_000)]
+    with fabric.connect(seed, insecure=True, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
+        deadline = time.monotonic() + 30
+        while fx.workers() < 2 and time.monotonic() < deadline:
+            fabric.wait([fx.submit(spin_square, 0)], timeout=0.2)
+        counts = fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=500)
+        expected = Counter(word for line in lines for word in line.split())
+        deadline = time.monotonic() + 10  # the nodes' counters come with their heartbeats: poll them
+        while sum(node.done for node in fx.nodes()) < len(lines) and time.monotonic() < deadline:
+            fabric.wait([fx.submit(spin_square, 0)], timeout=0.1)
+        print(json.dumps({"exact": counts == dict(expected), "keys": len(counts), "workers": fx.workers(),
+                          "done": {node.name: node.done for node in fx.nodes()}}))
+    """
+)
+
+
 def test_a_keep_pipeline_across_hosts_sends_no_intermediate_through_the_client(hosts, nodes, tmp_path):
-    script = tmp_path / "pipeline.py"
-    script.write_text(PIPELINE)
-    seed = f"tcp://{hosts.address(1)}:{NODE_PORT}"
-    client = hosts.exec(0, sys.executable, str(script), seed, hosts.link(0), stdout=subprocess.PIPE)
-    try:
-        out, _ = client.communicate(timeout=100)
-    finally:
-        client.kill()
-    assert client.returncode == 0
-    result = json.loads(out.strip().splitlines()[-1])
+    result = run_script(hosts, tmp_path, PIPELINE, f"tcp://{hosts.address(1)}:{NODE_PORT}", hosts.link(0))
     n, mib = 40, 1 << 20
     print(f"client bytes: keep {result['kept_bytes']:,}, through the client {result['through_bytes']:,}")
     assert result["heads"] == result["through"] == [float(i) for i in range(n)]
     assert result["holders"] == 2  # both hosts made intermediates
     assert result["through_bytes"] > 2 * n * mib  # each intermediate came to the client and went out again
     assert result["kept_bytes"] < n * mib // 10  # with keep=True only Refs and control traffic reach it
+
+
+def test_a_word_count_by_key_across_two_hosts(hosts, nodes, tmp_path):
+    result = run_script(hosts, tmp_path, BY_KEY_CLIENT, f"tcp://{hosts.address(1)}:{NODE_PORT}")
+    assert result["exact"] and result["keys"] == 5003 and result["workers"] == 2
+    assert all(done > 0 for done in result["done"].values()) and len(result["done"]) == 2

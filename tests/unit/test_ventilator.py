@@ -323,3 +323,47 @@ def test_parked_batches_count_as_pending_and_are_dropped_at_shutdown():
     assert list(vent.dispatch()) == []
     assert vent.has_pending() and not vent.idle()
     assert vent.drop_pending() == [batch] and not vent.parked
+
+
+def test_an_interrupt_drops_queued_batches_nobody_waits_for_and_recycles_their_workers_once():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 2, b"n1")
+    vent.worker_ready(b"w2", 1, b"n2")
+    abandoned, wanted = Owner(), Owner()
+    vent.enqueue(call_batch(abandoned, digest=b"a" * 16))  # w1 runs it
+    vent.enqueue(call_batch(wanted, digest=b"b" * 16))  # w2 runs it
+    vent.enqueue(call_batch(wanted, digest=b"c" * 16))  # waits in w1's socket behind the abandoned one
+    vent.enqueue(map_batch(range(4), abandoned))
+    vent.enqueue(map_batch(range(4), wanted))
+    list(vent.dispatch())
+    abandoned.wanted = False
+    vent.drop_abandoned()
+    assert [b.owner for b in vent.bulk] == [wanted]
+    assert vent.recycle_abandoned() == [(b"w1", b"n1")]
+    assert vent.recycle_abandoned() == []  # asked once
+    assert vent.worker_lost(b"w1", "was recycled") == []
+    assert [b.owner for b in vent.urgent] == [abandoned, wanted]  # back uncharged; the first is skipped
+    assert all(b.attempts == 0 and not b.suspect for b in vent.urgent)
+    assert not vent.recycling
+
+
+def test_a_new_worker_beyond_max_workers_is_refused_but_a_known_one_reattaches():
+    v = Ventilator(max_workers=2)
+    assert v.worker_ready(b"w1", 2, b"n1") and v.worker_ready(b"w2", 2, b"n1")
+    assert not v.worker_ready(b"w3", 2, b"n1")
+    assert v.worker_ready(b"w1", 1, b"n1")  # a re-attach takes no new place
+    assert (v.workers, v.refused_workers, v.free[b"w1"]) == (2, 1, 1)
+
+
+def test_an_interrupt_drops_parked_batches_nobody_waits_for():
+    vent = Ventilator(locality_wait_s=1.0)
+    vent.worker_ready(b"wb", 1, b"n-b")
+    abandoned, wanted = Owner(), Owner()
+    for owner in (abandoned, wanted):
+        batch = map_batch([1], owner)
+        batch.data = {b"n-a": 5 << 20}
+        vent.enqueue(batch)
+    assert list(vent.dispatch()) == [] and len(vent.parked) == 2  # both wait for a credit on n-a
+    abandoned.wanted = False
+    vent.drop_abandoned()
+    assert [b.owner for b in vent.parked] == [wanted]
