@@ -24,6 +24,7 @@ from .errors import (
     SerializationError,
     StoreError,
     TaskTimeoutError,
+    UnknownTaskError,
     WorkerCrashedError,
     WorkerLostError,
 )
@@ -33,10 +34,12 @@ if TYPE_CHECKING:
     from .client.executor import Fabric, connect
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
     from .client.options import TaskOptions
+    from .client.placement import BatchInfo, Candidate, Placement
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
     from .errors import AuthenticationError, ConfigError
+    from .task.context import WorkerInfo, current_worker
 
 __version__ = "0.1.0"
 
@@ -47,21 +50,26 @@ _LAZY = {
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
+    "BatchInfo": "client.placement", "Candidate": "client.placement", "Placement": "client.placement",
+    "WorkerInfo": "task.context", "current_worker": "task.context",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
     "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
 }
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
-    "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
-    "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
-    "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
-    "cached", "connect", "wait",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "BatchInfo", "CacheKeyError",
+    "CacheStats", "Candidate", "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError",
+    "FabricStatistics", "FabricView", "Future", "NoNodesError", "NodeStats", "Placement", "RemoteError",
+    "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownTaskError",
+    "WorkerCrashedError", "WorkerInfo", "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect",
+    "current_worker", "task", "wait",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "task":  # the subpackage fabric.task is itself the @fabric.task decorator (see fabric/task)
+        return importlib.import_module(".task", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fabric' has no attribute {name!r}")

@@ -24,8 +24,11 @@ import logging
 import os
 import socket
 import threading
+import time
+import types
 import uuid
 import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -40,12 +43,19 @@ from ..config import (
     is_loopback,
     load_config,
 )
-from ..errors import ClosedError, ConfigError
+from ..errors import ClosedError, ConfigError, NoNodesError
+from ..task.registry import named_digest
+from ..wire import codec
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
 from .embedded import EmbeddedNode
+from .everywhere import pinned_call, setup_batches
+from .futures import Future, FutureGroup
 from .io_loop import IOLoop, io_threads
 from .options import TaskOptions
+from .placement import Placement
+from .placing import known_tasks
+from .shipping import ship_modules_by_value
 from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
 
@@ -70,6 +80,10 @@ def connect(
     max_message_bytes: int | None = None,
     insecure: bool | None = None,
     key_file: str | os.PathLike[str] | None = None,
+    placement: str | Placement | None = None,
+    initializer: Callable[..., Any] | str | None = None,
+    initargs: Iterable[Any] = (),
+    ship_modules: bool | Iterable[str | types.ModuleType] = True,
 ) -> Fabric:
     """Start using a fabric.
 
@@ -90,7 +104,17 @@ def connect(
     serialized batch of arguments or results; ``key_file`` is the cluster's
     key, which authenticates and encrypts every connection (see
     :mod:`fabric.wire.security`; default: the cluster file's, or ``$FABRIC_KEY_FILE``).
+
+    ``placement`` is the default policy of every call (see
+    :mod:`fabric.client.placement`); ``initializer(*initargs)`` runs once in
+    each worker before its first task for this client, as in
+    ``ProcessPoolExecutor``, and one that raises fails every call.
+    ``ship_modules``: functions of the user's own modules (beside the script
+    or notebook, not installed) go by value, with their module's code, so
+    nodes need not have them; a list of modules (or names) forces those by
+    value too, and ``False`` sends every module's functions by reference.
     """
+    ship_modules_by_value(ship_modules)
     config = _cluster_config(address)
     overrides: dict[str, Any] = {
         "heartbeat_interval_s": heartbeat_interval_s, "liveness_s": liveness_s, "retries": retries,
@@ -104,9 +128,15 @@ def connect(
     key = ClusterKey.find(key_file or config.key_file)
     if address is None:
         embedded = EmbeddedNode(replace(local, key_file=key.path if key is not None else ""))
-        return Fabric([embedded.endpoint], embedded.bind_where, config, key, embedded=embedded)
-    controls = [node.address for node in config.nodes]
-    return Fabric(controls, client_bind_host(controls[0], config.insecure or key is not None), config, key)
+        fabric = Fabric([embedded.endpoint], embedded.bind_where, config, key, embedded=embedded,
+                        initializer=initializer, initargs=tuple(initargs))
+    else:
+        controls = [node.address for node in config.nodes]
+        fabric = Fabric(controls, client_bind_host(controls[0], config.insecure or key is not None), config, key,
+                        initializer=initializer, initargs=tuple(initargs))
+    if placement is not None:
+        fabric._task_options = fabric._task_options.merged(placement=placement)
+    return fabric
 
 
 def _cluster_config(address: str | os.PathLike[str] | None) -> ClusterConfig:
@@ -156,7 +186,8 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
 
     def __init__(
         self, controls: list[str], bind_where: str, config: ClusterConfig, key: ClusterKey | None = None, *,
-        embedded: EmbeddedNode | None = None,
+        embedded: EmbeddedNode | None = None, initializer: Callable[..., Any] | str | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         self._task_options = TaskOptions()
         self._embedded = embedded
@@ -174,8 +205,14 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             )
             self._pipeline = Pipeline(
                 self._io.post_batch, self._io.capacity, self._io.workers, self._check_open,
-                FunctionShipper(config.retries), self._io.cache, config.max_message_bytes,
+                FunctionShipper(config.retries), self._io.cache, config.max_message_bytes, self.tasks,
             )
+            if initializer is not None:
+                self._io.ventilator.setup = setup_batches(
+                    (named_digest(initializer), b"") if isinstance(initializer, str)
+                    else self._pipeline.shipper.get(initializer, self._task_options), _name(initializer), initargs,
+                    lambda exc: self._io.post(lambda: self._io.fail_all(exc)),
+                )
             self.cache = FabricCache(self._io.cache, self.statistics)
             for control in controls:
                 self._io.add_node(control, embedded.sentinel() if embedded else None)
@@ -244,6 +281,52 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         """``statistics().nodes``: the live nodes, as their latest heartbeats describe them."""
         return self.statistics().nodes
 
+    def tasks(self) -> dict[str, list[str]]:
+        """The tasks the live nodes define (``@fabric.task``): name -> names of
+        the nodes defining it.  Waits for the first node to answer, a few seconds
+        at most."""
+        self._io.heard.wait(self._io.view.first_contact_s)
+        return known_tasks(self.nodes())
+
+    def run(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Call ``fn(*args, **kwargs)`` once on every live worker (warm a cache,
+        load a model, read the environment); returns ``{worker id: its result,
+        or the exception it raised}``.  A task called by name runs on the
+        workers of the nodes defining it.  Waits for the workers the nodes
+        report to attach (up to ``connect_timeout_s``)."""
+        self._check_open()
+        shipped = self._shipped(fn, self._task_options, exact=False)
+        payload = codec.pickle_call(args, kwargs)
+        self._wait_for_workers()
+        futures: dict[str, Future] = {}
+        posted = threading.Event()
+
+        def make(worker_id: bytes) -> Any:
+            if isinstance(fn, str) and not self._io.defines(worker_id, fn):
+                return None
+            future = futures[worker_id.decode(errors="replace")] = Future(_name(fn))
+            return pinned_call(shipped, payload, FutureGroup([future]), worker_id)
+
+        if not self._io.post(lambda: self._io.on_every_worker(make, lambda _: posted.set())):
+            raise ClosedError("the fabric was shut down")
+        posted.wait()
+        concurrent.futures.wait(list(futures.values()))
+        return {worker: f.exception() or f.result() for worker, f in futures.items()}
+
+    def _wait_for_workers(self) -> None:
+        """Until every worker the nodes report has attached to this client (some must)."""
+        deadline = time.monotonic() + self._io.view.connect_timeout_s
+        settle = time.monotonic() + self._io.view.first_contact_s
+        while True:
+            attached, reported = self._io.attached()
+            now = time.monotonic()
+            if attached and (attached >= reported or now > settle):
+                return
+            if now > deadline or self._io.broken is not None:
+                raise self._io.broken or NoNodesError(
+                    f"no worker attached within {self._io.view.connect_timeout_s:g} s to run on")
+            self._io.heard.wait(0.01)  # set once a node answered: this waits 10 ms a round
+
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("cannot schedule new work after shutdown()")
@@ -264,3 +347,7 @@ def _finish_at_exit() -> None:
         fabric.shutdown(wait=True)
     for closer in list(_closing):
         closer.join()
+
+
+def _name(fn: Callable[..., Any] | str) -> str:
+    return fn if isinstance(fn, str) else codec.function_name(fn)

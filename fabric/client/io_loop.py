@@ -118,6 +118,8 @@ class IOLoop:
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
             lambda: self.handshakes.refusals, first_contact_s, client_id,
         )
+        self.ventilator.placer.nodes = self.view.membership.nodes  # placement reads the live nodes' heartbeats
+        self.ventilator.placer.timeout_s = connect_timeout_s
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         raise_fd_limit()
@@ -143,6 +145,7 @@ class IOLoop:
         self._closed = False
         self._awake = False
         self._idle_waiters: list[threading.Event] = []
+        self.heard = threading.Event()  # set at the first heartbeat of any node
         self.broken: BaseException | None = None
         self.duplicates = 0
         self.malformed = 0
@@ -197,6 +200,10 @@ class IOLoop:
     def capacity(self) -> int:
         """Credits of all known workers (a racy read is fine for sizing windows)."""
         return self.ventilator.total_credits
+
+    def attached(self) -> tuple[int, int]:
+        """(workers attached to this client, workers the live nodes report): racy reads, for waiting."""
+        return self.ventilator.workers, self.view.reported_workers()
 
     def workers(self) -> int:
         """Workers attached to this client or, before the first attaches, those the nodes report."""
@@ -353,7 +360,7 @@ class IOLoop:
                     self._survive("a control-plane event", self._on_other_events, events, now)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
                     self._survive("the timers", self._tick, now)
-                if self.ventilator.urgent or self.ventilator.bulk:
+                if self.ventilator.queued():
                     self._survive("a dispatch", self._dispatch)
                 if self._idle_waiters:
                     self._notify_idle()
@@ -466,6 +473,7 @@ class IOLoop:
     def _on_node_message(self, msg: Message, stats: NodeStats | None, now: float) -> None:
         """One parsed message from a node (``stats``: a heartbeat's, parsed)."""
         if stats is not None:
+            self.heard.set()
             # Stamped when read, not with the loop's ``now``: a stall of this thread (another
             # holding the GIL) may fall between the two, and heartbeats that arrived during it
             # would be dated before it, so the node would look silent for the stall's length.
@@ -489,6 +497,31 @@ class IOLoop:
             except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)
                 log.info("client: worker %r unreachable: %s", worker_id, exc)
                 self.ventilator.unreachable(worker_id, batch.batch_id)
+        if self.ventilator.failures:
+            failures, self.ventilator.failures = self.ventilator.failures, []
+            self._fail(failures)
+
+    def defines(self, worker_id: bytes, task: str) -> bool:
+        """(I/O thread) Whether the worker's node defines the named task."""
+        stats = self.view.membership.nodes.get(self.ventilator.node_of.get(worker_id, b""))
+        return stats is not None and task in stats.tasks
+
+    def fail_all(self, exc: BaseException) -> None:
+        """(I/O thread) Fail every call queued, in flight and to come with ``exc`` (a broken initializer)."""
+        if self.broken is None:
+            log.error("client: %s; every call of this client fails with it", exc)
+            self._break(exc)
+
+    def on_every_worker(self, make: Callable[[bytes], Batch | None], done: Callable[[list[bytes]], None]) -> None:
+        """(I/O thread) Pin one batch made by ``make`` to every worker attached now
+        (None: not that one); ``done`` is told which workers have one."""
+        workers = []
+        for worker_id in list(self.ventilator.held):
+            batch = make(worker_id)
+            if batch is not None:
+                self.ventilator.enqueue(batch)
+                workers.append(worker_id)
+        done(workers)
 
     def _notify_idle(self) -> None:
         if self._idle_waiters and (self.ventilator.idle() or self.broken is not None):

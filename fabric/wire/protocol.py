@@ -31,6 +31,9 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
                                     to the client afresh (new link, new READY)
     SHUTDOWN     node   -> worker / client -> embedded node
     STOP         anyone -> node     stop as on SIGTERM (``fabric-node stop``); answered with NODE_LEAVING
+    RELOAD       anyone -> node     import the task modules again and restart the workers between
+                                    batches (``fabric-node reload``, as SIGHUP)
+    RELOADED     node   -> asker    ok, what was loaded or why not
 
 Result cache (client <-> the key's owner node, see fabric.client.cache)::
 
@@ -115,6 +118,8 @@ class Kind(enum.IntEnum):
     WORKER_SILENT = 29
     CACHE_STORED = 33
     BATCH_RUNNING = 38
+    RELOAD = 65
+    RELOADED = 66
 
 
 class Mode(enum.IntEnum):
@@ -329,6 +334,20 @@ class Stop(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Reload(Message):
+    KIND = Kind.RELOAD
+    CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded(Message):
+    KIND = Kind.RELOADED
+    CHECKS = (bool, str)
+    ok: bool
+    detail: str  # the tasks now defined, or why the modules did not load
+
+
+@dataclass(frozen=True, slots=True)
 class Ready(Message):
     KIND = Kind.READY
     CHECKS = ((int, _is_credits), bytes)
@@ -450,7 +469,8 @@ _BY_KIND: dict[int, type[Message]] = {
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
-        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored, BatchRunning,
+        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored, BatchRunning, Reload,
+        Reloaded,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

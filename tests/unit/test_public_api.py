@@ -11,12 +11,31 @@ import fabric
 
 def test_exported_names():
     assert sorted(fabric.__all__) == sorted([
-        "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
-        "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView",
-        "Future", "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
-        "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
-        "cached", "connect", "wait",
+        "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "BatchInfo", "CacheKeyError",
+        "CacheStats", "Candidate", "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError",
+        "FabricStatistics", "FabricView", "Future", "NoNodesError", "NodeStats", "Placement", "RemoteError",
+        "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownTaskError",
+        "WorkerCrashedError", "WorkerInfo", "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect",
+        "current_worker", "task", "wait",
     ])
+    for name in fabric.__all__:
+        assert getattr(fabric, name) is not None, name
+
+
+def test_fabric_task_is_the_decorator_whether_or_not_its_package_was_imported():
+    import fabric.task.guard  # noqa: F401 - the package is now an attribute of fabric
+
+    @fabric.task
+    def plain(x):
+        return x
+
+    @fabric.task(name="wc")
+    def counted(x):
+        return x
+
+    assert plain.__fabric_task__ == "plain" and counted.__fabric_task__ == "wc"
+    assert issubclass(fabric.UnknownTaskError, fabric.FabricError) and issubclass(fabric.UnknownTaskError, LookupError)
+    assert fabric.current_worker() is None  # outside a task
 
 
 def test_protocol_errors_stay_inside():
