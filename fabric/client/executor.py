@@ -211,7 +211,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
                 self._io.ventilator.setup = setup_batches(
                     (named_digest(initializer), b"") if isinstance(initializer, str)
                     else self._pipeline.shipper.get(initializer, self._task_options), _name(initializer), initargs,
-                    lambda exc: self._io.post(lambda: self._io.fail_all(exc)),
+                    self._broken,
                 )
             self.cache = FabricCache(self._io.cache, self.statistics)
             for control in controls:
@@ -280,6 +280,10 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     def nodes(self) -> tuple[NodeStats, ...]:
         """``statistics().nodes``: the live nodes, as their latest heartbeats describe them."""
         return self.statistics().nodes
+
+    def _broken(self, exc: BaseException) -> None:
+        """The initializer failed: every call of this client fails with ``exc``, in the I/O thread."""
+        self._io.post(lambda: self._io.fail_all(exc))
 
     def tasks(self) -> dict[str, list[str]]:
         """The tasks the live nodes define (``@fabric.task``): name -> names of

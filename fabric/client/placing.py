@@ -75,6 +75,29 @@ class Placer:
         self.waiting_since: dict[int, float] = {}  # unplaceable batch -> when it was first found so
         self._rings: dict[tuple[tuple[bytes, str, int], ...], CacheRing] = {}
 
+    def place(self, batch_id: int, placing: Placing, keys: Sequence[bytes] | None, n_items: int,
+              free: list[FreeWorker], now: float) -> bytes | None | list[list[int]]:
+        """A worker id for the batch; WAIT; or, when its items' keys have several
+        owners, the item positions of each owner's part (the caller splits it).
+        Raises the call's error: unplaceable for too long, or the policy's own."""
+        eligible = self.eligible(placing)
+        if not eligible:
+            error = self.unplaceable(batch_id, placing, now)
+            if error is not None:
+                raise error
+            return WAIT
+        targets = [stats.node_id for stats in eligible]
+        if keys is not None:
+            groups = self.groups(keys, eligible)
+            if len(groups) > 1:
+                self.placed(batch_id)
+                return list(groups.values())
+            targets = list(groups)
+        elif placing.affinity is not None:
+            targets = [self.owner(placing.affinity, eligible)]
+        candidates = self.candidates(placing, targets, free)
+        return self.choose(placing, n_items, candidates) if candidates else WAIT
+
     # -- which nodes -------------------------------------------------------------------
 
     def eligible(self, placing: Placing) -> list[NodeStats]:

@@ -111,7 +111,7 @@ class TaskAPI:
         cached = not isinstance(fn, str) and wants_cache(fn, options.cache)
         digest, fn_payload = self._shipped(fn, options, exact=cached)  # a cached call ships what it keys
         future = Future(_name_of(fn))
-        if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
+        if cached and not isinstance(fn, str) and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
         payload = codec.pickle_call(args, kwargs)
         pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")

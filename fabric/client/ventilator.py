@@ -42,14 +42,10 @@ is at fault) and the worker is forgotten; its late results are duplicates.
 Batches expected to be short do not ask for the acknowledgement, so the hot
 path pays nothing; one taken back asks for it from then on.
 
-Batches of calls with a placement option (``nodes=``, ``resources=``,
-``affinity=``, ``partition_by=``, a policy other than the default, a task
-called by name) wait in their own queue and are placed by
-:class:`~fabric.client.placing.Placer` and the call's
-:class:`~fabric.Placement`; every other batch takes the rule above without
-building any candidate, so the default path pays nothing for placement.
-Batches pinned to one worker (the initializer, ``fx.run``) go before
-anything else that worker is sent, and never to another worker.
+Batches of calls with placement options wait in their own queue, placed by
+:class:`~fabric.client.placing.Placer` and the call's :class:`~fabric.Placement`;
+the others take the rule above and build no candidate.  Batches pinned to one
+worker (the initializer, ``fx.run``) go to it first, and never elsewhere.
 
 This class holds no socket and reads no clock: the loop sets ``now`` at each
 wake-up, and unit tests drive it directly.
@@ -454,26 +450,13 @@ class Ventilator:
     def _place(self, batch: Batch, free: list[FreeWorker]) -> bytes | None:
         """The worker for a placed batch, or WAIT; a batch whose keys have several
         owners is split, its parts put back at the head of the queue (SPLIT)."""
-        placing = batch.placing
-        assert placing is not None  # noqa: S101 - only placed batches are queued here
-        eligible = self.placer.eligible(placing)
-        if not eligible:
-            error = self.placer.unplaceable(batch.batch_id, placing, self.now)
-            if error is not None:
-                raise error
+        if batch.placing is None:  # never: only placed batches are queued here
             return WAIT
-        targets: list[bytes] = [stats.node_id for stats in eligible]
-        if batch.keys is not None:
-            groups = self.placer.groups(batch.keys, eligible)
-            if len(groups) > 1:
-                self.placed.extendleft(reversed(batch.split_by(list(groups.values()))))
-                self.placer.placed(batch.batch_id)
-                return SPLIT
-            targets = list(groups)
-        elif placing.affinity is not None:
-            targets = [self.placer.owner(placing.affinity, eligible)]
-        candidates = self.placer.candidates(placing, targets, free)
-        return self.placer.choose(placing, batch.n_items, candidates) if candidates else WAIT
+        where = self.placer.place(batch.batch_id, batch.placing, batch.keys, batch.n_items, free, self.now)
+        if isinstance(where, list):
+            self.placed.extendleft(reversed(batch.split_by(where)))
+            return SPLIT
+        return where
 
     def _free_workers(self) -> list[FreeWorker]:
         return [

@@ -155,3 +155,15 @@ def test_a_setup_batch_leads_each_attachment_and_is_not_requeued():
 def test_resource_requests_are_checked(bad):
     with pytest.raises((ValueError, TypeError)):
         TaskOptions().merged(resources=bad)
+
+
+def test_a_joining_node_takes_about_a_quarter_of_the_keys_from_three():
+    three = [stats(name) for name in ("alpha", "beta", "gamma")]
+    four = [*three, stats("delta")]
+    placer = Ventilator().placer
+    keys = [key_digest(i) for i in range(4_000)]
+    before = {k: placer.owner(k, three) for k in keys}
+    after = {k: placer.owner(k, four) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert all(after[k] == b"delta" for k in moved)  # keys move only to the new node
+    assert 0.15 < len(moved) / len(keys) < 0.35
