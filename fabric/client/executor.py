@@ -63,6 +63,7 @@ __all__ = ["Fabric", "connect"]
 
 log = logging.getLogger(__name__)
 
+WORKERS_POLL_S = 0.01  # fx.run's wait for the workers the nodes report to attach
 _open_fabrics: weakref.WeakSet[Fabric] = weakref.WeakSet()
 _closing: set[threading.Thread] = set()  # shutdown(wait=False)s still finishing their work
 
@@ -329,7 +330,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             if now > deadline or self._io.broken is not None:
                 raise self._io.broken or NoNodesError(
                     f"no worker attached within {self._io.view.connect_timeout_s:g} s to run on")
-            self._io.heard.wait(0.01)  # set once a node answered: this waits 10 ms a round
+            time.sleep(WORKERS_POLL_S)  # the I/O thread's counters, read racily: no event to wait on
 
     def _check_open(self) -> None:
         if self._closed:

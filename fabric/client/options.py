@@ -27,6 +27,7 @@ hot loop is unchanged for calls without them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -80,8 +81,10 @@ class TaskOptions:
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
             raise TypeError(f"retry_on must be exception types, got {self.retry_on!r}")
 
+    @functools.cached_property
     def placed(self) -> bool:
-        """Whether the call's batches need the placement path (any option besides the default)."""
+        """Whether the call's batches need the placement path (any option besides the default);
+        read on every submit, so worked out once per options object."""
         return not is_default(self.placement) or bool(self.nodes is not None or self.resources
                                                       or self.affinity is not None)
 

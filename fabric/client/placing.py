@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..cluster.ring import CacheRing
 from ..cluster.stats import NodeStats
@@ -51,8 +51,7 @@ class Placing:
     affinity: bytes | None = None  # digest of the call's affinity key
 
 
-@dataclass(frozen=True, slots=True)
-class FreeWorker:
+class FreeWorker(NamedTuple):
     """A worker with a free credit on a node that accepts work, from the ventilator."""
 
     worker_id: bytes
@@ -164,14 +163,16 @@ class Placer:
 
     def candidates(self, placing: Placing, targets: Iterable[bytes], free: list[FreeWorker]) -> list[Candidate]:
         """The free workers of the target nodes whose node has the call's resources free."""
-        allowed = {node_id for node_id in targets if self._resources_free(node_id, placing.resources)}
+        allowed = {node_id: self.nodes[node_id] for node_id in targets
+                   if self._resources_free(node_id, placing.resources)}
+        resources = {node_id: dict(stats.resources) for node_id, stats in allowed.items()}  # a copy per node
         out = []
         for w in free:
-            if w.node_id in allowed:
-                stats = self.nodes[w.node_id]
+            stats = allowed.get(w.node_id)
+            if stats is not None:
                 worker_id = w.worker_id.decode(errors="replace")
                 out.append(Candidate(stats.name, stats.indices.get(worker_id, -1), w.free, stats.cpu_percent,
-                                     dict(stats.resources), 0, w.last_used, worker_id))
+                                     resources[w.node_id], 0, w.last_used, worker_id))
         return out
 
     def choose(self, placing: Placing, n_items: int, candidates: list[Candidate]) -> bytes | None:
@@ -179,7 +180,7 @@ class Placer:
         choice = placing.policy.choose(BatchInfo(placing.function, n_items, placing.options), candidates)
         if choice is None:
             return WAIT
-        if choice not in candidates:
+        if not any(choice is c for c in candidates):
             raise TypeError(f"{placing.policy!r}.choose returned {choice!r:.100}, which is not one of its candidates")
         return choice.worker_id.encode()
 

@@ -108,16 +108,21 @@ class TaskAPI:
         pipeline = self._pipeline
         pipeline.check_open()
         options = self._task_options
-        cached = not isinstance(fn, str) and wants_cache(fn, options.cache)
-        digest, fn_payload = self._shipped(fn, options, exact=cached)  # a cached call ships what it keys
-        future = Future(_name_of(fn))
-        if cached and not isinstance(fn, str) and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
-            return future
+        if isinstance(fn, str):
+            digest, fn_payload = self._shipped(fn, options, exact=False)
+            future, placing = Future(fn), placing_of(fn, options)
+        else:
+            cached = wants_cache(fn, options.cache)
+            digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
+            future = Future(codec.function_name(fn))
+            if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
+                return future
+            placing = placing_of(fn, options) if options.placed else None
         payload = codec.pickle_call(args, kwargs)
-        pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
+        pipeline.check_size(payload, f"the arguments of {_name_of(fn)}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
-            FutureGroup([future]), retries=options.retries, placing=placing_of(fn, options),
+            FutureGroup([future]), retries=options.retries, placing=placing,
         )
         pipeline.post(batch)
         return future
@@ -299,7 +304,7 @@ def _name_of(fn: Callable[..., Any] | str) -> str:
 def placing_of(fn: Callable[..., Any] | str, options: TaskOptions, force: bool = False) -> Placing | None:
     """Where the call's batches may run, or None for the default path (no option set)."""
     task = fn if isinstance(fn, str) else None
-    if task is None and not force and not options.placed():
+    if task is None and not force and not options.placed:
         return None
     return Placing(options.placement or LeastLoaded(), _name_of(fn), options, options.nodes, options.resources,
                    task, options.affinity_key())
