@@ -311,7 +311,7 @@ def ship_modules_by_value(modules: bool | Iterable[str | types.ModuleType]) -> N
     if not _automatic:
         for name in list(cloudpickle.list_registry_pickle_by_value()):
             if name not in _forced:
-                cloudpickle.unregister_pickle_by_value(sys.modules[name])
+                cloudpickle.unregister_pickle_by_value(sys.modules.get(name) or types.ModuleType(name))
     user_module.cache_clear()
 
 
