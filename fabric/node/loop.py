@@ -424,9 +424,11 @@ class Node:
 
     def handle_signals(self) -> None:
         """SIGTERM stops the node; so does SIGINT, except on an embedded node,
-        whose ctrl-C belongs to the client that owns it."""
+        whose ctrl-C belongs to the client that owns it; SIGHUP reloads a
+        daemon's task modules (``fabric-node reload``)."""
         signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGHUP, self.request_reload)
+        if not self.settings.owner_pid:  # a daemon's SIGHUP reloads its task modules; an embedded node's is its owner's
+            signal.signal(signal.SIGHUP, self.request_reload)
         signal.signal(signal.SIGINT, signal.SIG_IGN if self.settings.owner_pid else self.request_stop)
 
     def request_stop(self, signum: int, _frame: object = None) -> None:
