@@ -24,6 +24,12 @@ def node_name(_: object = None) -> str:
     return worker.node
 
 
+def slow_node_name() -> str:
+    """The node's name after 0.2 s of work: still running when the next call is placed."""
+    time.sleep(0.2)  # the task's work
+    return node_name()
+
+
 def keyed_node(key: int) -> tuple[int, str]:
     return key, node_name()
 
@@ -118,9 +124,9 @@ def test_built_in_policies_run_every_item_once(policy):
 def test_pack_fills_one_node_and_spread_uses_every_node(start_node):
     addresses, _ = named_cluster(start_node, ["alpha", "beta"], workers=2)
     with connected(addresses, 4) as fx:
-        packed = [fx.options(placement="pack").submit(node_name) for _ in range(2)]
+        packed = [fx.options(placement="pack").submit(slow_node_name) for _ in range(2)]
         assert len({f.result(timeout=30) for f in packed}) == 1  # two calls fit in one idle node's credits
-        spread = [fx.options(placement="spread").submit(node_name) for _ in range(2)]
+        spread = [fx.options(placement="spread").submit(slow_node_name) for _ in range(2)]
         assert {f.result(timeout=30) for f in spread} == {"alpha", "beta"}
 
 
@@ -137,10 +143,10 @@ def test_resources_limit_how_many_tasks_run_at_once_on_a_node(start_node, tmp_pa
     addresses, _ = named_cluster(start_node, ["alpha"], workers=4, flags={"alpha": ("--resources", "gpu=2")})
     counter = str(tmp_path / "running")
     with connected(addresses, 4, connect_timeout_s=1.5) as fx:
-        free = list(fx.map(concurrent_holder, range(16), [counter] * 16, chunksize=1))
-        assert max(free) > 2  # without the limit, more run at once (the gate sees them)
+        free = list(fx.map(concurrent_holder, range(8), [counter] * 8, [0.3] * 8, chunksize=1))
+        assert max(free) > 2  # without the limit, more run at once (the counter sees them)
         gpu = fx.options(resources={"gpu": 1})
-        limited = list(gpu.map(concurrent_holder, range(16), [counter] * 16, chunksize=1))
+        limited = list(gpu.map(concurrent_holder, range(12), [counter] * 12, [0.1] * 12, chunksize=1))
         assert max(limited) == 2
         calls = [gpu.submit(concurrent_holder, i, counter) for i in range(8)]
         assert max(f.result(timeout=60) for f in calls) <= 2
