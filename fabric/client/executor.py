@@ -45,6 +45,7 @@ from ..config import (
 )
 from ..errors import ClosedError, ConfigError, NoNodesError
 from ..task.registry import named_digest
+from ..task.setup import Setup
 from ..wire import codec
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from .cache import FabricCache
@@ -211,7 +212,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
             if initializer is not None:
                 self._io.ventilator.setup = setup_batches(
                     (named_digest(initializer), b"") if isinstance(initializer, str)
-                    else self._pipeline.shipper.get(initializer, self._task_options), _name(initializer), initargs,
+                    else self._pipeline.shipper.pickles.get(Setup(initializer)), _name(initializer), initargs,
                     self._broken,
                 )
             self.cache = FabricCache(self._io.cache, self.statistics)

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import zmq
 
 from ..errors import ProtocolError, SerializationError
-from ..task import context, guard, registry
+from ..task import context, guard, registry, setup
 from ..wire import codec, security
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,
@@ -160,7 +160,7 @@ def run_batch(link: LinkState, batch: TaskBatch) -> ResultBatch:
 
 def _function(link: LinkState, batch: TaskBatch, frames: list[Any]) -> Callable[..., Any]:
     if batch.has_fn:
-        link.functions[batch.digest] = codec.loads_function(frames.pop(0))
+        link.functions[batch.digest] = setup.with_setup_globals(codec.loads_function(frames.pop(0)))
     return link.functions[batch.digest]
 
 

@@ -125,6 +125,29 @@ def read_marker(_: object = None) -> str:
     return os.environ["FABRIC_TEST_LOADED"]
 
 
+MODEL = None  # what load_model sets in each worker, as with ProcessPoolExecutor
+
+
+def load_model(name: str) -> None:
+    global MODEL
+    MODEL = {"name": name, "pid": os.getpid()}
+
+
+def predict(x: int) -> tuple[str, int, int]:
+    assert MODEL is not None, "the initializer's global is not seen"
+    return MODEL["name"], MODEL["pid"], x
+
+
+def test_a_global_the_initializer_sets_is_seen_by_tasks_shipped_by_value():
+    with fabric.connect(workers=2, initializer=load_model, initargs=("m.bin",)) as fx:
+        results = list(fx.map(predict, range(100), chunksize=1))
+        assert [x for _, _, x in results] == list(range(100))
+        assert {name for name, _, _ in results} == {"m.bin"}
+        assert all(pid != os.getpid() for _, pid, _ in results)  # each worker's own, not the client's
+        assert fx.submit(predict, 7).result(timeout=30)[::2] == ("m.bin", 7)
+    assert MODEL is None
+
+
 def broken_initializer() -> None:
     raise RuntimeError("the model file is missing")
 
