@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
     from .client.options import TaskOptions
     from .client.placement import BatchInfo, Candidate, Placement
+    from .client.progress import progress
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
@@ -52,6 +53,7 @@ _LAZY = {
     "TaskOptions": "client.options",
     "BatchInfo": "client.placement", "Candidate": "client.placement", "Placement": "client.placement",
     "WorkerInfo": "task.context", "current_worker": "task.context",
+    "progress": "client.progress",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
     "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
@@ -63,7 +65,7 @@ __all__ = [
     "FabricStatistics", "FabricView", "Future", "NoNodesError", "NodeStats", "Placement", "RemoteError",
     "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownTaskError",
     "WorkerCrashedError", "WorkerInfo", "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect",
-    "current_worker", "task", "wait",
+    "current_worker", "progress", "task", "wait",
 ]
 
 

@@ -147,6 +147,9 @@ def start(args: argparse.Namespace) -> int:
     settings = node_settings(args)
     processes.configure_logging("INFO")
     node = Node(settings)
+    file_handler = logging.FileHandler(node.log_path)  # beside the terminal: the log its workers write to
+    file_handler.setFormatter(logging.Formatter(processes.LOG_FORMAT))
+    logging.getLogger().addHandler(file_handler)
     node.handle_signals()
     logging.getLogger(__name__).info(
         "node %s on %s (heartbeats on %s), %d workers", node.settings.name, node.endpoint, node.state.bound.pub,
@@ -203,6 +206,11 @@ def format_table(nodes: list[NodeStats]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def format_logs(nodes: list[NodeStats]) -> str:
+    """Where each node and its workers write (what tasks print when not forwarded, crashes)."""
+    return "\n".join(f"log of {n.name}: {n.log_file or '(not reported)'}" for n in sorted(nodes, key=lambda n: n.name))
+
+
 def status(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else ClusterConfig()
     addresses = [args.address] if args.address else [n.address for n in config.nodes]
@@ -220,6 +228,7 @@ def status(args: argparse.Namespace) -> int:
             print(json.dumps([asdict(n) for n in nodes], indent=2, default=_bytes_as_text))
         else:
             print(format_table(nodes))
+            print(format_logs(nodes))
         return 0
     print("fabric-node: no node answered: " + "; ".join(errors), file=sys.stderr)
     return 1

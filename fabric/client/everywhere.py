@@ -10,7 +10,8 @@ ventilator sends before anything else that worker gets and never to another::
 An initializer that raises, or kills its worker, fails every call of the
 client with that exception (its remote traceback as ``__cause__``) and every
 later call too, as ``ProcessPoolExecutor`` breaks its pool: the worker is not
-restarted to try again, so a broken initializer cannot loop.
+restarted to try again, so a broken initializer cannot loop.  What it prints
+is written as it arrives, by the client's I/O thread: no caller reads its result.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from ..errors import WorkerCrashedError
 from ..wire import codec
 from ..wire.protocol import Mode
+from .output import show
 from .ventilator import Batch, next_batch_id
 
 
@@ -38,6 +40,8 @@ class SetupOwner:
         return True
 
     def deliver(self, batch: Batch, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None:
+        if batch.printed is not None:  # no caller reads its result: what it printed is shown as it arrives
+            show(batch.printed)
         if errors:
             self.broken(codec.rebuild_error(errors[0]))
 

@@ -29,6 +29,7 @@ from ..task.guard import Guarded
 from ..task.registry import named_digest
 from ..wire import codec
 from ..wire.protocol import Mode
+from .awaiting import MapResults
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .futures import Future, FutureGroup
@@ -36,6 +37,7 @@ from .mapping import MapStream, sized_length, sliced_input
 from .options import TaskOptions
 from .placement import LeastLoaded, key_digest
 from .placing import Placing
+from .progress import new_bar
 from .reduction import combiner, fold
 from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
@@ -54,16 +56,20 @@ class MapCall:
     timeout: float | None
     chunksize: int | None
     ordered: bool
+    progress: bool | str = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Pipeline:
-    """What the task API needs from its fabric, held by the fabric and its views.
+    """What the task API needs from its fabric, held by the fabric, its views
+    and its map streams (the fabric shuts down when the last of them goes).
 
     ``post`` hands a batch to the I/O thread (which fails it once the fabric
     has closed); ``capacity`` (credits) and ``workers`` size map windows and
     batches; ``check_open`` raises :class:`~fabric.ClosedError` after
-    ``shutdown()``; ``cache`` looks results up and stores them.
+    ``shutdown()``; ``cache`` looks results up and stores them; ``interrupted``
+    (a KeyboardInterrupt in a caller) drops the work nobody waits for any more
+    and stops the workers running it.
     """
 
     post: Callable[[Batch], None]
@@ -73,6 +79,7 @@ class Pipeline:
     shipper: FunctionShipper
     cache: CacheClient
     max_message_bytes: int
+    interrupted: Callable[[], None]
     known_tasks: Callable[[], dict[str, list[str]]] = dict  # task name -> nodes defining it, once a node answered
 
     def check_size(self, payload: list[Any], what: str) -> None:
@@ -110,16 +117,18 @@ class TaskAPI:
         options = self._task_options
         if isinstance(fn, str):
             digest, fn_payload = self._shipped(fn, options, exact=False)
-            future, placing = Future(fn), placing_of(fn, options)
+            name = fn
+            future, placing = Future(name), placing_of(fn, options)
         else:
             cached = wants_cache(fn, options.cache)
             digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
-            future = Future(codec.function_name(fn))
+            name = codec.function_name(fn)
+            future = Future(name)
             if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
                 return future
             placing = placing_of(fn, options) if options.placed else None
         payload = codec.pickle_call(args, kwargs)
-        pipeline.check_size(payload, f"the arguments of {_name_of(fn)}")
+        pipeline.check_size(payload, f"the arguments of {name}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=options.retries, placing=placing,
@@ -148,20 +157,24 @@ class TaskAPI:
         chunksize: int | None = None,
         ordered: bool = True,
         partition_by: Callable[..., Any] | None = None,
+        progress: bool | str = False,
         **options: Any,
-    ) -> Iterator[R]:
+    ) -> MapResults[R]:
         """Lazily apply ``fn`` to every item (``fn(*items)`` for several iterables).
 
         Results come in input order, or as they finish with ``ordered=False``.
         Work starts at once; input is read as results are consumed, with a
         bounded number of batches in flight.  ``chunksize`` fixes the batch
         size (default: adapted to 20-100 ms of work per batch).  ``timeout``
-        bounds the caller's wait, from this call, as in ``Executor.map``; task
-        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``,
-        ``placement``, ``nodes``, ``resources``, ``affinity``) may be given as
-        keywords.  ``partition_by(*item)`` gives each item a key: items with
-        equal keys run on the same node, the key's owner on the ring of the
-        nodes able to run the call.
+        bounds the caller's wait, from this call, as in ``Executor.map``;
+        ``progress`` shows a bar (a string labels it; needs tqdm) moving as
+        results are taken.  Task options (``task_timeout``, ``retries``,
+        ``retry_on``, ``cache``, ``placement``, ``nodes``, ``resources``,
+        ``affinity``) may be given as keywords.  ``partition_by(*item)`` gives
+        each item a key: items with equal keys run on the same node, the key's
+        owner on the ring of the nodes able to run the call.  The iterator is
+        also an async iterator: ``async for`` awaits results without blocking
+        the loop.
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -175,7 +188,7 @@ class TaskAPI:
             if not isinstance(fn, str) and wants_cache(fn, task_options.cache) else None
         )
         shipped = self._shipped(fn, task_options, exact=True)
-        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
+        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
         keys_of = None if partition_by is None else partition_keys(partition_by, mode == Mode.STARMAP)
         placing = placing_of(fn, task_options, force=keys_of is not None)
         return self._stream(shipped, items, call, task_options, cache, placing, keys_of).results()
@@ -201,6 +214,9 @@ class TaskAPI:
             cache=cache,
             placing=placing,
             keys_of=keys_of,
+            bar=new_bar(call.length, call.progress) if call.progress else None,
+            interrupted=pipeline.interrupted,
+            keepalive=pipeline,
         )
         stream.start()
         return stream
@@ -216,6 +232,7 @@ class TaskAPI:
         ordered: bool = False,
         chunksize: int | None = None,
         timeout: float | None = None,
+        progress: bool | str = False,
         **options: Any,
     ) -> Any:
         """``reduce(reducer, map(mapper, iterable), initial)``.
@@ -229,9 +246,11 @@ class TaskAPI:
         batch's fold as well, so it must be an identity (0, [], ``Counter()``).
         Results are folded in completion order (the reducer should be
         associative and commutative), or in input order with ``ordered=True``.
+        ``progress`` shows a bar of the items mapped, as ``map``'s.
         """
         if combine is False:
-            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
+            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered,
+                               progress=progress, **options)
             return fold(reducer, results, initial)
         merge = combiner(reducer, combine)
         self._pipeline.check_open()
@@ -244,7 +263,7 @@ class TaskAPI:
                              "folded value: use map_reduce without combine to cache the mapper's results")
         shipper = self._pipeline.shipper
         batch_fold = Fold(shipper.wrapped(mapper, task_options), reducer, initial)
-        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
+        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
         stream = self._stream(shipper.pickles.get(batch_fold), sliced_input(iterable), call, task_options, None,
                               placing_of(mapper, task_options))
         return fold(merge, stream.results(), initial)

@@ -15,6 +15,8 @@ ROUTER socket this state drives)::
     sink: BATCH_STARTED   --> acknowledged(): the worker started a batch (a sign of life)
     the loop's tick       --> silent_workers(): workers that hold work and went silent;
                               take_back(): their batches go elsewhere, uncharged
+    a caller's ctrl-C     --> drop_abandoned(), recycle_abandoned(): queued batches nobody
+                              waits for are dropped, workers running one are recycled
 
 Credit-based flow control: a batch is sent only against a credit, so what is in
 flight, and so memory on both sides, is bounded however large the input.  Pull
@@ -64,6 +66,7 @@ from ..errors import ProtocolError, UnknownTaskError, WorkerCrashedError, Worker
 from ..wire import codec
 from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
+from .output import Printed
 from .placing import WAIT, FreeWorker, Placer, Placing
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
@@ -145,6 +148,7 @@ class Batch:
     indices: list[int] | None = None  # positions in the owner's chunk, when not contiguous (cache misses)
     suspect: bool = False  # it was running when its worker died: never merged again, so a poison task is isolated
     taken_back: bool = False  # its worker went silent once: acknowledged from now on
+    printed: Printed | None = None  # what its tasks printed, set with its results for its owner
     placing: Placing | None = None  # where it may run, for calls with placement options
     keys: list[bytes] | None = None  # each item's partition key digest (map(partition_by=))
     worker: bytes | None = None  # the only worker that may run it (initializer, fx.run)
@@ -206,9 +210,11 @@ class Batch:
 class Ventilator:
     """Queues, credits and batches in flight, per worker."""
 
-    def __init__(self, retries: int = 3, liveness_s: float = 3.0) -> None:
+    def __init__(self, retries: int = 3, liveness_s: float = 3.0, max_workers: int = 1 << 16) -> None:
         self.retries = retries
         self.liveness_s = liveness_s
+        self.max_workers = max_workers  # attached at once; READY from one more is refused
+        self.refused_workers = 0
         self.now = 0.0  # the loop's time at its current wake-up
         self.since: dict[bytes, float] = {}  # worker -> its last sign of life, or when it was sent work while idle
         self.started: set[int] = set()  # batches whose worker acknowledged starting them
@@ -222,6 +228,7 @@ class Ventilator:
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
+        self.recycling: set[bytes] = set()  # workers whose node was asked to recycle them
         self.call_sizers: dict[bytes, BatchSizer] = {}
         self.placed: deque[Batch] = deque()  # batches of calls with placement options
         self.pinned: dict[bytes, deque[Batch]] = {}  # worker -> batches only it may run
@@ -231,10 +238,15 @@ class Ventilator:
 
     # -- workers -----------------------------------------------------------------
 
-    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> None:
+    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> bool:
         """A worker (re)attached with ``credits`` free slots.  A worker re-attaches
         between batches, never while one runs, and drops what it held unrun, so
-        its batches go back to the queue as they were, charged nothing."""
+        its batches go back to the queue as they were, charged nothing.  A new
+        worker beyond ``max_workers`` is refused (False) and counted: each costs
+        this client descriptors and memory, whoever sends the READY."""
+        if worker_id not in self.held and len(self.held) >= self.max_workers:
+            self.refused_workers += 1
+            return False
         self._requeue(self._forget(worker_id))
         self.since[worker_id] = self.now
         self.held[worker_id] = {}
@@ -244,6 +256,7 @@ class Ventilator:
         self._last_send[worker_id] = -1
         if self.setup is not None:
             self.pinned.setdefault(worker_id, deque()).appendleft(self.setup(worker_id))
+        return True
 
     @property
     def credits(self) -> int:
@@ -279,8 +292,12 @@ class Ventilator:
         Only the batch the worker was running (the first it was sent) can have
         killed it: that one is split, or charged an attempt when it is a single
         task; the batches waiting behind it go back to the queue unchanged."""
+        recycled = worker_id in self.recycling
         held = self._forget(worker_id)
         if not held:
+            return []
+        if recycled:  # killed on our word, for abandoned work: nothing it ran is at fault
+            self._requeue(held)
             return []
         self._requeue(held[1:])
         return self._retry(held[0], reason)
@@ -325,6 +342,7 @@ class Ventilator:
         batch_ids = self.held.pop(worker_id, {})
         for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
+        self.recycling.discard(worker_id)
         self.started.difference_update(batch_ids)
         for batch_id in batch_ids:
             self._release(batch_id)
@@ -605,6 +623,34 @@ class Ventilator:
         pinned = [b for queue in self.pinned.values() for b in queue]
         self.pinned.clear()
         return dropped + pinned
+
+    def drop_abandoned(self) -> None:
+        """Drop the queued batches whose owner nobody waits for any more (an
+        initializer's owner always waits)."""
+        self.urgent = deque(b for b in self.urgent if b.owner.alive())
+        self.bulk = deque(b for b in self.bulk if b.owner.alive())
+        for batch in self.placed:
+            if not batch.owner.alive():
+                self.placer.placed(batch.batch_id)
+        self.placed = deque(b for b in self.placed if b.owner.alive())
+        for worker_id, queue in list(self.pinned.items()):
+            self.pinned[worker_id] = deque(b for b in queue if b.owner.alive())
+            if not self.pinned[worker_id]:
+                del self.pinned[worker_id]
+
+    def recycle_abandoned(self) -> list[tuple[bytes, bytes]]:
+        """(worker, node) of each worker running a batch nobody waits for, once:
+        its node is to kill and replace it, as ``task_timeout`` recycles one.  A
+        worker's running batch is the first it holds; what it holds behind that
+        batch runs later, and its results are dropped if abandoned too."""
+        found = []
+        for worker_id, held in self.held.items():
+            if held and worker_id not in self.recycling and worker_id in self.node_of:
+                running = self.in_flight[next(iter(held))][1]
+                if not running.owner.alive():
+                    self.recycling.add(worker_id)
+                    found.append((worker_id, self.node_of[worker_id]))
+        return found
 
     def drop_in_flight(self) -> list[Batch]:
         """Forget every batch sent (the client is closing or lost its nodes)."""

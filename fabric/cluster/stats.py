@@ -72,6 +72,7 @@ class NodeStats:
     cache_misses: int = 0
     cache_weight: int = 0  # the node's weight on the cache ring (MiB of shard capacity); 0: no cache
     peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every peer it knows
+    log_file: str = ""  # where the node and its workers write (descriptors 1 and 2, and its log)
     per_worker: tuple[WorkerStats, ...] = ()
     resources: dict[str, int] = field(default_factory=dict)  # what the node declares: {"gpu": 2}
     tasks: tuple[str, ...] = ()  # names of the tasks its modules define (@fabric.task)
@@ -154,7 +155,7 @@ _WORKER_TYPES = (str, int, int, int, float, bool, bytes, int)
 
 
 def _check_types(stats: NodeStats) -> None:
-    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool}
+    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool, "log_file": str}
     for name, kind in expected.items():
         if type(getattr(stats, name)) is not kind:
             raise ProtocolError(f"heartbeat field {name} is not {kind.__name__}")

@@ -143,6 +143,8 @@ class Node:
         self.state.tasks = self._load_tasks(reload=False)
         cache = settings.cache
         shard = cache.shard_path(settings.name)
+        self.log_path, self.log_fd = processes.open_log(shard.with_suffix(".log"))
+        self.state.log_file = self.log_path
         try:
             self.store = ResultStore(shard, max_entries=cache.max_entries, max_bytes=cache.max_bytes)
         except (StoreError, OSError) as exc:
@@ -214,7 +216,7 @@ class Node:
         cmd = [sys.executable, "-m", "fabric.node.worker", self.endpoint, worker_id.decode(), str(os.getpid()),
                str(self.settings.max_clients)]
         try:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.log_fd, stderr=self.log_fd)
         except OSError as exc:  # EMFILE, EAGAIN, ENOMEM: the machine, not the node, is short
             self.state.spawn_failed(exc, spawn)
             return
@@ -458,6 +460,7 @@ class Node:
         self.pub.setsockopt(zmq.LINGER, LEAVING_LINGER_MS)  # NODE_LEAVING reaches the subscribers
         self._close_sockets()
         self.store.close()
+        os.close(self.log_fd)
         if self.state.faults.counts:
             log.info("node %s: dropped or failed: %s", self.settings.name, self.state.faults.summary())
         if self.settings.owner_dir:

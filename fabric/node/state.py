@@ -41,6 +41,7 @@ from ..wire.protocol import (
     Message,
     NodeLeaving,
     PeerHello,
+    RecycleWorker,
     Shutdown,
     Status,
     StatusReply,
@@ -173,6 +174,7 @@ class NodeState:
         self.spawns_owed: list[Spawn] = []  # spawns that failed (out of descriptors...), tried again at a beat
         self.tasks = TaskModules({}, ())  # what the task modules define, as last loaded
         self.faults = Faults(f"node {settings.name}", log)
+        self.log_file = ""  # where the node and its workers write (the loop opens it)
         self.next_beat = self.next_health = 0.0
         self._rate_at = 0.0
         self._rate_done = 0
@@ -239,6 +241,8 @@ class NodeState:
                 return self.client_goodbye(msg.client_id)
             case WorkerSilent():
                 return self.worker_silent(sender, msg.worker_id)
+            case RecycleWorker():
+                return self.recycle_worker(sender, msg.worker_id)
             case PeerHello():
                 return [*self._subscribe(msg.pub), Send(sender, self.heartbeat(now))]
             case Status():
@@ -321,6 +325,18 @@ class NodeState:
                  worker_id.decode(errors="replace"), client_id)
         return [self._attach(record, client.hello)]
 
+    def recycle_worker(self, client_id: bytes, worker_id: bytes) -> list[Instruction]:
+        """A client abandoned the work one of our workers runs for it (a
+        KeyboardInterrupt): kill the worker, as ``task_timeout`` recycles one, and
+        start another.  Only a client the worker serves may ask."""
+        record = self.workers.get(worker_id)
+        if record is None or client_id not in self.clients or client_id not in record.clients:
+            return []
+        reason = "was recycled: its client interrupted the call it was running"
+        if not self.health.killing(worker_id, reason):
+            return []
+        return [Kill(worker_id, reason)]
+
     def health_due(self, now: float) -> bool:
         return now >= self.next_health
 
@@ -333,7 +349,7 @@ class NodeState:
         record.clients.add(hello.client_id)
         attach = Attach(
             hello.client_id, hello.ventilator, hello.sink, self.settings.prefetch, self.bound.node_id,
-            hello.max_message_bytes,
+            hello.max_message_bytes, hello.forward_output,
         )
         return Send(record.worker_id, attach)
 
@@ -456,6 +472,7 @@ class NodeState:
             cache_misses=self.cache.misses,
             cache_weight=max(1, s.cache.max_bytes >> 20) if self.cache.enabled else 0,  # 0: off the ring
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
+            log_file=self.log_file,
             resources=dict(s.resources),
             tasks=tuple(sorted(self.tasks.functions)),
             task_modules=self.tasks.digests,

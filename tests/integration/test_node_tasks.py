@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import free_address, wait_for, worker_pids
+from helpers import all_gone, fabric_pids, free_address, wait_for, worker_pids
 
 import fabric
 
@@ -172,6 +172,28 @@ def test_an_initializer_that_raises_fails_the_clients_calls_without_restarting_w
         with pytest.raises(RuntimeError, match="model file is missing"):
             list(fx.map(abs, range(10)))
         assert worker_pids(fx) == pids  # no restart loop
+
+
+def noisy_initializer(name: str) -> None:
+    print(f"loading {name}")
+
+
+def test_what_the_initializer_prints_is_shown_though_no_caller_reads_its_result(capsys):
+    with fabric.connect(workers=1, initializer=noisy_initializer, initargs=("m.bin",)) as fx:
+        assert fx.submit(abs, -1).result(timeout=30) == 1  # after the initializer's batch, on the one worker
+        out = capsys.readouterr().out
+    assert ":w1) loading m.bin\n" in out
+
+
+def test_a_fabric_with_an_initializer_let_go_of_shuts_down(no_leaked_processes):
+    """Its initializer's failure path reaches the I/O loop, not the fabric, so
+    nothing the I/O thread holds keeps the fabric alive."""
+    fx = fabric.connect(workers=1, initializer=load_model, initargs=("m.bin",))
+    pids = fabric_pids(fx)
+    assert fx.submit(predict, 3).result(timeout=30)[::2] == ("m.bin", 3)
+    assert fx.tasks() == {}
+    del fx
+    wait_for(lambda: all_gone(pids), 10, "the fabric let go of to stop its node and worker")
 
 
 def fails_on_odd_pid(_: object = None) -> int:

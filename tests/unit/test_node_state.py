@@ -30,6 +30,7 @@ from fabric.wire.protocol import (
     Hello,
     NodeLeaving,
     PeerHello,
+    RecycleWorker,
     Shutdown,
     Status,
     StatusReply,
@@ -334,3 +335,24 @@ def test_the_deadline_is_the_next_beat_or_health_check_or_soon_with_writes_pendi
 def test_exit_descriptions():
     assert describe_exit(-11) == "killed by signal SIGSEGV"
     assert describe_exit(3) == "exited with code 3"
+
+
+def test_a_client_may_have_a_worker_it_uses_recycled_once_and_no_one_else_may():
+    state = node_with_worker()
+    state.on_message(b"c-1", HELLO, now=0.0)
+    state.on_message(b"c-2", replace(HELLO, client_id=b"c-2"), now=0.0)
+    state.client_goodbye(b"c-2")
+    assert state.on_message(b"c-2", RecycleWorker(b"w-1"), now=1.0) == []  # not a client of it any more
+    assert state.on_message(b"c-1", RecycleWorker(b"w-9"), now=1.0) == []  # no such worker
+    reason = "was recycled: its client interrupted the call it was running"
+    assert state.on_message(b"c-1", RecycleWorker(b"w-1"), now=1.0) == [Kill(b"w-1", reason)]
+    assert state.on_message(b"c-1", RecycleWorker(b"w-1"), now=1.0) == []  # being killed already
+    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", WorkerLost(b"w-1", -9, reason)), Spawn(0)]
+
+
+def test_whether_a_client_forwards_output_reaches_its_workers():
+    state = node()
+    state.worker_spawned(b"w-1", 10)
+    state.on_message(b"c-1", replace(HELLO, forward_output=False), now=0.0)
+    [attach] = state.worker_up(b"w-1")
+    assert attach.msg.forward_output is False

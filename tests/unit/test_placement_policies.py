@@ -151,6 +151,25 @@ def test_a_setup_batch_leads_each_attachment_and_is_not_requeued():
     assert [b for _, b, _ in vent.dispatch()] == [made[1], task]
 
 
+def test_an_interrupted_caller_s_placed_and_pinned_batches_are_dropped_but_not_the_initializer_s():
+    vent = placed_vent(stats("ghost-free"), credits=1)
+    abandoned, wanted = Owner(), Owner()
+    unplaceable = with_placing(call_batch(abandoned), nodes=frozenset({"ghost"}))
+    kept = with_placing(call_batch(wanted), nodes=frozenset({"ghost"}))
+    vent.enqueue(unplaceable)
+    vent.enqueue(kept)
+    list(vent.dispatch())  # both wait for a node named ghost
+    pinned, setup = call_batch(abandoned), call_batch(Owner())
+    pinned.worker = setup.worker = b"w-nobody-yet"
+    setup.setup = True
+    vent.enqueue(pinned)
+    vent.enqueue(setup)
+    abandoned.wanted = False
+    vent.drop_abandoned()
+    assert list(vent.placed) == [kept] and list(vent.pinned[b"w-nobody-yet"]) == [setup]
+    assert unplaceable.batch_id not in vent.placer.waiting_since  # no timer left behind for it
+
+
 @pytest.mark.parametrize("bad", [{"gpu": 0}, {"gpu": 1.5}, {"": 1}, ["gpu"]])
 def test_resource_requests_are_checked(bad):
     with pytest.raises((ValueError, TypeError)):

@@ -16,7 +16,7 @@ def test_exported_names():
         "FabricStatistics", "FabricView", "Future", "NoNodesError", "NodeStats", "Placement", "RemoteError",
         "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownTaskError",
         "WorkerCrashedError", "WorkerInfo", "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect",
-        "current_worker", "task", "wait",
+        "current_worker", "progress", "task", "wait",
     ])
     for name in fabric.__all__:
         assert getattr(fabric, name) is not None, name
@@ -54,7 +54,7 @@ def test_statistics_is_one_frozen_record_whose_parts_the_shortcuts_return():
     fields = {f.name: f.type for f in dataclasses.fields(fabric.FabricStatistics)}
     assert fields == {
         "nodes": "tuple[NodeStats, ...]", "workers": "int", "cache": "CacheStats", "duplicates": "int",
-        "malformed": "int",
+        "malformed": "int", "refused_workers": "int",
     }
     assert fabric.FabricStatistics.__dataclass_params__.frozen
     assert fabric.CacheStats.__dataclass_params__.frozen
