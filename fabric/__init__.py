@@ -6,7 +6,7 @@ Names load on first use (PEP 562), so node and worker processes, which import
 ``fabric.node`` through this package, do not pay for the client's modules at
 start-up.  The layout follows the processes: ``fabric.client`` runs in the
 caller's process, ``fabric.node`` in node and worker processes, ``fabric.wire``,
-``fabric.cluster`` and ``fabric.task`` in both.
+``fabric.cluster`` and ``fabric.calls`` in both.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .calls.context import WorkerInfo, current_worker
+    from .calls.registry import task
     from .client.cache import FabricCache, cached
     from .client.executor import Fabric, connect
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
     from .errors import AuthenticationError, ConfigError
-    from .task.context import WorkerInfo, current_worker
 
 __version__ = "0.1.0"
 
@@ -52,7 +53,7 @@ _LAZY = {
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
     "BatchInfo": "client.placement", "Candidate": "client.placement", "Placement": "client.placement",
-    "WorkerInfo": "task.context", "current_worker": "task.context",
+    "WorkerInfo": "calls.context", "current_worker": "calls.context", "task": "calls.registry",
     "progress": "client.progress",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
@@ -70,8 +71,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "task":  # the subpackage fabric.task is itself the @fabric.task decorator (see fabric/task)
-        return importlib.import_module(".task", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fabric' has no attribute {name!r}")

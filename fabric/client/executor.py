@@ -34,6 +34,8 @@ from typing import Any
 
 import zmq
 
+from ..calls.registry import named_digest
+from ..calls.setup import Setup
 from ..cluster.stats import NodeStats
 from ..config import (
     ClusterConfig,
@@ -44,8 +46,6 @@ from ..config import (
     load_config,
 )
 from ..errors import ClosedError, ConfigError, NoNodesError
-from ..task.registry import named_digest
-from ..task.setup import Setup
 from ..wire import codec
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from . import display

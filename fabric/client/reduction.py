@@ -13,7 +13,7 @@ The batch machinery is the map's (Mode.FOLD): batches are sized by measured
 work per item, pulled by credits, split and re-run when a worker dies; a batch
 returns one value instead of a list.  A batch lost with its worker and re-run
 in halves returns two partials, which the client combines like any others.
-The worker's side, :class:`~fabric.task.fold.Fold`, lives in :mod:`fabric.task.fold`.
+The worker's side, :class:`~fabric.calls.fold.Fold`, lives in :mod:`fabric.calls.fold`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from ..task.fold import NO_INITIAL, Reducer
+from ..calls.fold import NO_INITIAL, Reducer
 
 
 def combiner(reducer: Reducer, combine: Reducer | bool) -> Reducer:

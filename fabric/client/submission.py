@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..calls.fold import NO_INITIAL, Fold
+from ..calls.guard import Guarded
+from ..calls.registry import named_digest
 from ..errors import SerializationError, UnknownTaskError
-from ..task.fold import NO_INITIAL, Fold
-from ..task.guard import Guarded
-from ..task.registry import named_digest
 from ..wire import codec
 from ..wire.protocol import Mode
 from .awaiting import MapResults

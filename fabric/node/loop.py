@@ -48,10 +48,10 @@ from dataclasses import replace
 import msgpack
 import zmq
 
+from ..calls.registry import TaskModules, load
 from ..cluster.stats import NodeStats
 from ..config import ConfigError, NodeSettings, is_loopback
 from ..errors import ProtocolError, StoreError
-from ..task.registry import TaskModules, load
 from ..wire import security
 from ..wire.protocol import (
     CacheClear,

@@ -27,10 +27,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..calls.registry import TaskModules
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats, WorkerStats
 from ..config import NodeSettings
-from ..task.registry import TaskModules
 from ..wire.protocol import (
     Attach,
     BatchRunning,

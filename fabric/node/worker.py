@@ -40,8 +40,8 @@ from typing import Any, Protocol
 
 import zmq
 
+from ..calls import context, guard, registry, setup
 from ..errors import ProtocolError, SerializationError
-from ..task import context, guard, registry, setup
 from ..wire import codec, security
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,

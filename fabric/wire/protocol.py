@@ -135,7 +135,7 @@ class Mode(enum.IntEnum):
     MAP = 0  # fn(item); the batch payload is one list of items
     STARMAP = 1  # fn(*item); the batch payload is one list of argument tuples
     CALL = 2  # fn(*args, **kwargs); one payload per item, holding (args, kwargs)
-    FOLD = 3  # fn(items) once: the batch's one result (fabric.task.fold.Fold); the payload as MAP's
+    FOLD = 3  # fn(items) once: the batch's one result (fabric.calls.fold.Fold); the payload as MAP's
 
 
 _MODES = frozenset(Mode)

@@ -4,6 +4,7 @@ import concurrent.futures
 import dataclasses
 import subprocess
 import sys
+import types
 import typing
 
 import fabric
@@ -22,8 +23,10 @@ def test_exported_names():
         assert getattr(fabric, name) is not None, name
 
 
-def test_fabric_task_is_the_decorator_whether_or_not_its_package_was_imported():
-    import fabric.task.guard  # noqa: F401 - the package is now an attribute of fabric
+def test_fabric_task_is_the_decorator_function_and_no_package_shadows_it():
+    import fabric.calls.registry  # the decorator's module, imported: fabric.task is still the function
+
+    assert isinstance(fabric.task, types.FunctionType) and fabric.task is fabric.calls.registry.task
 
     @fabric.task
     def plain(x):
@@ -80,9 +83,10 @@ def test_error_tree():
 
 def test_names_load_on_first_use_and_nodes_and_workers_never_import_client_code():
     code = (
-        "import sys, fabric.node.worker, fabric.node.loop, fabric.cli, fabric.task.guard, fabric.task.fold\n"
+        "import sys, types, fabric.node.worker, fabric.node.loop, fabric.cli, fabric.calls.guard, fabric.calls.fold\n"
         "client = sorted(m for m in sys.modules if m.startswith('fabric.client'))\n"
         "assert not client, client\n"
+        "assert isinstance(fabric.task, types.FunctionType), fabric.task\n"
         "assert fabric.connect is sys.modules['fabric.client.executor'].connect\n"
         "from fabric import *\n"
         "assert Future is sys.modules['fabric.client.futures'].Future\n"

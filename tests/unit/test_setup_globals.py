@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 
-from fabric.task import setup
+from fabric.calls import setup
 
 
 def test_the_globals_an_initializer_assigns_are_found_in_nested_code_too():
