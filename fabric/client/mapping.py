@@ -43,6 +43,7 @@ from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
     from .cache import CachedFunction
+    from .placing import Placing
     from .progress import Bar
 
 _SMALL_ATOMS = frozenset({int, float, bool, type(None), str, bytes, complex})
@@ -112,6 +113,8 @@ class MapStream:
         retries: int | None = None,
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
+        placing: Placing | None = None,
+        keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
         bar: Bar | None = None,
         interrupted: Callable[[], None] | None = None,
         keepalive: object = None,
@@ -128,6 +131,8 @@ class MapStream:
         self._retries = retries
         self._check_size = check_size
         self._cache = cache
+        self._placing = placing  # where its batches may run (None: anywhere, the default path)
+        self._keys_of = keys_of  # map(partition_by=): each item's key digest
         self._interrupted = interrupted  # a KeyboardInterrupt stops this map's running tasks
         self._keepalive = keepalive  # the fabric's pipeline: an unfinished map keeps its fabric open
         self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
@@ -380,6 +385,11 @@ class MapStream:
     def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None) -> None:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch."""
         try:
+            keys = self._keys_of(items) if self._keys_of is not None else None
+        except Exception as exc:  # the caller's partition_by raised: the map fails at this chunk
+            self._fail_from(seq, 0, len(items), indices, exc)
+            return
+        try:
             codec_id, payload = self._encoder.encode(items)
             if self._check_size is not None:
                 self._check_size(payload, f"map input items {start}..{start + len(items) - 1}")
@@ -390,6 +400,7 @@ class MapStream:
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
                 len(items), self, seq=seq, sizer=self.sizer, retries=self._retries, indices=indices,
+                placing=self._placing, keys=keys,
             )
         )
 

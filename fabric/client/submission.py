@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import SerializationError
-from ..task.by_key import FoldByKey
-from ..task.fold import NO_INITIAL, Fold
-from ..task.guard import Guarded
+from ..calls.by_key import FoldByKey
+from ..calls.fold import NO_INITIAL, Fold
+from ..calls.guard import Guarded
+from ..calls.registry import named_digest
+from ..errors import SerializationError, UnknownTaskError
 from ..wire import codec
 from ..wire.protocol import Mode
 from .awaiting import MapResults
@@ -35,6 +36,8 @@ from .cache import CacheClient, CachedFunction, wants_cache
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
 from .options import TaskOptions
+from .placement import LeastLoaded, key_digest
+from .placing import Placing
 from .progress import new_bar
 from .reduction import combiner, fold, merge_partitions
 from .shipping import FunctionCache
@@ -79,6 +82,7 @@ class Pipeline:
     cache: CacheClient
     max_message_bytes: int
     interrupted: Callable[[], None]
+    known_tasks: Callable[[], dict[str, list[str]]] = dict  # task name -> nodes defining it, once a node answered
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
@@ -98,32 +102,54 @@ class TaskAPI:
 
     def options(self, **changes: Any) -> FabricView:
         """A view whose calls use these options (``task_timeout``, ``retries``,
-        ``retry_on``, ``cache``); the fabric itself is unchanged."""
+        ``retry_on``, ``cache``, ``placement``, ``nodes``, ``resources``,
+        ``affinity``); the fabric itself is unchanged."""
         return FabricView(self._pipeline, self._task_options.merged(**changes))
 
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., R] | str, /, *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on a worker; every keyword goes to ``fn``.
+        ``fn`` may be the name of a task defined on the nodes (``@fabric.task``).
 
         Raises :class:`~fabric.SerializationError` here, in the caller, when the
-        function or an argument cannot be serialized.
+        function or an argument cannot be serialized, and
+        :class:`~fabric.UnknownTaskError` for a name no node defines.
         """
         pipeline = self._pipeline
         pipeline.check_open()
         options = self._task_options
-        cached = wants_cache(fn, options.cache)
-        digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
-        name = codec.function_name(fn)
-        future = Future(name)
-        if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
-            return future
+        if isinstance(fn, str):
+            digest, fn_payload = self._shipped(fn, options, exact=False)
+            name = fn
+            future, placing = Future(name), placing_of(fn, options)
+        else:
+            cached = wants_cache(fn, options.cache)
+            digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
+            name = codec.function_name(fn)
+            future = Future(name)
+            if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
+                return future
+            placing = placing_of(fn, options) if options.placed else None
         payload = codec.pickle_call(args, kwargs)
         pipeline.check_size(payload, f"the arguments of {name}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
-            FutureGroup([future]), retries=options.retries,
+            FutureGroup([future]), retries=options.retries, placing=placing,
         )
         pipeline.post(batch)
         return future
+
+    def _shipped(self, fn: Callable[..., Any] | str, options: TaskOptions, exact: bool) -> tuple[bytes, bytes]:
+        """(digest, pickle) of a function, or the name of a task the nodes define (no pickle)."""
+        if not isinstance(fn, str):
+            return self._pipeline.shipper.get(fn, options, exact)
+        if options.guards() or options.cache:
+            raise ValueError(f"task {fn!r} is defined on the nodes: task_timeout, retry_on and cache apply to "
+                             "functions shipped from the client only")
+        known = self._pipeline.known_tasks()
+        if known and fn not in known:
+            raise UnknownTaskError(f"no live node defines a task named {fn!r}; the nodes define: "
+                                   f"{', '.join(known)} (fabric-node start --tasks MODULE)")
+        return named_digest(fn), b""
 
     def map(
         self,
@@ -132,6 +158,7 @@ class TaskAPI:
         timeout: float | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        partition_by: Callable[..., Any] | None = None,
         progress: bool | str = False,
         **options: Any,
     ) -> MapResults[R]:
@@ -144,8 +171,12 @@ class TaskAPI:
         bounds the caller's wait, from this call, as in ``Executor.map``;
         ``progress`` shows a bar (a string labels it; needs tqdm) moving as
         results are taken.  Task options (``task_timeout``, ``retries``,
-        ``retry_on``, ``cache``) may be given as keywords.  The iterator is also
-        an async iterator: ``async for`` awaits results without blocking the loop.
+        ``retry_on``, ``cache``, ``placement``, ``nodes``, ``resources``,
+        ``affinity``) may be given as keywords.  ``partition_by(*item)`` gives
+        each item a key: items with equal keys run on the same node, the key's
+        owner on the ring of the nodes able to run the call.  The iterator is
+        also an async iterator: ``async for`` awaits results without blocking
+        the loop.
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -156,15 +187,18 @@ class TaskAPI:
         items = sliced_input(iterables[0]) if len(iterables) == 1 else zip(*iterables)
         cache = (
             CachedFunction(pipeline.cache, fn, mode == Mode.STARMAP)
-            if wants_cache(fn, task_options.cache) else None
+            if not isinstance(fn, str) and wants_cache(fn, task_options.cache) else None
         )
-        shipped = pipeline.shipper.get(fn, task_options, exact=True)
+        shipped = self._shipped(fn, task_options, exact=True)
         call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
-        return self._stream(shipped, items, call, task_options, cache).results()
+        keys_of = None if partition_by is None else partition_keys(partition_by, mode == Mode.STARMAP)
+        placing = placing_of(fn, task_options, force=keys_of is not None)
+        return self._stream(shipped, items, call, task_options, cache, placing, keys_of).results()
 
     def _stream(
         self, shipped: tuple[bytes, bytes], items: Iterator[Any] | Sequence[Any], call: MapCall,
-        task_options: TaskOptions, cache: CachedFunction | None,
+        task_options: TaskOptions, cache: CachedFunction | None, placing: Placing | None = None,
+        keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
     ) -> MapStream:
         """A started map stream of the pickled function ``shipped`` over ``items``."""
         pipeline = self._pipeline
@@ -180,6 +214,8 @@ class TaskAPI:
             retries=task_options.retries,
             check_size=pipeline.check_size,
             cache=cache,
+            placing=placing,
+            keys_of=keys_of,
             bar=new_bar(call.length, call.progress) if call.progress else None,
             interrupted=pipeline.interrupted,
             keepalive=pipeline,
@@ -238,6 +274,10 @@ class TaskAPI:
         merge = combiner(reducer, combine or True)
         pipeline = self._pipeline
         pipeline.check_open()
+        if isinstance(mapper, str):
+            how = "by_key" if by_key else "combine"
+            raise TypeError(f"map_reduce({how}=...) folds on the worker around a function shipped from the client; "
+                            f"call task {mapper!r} by name without {how}")
         task_options = self._task_options.merged(**options)
         if wants_cache(mapper, task_options.cache):
             how = "by_key" if by_key else "combine"
@@ -246,13 +286,14 @@ class TaskAPI:
         shipper = pipeline.shipper
         wrapped = shipper.wrapped(mapper, task_options)
         call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
+        placing = placing_of(mapper, task_options)
         if not by_key:
             shipped = shipper.pickles.get(Fold(wrapped, reducer, initial))
-            return fold(merge, self._stream(shipped, sliced_input(iterable), call, task_options, None).results(),
-                        initial)
+            stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
+            return fold(merge, stream.results(), initial)
         count = PARTITIONS_PER_WORKER * max(1, pipeline.workers()) if partitions is None else partitions
         shipped = shipper.pickles.get(FoldByKey(wrapped, reducer, initial, count))
-        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None)
+        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
         return merge_partitions(stream.results(), merge, ordered)
 
 
@@ -301,6 +342,26 @@ class FunctionShipper:
             if len(self.guards) > MAX_GUARDS:
                 self.guards.popitem(last=False)
         return guarded
+
+
+def _name_of(fn: Callable[..., Any] | str) -> str:
+    return fn if isinstance(fn, str) else codec.function_name(fn)
+
+
+def placing_of(fn: Callable[..., Any] | str, options: TaskOptions, force: bool = False) -> Placing | None:
+    """Where the call's batches may run, or None for the default path (no option set)."""
+    task = fn if isinstance(fn, str) else None
+    if task is None and not force and not options.placed:
+        return None
+    return Placing(options.placement or LeastLoaded(), _name_of(fn), options, options.nodes, options.resources,
+                   task, options.affinity_key())
+
+
+def partition_keys(keyfn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], list[bytes]]:
+    """Each item's partition key digest, computed in the caller's thread as chunks are cut."""
+    if star:
+        return lambda items: [key_digest(keyfn(*item)) for item in items]
+    return lambda items: [key_digest(keyfn(item)) for item in items]
 
 
 def _served_from_cache(cache: CacheClient, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
