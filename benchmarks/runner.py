@@ -34,7 +34,8 @@ from . import workloads as wl
 from .measure import Figures
 from .systems import PEERS, SYSTEMS, System
 
-ALL = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W11", "startup", "rss", "cluster", "faults", "keyed"]
+ALL = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W11", "startup", "rss", "cluster", "faults", "keyed",
+       "placement"]
 FABRIC_ONLY_REPEATS = {"tiny": 1, "quick": 1, "full": 3}
 PER_SYSTEM = {"W1": suite.w1_empty_map, "W2": suite.w2_submit, "W4": suite.w4_latency, "W5": suite.w5_payload,
               "W6": suite.w6_wordcount}
@@ -200,6 +201,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             suite.faults(args.workers, sizes, figures, iterations)
         if "keyed" in only:
             suite.keyed(args.workers, sizes, figures)
+        if "placement" in only:
+            suite.placement(args.workers, sizes, figures, iterations)
         if "cluster" in only:
             cluster.two_nodes_vs_one(sizes.w1, iterations, sizes.w3, figures)
             cluster.failure_detection(figures, iterations)

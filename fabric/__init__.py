@@ -6,7 +6,7 @@ Names load on first use (PEP 562), so node and worker processes, which import
 ``fabric.node`` through this package, do not pay for the client's modules at
 start-up.  The layout follows the processes: ``fabric.client`` runs in the
 caller's process, ``fabric.node`` in node and worker processes, ``fabric.wire``,
-``fabric.cluster`` and ``fabric.task`` in both.
+``fabric.cluster`` and ``fabric.calls`` in both.
 """
 
 from __future__ import annotations
@@ -26,16 +26,20 @@ from .errors import (
     StoreError,
     TaskTimeoutError,
     UnknownObjectError,
+    UnknownTaskError,
     WorkerCrashedError,
     WorkerLostError,
 )
 
 if TYPE_CHECKING:
+    from .calls.context import WorkerInfo, current_worker
+    from .calls.registry import task
     from .client.cache import FabricCache, cached
     from .client.executor import Fabric, connect
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
     from .client.objects import ObjectInfo
     from .client.options import TaskOptions
+    from .client.placement import BatchInfo, Candidate, Placement
     from .client.progress import progress
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
@@ -52,6 +56,8 @@ _LAZY = {
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
+    "BatchInfo": "client.placement", "Candidate": "client.placement", "Placement": "client.placement",
+    "WorkerInfo": "calls.context", "current_worker": "calls.context", "task": "calls.registry",
     "ObjectInfo": "client.objects", "progress": "client.progress", "Ref": "wire.ref",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
@@ -59,11 +65,13 @@ _LAZY = {
 }
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
-    "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
-    "NoNodesError", "NodeStats", "ObjectInfo", "ObjectLostError", "Ref", "RemoteError", "RemoteTraceback",
-    "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownObjectError", "WorkerCrashedError",
-    "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "progress", "wait",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "BatchInfo", "CacheKeyError",
+    "CacheStats", "Candidate", "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError",
+    "FabricStatistics", "FabricView", "Future", "NoNodesError", "NodeStats", "ObjectInfo", "ObjectLostError",
+    "Placement", "Ref", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions",
+    "TaskTimeoutError", "UnknownObjectError", "UnknownTaskError", "WorkerCrashedError", "WorkerInfo",
+    "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect", "current_worker", "progress", "task",
+    "wait",
 ]
 
 

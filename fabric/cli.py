@@ -6,6 +6,7 @@
     fabric-node start --bind tcp://127.0.0.1:7100 --join tcp://127.0.0.1:7200 --workers 4
     fabric-node status --config cluster.toml
     fabric-node status tcp://127.0.0.1:7100
+    fabric-node reload tcp://127.0.0.1:7100     # import the task modules again (as SIGHUP)
     fabric-node stop tcp://127.0.0.1:7100          # or: fabric-node stop --config cluster.toml alpha
     fabric-node keygen cluster.key
     fabric-node --version
@@ -31,12 +32,30 @@ import zmq
 
 from . import __version__
 from .cluster.stats import NodeStats
-from .config import DEFAULT_BIND, ClusterConfig, NodeSettings, check_address, check_settings, load_config
+from .config import (
+    DEFAULT_BIND,
+    ClusterConfig,
+    NodeSettings,
+    check_address,
+    check_settings,
+    load_config,
+    parse_resources,
+)
 from .errors import ConfigError, ProtocolError
 from .node import processes
 from .node.loop import Node
 from .wire import security
-from .wire.protocol import Message, NodeLeaving, Status, StatusReply, Stop, from_frames, to_frames
+from .wire.protocol import (
+    Message,
+    NodeLeaving,
+    Reload,
+    Reloaded,
+    Status,
+    StatusReply,
+    Stop,
+    from_frames,
+    to_frames,
+)
 from .wire.security import ClusterKey, write_key_file
 
 Answer = TypeVar("Answer", bound=Message)
@@ -63,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--liveness", type=float, help="seconds of silence before a peer or client is dead (default 3)")
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a cluster key")
     start.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
+    start.add_argument("--resources", metavar="NAME=UNITS,...",
+                       help="what this node offers, e.g. gpu=2,licence=1: calls with resources={'gpu': 1} run at "
+                            "most 2 at once here")
+    start.add_argument("--tasks", action="append", default=[], metavar="MODULE",
+                       help="a module whose @fabric.task functions clients call by name "
+                            "(repeatable, or comma-separated)")
     start.add_argument("--cache-dir", help="directory of this node's result-cache shard (default: the config's)")
     start.add_argument("--store-max-bytes", type=int,
                        help="object bytes kept in memory; past it the least recently used spill to disk (2 GiB)")
@@ -73,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
 
+    reload = commands.add_parser("reload", help="import a node's task modules again and restart its workers "
+                                                "between batches (as SIGHUP)")
+    reload.add_argument("node", metavar="ADDRESS|NAME", help="the node's control endpoint, or with --config its name")
+    reload.add_argument("--config", help="cluster.toml: NAME is one of its [[node]] entries")
+    reload.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
     stop = commands.add_parser("stop", help="stop a node as SIGTERM would (its peers and clients see it leave)")
     stop.add_argument("node", metavar="ADDRESS|NAME", help="the node's control endpoint, or with --config its name")
     stop.add_argument("--config", help="cluster.toml: NAME is one of its [[node]] entries")
@@ -96,6 +126,8 @@ def node_settings(args: argparse.Namespace) -> NodeSettings:
         "heartbeat_interval_s": args.heartbeat_interval, "liveness_s": args.liveness, "insecure": args.insecure or None,
         "cache": replace(settings.cache, dir=args.cache_dir) if args.cache_dir else None,
         "store": replace(settings.store, max_bytes=args.store_max_bytes) if args.store_max_bytes else None,
+        "resources": parse_resources(args.resources, "--resources") if args.resources is not None else None,
+        "tasks": tuple(m.strip() for arg in args.tasks for m in arg.split(",") if m.strip()) or None,
     }
     settings = replace(settings, **{k: v for k, v in flags.items() if v is not None})
     check_settings(settings, "command line")
@@ -164,11 +196,13 @@ def ask_status(address: str, key: ClusterKey | None = None, timeout_s: float = S
 
 def format_table(nodes: list[NodeStats]) -> str:
     header: list[object] = ["name", "address", "workers", "busy", "done", "failed", "tasks/s", "cpu%", "mem%",
-                            "state", "cache", "objects", "store MB", "spilled MB", "age s"]
+                            "state", "cache", "objects", "store MB", "spilled MB", "resources", "tasks", "age s"]
     rows = [
         [n.name, n.control, n.workers, n.busy, n.done, n.failed, f"{n.tasks_per_s:.0f}", f"{n.cpu_percent:.0f}",
          f"{n.memory_percent:.0f}", "accepting" if n.accepting else f"paused>{n.max_load:.0f}%", n.cache_entries,
-         n.store_objects, f"{n.store_bytes / 2**20:.1f}", f"{n.store_disk_bytes / 2**20:.1f}", f"{n.age_s:.1f}"]
+         n.store_objects, f"{n.store_bytes / 2**20:.1f}", f"{n.store_disk_bytes / 2**20:.1f}",
+         ",".join(f"{k}={v}" for k, v in sorted(n.resources.items())) or "-", ",".join(n.tasks) or "-",
+         f"{n.age_s:.1f}"]
         for n in sorted(nodes, key=lambda n: n.name)
     ]
     cells = [[str(c) for c in row] for row in [header, *rows]]
@@ -211,13 +245,33 @@ def _bytes_as_text(value: object) -> str:
     return value.decode(errors="backslashreplace")
 
 
-def stop(args: argparse.Namespace) -> int:
-    """STOP to one node: 0 once it acknowledged, 1 if nothing answered."""
+def _node_address(args: argparse.Namespace, command: str) -> tuple[str, ClusterKey | None]:
+    """The node a command names (an address, or a name in --config) and the cluster key."""
     config = load_config(args.config) if args.config else ClusterConfig()
     address = config.node(args.node).address if args.config else args.node
     if not address.startswith("ipc://"):
-        check_address(address, "stop")
-    key = find_key(args.key_file or config.key_file)
+        check_address(address, command)
+    return address, find_key(args.key_file or config.key_file)
+
+
+def reload(args: argparse.Namespace) -> int:
+    """RELOAD to one node: 0 once it reloaded, 1 if it refused (a module fails to import) or did not answer."""
+    address, key = _node_address(args, "reload")
+    try:
+        answer = ask(address, Reload(), Reloaded, key)
+    except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
+        print(f"fabric-node: the node did not reload: {exc}", file=sys.stderr)
+        return 1
+    if not answer.ok:
+        print(f"fabric-node: {address} kept its tasks: {answer.detail}", file=sys.stderr)
+        return 1
+    print(f"{address}: reloaded; tasks: {answer.detail or 'none'}; its workers restart between batches")
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    """STOP to one node: 0 once it acknowledged, 1 if nothing answered."""
+    address, key = _node_address(args, "stop")
     try:
         ask(address, Stop(), NodeLeaving, key)
     except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
@@ -241,7 +295,7 @@ def keygen(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"start": start, "status": status, "stop": stop, "keygen": keygen}
+    commands = {"start": start, "status": status, "stop": stop, "reload": reload, "keygen": keygen}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -48,9 +48,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("fabric.joblib needs joblib: pip install 'zmq-fabric[joblib]'") from exc
 
+from .calls.pickled import call_pickled
 from .client.executor import Fabric, connect, current_fabric
 from .client.shipping import dumps_function
-from .task.pickled import call_pickled
 
 __all__ = ["FabricBackend"]
 

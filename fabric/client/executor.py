@@ -26,13 +26,17 @@ import logging
 import os
 import socket
 import threading
+import types
 import uuid
 import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 import zmq
 
+from ..calls.registry import named_digest
+from ..calls.setup import Setup
 from ..cluster.stats import NodeStats
 from ..config import (
     ClusterConfig,
@@ -42,16 +46,21 @@ from ..config import (
     is_loopback,
     load_config,
 )
-from ..errors import ClosedError, ConfigError
+from ..errors import ClosedError, ConfigError, NoNodesError
+from ..wire import codec
 from ..wire.ref import Ref
 from ..wire.security import ClusterKey, Gatekeeper, gatekeeper
 from . import display
 from .cache import FabricCache
 from .cluster_view import FIRST_CONTACT_S, ClusterView
 from .embedded import EmbeddedNode
+from .everywhere import pinned_call, setup_batches
+from .futures import Future, FutureGroup
 from .io_loop import IOLoop, io_threads
 from .objects import ObjectClient, ObjectInfo
 from .options import TaskOptions
+from .placement import Placement
+from .shipping import ship_modules_by_value
 from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
 
@@ -80,6 +89,10 @@ def connect(
     insecure: bool | None = None,
     key_file: str | os.PathLike[str] | None = None,
     forward_output: bool = True,
+    placement: str | Placement | None = None,
+    initializer: Callable[..., Any] | str | None = None,
+    initargs: Iterable[Any] = (),
+    ship_modules: bool | Iterable[str | types.ModuleType] = True,
 ) -> Fabric:
     """Start using a fabric.
 
@@ -105,12 +118,22 @@ def connect(
     What tasks print comes back with their results and is written by the thread
     that reads them, each line prefixed with where it ran; ``forward_output=False``
     leaves it in the nodes' log files instead (see :mod:`fabric.node.output`).
+
+    ``placement`` is the default policy of every call (see
+    :mod:`fabric.client.placement`); ``initializer(*initargs)`` runs once in
+    each worker before its first task for this client, as in
+    ``ProcessPoolExecutor``, and one that raises fails every call.
+    ``ship_modules``: functions of the user's own modules (beside the script
+    or notebook, not installed) go by value, with their module's code, so
+    nodes need not have them; a list of modules (or names) forces those by
+    value too, and ``False`` sends every module's functions by reference.
     """
     if isinstance(address, int):  # connect(4), as ProcessPoolExecutor(4)
         if isinstance(address, bool) or workers is not None:
             raise TypeError(f"connect({address!r}, workers={workers!r}): give the number of workers once, "
                             "as connect(N) or connect(workers=N)")
         address, workers = None, address
+    ship_modules_by_value(ship_modules)
     config = _cluster_config(address)
     overrides: dict[str, Any] = {
         "heartbeat_interval_s": heartbeat_interval_s, "liveness_s": liveness_s, "retries": retries,
@@ -125,16 +148,19 @@ def connect(
     if address is None:
         embedded = EmbeddedNode(replace(local, key_file=key.path if key is not None else ""))
         fabric = Fabric([embedded.endpoint], embedded.bind_where, config, key, embedded=embedded,
-                        forward_output=forward_output)
+                        forward_output=forward_output, initializer=initializer, initargs=tuple(initargs))
         fabric._io.wait_workers(local.workers, config.connect_timeout_s)  # a notebook's next cell finds them ready
-        return fabric
-    controls = [node.address for node in config.nodes]
-    bind_where = client_bind_host(controls[0], config.insecure or key is not None)
-    fabric = Fabric(controls, bind_where, config, key, forward_output=forward_output)
-    # Until a node has said how many workers it has: fx.workers() then counts them,
-    # never a bare 0.  Nothing answering costs first contact's timeout, after which
-    # calls fail at once, as they would have then anyway.
-    fabric._io.wait_contact(min(FIRST_CONTACT_S, config.connect_timeout_s) + CONTACT_SLACK_S)
+    else:
+        controls = [node.address for node in config.nodes]
+        bind_where = client_bind_host(controls[0], config.insecure or key is not None)
+        fabric = Fabric(controls, bind_where, config, key, forward_output=forward_output, initializer=initializer,
+                        initargs=tuple(initargs))
+        # Until a node has said how many workers it has: fx.workers() then counts them,
+        # never a bare 0.  Nothing answering costs first contact's timeout, after which
+        # calls fail at once, as they would have then anyway.
+        fabric._io.wait_contact(min(FIRST_CONTACT_S, config.connect_timeout_s) + CONTACT_SLACK_S)
+    if placement is not None:
+        fabric._task_options = fabric._task_options.merged(placement=placement)
     return fabric
 
 
@@ -198,6 +224,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
     def __init__(
         self, controls: list[str], bind_where: str, config: ClusterConfig, key: ClusterKey | None = None, *,
         embedded: EmbeddedNode | None = None, forward_output: bool = True,
+        initializer: Callable[..., Any] | str | None = None, initargs: tuple[Any, ...] = (),
     ) -> None:
         self._task_options = TaskOptions()
         self._embedded = embedded
@@ -218,11 +245,18 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
                 self._io.post_batch, self._io.capacity, self._io.workers, self._lifecycle.check_open,
                 FunctionShipper(config.retries), self._io.cache, config.max_message_bytes, self._io.interrupted,
                 self._io.objects, functools.partial(_live_node_ids, self._io.view), config.store.locality_bytes,
+                self._io.tasks,
             )
             self._objects = ObjectClient(
                 self._context, self._io.objects, self._io.view.live_nodes, self._io.post, config.cache.replicas,
                 key, config.connect_timeout_s,
             )
+            if initializer is not None:  # its failure reaches the I/O loop, never the fabric, which may be collected
+                self._io.ventilator.setup = setup_batches(
+                    (named_digest(initializer), b"") if isinstance(initializer, str)
+                    else self._pipeline.shipper.pickles.get(Setup(initializer)), _name(initializer), initargs,
+                    self._io.fail_all,
+                )
             self.cache = FabricCache(self._io.cache, self._io.statistics)
             for control in controls:
                 self._io.add_node(control, embedded.sentinel() if embedded else None)
@@ -319,6 +353,48 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         """``statistics().nodes``: the live nodes, as their latest heartbeats describe them."""
         return self.statistics().nodes
 
+    def tasks(self) -> dict[str, list[str]]:
+        """The tasks the live nodes define (``@fabric.task``): name -> names of
+        the nodes defining it.  Waits for the first node to answer, a few seconds
+        at most."""
+        return self._io.tasks()
+
+    def run(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Call ``fn(*args, **kwargs)`` once on every live worker (warm a cache,
+        load a model, read the environment); returns ``{worker id: its result,
+        or the exception it raised}``.  A task called by name runs on the
+        workers of the nodes defining it.  Waits for the workers the nodes
+        report to attach (up to ``connect_timeout_s``)."""
+        self._lifecycle.check_open()
+        shipped = self._shipped(fn, self._task_options, exact=False)
+        payload = codec.pickle_call(args, kwargs)
+        self._wait_for_workers()
+        futures: dict[str, Future] = {}
+        posted = threading.Event()
+
+        def make(worker_id: bytes) -> Any:
+            if isinstance(fn, str) and not self._io.defines(worker_id, fn):
+                return None
+            future = futures[worker_id.decode(errors="replace")] = Future(_name(fn))
+            return pinned_call(shipped, payload, FutureGroup([future]), worker_id)
+
+        if not self._io.post(lambda: self._io.on_every_worker(make, lambda _: posted.set())):
+            raise ClosedError("the fabric was shut down")
+        posted.wait()
+        concurrent.futures.wait(list(futures.values()))
+        return {worker: f.exception() or f.result() for worker, f in futures.items()}
+
+    def _wait_for_workers(self) -> None:
+        """Until every worker the nodes report has attached to this client or,
+        after first contact's time, at least one has (none: NoNodesError)."""
+        io, view = self._io, self._io.view
+        if not io.wait_all_attached(view.first_contact_s):
+            io.wait_workers(1, max(0.0, view.connect_timeout_s - view.first_contact_s))
+        if io.broken is not None:
+            raise io.broken
+        if not io.ventilator.workers:
+            raise NoNodesError(f"no worker attached within {view.connect_timeout_s:g} s to run on")
+
     def __enter__(self) -> Fabric:
         return self
 
@@ -396,3 +472,7 @@ def _finish_at_exit() -> None:
         lifecycle.close(wait=True)
     for closer in list(_closing):
         closer.join()
+
+
+def _name(fn: Callable[..., Any] | str) -> str:
+    return fn if isinstance(fn, str) else codec.function_name(fn)

@@ -78,6 +78,7 @@ from .cluster_view import FIRST_CONTACT_S, Actions, ClusterView
 from .futures import on_interrupt
 from .objects import ObjectTable
 from .output import Printed
+from .placing import known_tasks
 from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
@@ -129,6 +130,8 @@ class IOLoop:
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
             lambda: self.handshakes.refusals, first_contact_s, client_id,
         )
+        self.ventilator.placer.nodes = self.view.membership.nodes  # placement reads the live nodes' heartbeats
+        self.ventilator.placer.timeout_s = connect_timeout_s
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         self.objects = ObjectTable(client_id, self.send_to_node)
@@ -154,7 +157,8 @@ class IOLoop:
         self._closed = False
         self._awake = False
         self._idle_waiters: list[threading.Event] = []
-        self._waiters: list[tuple[Callable[[], bool], threading.Event]] = []  # for connect(): workers, contact
+        self.heard = threading.Event()  # set at the first heartbeat of any node: tasks() need not wait then
+        self._waiters: list[tuple[Callable[[], bool], threading.Event]] = []  # for connect(), fx.run: workers, contact
         self._printed: dict[bytes, BatchOutput] = {}  # worker -> what its next result's tasks printed
         self._labels: dict[bytes, str] = {}  # worker -> "(node:wN)", its output's prefix
         self.broken: BaseException | None = None
@@ -228,6 +232,20 @@ class IOLoop:
     def wait_workers(self, count: int, timeout_s: float) -> bool:
         """Block until ``count`` workers have attached (or the loop broke or closed)."""
         return self._wait_until(lambda: self.ventilator.workers >= count, timeout_s)
+
+    def wait_all_attached(self, timeout_s: float) -> bool:
+        """Block until every worker the live nodes report has attached (at least one)."""
+        def all_attached() -> bool:
+            attached = self.ventilator.workers
+            return attached > 0 and attached >= self.view.reported_workers()
+
+        return self._wait_until(all_attached, timeout_s)
+
+    def tasks(self) -> dict[str, list[str]]:
+        """The tasks the live nodes define: name -> the nodes defining it.  Waits
+        for the first node to answer (first contact's timeout at most)."""
+        self.heard.wait(self.view.first_contact_s)
+        return known_tasks(self.view.nodes(time.monotonic()))
 
     def wait_contact(self, timeout_s: float) -> bool:
         """Block until some node has reported its workers, or first contact failed."""
@@ -391,7 +409,7 @@ class IOLoop:
                     self._survive("a control-plane event", self._on_other_events, events, now)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
                     self._survive("the timers", self._tick, now)
-                if self.ventilator.urgent or self.ventilator.bulk or self.ventilator.parked:
+                if self.ventilator.queued():
                     self._survive("a dispatch", self._dispatch)
                 if self._idle_waiters:
                     self._notify_idle()
@@ -527,6 +545,7 @@ class IOLoop:
     def _on_node_message(self, msg: Message, stats: NodeStats | None, now: float) -> None:
         """One parsed message from a node (``stats``: a heartbeat's, parsed)."""
         if stats is not None:
+            self.heard.set()
             # Stamped when read, not with the loop's ``now``: a stall of this thread (another
             # holding the GIL) may fall between the two, and heartbeats that arrived during it
             # would be dated before it, so the node would look silent for the stall's length.
@@ -551,6 +570,35 @@ class IOLoop:
             except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)
                 log.info("client: worker %r unreachable: %s", worker_id, exc)
                 self.ventilator.unreachable(worker_id, batch.batch_id)
+        if self.ventilator.failures:
+            failures, self.ventilator.failures = self.ventilator.failures, []
+            self._fail(failures)
+
+    def defines(self, worker_id: bytes, task: str) -> bool:
+        """(I/O thread) Whether the worker's node defines the named task."""
+        stats = self.view.membership.nodes.get(self.ventilator.node_of.get(worker_id, b""))
+        return stats is not None and task in stats.tasks
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every call queued, in flight and to come with ``exc`` (a broken
+        initializer), in the I/O thread once the handler that found it is done."""
+        self.post(lambda: self._fail_all(exc))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self.broken is None:
+            log.error("client: %s; every call of this client fails with it", exc)
+            self._break(exc)
+
+    def on_every_worker(self, make: Callable[[bytes], Batch | None], done: Callable[[list[bytes]], None]) -> None:
+        """(I/O thread) Pin one batch made by ``make`` to every worker attached now
+        (None: not that one); ``done`` is told which workers have one."""
+        workers = []
+        for worker_id in list(self.ventilator.held):
+            batch = make(worker_id)
+            if batch is not None:
+                self.ventilator.enqueue(batch)
+                workers.append(worker_id)
+        done(workers)
 
     def _notify_idle(self) -> None:
         if self._idle_waiters and (self.ventilator.idle() or self.broken is not None):

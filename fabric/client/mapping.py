@@ -47,6 +47,7 @@ from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
     from .cache import CachedFunction
+    from .placing import Placing
     from .progress import Bar
 
 _SMALL_ATOMS = frozenset({int, float, bool, type(None), str, bytes, complex})
@@ -117,6 +118,8 @@ class MapStream:
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
         locate: Callable[[list[Any]], dict[bytes, int] | None] | None = None,
+        placing: Placing | None = None,
+        keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
         bar: Bar | None = None,
         interrupted: Callable[[], None] | None = None,
         keepalive: object = None,
@@ -134,6 +137,8 @@ class MapStream:
         self._check_size = check_size
         self._cache = cache
         self._locate = locate
+        self._placing = placing  # where its batches may run (None: anywhere, the default path)
+        self._keys_of = keys_of  # map(partition_by=): each item's key digest
         self._interrupted = interrupted  # a KeyboardInterrupt stops this map's running tasks
         self._keepalive = keepalive  # the fabric's pipeline: an unfinished map keeps its fabric open
         self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
@@ -388,6 +393,11 @@ class MapStream:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch; a
         chunk holding futures not done is posted once they are (from the thread that
         finishes the last), with a failed one as a marker its item raises."""
+        try:
+            keys = self._keys_of(items) if self._keys_of is not None else None
+        except Exception as exc:  # the caller's partition_by raised: the map fails at this chunk
+            self._fail_from(seq, 0, len(items), indices, exc)
+            return
         refs = start_collecting()
         try:
             with failed_as_markers() if encoder is not None else contextlib.nullcontext():
@@ -408,6 +418,7 @@ class MapStream:
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
                 len(items), self, seq=seq, sizer=self.sizer, retries=self._retries, indices=indices,
                 refs=refs or None, data=self._locate(refs) if refs and self._locate else None,
+                placing=self._placing, keys=keys,
             )
         )
 

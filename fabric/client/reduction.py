@@ -13,10 +13,10 @@ The batch machinery is the map's (Mode.FOLD): batches are sized by measured
 work per item, pulled by credits, split and re-run when a worker dies; a batch
 returns one value instead of a list.  A batch lost with its worker and re-run
 in halves returns two partials, which the client combines like any others.
-The worker's side, :class:`~fabric.task.fold.Fold`, lives in :mod:`fabric.task.fold`.
+The worker's side, :class:`~fabric.calls.fold.Fold`, lives in :mod:`fabric.calls.fold`.
 
 With ``by_key=True`` (Spark's ``reduceByKey``, Dask's ``Bag.foldby``) a batch's
-partial is one pickled dict per partition (:class:`~fabric.task.by_key.FoldByKey`),
+partial is one pickled dict per partition (:class:`~fabric.calls.by_key.FoldByKey`),
 and the client merges each into the result with :func:`merge_by_key`: a key seen
 before is combined, a new one is adopted, both in C-level loops.
 """
@@ -28,7 +28,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any
 
-from ..task.fold import NO_INITIAL, Reducer
+from ..calls.fold import NO_INITIAL, Reducer
 
 
 def combiner(reducer: Reducer, combine: Reducer | bool) -> Reducer:

@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import ClosedError, SerializationError
-from ..task.by_key import FoldByKey
-from ..task.fold import NO_INITIAL, Fold
-from ..task.guard import Guarded
-from ..task.keep import Kept
+from ..calls.by_key import FoldByKey
+from ..calls.fold import NO_INITIAL, Fold
+from ..calls.guard import Guarded
+from ..calls.keep import Kept
+from ..calls.registry import named_digest
+from ..errors import ClosedError, SerializationError, UnknownTaskError
 from ..wire import codec
 from ..wire.protocol import Mode
 from ..wire.ref import Ref, start_collecting, stop_collecting
@@ -41,6 +42,8 @@ from .locality import data_by_node
 from .mapping import MapStream, sized_length, sliced_input
 from .objects import ObjectTable
 from .options import TaskOptions
+from .placement import LeastLoaded, key_digest
+from .placing import Placing
 from .progress import new_bar
 from .reduction import combiner, fold, merge_partitions
 from .shipping import FunctionCache
@@ -90,6 +93,7 @@ class Pipeline:
     objects: ObjectTable
     live_nodes: Callable[[], set[bytes]]
     locality_bytes: int = 1 << 20
+    known_tasks: Callable[[], dict[str, list[str]]] = dict  # task name -> nodes defining it, once a node answered
 
     def locate(self, refs: list[Ref]) -> dict[bytes, int] | None:
         """Where a batch holding ``refs`` should run (see fabric.client.locality)."""
@@ -113,30 +117,37 @@ class TaskAPI:
 
     def options(self, **changes: Any) -> FabricView:
         """A view whose calls use these options (``task_timeout``, ``retries``,
-        ``retry_on``, ``cache``, ``keep``); the fabric itself is unchanged."""
+        ``retry_on``, ``cache``, ``keep``, ``placement``, ``nodes``,
+        ``resources``, ``affinity``); the fabric itself is unchanged."""
         return FabricView(self._pipeline, self._task_options.merged(**changes))
 
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., R] | str, /, *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on a worker; every keyword goes to ``fn``.
+        ``fn`` may be the name of a task defined on the nodes (``@fabric.task``).
 
         Raises :class:`~fabric.SerializationError` here, in the caller, when the
-        function or an argument cannot be serialized.
+        function or an argument cannot be serialized, and
+        :class:`~fabric.UnknownTaskError` for a name no node defines.
         """
         pipeline = self._pipeline
         pipeline.check_open()
         options = self._task_options
-        cached = wants_cache(fn, options.cache)
-        digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
-        name = codec.function_name(fn)
-        future = Future(name)
-        if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
-            return future
+        if isinstance(fn, str):
+            shipped = self._shipped(fn, options, exact=False)
+            future, placing = Future(fn), placing_of(fn, options)
+        else:
+            cached = wants_cache(fn, options.cache)
+            shipped = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
+            future = Future(codec.function_name(fn))
+            if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
+                return future
+            placing = placing_of(fn, options) if options.placed else None
         if options.keep:  # a kept result lost with its node is computed again while this call is held
             _remember(pipeline.objects, future, _resubmit(pipeline, options, fn, args, kwargs))
-        self._post_call(fn, (digest, fn_payload), args, kwargs, future)
+        self._post_call(shipped, placing, args, kwargs, future)
         return future
 
-    def _post_call(self, fn: Callable[..., Any], shipped: tuple[bytes, bytes], args: tuple[Any, ...],
+    def _post_call(self, shipped: tuple[bytes, bytes], placing: Placing | None, args: tuple[Any, ...],
                    kwargs: dict[str, Any], future: Future) -> None:
         """Send one call, or, when an argument is a future not done yet, once it is."""
         pipeline = self._pipeline
@@ -145,35 +156,48 @@ class TaskAPI:
             payload = codec.pickle_call(args, kwargs)
         except PendingArgument:
             when_done(futures_in((args, kwargs)),
-                      lambda failed: self._resume(fn, shipped, args, kwargs, future, failed))
+                      lambda failed: self._resume(shipped, placing, args, kwargs, future, failed))
             return
         finally:
             stop_collecting()
         lost = pipeline.objects.lost(refs, pipeline.live_nodes) if refs else None
         if lost:  # kept results whose nodes died: computed again first, then this call reads the new ones
             when_done([pipeline.objects.recompute(ref) for ref in lost],
-                      lambda failed: self._resume(fn, shipped, args, kwargs, future, failed))
+                      lambda failed: self._resume(shipped, placing, args, kwargs, future, failed))
             return
         pipeline.check_size(payload, f"the arguments of {future.task}")
         batch = Batch(
             next_batch_id(), shipped[0], shipped[1], Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
-            FutureGroup([future]), retries=self._task_options.retries,
+            FutureGroup([future]), retries=self._task_options.retries, placing=placing,
         )
         if refs:
             batch.refs, batch.data = refs, pipeline.locate(refs)
         pipeline.post(batch)
 
-    def _resume(self, fn: Callable[..., Any], shipped: tuple[bytes, bytes], args: tuple[Any, ...],
+    def _resume(self, shipped: tuple[bytes, bytes], placing: Placing | None, args: tuple[Any, ...],
                 kwargs: dict[str, Any], future: Future, failed: BaseException | None) -> None:
         """The futures among the call's arguments are done: fail it with the first
         failure, unrun, or send it now."""
         try:
             if failed is not None:
                 raise failed
-            self._post_call(fn, shipped, args, kwargs, future)
+            self._post_call(shipped, placing, args, kwargs, future)
         except BaseException as exc:  # noqa: BLE001 - the call's outcome, not this thread's
             if not future.done():
                 future.set_exception(exc)
+
+    def _shipped(self, fn: Callable[..., Any] | str, options: TaskOptions, exact: bool) -> tuple[bytes, bytes]:
+        """(digest, pickle) of a function, or the name of a task the nodes define (no pickle)."""
+        if not isinstance(fn, str):
+            return self._pipeline.shipper.get(fn, options, exact)
+        if options.guards() or options.cache:
+            raise ValueError(f"task {fn!r} is defined on the nodes: task_timeout, retry_on, keep and cache apply "
+                             "to functions shipped from the client only")
+        known = self._pipeline.known_tasks()
+        if known and fn not in known:
+            raise UnknownTaskError(f"no live node defines a task named {fn!r}; the nodes define: "
+                                   f"{', '.join(known)} (fabric-node start --tasks MODULE)")
+        return named_digest(fn), b""
 
     def map(
         self,
@@ -182,6 +206,7 @@ class TaskAPI:
         timeout: float | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        partition_by: Callable[..., Any] | None = None,
         progress: bool | str = False,
         **options: Any,
     ) -> MapResults[R]:
@@ -194,10 +219,13 @@ class TaskAPI:
         bounds the caller's wait, from this call, as in ``Executor.map``;
         ``progress`` shows a bar (a string labels it; needs tqdm) moving as
         results are taken.  Task options (``task_timeout``, ``retries``,
-        ``retry_on``, ``cache``, ``keep``) may be given as keywords.  An input
-        holding a fabric future is sent when the future is done.  The iterator
-        is also an async iterator: ``async for`` awaits results without
-        blocking the loop.
+        ``retry_on``, ``cache``, ``keep``, ``placement``, ``nodes``,
+        ``resources``, ``affinity``) may be given as keywords.
+        ``partition_by(*item)`` gives each item a key: items with equal keys
+        run on the same node, the key's owner on the ring of the nodes able to
+        run the call.  An input holding a fabric future is sent when the
+        future is done.  The iterator is also an async iterator: ``async
+        for`` awaits results without blocking the loop.
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -208,15 +236,18 @@ class TaskAPI:
         items = sliced_input(iterables[0]) if len(iterables) == 1 else zip(*iterables)
         cache = (
             CachedFunction(pipeline.cache, fn, mode == Mode.STARMAP)
-            if wants_cache(fn, task_options.cache) else None
+            if not isinstance(fn, str) and wants_cache(fn, task_options.cache) else None
         )
-        shipped = pipeline.shipper.get(fn, task_options, exact=True)
+        shipped = self._shipped(fn, task_options, exact=True)
         call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
-        return self._stream(shipped, items, call, task_options, cache).results()
+        keys_of = None if partition_by is None else partition_keys(partition_by, mode == Mode.STARMAP)
+        placing = placing_of(fn, task_options, force=keys_of is not None)
+        return self._stream(shipped, items, call, task_options, cache, placing, keys_of).results()
 
     def _stream(
         self, shipped: tuple[bytes, bytes], items: Iterator[Any] | Sequence[Any], call: MapCall,
-        task_options: TaskOptions, cache: CachedFunction | None,
+        task_options: TaskOptions, cache: CachedFunction | None, placing: Placing | None = None,
+        keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
     ) -> MapStream:
         """A started map stream of the pickled function ``shipped`` over ``items``."""
         pipeline = self._pipeline
@@ -233,6 +264,8 @@ class TaskAPI:
             check_size=pipeline.check_size,
             cache=cache,
             locate=pipeline.locate,
+            placing=placing,
+            keys_of=keys_of,
             bar=new_bar(call.length, call.progress) if call.progress else None,
             interrupted=pipeline.interrupted,
             keepalive=pipeline,
@@ -288,6 +321,10 @@ class TaskAPI:
         merge = combiner(reducer, combine or True)
         pipeline = self._pipeline
         pipeline.check_open()
+        if isinstance(mapper, str):
+            how = "by_key" if by_key else "combine"
+            raise TypeError(f"map_reduce({how}=...) folds on the worker around a function shipped from the client; "
+                            f"call task {mapper!r} by name without {how}")
         task_options = self._task_options.merged(**options)
         if task_options.keep:  # as a keyword here or from fx.options(keep=True)
             raise ValueError(_KEEP_BY_KEY if by_key else _KEEP_COMBINED)
@@ -298,13 +335,14 @@ class TaskAPI:
         shipper = pipeline.shipper
         wrapped = shipper.wrapped(mapper, task_options)
         call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
+        placing = placing_of(mapper, task_options)
         if not by_key:
             shipped = shipper.pickles.get(Fold(wrapped, reducer, initial))
-            return fold(merge, self._stream(shipped, sliced_input(iterable), call, task_options, None).results(),
-                        initial)
+            stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
+            return fold(merge, stream.results(), initial)
         count = PARTITIONS_PER_WORKER * max(1, pipeline.workers()) if partitions is None else partitions
         shipped = shipper.pickles.get(FoldByKey(wrapped, reducer, initial, count))
-        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None)
+        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
         return merge_partitions(stream.results(), merge, ordered)
 
 
@@ -364,7 +402,7 @@ class FunctionShipper:
         return entry[1]
 
 
-def _resubmit(pipeline: Pipeline, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...],
+def _resubmit(pipeline: Pipeline, options: TaskOptions, fn: Callable[..., Any] | str, args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Callable[[], Future]:
     """The call submitted again, holding its pipeline weakly: the lineage of a kept
     Ref lives in the I/O thread, and must not keep a fabric let go of open."""
@@ -387,6 +425,26 @@ def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Future
             table.lineage[done.result().key] = recompute
 
     future.add_done_callback(note)
+
+
+def _name_of(fn: Callable[..., Any] | str) -> str:
+    return fn if isinstance(fn, str) else codec.function_name(fn)
+
+
+def placing_of(fn: Callable[..., Any] | str, options: TaskOptions, force: bool = False) -> Placing | None:
+    """Where the call's batches may run, or None for the default path (no option set)."""
+    task = fn if isinstance(fn, str) else None
+    if task is None and not force and not options.placed:
+        return None
+    return Placing(options.placement or LeastLoaded(), _name_of(fn), options, options.nodes, options.resources,
+                   task, options.affinity_key())
+
+
+def partition_keys(keyfn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], list[bytes]]:
+    """Each item's partition key digest, computed in the caller's thread as chunks are cut."""
+    if star:
+        return lambda items: [key_digest(keyfn(*item)) for item in items]
+    return lambda items: [key_digest(keyfn(item)) for item in items]
 
 
 def _served_from_cache(cache: CacheClient, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

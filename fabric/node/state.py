@@ -11,7 +11,8 @@ instructions for the loop to perform, in order::
     a spawn that failed (EMFILE...) ──► spawn_failed(): again next beat │   Terminate, Greet, Subscribe
     psutil per worker, when due ──────► check_workers(readings, now)    │
     psutil machine + store, when due ─► beat(load, cache, now)          │
-    start / signal, STOP ─────────────► start(now) / stop(why), leaving()─┘
+    start / signal, STOP ─────────────► start(now) / stop(why), leaving()│
+    RELOAD / SIGHUP (modules loaded) ─► reload(tasks): restart workers ─┘
     the store's backlog ──────────────► entries_to_flush(...) ─► how many cache entries to write now
                                         next_deadline(now, ...) ─► when to wake up at the latest
 
@@ -26,6 +27,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..calls.registry import TaskModules
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats, WorkerStats
 from ..config import NodeSettings
@@ -101,7 +103,12 @@ class Publish:
 
 @dataclass(frozen=True)
 class Spawn:
-    """Start one worker process."""
+    """Start one worker process with this index on the node (under ``worker_id``:
+    one restarted for a reload keeps its id, so its clients re-queue what it held
+    uncharged when it re-attaches)."""
+
+    index: int
+    worker_id: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,9 @@ Instruction = Send | Publish | Spawn | Kill | Terminate | Greet | Subscribe
 class WorkerRecord:
     worker_id: bytes
     pid: int
+    index: int = 0
     up: bool = False
+    restarting: bool = False  # stopped for a reload: replaced under the same id, its clients not told it was lost
     clients: set[bytes] = field(default_factory=set)
     report: WorkerReport = WorkerReport(0, 0, 0.0, False)
     running: BatchRunning = BatchRunning(b"", 0)  # the acknowledged batch it runs, and whose
@@ -165,7 +174,8 @@ class NodeState:
         self.objects = ObjectFigures(0, 0, 0, 0)  # the object store's, set by the loop before each heartbeat
         self.stopping = False
         self.stop_reason = ""  # what stopped the node (a signal's name, STOP), for the log
-        self.spawns_owed = 0  # workers whose spawn failed (out of descriptors...), started again at a beat
+        self.spawns_owed: list[Spawn] = []  # spawns that failed (out of descriptors...), tried again at a beat
+        self.tasks = TaskModules({}, ())  # what the task modules define, as last loaded
         self.faults = Faults(f"node {settings.name}", log)
         self.log_file = ""  # where the node and its workers write (the loop opens it)
         self.next_beat = self.next_health = 0.0
@@ -178,7 +188,7 @@ class NodeState:
     def start(self, now: float) -> list[Instruction]:
         """Spawn the workers and greet the seeds; a heartbeat and a health check are due at once."""
         self.next_beat = self.next_health = self._rate_at = now
-        spawns: list[Instruction] = [Spawn() for _ in range(self.settings.workers)]
+        spawns: list[Instruction] = [Spawn(index) for index in range(self.settings.workers)]
         return spawns + self._greet(seed for seed in self.settings.seeds if seed != self.bound.control)
 
     def stop(self, reason: str) -> None:
@@ -251,8 +261,8 @@ class NodeState:
 
     # -- workers -------------------------------------------------------------------
 
-    def worker_spawned(self, worker_id: bytes, pid: int) -> None:
-        self.workers[worker_id] = WorkerRecord(worker_id, pid)
+    def worker_spawned(self, worker_id: bytes, pid: int, index: int = 0) -> None:
+        self.workers[worker_id] = WorkerRecord(worker_id, pid, index)
 
     def worker_up(self, worker_id: bytes) -> list[Instruction]:
         record = self.workers.get(worker_id)
@@ -283,14 +293,29 @@ class NodeState:
                     self.settings.name, worker_id.decode(), reason)
         self.lost_done += record.report.done
         self.lost_failed += record.report.failed
+        if record.restarting and not self.stopping:  # its clients see it re-attach, and re-queue what it held
+            return [Spawn(record.index, worker_id)]
         lost = WorkerLost(worker_id, exitcode, reason)
         out: list[Instruction] = [Send(client_id, lost) for client_id in record.clients if client_id in self.clients]
-        return out if self.stopping else [*out, Spawn()]
+        return out if self.stopping else [*out, Spawn(record.index)]
 
-    def spawn_failed(self, exc: OSError) -> None:
+    def reload(self, tasks: TaskModules) -> list[Instruction]:
+        """The task modules were imported again: restart every worker between
+        batches (a worker reads SHUTDOWN only between two batches) under its own
+        id, so nothing in flight is lost or charged to its task."""
+        self.tasks = tasks
+        log.info("node %s: task modules reloaded (%s); restarting the workers", self.settings.name,
+                 ", ".join(sorted(tasks.functions)) or "no tasks")
+        out: list[Instruction] = []
+        for record in self.workers.values():
+            record.restarting = True
+            out.append(Send(record.worker_id, Shutdown()) if record.up else Terminate(record.worker_id))
+        return out
+
+    def spawn_failed(self, exc: OSError, spawn: Spawn) -> None:
         """A worker could not be started (no descriptor or process left): try again
         at the next heartbeat rather than stop the node."""
-        self.spawns_owed += 1
+        self.spawns_owed.append(spawn)
         self.faults.record("a worker could not be started (retried at the next heartbeat)", exc)
 
     def worker_silent(self, client_id: bytes, worker_id: bytes) -> list[Instruction]:
@@ -386,8 +411,8 @@ class NodeState:
                      self.settings.liveness_s)
         heard = {p.control for p in self.peers.nodes.values()}
         out += self._greet(control for control in list(self.greeted) if control not in heard)
-        out += [Spawn() for _ in range(self.spawns_owed)]
-        self.spawns_owed = 0
+        out += self.spawns_owed
+        self.spawns_owed = []
         out.append(Publish(self.heartbeat(now)))
         return out
 
@@ -456,6 +481,10 @@ class NodeState:
             store_named=self.objects.named,
             peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
             log_file=self.log_file,
+            resources=dict(s.resources),
+            tasks=tuple(sorted(self.tasks.functions)),
+            task_modules=self.tasks.digests,
+            indices={r.worker_id.decode(): r.index for r in self.workers.values()},
             per_worker=tuple(
                 WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running,
                             r.running.client_id, r.running.batch_id)

@@ -40,8 +40,8 @@ from typing import Any, Protocol
 
 import zmq
 
+from ..calls import context, guard, registry, setup
 from ..errors import FabricError, ProtocolError, SerializationError
-from ..task import guard
 from ..wire import codec, ref, security
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,
@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 BATCH_ERROR = -1  # error index meaning "every item of the batch"
 REPORT_INTERVAL_S = 0.25  # counters go to the node at most this often
 HINTED_RESULTS = 64  # batches of at most this many results are sized before they are encoded
+NODE_NAME_ENV = "FABRIC_NODE_NAME"  # what the node tells each worker it spawns: current_worker()'s fields
+WORKER_INDEX_ENV = "FABRIC_WORKER_INDEX"
+TASK_MODULES_ENV = "FABRIC_TASK_MODULES"  # comma-separated task modules to import (@fabric.task)
 
 
 @dataclass
@@ -196,7 +199,7 @@ def run_batch(link: LinkState, batch: TaskBatch, capture: OutputCapture | None =
 
 def _function(link: LinkState, batch: TaskBatch, frames: list[Any]) -> Callable[..., Any]:
     if batch.has_fn:
-        link.functions[batch.digest] = codec.loads_function(frames.pop(0))
+        link.functions[batch.digest] = setup.with_setup_globals(codec.loads_function(frames.pop(0)))
     return link.functions[batch.digest]
 
 
@@ -257,8 +260,9 @@ class Worker:
     """The worker's run loop: owns the control socket and one link per client."""
 
     def __init__(self, node_endpoint: str, worker_id: bytes, parent_pid: int, key: ClusterKey | None = None,
-                 max_clients: int = MAX_CLIENTS_CAP) -> None:
+                 max_clients: int = MAX_CLIENTS_CAP, tasks: dict[bytes, Callable[..., Any]] | None = None) -> None:
         self.worker_id = worker_id
+        self.tasks = tasks or {}  # the node's tasks by the digest a client calls them with
         self.parent_pid = parent_pid
         self.key = key
         self.max_clients = max_clients
@@ -357,7 +361,7 @@ class Worker:
                 sock.close(linger=0)
             raise
         ventilator, sink = made
-        link = ClientLink(ventilator, sink, msg.max_message_bytes, msg.forward_output)
+        link = ClientLink(ventilator, sink, msg.max_message_bytes, msg.forward_output, dict(self.tasks))
         link.sink.setsockopt(zmq.LINGER, 500)
         link.ventilator.send_multipart(to_frames(Ready(msg.credits, msg.node_id)))
         self.poller.register(link.ventilator, zmq.POLLIN)
@@ -437,7 +441,19 @@ def main(argv: list[str] | None = None) -> None:
     processes.configure_logging()
     processes.raise_fd_limit()
     key = ClusterKey.find(None)
-    Worker(node_endpoint, worker_id.encode(), int(parent_pid), key, max_clients).run()
+    context.enter_worker(context.WorkerInfo(os.environ.get(NODE_NAME_ENV, ""),
+                                            int(os.environ.get(WORKER_INDEX_ENV, "0")), os.getpid(), worker_id))
+    Worker(node_endpoint, worker_id.encode(), int(parent_pid), key, max_clients, _tasks()).run()
+
+
+def _tasks() -> dict[bytes, Callable[..., Any]]:
+    """The node's task modules, imported here; one that fails is logged and offers nothing."""
+    modules = [m for m in os.environ.get(TASK_MODULES_ENV, "").split(",") if m]
+    try:
+        return registry.load(modules).registry()
+    except Exception:
+        log.exception("worker: the task modules %s failed to import; this worker runs no task by name", modules)
+        return {}
 
 
 if __name__ == "__main__":

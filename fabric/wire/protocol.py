@@ -34,6 +34,9 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
                                     KeyboardInterrupt); the node kills and replaces it
     SHUTDOWN     node   -> worker / client -> embedded node
     STOP         anyone -> node     stop as on SIGTERM (``fabric-node stop``); answered with NODE_LEAVING
+    RELOAD       anyone -> node     import the task modules again and restart the workers between
+                                    batches (``fabric-node reload``, as SIGHUP)
+    RELOADED     node   -> asker    ok, what was loaded or why not
 
 Result cache (client <-> the key's owner node, see fabric.client.cache)::
 
@@ -149,6 +152,8 @@ class Kind(enum.IntEnum):
     OBJECT_LIST = 57
     OBJECT_LISTING = 58
     OBJECT_DELETE = 59
+    RELOAD = 65
+    RELOADED = 66
 
 
 class Mode(enum.IntEnum):
@@ -157,7 +162,7 @@ class Mode(enum.IntEnum):
     MAP = 0  # fn(item); the batch payload is one list of items
     STARMAP = 1  # fn(*item); the batch payload is one list of argument tuples
     CALL = 2  # fn(*args, **kwargs); one payload per item, holding (args, kwargs)
-    FOLD = 3  # fn(items) once: the batch's one result (fabric.task.fold.Fold); the payload as MAP's
+    FOLD = 3  # fn(items) once: the batch's one result (fabric.calls.fold.Fold); the payload as MAP's
 
 
 _MODES = frozenset(Mode)
@@ -381,6 +386,20 @@ class Shutdown(Message):
 class Stop(Message):
     KIND = Kind.STOP
     CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reload(Message):
+    KIND = Kind.RELOAD
+    CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded(Message):
+    KIND = Kind.RELOADED
+    CHECKS = (bool, str)
+    ok: bool
+    detail: str  # the tasks now defined, or why the modules did not load
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,6 +672,7 @@ _BY_KIND: dict[int, type[Message]] = {
         CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored, BatchRunning, BatchOutput,
         RecycleWorker, ObjectPut, ObjectPutAck, ObjectGet, ObjectData, ObjectMissing, ObjectFree, ObjectAdopt,
         ObjectList, ObjectListing, ObjectDelete,
+        RecycleWorker, Reload, Reloaded,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

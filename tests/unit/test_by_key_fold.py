@@ -22,9 +22,9 @@ from collections import Counter, namedtuple
 import pytest
 
 import fabric
+from fabric.calls.by_key import FoldByKey, key_hash, partition_of, pickled_partial, split
+from fabric.calls.fold import NO_INITIAL
 from fabric.client.reduction import merge_by_key, merge_partitions
-from fabric.task.by_key import FoldByKey, key_hash, partition_of, pickled_partial, split
-from fabric.task.fold import NO_INITIAL
 
 
 def words(line: str):
@@ -120,7 +120,7 @@ HASHED = ["word", b"bytes", 12345, -7, 2.5, None, (1, ("a", b"b")), frozenset({"
 
 def test_the_hash_is_the_same_in_another_process_with_another_string_salt():
     here = [key_hash(key) for key in HASHED]
-    script = ("import pickle, sys; from fabric.task.by_key import key_hash; import test_by_key_fold as t; "
+    script = ("import pickle, sys; from fabric.calls.by_key import key_hash; import test_by_key_fold as t; "
               "print([key_hash(k) for k in t.HASHED])")
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

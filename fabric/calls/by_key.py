@@ -1,7 +1,7 @@
 """FoldByKey: shipped in place of a mapper, folds one batch's pairs per key into partitions.
 
 Built by ``map_reduce(..., by_key=True)`` in the client and run on a worker
-once per batch (Mode.FOLD, as :class:`~fabric.task.fold.Fold`)::
+once per batch (Mode.FOLD, as :class:`~fabric.calls.fold.Fold`)::
 
     items --mapper--> (key, value) pairs --fold per key--> {key: partial}
           --partition_of(key)--> [ pickled {key: partial} for each partition ]   one result per batch
@@ -54,7 +54,7 @@ class FoldByKey:
     """Shipped to the workers in place of the mapper: folds a batch's pairs per key.
 
     ``initial`` starts every key's fold (and travels pickled, like
-    :class:`~fabric.task.fold.Fold`'s): a mutable one (``[]``, ``Counter()``)
+    :class:`~fabric.calls.fold.Fold`'s): a mutable one (``[]``, ``Counter()``)
     is unpickled afresh for each new key, an immutable one (0, "") is shared.
     """
 

@@ -1,7 +1,7 @@
 """Kept: the user's function with ``keep=True`` applied.
 
 Shipped in the function's place when a call keeps its results, as
-:class:`~fabric.task.guard.Guarded` is for timeouts: the worker runs it like
+:class:`~fabric.calls.guard.Guarded` is for timeouts: the worker runs it like
 any function, and it stores the result in the worker's node's object store and
 returns a :class:`~fabric.Ref` instead, so the worker's loop is unchanged and
 only the Ref (a few dozen bytes) travels back to the client.
