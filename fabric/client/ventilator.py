@@ -569,8 +569,10 @@ class Ventilator:
 
     def _merge_calls(self, first: Batch) -> Batch:
         """Merge queued submits of the same function into one batch, sized by
-        the function's measured cost and split fairly over the free credits."""
-        if first.suspect or not self.urgent:
+        the function's measured cost and split fairly over the free credits.
+        A submit holding Refs goes alone: its objects decide where it runs and
+        must stay alive until it is done, which a merged batch would not carry."""
+        if first.suspect or first.refs or not self.urgent:
             return first
         sizer = self.call_sizers.setdefault(first.digest, BatchSizer())
         fair_share = -(-(len(self.urgent) + 1) // self.credits)
@@ -578,6 +580,7 @@ class Ventilator:
         group = [first]
         while (
             len(group) < limit and self.urgent and self.urgent[0].digest == first.digest and not self.urgent[0].suspect
+            and not self.urgent[0].refs
         ):
             batch = self.urgent.popleft()
             if batch.owner.claim():

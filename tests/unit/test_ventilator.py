@@ -113,6 +113,20 @@ def test_queued_submits_of_one_function_merge_over_free_credits():
     assert header.item_frames == [1] * 5
 
 
+def test_a_submit_holding_refs_is_never_merged_so_its_refs_stay_with_it():
+    vent = Ventilator()
+    batches = [call_batch() for _ in range(6)]
+    batches[0].refs = batches[3].refs = ["a ref"]
+    for batch in batches:
+        vent.enqueue(batch)
+    vent.worker_ready(b"w1", 2, b"n1")
+    vent.call_sizers.clear()
+    vent.observe(call_batch(), 1e-6)
+    first, second = (b for _, b, _ in vent.dispatch())
+    assert (first.n_items, first.refs) == (1, ["a ref"])  # alone
+    assert (second.n_items, second.refs) == (2, None)  # the next two merge, up to the next one holding refs
+
+
 def test_abandoned_batches_are_skipped():
     vent = Ventilator()
     vent.worker_ready(b"w1", 1, b"n1")
