@@ -15,8 +15,10 @@ returns::
   subscribed to, and so are the peers its heartbeat names: connecting to one
   node is enough.  Every ``heartbeat_interval_s`` every node is greeted again:
   that is the client's own heartbeat.
-- A node silent for ``liveness_s`` is declared dead and lost; one that leaves
-  is lost at once.  Its workers' batches go back to the queue.
+- A node whose silence its phi-accrual detector finds improbable (on an idle
+  cluster ``liveness_s`` after its last heartbeat, later for a node whose
+  heartbeats come irregularly) is declared dead and lost; one that leaves is
+  lost at once.  Its workers' batches go back to the queue, charged nothing.
 - A node declared dead that speaks again is told GOODBYE then HELLO: it may
   have forgotten this client meanwhile, and its workers must re-attach with
   fresh credits.
@@ -87,7 +89,7 @@ class ClusterView:
         self.unreachable: NoNodesError | None = None
         # node -> worker -> (this client's batch it was last listed running, since when it is or is not, listed now)
         self.running: dict[bytes, dict[bytes, tuple[int, float, bool]]] = {}
-        self.membership = Membership(liveness_s)
+        self.membership = Membership(heartbeat_interval_s, liveness_s)
         self.controls: dict[str, None] = {}  # every control endpoint greeted, in the order learned
         self.pubs: dict[str, None] = {}  # every PUB subscribed to
         self.declared_dead: set[bytes] = set()
@@ -132,7 +134,8 @@ class ClusterView:
         if now >= self.next_hello:
             greet = tuple(self.controls)
             self.next_hello = now + self.heartbeat_interval_s
-        lost = tuple((stats.node_id, f"node {stats.name} stopped answering") for stats in self.membership.expire(now))
+        lost = tuple((stats.node_id, f"node {stats.name} silent for {stats.age_s:.1f} s, declared dead")
+                     for stats in self.membership.expire(now))
         self.declared_dead.update(node_id for node_id, _ in lost)
         starved = self._starved(now, workers, has_pending)
         if self.first_contact_by is None:

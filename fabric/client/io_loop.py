@@ -285,7 +285,7 @@ class IOLoop:
         for node_id, reason in actions.lost:
             log.warning("client: %s; its batches go to other workers", reason)
             self.cache.node_lost(node_id)
-            self._fail(self.ventilator.node_lost(node_id, reason))
+            self.ventilator.node_lost(node_id)
         for node_id in actions.pause:
             self.ventilator.pause(node_id)
         for node_id in actions.resume:
@@ -317,14 +317,19 @@ class IOLoop:
         self.cache.expire(now)
         silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         if silent:
-            for _ in range(DRAIN_MAX):
-                if not self.sink.poll(0):
-                    break
-                self._survive("a sink message", self._on_results)
+            self._drain_sink()
             silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         for worker_id in silent:
             self._take_back(worker_id)
         self._deadline = min(self.view.next_deadline(), next_check)
+
+    def _drain_sink(self) -> None:
+        """Read the results already waiting (each a sign of life, or a batch done)
+        before deciding that a worker went silent or what its death interrupted."""
+        for _ in range(DRAIN_MAX):
+            if not self.sink.poll(0):
+                break
+            self._survive("a sink message", self._on_results)
 
     def _take_back(self, worker_id: bytes) -> None:
         """Re-queue what a silent worker held and ask its node to attach it afresh."""
@@ -345,12 +350,14 @@ class IOLoop:
                 now = self.ventilator.now = time.monotonic()
                 if self._wake_r in events:
                     self._run_commands()
+                # Control before data: nodes' heartbeats and messages are read before the
+                # workers' traffic, so a flood of results never delays a node's word.
+                if events.keys() - self._data_plane:
+                    self._survive("a control-plane event", self._on_other_events, events, now)
                 if self.vent in events:
                     self._survive("a ventilator message", self._on_ready)
                 if self.sink in events:
                     self._survive("a sink message", self._on_results)
-                if events.keys() - self._data_plane:
-                    self._survive("a control-plane event", self._on_other_events, events, now)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
                     self._survive("the timers", self._tick, now)
                 if self.ventilator.urgent or self.ventilator.bulk:
@@ -471,6 +478,9 @@ class IOLoop:
             # would be dated before it, so the node would look silent for the stall's length.
             self._perform(self.view.heartbeat(stats, max(now, time.monotonic())))
         if isinstance(msg, WorkerLost):
+            # A result sent before the death may still wait in the sink: read it first, so the
+            # batch that finished is not taken for the one that killed the worker and charged.
+            self._drain_sink()
             log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
             self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
         elif isinstance(msg, CacheHits):

@@ -2,47 +2,72 @@
 
 Used by the client's I/O loop (its view of the cluster) and by each node (its
 peers).  Pure: it takes the time as an argument, so unit tests drive it with a
-fake clock.  A node is declared dead after ``liveness_s`` of silence, counted
-from the moment it is first heard of.
+fake clock.  Each node heard has a phi-accrual failure detector
+(:mod:`.failure_detector`) that learns its heartbeats' intervals: a node is
+declared dead when its silence becomes improbable for that node, which on an
+idle cluster is ``liveness_s`` after its last heartbeat, and later for a node
+whose heartbeats arrive irregularly (its machine is busy).  Liveness counts
+from the moment a node is first heard of; a node declared dead and heard again
+starts afresh, its long silence not taken into its history.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from .failure_detector import PhiAccrual, for_settings
 from .stats import NodeStats
 
 
 class Membership:
-    """Live nodes by id, from heartbeats; declares a node dead after
-    ``liveness_s`` of silence."""
+    """Live nodes by id, from heartbeats; declares a node dead when its
+    detector's phi reaches the threshold."""
 
-    def __init__(self, liveness_s: float) -> None:
-        self.liveness_s = liveness_s
+    def __init__(self, heartbeat_interval_s: float, liveness_s: float) -> None:
+        self.detector = for_settings(heartbeat_interval_s, liveness_s)
         self.nodes: dict[bytes, NodeStats] = {}
         self.last_seen: dict[bytes, float] = {}
+        self.detectors: dict[bytes, PhiAccrual] = {}
 
     def observe(self, stats: NodeStats, now: float) -> bool:
         """Record a heartbeat; True when the node is new (or back from the dead)."""
-        is_new = stats.node_id not in self.nodes
-        self.nodes[stats.node_id] = stats
-        self.last_seen[stats.node_id] = now
+        node_id = stats.node_id
+        is_new = node_id not in self.nodes
+        self.nodes[node_id] = stats
+        self.heard(node_id, now)
         return is_new
 
+    def heard(self, node_id: bytes, now: float) -> None:
+        """A sign of life from a known node that carried no new stats."""
+        if node_id not in self.nodes:
+            return
+        detector = self.detectors.get(node_id)
+        if detector is None:
+            self.detectors[node_id] = PhiAccrual(self.detector, now)
+        else:
+            detector.heard(now)
+        self.last_seen[node_id] = now
+
     def expire(self, now: float) -> list[NodeStats]:
-        """Remove and return the nodes silent for longer than the liveness timeout."""
-        dead = [node_id for node_id, seen in self.last_seen.items() if now - seen > self.liveness_s]
-        for node_id in dead:
-            del self.last_seen[node_id]
-        return [self.nodes.pop(node_id) for node_id in dead]
+        """Remove and return the nodes whose silence reached the detector's
+        threshold, their last stats aged by that silence."""
+        dead = [node_id for node_id, detector in self.detectors.items() if now >= detector.deadline()]
+        silent = {node_id: now - self.last_seen[node_id] for node_id in dead}
+        return [_aged(stats, silent[stats.node_id]) for stats in map(self.remove, dead) if stats is not None]
 
     def remove(self, node_id: bytes) -> NodeStats | None:
         self.last_seen.pop(node_id, None)
+        self.detectors.pop(node_id, None)
         return self.nodes.pop(node_id, None)
 
     def next_expiry(self) -> float | None:
         """When the next node would be declared dead if it stays silent."""
-        return min(self.last_seen.values()) + self.liveness_s if self.last_seen else None
+        return min(d.deadline() for d in self.detectors.values()) if self.detectors else None
+
+    def phi(self, node_id: bytes, now: float) -> float:
+        """How suspicious the node's silence is now (0 for an unknown node)."""
+        detector = self.detectors.get(node_id)
+        return detector.phi(now) if detector is not None else 0.0
 
     def snapshot(self, now: float) -> list[NodeStats]:
         return [_aged(stats, now - self.last_seen[node_id]) for node_id, stats in self.nodes.items()]

@@ -361,11 +361,15 @@ class Node:
                 if self._owner_gone(events):
                     state.stop("its owner exited")
                     break
-                if self.router in events:
-                    self._on_router(now)
+                # Control before data: a heartbeat due goes out, and peers' heartbeats are read,
+                # before the ROUTER's messages (clients' HELLOs, workers' reports, the cache's
+                # requests) are served, so a busy node is not taken for a silent one.
+                self._guarded("the heartbeat failed", self._on_beat, now)
                 for sock in [self.sub, *self.peers.values()]:
                     if sock in events:
                         self._on_heartbeats(sock, now)
+                if self.router in events:
+                    self._on_router(now)
                 self._guarded("a handshake monitor failed", self.handshakes.on_poll, events)
                 self._guarded("reaping a worker failed", self._reap_exited, events)
                 self._guarded("the loop's timers failed", self._on_timers, bool(events), now)
@@ -380,8 +384,10 @@ class Node:
         if state.health_due(now):
             readings = self.sampler.workers(rss=self.settings.memory_limit_mb > 0)
             self._perform(state.check_workers(readings, now))
-        if state.beat_due(now):
-            self._perform(state.beat(self.sampler.machine(), self.store.stats(), now))
+
+    def _on_beat(self, now: float) -> None:
+        if self.state.beat_due(now):
+            self._perform(self.state.beat(self.sampler.machine(), self.store.stats(), now))
 
     def _owner_gone(self, events: dict[object, int]) -> bool:
         if self.settings.owner_pid is None:

@@ -149,7 +149,7 @@ class NodeState:
         self.bound = bound
         self.workers: dict[bytes, WorkerRecord] = {}
         self.clients: dict[bytes, ClientRecord] = {}
-        self.peers = Membership(settings.liveness_s)
+        self.peers = Membership(settings.heartbeat_interval_s, settings.liveness_s)
         self.health = WorkerHealth(settings.memory_limit_mb, settings.liveness_s)
         self.greeted: dict[str, None] = {}  # control endpoints said PEER_HELLO to, in order
         self.subscribed: set[str] = set()
@@ -363,8 +363,7 @@ class NodeState:
         self.accepting = self.settings.max_load >= 100 or load.cpu_percent < self.settings.max_load
         out = self.expire_clients(now)
         for lost in self.peers.expire(now):
-            log.info("node %s: peer %s silent for %.1f s, declared dead", self.settings.name, lost.name,
-                     self.settings.liveness_s)
+            log.info("node %s: peer %s silent for %.1f s, declared dead", self.settings.name, lost.name, lost.age_s)
         heard = {p.control for p in self.peers.nodes.values()}
         out += self._greet(control for control in list(self.greeted) if control not in heard)
         out += [Spawn() for _ in range(self.spawns_owed)]
