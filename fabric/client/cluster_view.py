@@ -5,16 +5,19 @@ The loop (:mod:`fabric.client.io_loop`, which owns the control DEALERs and the
 SUB) feeds it what arrived and the time, and performs the :class:`Actions` it
 returns::
 
-    node HEARTBEAT (SUB, or control DEALER) ─► heartbeat(stats, now) ─┐
+    node HEARTBEAT (answer to HELLO)        ─► heartbeat(stats, now) ─┐
     NODE_LEAVING (control DEALER)           ─► node_left(node_id)     ├─► Actions ─► IOLoop: connect + HELLO,
-    the loop's tick (at next_deadline())    ─► tick(now, workers, …)  ┘   GOODBYE + HELLO, SUB connect, re-queue
+    the loop's tick (at next_deadline())    ─► tick(now, workers, …)  ┘   GOODBYE + HELLO, re-queue
                                                                            a lost node's batches, pause/resume
                                                                            its workers, fail queued work
 
-- A node first heard of is greeted (a control DEALER and HELLO) and its PUB
-  subscribed to, and so are the peers its heartbeat names: connecting to one
-  node is enough.  Every ``heartbeat_interval_s`` every node is greeted again:
-  that is the client's own heartbeat.
+- The client learns membership from the nodes it talks to, subscribing to
+  none: a node first heard of is greeted (a control DEALER and HELLO), and so
+  are the members its first answer lists and those its later answers report
+  alive (gossip's news): connecting to one node is enough.  Every
+  ``heartbeat_interval_s`` every node is greeted again: that is the client's
+  own heartbeat, and each node's answer (its heartbeat) is the client's proof
+  that the node lives, judged by a phi-accrual detector per node.
 - A node whose silence its phi-accrual detector finds improbable (on an idle
   cluster ``liveness_s`` after its last heartbeat, later for a node whose
   heartbeats come irregularly) is declared dead and lost; one that leaves is
@@ -51,13 +54,15 @@ from ..errors import AuthenticationError, NoNodesError
 # (capped by connect_timeout_s).  An embedded node answers in ~0.5 s, a remote
 # one in a round trip; a few seconds leave room for a loaded machine.
 FIRST_CONTACT_S = 5.0
+# A HELLO later than this fraction of the interval means the client's thread was stalled;
+# the lateness is excused from every node's silence (the nodes answer HELLO).
+STALL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
 class Actions:
     """What the I/O loop must do after one event, in this field order."""
 
-    subscribe: tuple[str, ...] = ()  # PUB endpoints to connect the SUB to
     greet: tuple[str, ...] = ()  # control endpoints to say HELLO to (connecting first if new)
     rejoin: tuple[str, ...] = ()  # controls of nodes back from the dead: GOODBYE, then HELLO
     members_changed: bool = False  # a node joined or was lost: the cache ring follows
@@ -91,7 +96,6 @@ class ClusterView:
         self.running: dict[bytes, dict[bytes, tuple[int, float, bool]]] = {}
         self.membership = Membership(heartbeat_interval_s, liveness_s)
         self.controls: dict[str, None] = {}  # every control endpoint greeted, in the order learned
-        self.pubs: dict[str, None] = {}  # every PUB subscribed to
         self.declared_dead: set[bytes] = set()
         self.starved_since: float | None = None  # work queued while no worker was attached
         self.next_hello = -math.inf  # the first tick greets every node
@@ -101,7 +105,7 @@ class ClusterView:
         return Actions(greet=_learn(self.controls, [control]))
 
     def heartbeat(self, stats: NodeStats, now: float) -> Actions:
-        """A node's heartbeat, on the SUB or as the reply to HELLO."""
+        """A node's heartbeat: its answer to HELLO."""
         previous = self.membership.nodes.get(stats.node_id)
         is_new = self.membership.observe(stats, now)
         back = stats.node_id in self.declared_dead  # expired, so a member again only from now
@@ -112,8 +116,8 @@ class ClusterView:
         was_accepting = previous.accepting if previous is not None else True
         changed = () if stats.accepting == was_accepting else (stats.node_id,)
         return Actions(
-            subscribe=_learn(self.pubs, [stats.pub, *(pub for _, pub in stats.peers)]),
-            greet=_learn(self.controls, [stats.control, *(control for control, _ in stats.peers)]),
+            greet=_learn(self.controls, [stats.control, *(control for control, _ in stats.peers),
+                                         *(control for control, _, _, alive in stats.news if alive)]),
             rejoin=(stats.control,) if back else (),
             members_changed=is_new,
             pause=() if stats.accepting else changed,
@@ -133,6 +137,11 @@ class ClusterView:
         greet: tuple[str, ...] = ()
         if now >= self.next_hello:
             greet = tuple(self.controls)
+            late_s = now - self.next_hello
+            if math.isfinite(late_s) and late_s > STALL_S * self.heartbeat_interval_s:
+                # A node answers HELLO; this client could not say it (its thread was stalled:
+                # another held the GIL), so that time is no node's silence.
+                self.membership.excuse(late_s)
             self.next_hello = now + self.heartbeat_interval_s
         lost = tuple((stats.node_id, f"node {stats.name} silent for {stats.age_s:.1f} s, declared dead")
                      for stats in self.membership.expire(now))

@@ -9,9 +9,9 @@
     sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ all of these, the wake
                               ◄── BATCH_STARTED ─ workers    │          │
     control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
-                              ◄── HEARTBEAT/WORKER_LOST/     │          │ node's exit sentinel;
-                                  NODE_LEAVING ─── node      │          │ timeout: the cluster
-    SUB ◄── HEARTBEAT ── every node's PUB                    └──────────┘ view's next deadline
+                              ◄── HEARTBEAT (the answer)/    │          │ node's exit sentinel;
+                                  WORKER_LOST/NODE_LEAVING   │          │ timeout: the cluster
+                                  ─── node                   └──────────┘ view's next deadline
 
 ZeroMQ sockets are not thread-safe, so user threads never touch them: they
 append a callable to a deque and write one byte to a pipe the poller watches
@@ -125,15 +125,10 @@ class IOLoop:
         self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
         self.sink_endpoint = _bind(self.sink, bind_where, "sink")
-        self.sub = context.socket(zmq.SUB)
-        self._apart(self.sub, CONTROL_AFFINITY)
-        security.join(self.sub, key)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.setsockopt(zmq.LINGER, 0)
         self.controls: dict[str, zmq.Socket] = {}
         self.embedded: dict[int, str] = {}  # exit sentinel -> control endpoint of an embedded node
         self.poller = zmq.Poller()
-        for sock in (self.vent, self.sink, self.sub):
+        for sock in (self.vent, self.sink):
             self.poller.register(sock, zmq.POLLIN)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -272,8 +267,6 @@ class IOLoop:
 
     def _perform(self, actions: Actions) -> None:
         """Carry out what the cluster view decided, in the order of its fields."""
-        for pub in actions.subscribe:
-            self.sub.connect(pub)
         for control in actions.greet:
             self._greet(control)
         for control in actions.rejoin:
@@ -311,7 +304,7 @@ class IOLoop:
         # by a caller pickling a large argument, or by decoding a large result): read what
         # arrived meanwhile before declaring a node dead or a worker silent.
         if self.view.expiring(now):
-            for sock in [self.sub, *self.controls.values()]:
+            for sock in list(self.controls.values()):
                 self._on_control(sock, now)
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
@@ -386,7 +379,7 @@ class IOLoop:
 
     def _on_other_events(self, events: dict[Any, int], now: float) -> None:
         """The control plane: nodes' messages and heartbeats, handshakes, an embedded node's exit."""
-        for sock in [self.sub, *self.controls.values()]:
+        for sock in list(self.controls.values()):
             if sock in events:
                 self._on_control(sock, now)
         self.handshakes.on_poll(events)
@@ -456,7 +449,7 @@ class IOLoop:
         log.warning("client: dropped malformed message: %s", exc)
 
     def _on_control(self, sock: zmq.Socket, now: float) -> None:
-        """Messages from nodes: on a control DEALER, or heartbeats on the SUB."""
+        """Messages from nodes on a control DEALER: heartbeats (answers to HELLO) and the rest."""
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -549,7 +542,7 @@ class IOLoop:
             self._commands.popleft()()
         self._fail((batch, self.broken) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
         self.handshakes.close()
-        for sock in [self.vent, self.sink, self.sub, *self.controls.values()]:
+        for sock in [self.vent, self.sink, *self.controls.values()]:
             sock.close()
         for fd in [*self.embedded, self._wake_r, self._wake_w]:
             os.close(fd)

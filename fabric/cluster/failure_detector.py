@@ -100,6 +100,11 @@ class PhiAccrual:
         self._sum += interval
         self._sum_sq += interval * interval
 
+    def excuse(self, seconds: float) -> None:
+        """Do not count the last ``seconds`` as silence: the observer could not ask
+        (its own thread was stalled), so the node could not answer."""
+        self.last += seconds
+
     @property
     def mean_s(self) -> float:
         return self._sum / len(self.intervals)

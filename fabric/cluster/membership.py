@@ -48,6 +48,11 @@ class Membership:
             detector.heard(now)
         self.last_seen[node_id] = now
 
+    def excuse(self, seconds: float) -> None:
+        """The observer was stalled for ``seconds``: nobody's silence counts meanwhile."""
+        for detector in self.detectors.values():
+            detector.excuse(seconds)
+
     def expire(self, now: float) -> list[NodeStats]:
         """Remove and return the nodes whose silence reached the detector's
         threshold, their last stats aged by that silence."""

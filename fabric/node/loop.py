@@ -33,6 +33,7 @@ for it.  The control ROUTER refuses a frame larger than ``max_message_bytes``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -70,7 +71,7 @@ from ..wire.security import ClusterKey, gatekeeper
 from . import processes
 from .health import Kill
 from .load import Sampler
-from .state import Bound, Greet, Instruction, NodeState, Publish, Send, Spawn, Subscribe, Terminate
+from .state import Bound, Greet, Instruction, NodeState, Publish, Send, Spawn, Subscribe, Terminate, Unsubscribe
 from .store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,9 @@ class Node:
         security.join(self.sub, self.key)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         settings = replace(settings, name=settings.name or default_name(control))
-        bound = Bound(new_id("n"), control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT))
+        # The start's wall-clock time orders this node's heartbeats after those of its previous
+        # starts at the same address (a version, compared across processes: not monotonic time).
+        bound = Bound(new_id("n"), control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT), int(time.time() * 1000))
         self.state = NodeState(settings, bound)
         cache = settings.cache
         shard = cache.shard_path(settings.name)
@@ -189,6 +192,9 @@ class Node:
                     self._greet(control)
                 case Subscribe(pub):
                     self._connect(self.sub, pub, "the heartbeats of")
+                case Unsubscribe(pub):
+                    with contextlib.suppress(zmq.ZMQError):  # never connected (libzmq refused it)
+                        self.sub.disconnect(pub)
 
     def _send(self, to: bytes, msg: Message) -> None:
         try:
@@ -332,7 +338,7 @@ class Node:
             try:
                 msg = from_frames(frames)
                 if isinstance(msg, NodeLeaving):
-                    self.state.peer_left(msg.node_id)
+                    self._perform(self.state.peer_left(msg.node_id, now))
                     continue
                 if not isinstance(msg, Heartbeat):
                     raise ProtocolError(f"{type(msg).__name__} where a heartbeat was expected")

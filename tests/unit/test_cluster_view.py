@@ -5,6 +5,8 @@ dead or paused, and when queued work has waited too long for a worker; the
 I/O loop only performs its :class:`Actions`.  No socket is opened here.
 """
 
+from dataclasses import replace
+
 import pytest
 from test_ventilator import map_batch
 
@@ -37,11 +39,27 @@ def test_a_heartbeat_greets_its_node_and_the_peers_it_names_once():
     assert view.seed("tcp://a:1").greet == ()  # known: its DEALER exists
     actions = view.heartbeat(heartbeat("a", peers=["b", "c"]), now=0.0)
     assert actions.greet == ("tcp://b:1", "tcp://c:1")
-    assert actions.subscribe == ("tcp://a:2", "tcp://b:2", "tcp://c:2")
     assert actions.members_changed and not actions.rejoin and not actions.lost
     again = view.heartbeat(heartbeat("a", peers=["b", "c"]), now=0.5)
-    assert (again.greet, again.subscribe, again.members_changed) == ((), (), False)
+    assert (again.greet, again.members_changed) == ((), False)
     assert view.control_of(b"a") == "tcp://a:1" and view.control_of(b"b") is None  # b: greeted, not yet heard
+
+
+def test_a_stall_of_the_client_is_no_nodes_silence():
+    view = make_view()
+    view.heartbeat(heartbeat("a"), now=0.0)
+    view.tick(0.0, 2, never_asked)
+    actions = view.tick(5.0, 2, never_asked)  # the next HELLO was due at 1.0: the client was stalled 4 s
+    assert not actions.lost and actions.greet  # a is asked again, and judged from now
+    assert view.next_deadline() == pytest.approx(1.0 + 4.0 + 1.0)  # the next HELLO; a's expiry is at 3.0 + 4.0
+    assert not view.tick(6.0, 2, never_asked).lost
+    assert view.tick(7.05, 2, never_asked).lost == ((b"a", "node a silent for 7.0 s, declared dead"),)
+
+
+def test_members_reported_alive_in_a_nodes_news_are_greeted_and_dead_ones_are_not():
+    view = make_view()
+    news = (("tcp://d:1", "tcp://d:2", 7, True), ("tcp://e:1", "tcp://e:2", 7, False))
+    assert view.heartbeat(replace(heartbeat("a"), news=news), now=0.0).greet == ("tcp://a:1", "tcp://d:1")
 
 
 def test_every_node_is_greeted_each_interval_and_the_deadline_says_when():
@@ -57,7 +75,8 @@ def test_every_node_is_greeted_each_interval_and_the_deadline_says_when():
 def test_a_silent_node_is_lost_after_the_liveness_timeout():
     view = make_view()
     view.heartbeat(heartbeat("a"), now=0.0)
-    view.tick(0.0, 2, never_asked)
+    for t in (0.0, 1.0, 2.0):  # HELLO on time: a had every chance to answer
+        view.tick(t, 2, never_asked)
     view.heartbeat(heartbeat("b"), now=2.0)
     view.tick(2.5, 2, never_asked)
     assert [(n.name, n.age_s) for n in view.nodes(2.5)] == [("a", 2.5), ("b", 0.5)]
