@@ -12,9 +12,10 @@ returns::
                                                                            its workers, fail queued work
 
 - The client learns membership from the nodes it talks to, subscribing to
-  none: a node first heard of is greeted (a control DEALER and HELLO), and so
-  are the members its first answer lists and those its later answers report
-  alive (gossip's news): connecting to one node is enough.  Every
+  none: it asks the node it was given (``seed``) for every member it knows
+  (STATUS), greets each (a control DEALER and HELLO), and greets the members
+  that later answers report alive (gossip's news): connecting to one node is
+  enough.  Every
   ``heartbeat_interval_s`` every node is greeted again: that is the client's
   own heartbeat, and each node's answer (its heartbeat) is the client's proof
   that the node lives, judged by a phi-accrual detector per node.
@@ -64,6 +65,7 @@ class Actions:
     """What the I/O loop must do after one event, in this field order."""
 
     greet: tuple[str, ...] = ()  # control endpoints to say HELLO to (connecting first if new)
+    survey: tuple[str, ...] = ()  # control endpoints to ask STATUS: every member they know
     rejoin: tuple[str, ...] = ()  # controls of nodes back from the dead: GOODBYE, then HELLO
     members_changed: bool = False  # a node joined or was lost: the cache ring follows
     lost: tuple[tuple[bytes, str], ...] = ()  # (node id, reason): re-queue what its workers held
@@ -101,8 +103,15 @@ class ClusterView:
         self.next_hello = -math.inf  # the first tick greets every node
 
     def seed(self, control: str) -> Actions:
-        """A node to connect to before any heartbeat (from ``connect()``)."""
-        return Actions(greet=_learn(self.controls, [control]))
+        """A node to connect to before any heartbeat (from ``connect()``): greeted,
+        and asked for every member it knows (its answer: ``members_listed``)."""
+        new = _learn(self.controls, [control])
+        return Actions(greet=new, survey=new)
+
+    def members_listed(self, listed: Iterable[NodeStats]) -> Actions:
+        """A node's STATUS answer: greet every member it lists (their liveness is
+        judged from their own answers to HELLO, not from this list)."""
+        return Actions(greet=_learn(self.controls, [stats.control for stats in listed]))
 
     def heartbeat(self, stats: NodeStats, now: float) -> Actions:
         """A node's heartbeat: its answer to HELLO."""
@@ -116,8 +125,7 @@ class ClusterView:
         was_accepting = previous.accepting if previous is not None else True
         changed = () if stats.accepting == was_accepting else (stats.node_id,)
         return Actions(
-            greet=_learn(self.controls, [stats.control, *(control for control, _ in stats.peers),
-                                         *(control for control, _, _, alive in stats.news if alive)]),
+            greet=_learn(self.controls, [stats.control, *(control for control, _, _, alive in stats.news if alive)]),
             rejoin=(stats.control,) if back else (),
             members_changed=is_new,
             pause=() if stats.accepting else changed,

@@ -42,7 +42,7 @@ from typing import Any
 
 import zmq
 
-from ..cluster.stats import NodeStats
+from ..cluster.stats import MAX_PEERS, NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
 from ..wire import security
 from ..wire.protocol import (
@@ -59,6 +59,8 @@ from ..wire.protocol import (
     Ready,
     ResultBatch,
     Shutdown,
+    Status,
+    StatusReply,
     WorkerLost,
     WorkerSilent,
     from_frames,
@@ -269,6 +271,8 @@ class IOLoop:
         """Carry out what the cluster view decided, in the order of its fields."""
         for control in actions.greet:
             self._greet(control)
+        for control in actions.survey:
+            self._say(self.controls[control], Status())
         for control in actions.rejoin:
             log.info("client: node at %s is back; its workers re-attach", control)
             self._say(self.controls[control], Goodbye(self.client_id))
@@ -484,6 +488,13 @@ class IOLoop:
             self.cache.on_stored(msg)
         elif isinstance(msg, NodeLeaving):
             self._perform(self.view.node_left(msg.node_id))
+        elif isinstance(msg, StatusReply):
+            try:
+                listed = [NodeStats.from_info(info) for info in msg.nodes[:MAX_PEERS + 1]]
+            except ProtocolError as exc:
+                self._malformed(exc)
+                return
+            self._perform(self.view.members_listed(listed))
 
     def _dispatch(self) -> None:
         for worker_id, batch, frames in self.ventilator.dispatch():

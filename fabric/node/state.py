@@ -335,9 +335,11 @@ class NodeState:
                                f"{len(self.clients)} clients attached, max_clients = {self.settings.max_clients}")
             return []
         self.clients[hello.client_id] = ClientRecord(hello, now)
+        # Every HELLO is answered with the heartbeat (the client's proof that this node lives),
+        # never with the member list: a client asks one node for that (STATUS), not every node.
+        out: list[Instruction] = [Send(hello.client_id, self.heartbeat(now))]
         if known is not None and known.hello == hello:
-            return [Send(hello.client_id, self.heartbeat(now))]  # the client's liveness of this node
-        out: list[Instruction] = [Send(hello.client_id, self.heartbeat(now, full=True))]
+            return out
         out += [self._attach(record, hello) for record in self.workers.values() if record.up]
         return out
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from test_ventilator import map_batch
 
-from fabric.client.cluster_view import ClusterView
+from fabric.client.cluster_view import Actions, ClusterView
 from fabric.client.ventilator import Ventilator
 from fabric.cluster.stats import NodeStats
 from fabric.errors import NoNodesError
@@ -21,8 +21,10 @@ TIMEOUT_S = 30.0
 
 
 def heartbeat(name, *, accepting=True, peers=(), workers=2):
+    """``peers``: the members its news reports alive."""
     return NodeStats(node_id=name.encode(), name=name, control=f"tcp://{name}:1", pub=f"tcp://{name}:2",
-                     workers=workers, accepting=accepting, peers=tuple((f"tcp://{p}:1", f"tcp://{p}:2") for p in peers))
+                     workers=workers, accepting=accepting,
+                     news=tuple((f"tcp://{p}:1", f"tcp://{p}:2", 1, True) for p in peers))
 
 
 def make_view(refusals=str):
@@ -33,10 +35,19 @@ def never_asked():
     raise AssertionError("has_pending asked while workers are attached")
 
 
+def test_a_seed_is_greeted_and_asked_for_its_members_once_and_the_members_it_lists_are_greeted():
+    view = make_view()
+    first = view.seed("tcp://a:1")
+    assert first.greet == first.survey == ("tcp://a:1",)
+    assert view.seed("tcp://a:1") == Actions()  # known: its DEALER exists
+    listed = view.members_listed([heartbeat("a"), heartbeat("b"), heartbeat("c")])
+    assert listed.greet == ("tcp://b:1", "tcp://c:1") and not listed.members_changed  # greeted, not yet heard
+    assert view.control_of(b"b") is None
+
+
 def test_a_heartbeat_greets_its_node_and_the_peers_it_names_once():
     view = make_view()
     assert view.seed("tcp://a:1").greet == ("tcp://a:1",)
-    assert view.seed("tcp://a:1").greet == ()  # known: its DEALER exists
     actions = view.heartbeat(heartbeat("a", peers=["b", "c"]), now=0.0)
     assert actions.greet == ("tcp://b:1", "tcp://c:1")
     assert actions.members_changed and not actions.rejoin and not actions.lost
