@@ -41,7 +41,10 @@ SIZES = (1, 2, 4, 8, 16, 32)
 MS_TASKS = 2_000
 
 
-def _addresses(count: int) -> list[str]:
+def low_port_addresses(count: int) -> list[str]:
+    """``count`` free loopback addresses on consecutive ports from a random base in
+    20000-30000: below the ephemeral range, where the nodes' own PUBs bind, so a
+    port probed free here is not taken by one of them before its node binds it."""
     while True:
         base = random.randrange(20_000, 30_000 - count)
         try:
@@ -55,7 +58,7 @@ def _addresses(count: int) -> list[str]:
 
 @contextmanager
 def nodes(count: int, log_dir: Path) -> Iterator[tuple[list[str], list[subprocess.Popen[bytes]]]]:
-    addresses = _addresses(count)
+    addresses = low_port_addresses(count)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     procs = []
     try:

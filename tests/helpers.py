@@ -13,7 +13,6 @@ import concurrent.futures
 import ctypes
 import fcntl
 import os
-import random
 import signal
 import socket
 import time
@@ -224,21 +223,6 @@ def free_address() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-
-
-def low_port_addresses(count: int) -> list[str]:
-    """``count`` free loopback addresses on consecutive ports from a random base in
-    20000-30000: below the ephemeral range, where the nodes' own PUBs bind, so a
-    port probed free here is not taken by one of them before its node binds it."""
-    while True:
-        base = random.randrange(20_000, 30_000 - count)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return [f"tcp://127.0.0.1:{port}" for port in range(base, base + count)]
 
 
 def cluster_file(path: Path, names: list[str], *tables: str) -> Path:

@@ -17,9 +17,10 @@ import threading
 import time
 
 import psutil
-from helpers import low_port_addresses, spin_square, wait_for
+from helpers import spin_square, wait_for
 
 import fabric
+from benchmarks.scale import low_port_addresses
 
 NODES = 32
 KILLED = 4
