@@ -100,6 +100,7 @@ def io_threads(key: ClusterKey | None) -> int:
     return 1 if key is None else 2
 DRAIN_MAX = 10_000  # sink messages read before deciding that a worker is silent (each is a sign of life)
 NOFILE_FALLBACK = 1 << 20  # the soft descriptor limit asked for when the hard one is unlimited
+DEFAULT_MAX_SOCKETS = 1023  # libzmq's ZMQ_MAX_SOCKETS_DFLT
 
 
 class IOLoop:
@@ -123,6 +124,7 @@ class IOLoop:
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         raise_fd_limit()
+        context.set(zmq.MAX_SOCKETS, max_sockets(context))
         self.vent = self._router(READY_MAX_BYTES)
         self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
@@ -574,6 +576,16 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
             log.debug("client: could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+
+
+def max_sockets(context: zmq.Context) -> int:
+    """libzmq sockets this client may open: one per descriptor pair it may hold.
+    libzmq's default of 1,023 per context bound the client near 500 nodes (each
+    node costs a control DEALER and its handshake monitor); the descriptors
+    each socket needs (its mailbox, its connections) are what really limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
+    return max(DEFAULT_MAX_SOCKETS, min(context.get(zmq.SOCKET_LIMIT), soft // 2))
 
 
 def _bind(sock: zmq.Socket, where: str, name: str) -> str:

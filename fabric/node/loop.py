@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 SHUTDOWN_GRACE_S = 2.0
 LEAVING_LINGER_MS = 500  # how long NODE_LEAVING may wait in the PUB's queue at a stop
+PEER_SOCKETS_MAX = 16  # DEALERs to peers greeted (seeds, push-pull partners) kept open at once
 MESSAGE_SLACK_BYTES = 1 << 20  # a CACHE_PUT's frame carries max_message_bytes of results plus msgpack framing
 
 
@@ -225,9 +226,16 @@ class Node:
             self.poller.register(fd, zmq.POLLIN)
 
     def _greet(self, control: str) -> None:
-        """PEER_HELLO to a peer, through a DEALER opened the first time."""
-        sock = self.peers.get(control)
-        if sock is None:
+        """PEER_HELLO to a peer, through a DEALER opened the first time; at most
+        ``PEER_SOCKETS_MAX`` are kept, the least recently greeted closed first
+        (push-pull greets a new member every 30 s: kept forever, they would grow
+        towards N and libzmq's 1,023 sockets)."""
+        sock = self.peers.pop(control, None)
+        if sock is not None:
+            self.peers[control] = sock  # the most recently greeted
+        else:
+            if len(self.peers) >= PEER_SOCKETS_MAX:
+                self._close_peer(next(iter(self.peers)))
             sock = self._socket(zmq.DEALER, IDENTITY=self.state.bound.node_id)  # type: ignore[arg-type]
             security.join(sock, self.key)
             if not self._connect(sock, control, "peer"):
@@ -241,6 +249,12 @@ class Node:
             sock.send_multipart(to_frames(PeerHello(bound.node_id, bound.control, bound.pub)), zmq.NOBLOCK)
         except zmq.Again:  # its queue is full: the peer has been away for a while, and hears us when back
             pass
+
+    def _close_peer(self, control: str) -> None:
+        sock = self.peers.pop(control)
+        self.poller.unregister(sock)
+        self.handshakes.unwatch(sock, self.poller)
+        sock.close(linger=0)
 
     def _connect(self, sock: zmq.Socket, endpoint: str, what: str) -> bool:
         """``sock.connect(endpoint)``; False (counted, logged once) if libzmq refuses it."""
