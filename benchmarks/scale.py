@@ -9,8 +9,8 @@ SIGKILLs K nodes (with their workers) of the largest cluster one after another,
 idle, and times until the client stops listing each; the log lines of the
 client and of every node count the deaths declared of nodes that were alive.
 
-``--tree DIR`` runs the nodes and the client from another checkout (the tree
-before the change, as a baseline in the same run).  Results go to ``--json``;
+``--tree DIR`` runs the client, nodes and workers with another checkout's
+``fabric`` (the tree before a change: a baseline in the same session).  Results go to ``--json``;
 ``--plot`` draws them.  Ports come from 20000-30000 (below the ephemeral range,
 where the nodes' PUBs bind).
 """
@@ -220,6 +220,16 @@ def plot(results: dict[str, list[dict[str, float]]], path: str) -> None:
     fig.savefig(path, dpi=90)
 
 
+def use_tree(tree: Path) -> None:
+    """Import fabric, here and in every node and worker started, from ``tree``;
+    the benchmark's own modules still come from this checkout."""
+    shim = Path(tempfile.mkdtemp(prefix="fabric-tree-"))
+    (shim / "fabric").symlink_to((tree / "fabric").resolve())
+    sys.path.insert(0, str(shim))
+    if "fabric" in sys.modules:
+        raise RuntimeError("fabric was imported before --tree took effect")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
@@ -229,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="gossip")
     parser.add_argument("--json", default="benchmarks/out/scale.json")
     parser.add_argument("--plot", metavar="OUT.png")
+    parser.add_argument("--tree", help="run fabric from this checkout (its fabric/ only), e.g. the tree before")
     args = parser.parse_args(argv)
+    if args.tree:
+        use_tree(Path(args.tree))
     sizes = [int(n) for n in args.sizes.split(",")]
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

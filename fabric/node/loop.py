@@ -430,6 +430,11 @@ class Node:
         """Hand back what the workers hold, stop them, close everything; an embedded
         node also removes its owner's directory (the owner may have died without)."""
         self._perform(self.state.leaving())
+        leaving = to_frames(NodeLeaving(self.state.bound.node_id))
+        for sock in self.peers.values():  # the peers greeted may not watch us, or not be subscribed yet
+            sock.setsockopt(zmq.LINGER, LEAVING_LINGER_MS)
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send_multipart(leaving, zmq.NOBLOCK)
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for proc in self.processes.values():
             try:

@@ -6,7 +6,7 @@ instructions for the loop to perform, in order::
 
     ROUTER message (not the cache's) ─► on_message(sender, msg, now)  ─┐
     peer's HEARTBEAT on the SUB ──────► peer_heard(stats, now)          │
-    peer's NODE_LEAVING on the SUB ───► peer_left(node_id)              │
+    peer's NODE_LEAVING (SUB, ROUTER) ► peer_left(node_id, now)         │
     a worker's exit (pidfd) ──────────► worker_exited(worker, status)   ├─► Send, Publish, Spawn, Kill,
     a spawn that failed (EMFILE...) ──► spawn_failed(): again next beat │   Terminate, Greet, Subscribe
     psutil per worker, when due ──────► check_workers(readings, now)    │
@@ -162,6 +162,7 @@ class NodeState:
         self.health = WorkerHealth(settings.memory_limit_mb, settings.liveness_s)
         self.gossip = Gossip(bound.control, bound.pub)
         self.watching: dict[str, str] = {}  # control -> pub of the peers whose heartbeats the SUB receives
+        self.ids: dict[bytes, str] = {}  # a peer's node id -> its control endpoint (NODE_LEAVING names the id)
         self.beats = 0  # heartbeats published: with the start time, this node's version
         self.next_push_pull = 0.0
         self.load = MachineLoad(0.0, 0.0)
@@ -241,6 +242,8 @@ class NodeState:
                 return self.client_goodbye(msg.client_id)
             case WorkerSilent():
                 return self.worker_silent(sender, msg.worker_id)
+            case NodeLeaving():  # a peer's word on our ROUTER: it may not be watched, or not yet heard
+                return self.peer_left(msg.node_id, now)
             case PeerHello():
                 return [*self.peer_hello(msg, now), Send(sender, self.heartbeat(now, full=True))]
             case Status():
@@ -379,7 +382,8 @@ class NodeState:
         for lost in self.peers.expire(now):
             log.info("node %s: peer %s silent for %.1f s, declared dead", self.settings.name, lost.name, lost.age_s)
             self.gossip.declare_dead(lost.control, now)
-        self.gossip.purge(now)
+        if self.gossip.purge(now):
+            self.ids = {node_id: c for node_id, c in self.ids.items() if c in self.gossip.members}
         out += self._gossip_greetings(now)
         out += [Spawn() for _ in range(self.spawns_owed)]
         self.spawns_owed = 0
@@ -412,6 +416,7 @@ class NodeState:
         alive at its version; learn what it lists and relays, and watch anew."""
         if stats.node_id == self.bound.node_id:
             return []
+        self.ids[stats.node_id] = stats.control
         self.gossip.heard(stats.control, stats.pub, stats.version, now)
         for control, pub in stats.peers:
             self.gossip.learn((control, pub, 0, True), now)  # a version below any report: fills gaps only
@@ -426,16 +431,17 @@ class NodeState:
         """A peer greeted us (joining, or exchanging member lists): it is alive."""
         if hello.control == self.bound.control:
             return []
+        self.ids[hello.node_id] = hello.control
         self.gossip.heard(hello.control, hello.pub, 0, now)
         return self._rewatch()
 
     def peer_left(self, node_id: bytes, now: float) -> list[Instruction]:
-        """A watched peer said NODE_LEAVING: it is gone now, not after its silence is judged."""
-        left = self.peers.remove(node_id)
-        if left is None:
+        """A peer said NODE_LEAVING (on the SUB if we watch it, on our ROUTER if it
+        had greeted us): it is gone now, not after its silence is judged."""
+        stats, control = self.peers.remove(node_id), self.ids.pop(node_id, None)
+        if control is None or not self.gossip.declare_dead(control, now):
             return []
-        log.info("node %s: peer %s left", self.settings.name, left.name)
-        self.gossip.declare_dead(left.control, now)
+        log.info("node %s: peer %s left", self.settings.name, stats.name if stats else control.partition("://")[2])
         return self._rewatch()
 
     def _rewatch(self) -> list[Instruction]:

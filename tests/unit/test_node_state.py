@@ -328,6 +328,13 @@ def test_a_node_reported_dead_greets_its_watched_peers_to_say_otherwise():
     assert Greet("tcp://b:1") in state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=1.0)
 
 
+def test_a_peer_that_greeted_us_and_leaves_on_our_router_is_dead_at_once_though_never_watched_or_heard():
+    state = node()
+    state.on_message(b"n-2", PeerHello(b"n-2", "tcp://b:1", "tcp://b:2"), now=0.0)
+    assert state.on_message(b"n-2", NodeLeaving(b"n-2"), now=0.5) == [Unsubscribe("tcp://b:2")]
+    assert [n.name for n in state.status(now=0.6)] == ["alpha"]
+
+
 def test_own_heartbeat_is_not_a_peer():
     state = node()
     assert state.peer_heard(state.stats(), now=0.0) == []
