@@ -115,7 +115,8 @@ class IOLoop:
         self.client_id = client_id
         self.context = context
         self.key = key
-        self.ventilator = Ventilator(retries, liveness_s)
+        raise_fd_limit()
+        self.ventilator = Ventilator(retries, liveness_s, max_workers())
         self.handshakes = security.HandshakeWatch(keyed=key is not None)
         self.view = ClusterView(
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
@@ -123,7 +124,6 @@ class IOLoop:
         )
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
-        raise_fd_limit()
         context.set(zmq.MAX_SOCKETS, max_sockets(context))
         self.vent = self._router(READY_MAX_BYTES)
         self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
@@ -206,7 +206,7 @@ class IOLoop:
         nodes = self.view.nodes(time.monotonic())
         return FabricStatistics(
             tuple(nodes), self.workers(), CacheStats.of(nodes, self.cache.hits, self.cache.misses),
-            self.duplicates, self.malformed,
+            self.duplicates, self.malformed, self.ventilator.refused_workers,
         )
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
@@ -415,7 +415,11 @@ class IOLoop:
         received = self._receive(self.vent)
         if received is not None and isinstance(received[1], Ready):
             worker_id, msg = received
-            self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id)
+            if not self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id) and \
+                    self.ventilator.refused_workers == 1:
+                log.warning("client: refused worker %r of node %r: %d workers attached, the most this client's "
+                            "open-file limit serves (logged once; later ones are counted in statistics())",
+                            worker_id[:40], msg.node_id[:40], self.ventilator.max_workers)
 
     def _on_results(self) -> None:
         received = self._receive(self.sink)
@@ -579,13 +583,23 @@ def raise_fd_limit() -> None:
 
 
 def max_sockets(context: zmq.Context) -> int:
-    """libzmq sockets this client may open: one per descriptor pair it may hold.
-    libzmq's default of 1,023 per context bound the client near 500 nodes (each
-    node costs a control DEALER and its handshake monitor); the descriptors
-    each socket needs (its mailbox, its connections) are what really limit."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    soft = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
-    return max(DEFAULT_MAX_SOCKETS, min(context.get(zmq.SOCKET_LIMIT), soft // 2))
+    """libzmq sockets this client may open.  libzmq's default of 1,023 per context
+    bound the client near 500 nodes (each node costs it a control DEALER and that
+    DEALER's handshake monitor); the descriptors are what really limit: the
+    quarter of the open-file limit that ``max_workers`` leaves, about two per
+    socket (its mailbox, its connection)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
+    return max(DEFAULT_MAX_SOCKETS, min(context.get(zmq.SOCKET_LIMIT), limit // 8))
+
+
+def max_workers() -> int:
+    """Workers one client serves at once: each costs it two connections (a
+    descriptor each) besides libzmq's own; a quarter of the open-file limit is
+    kept for everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
+    return max(1, limit * 3 // 8)
 
 
 def _bind(sock: zmq.Socket, where: str, name: str) -> str:

@@ -59,6 +59,8 @@ class FabricStatistics:
       run answered too): delivery stays exactly-once.
     - ``malformed``: messages from nodes or workers dropped because they did
       not parse (a version mismatch, or something that is not fabric).
+    - ``refused_workers``: workers refused because this client already served
+      as many as its open-file limit allows.
     """
 
     nodes: tuple[NodeStats, ...]
@@ -66,3 +68,4 @@ class FabricStatistics:
     cache: CacheStats
     duplicates: int
     malformed: int
+    refused_workers: int = 0

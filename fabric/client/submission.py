@@ -103,11 +103,12 @@ class TaskAPI:
         options = self._task_options
         cached = wants_cache(fn, options.cache)
         digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
-        future = Future(codec.function_name(fn))
+        name = codec.function_name(fn)
+        future = Future(name)
         if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
             return future
         payload = codec.pickle_call(args, kwargs)
-        pipeline.check_size(payload, f"the arguments of {codec.function_name(fn)}")
+        pipeline.check_size(payload, f"the arguments of {name}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=options.retries,

@@ -179,9 +179,11 @@ class Batch:
 class Ventilator:
     """Queues, credits and batches in flight, per worker."""
 
-    def __init__(self, retries: int = 3, liveness_s: float = 3.0) -> None:
+    def __init__(self, retries: int = 3, liveness_s: float = 3.0, max_workers: int = 1 << 16) -> None:
         self.retries = retries
         self.liveness_s = liveness_s
+        self.max_workers = max_workers  # attached at once; READY from one more is refused
+        self.refused_workers = 0
         self.now = 0.0  # the loop's time at its current wake-up
         self.since: dict[bytes, float] = {}  # worker -> its last sign of life, or when it was sent work while idle
         self.started: set[int] = set()  # batches whose worker acknowledged starting them
@@ -199,10 +201,15 @@ class Ventilator:
 
     # -- workers -----------------------------------------------------------------
 
-    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> None:
+    def worker_ready(self, worker_id: bytes, credits: int, node_id: bytes) -> bool:
         """A worker (re)attached with ``credits`` free slots.  A worker re-attaches
         between batches, never while one runs, and drops what it held unrun, so
-        its batches go back to the queue as they were, charged nothing."""
+        its batches go back to the queue as they were, charged nothing.  A new
+        worker beyond ``max_workers`` is refused (False) and counted: each costs
+        this client descriptors and memory, whoever sends the READY."""
+        if worker_id not in self.held and len(self.held) >= self.max_workers:
+            self.refused_workers += 1
+            return False
         self._requeue(self._forget(worker_id))
         self.since[worker_id] = self.now
         self.held[worker_id] = {}
@@ -210,6 +217,7 @@ class Ventilator:
         self.node_of[worker_id] = node_id
         self.free[worker_id] = max(0, credits)
         self._last_send[worker_id] = -1
+        return True
 
     @property
     def credits(self) -> int:

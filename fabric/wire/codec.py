@@ -104,9 +104,11 @@ def _out_of_band(value: Any) -> Any:
 def pickle_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frames:
     """The payload of one call, ``(args, kwargs)``; a large ``bytes`` argument
     travels as a frame of its own without a copy.  Decoded by :func:`decode`."""
-    if any(type(v) is bytes and len(v) >= LARGE_BYTES for v in (*args, *kwargs.values())):
-        args = tuple(map(_out_of_band, args))
-        kwargs = {name: _out_of_band(value) for name, value in kwargs.items()}
+    for value in (*args, *kwargs.values()) if kwargs else args:  # a plain loop: ~3x cheaper than any(<genexpr>)
+        if type(value) is bytes and len(value) >= LARGE_BYTES:
+            args = tuple(map(_out_of_band, args))
+            kwargs = {name: _out_of_band(value) for name, value in kwargs.items()}
+            break
     return pickle_frames((args, kwargs))
 
 
@@ -124,6 +126,8 @@ def function_name(fn: object) -> str:
 def frames_size(frames: Sequence[Any]) -> int:
     """Bytes a payload takes on the wire, whatever buffer type each frame is;
     what ``max_message_bytes`` is compared with on both ends."""
+    if len(frames) == 1 and type(frames[0]) is bytes:  # a submit's small payload: skip the memoryview
+        return len(frames[0])
     return sum(memoryview(frame).nbytes for frame in frames)
 
 

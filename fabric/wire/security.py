@@ -98,8 +98,15 @@ def write_key_file(path: str | os.PathLike[str]) -> ClusterKey:
     return ClusterKey(public, secret, os.fspath(path))
 
 
+HANDSHAKE_S = 10  # a connection to a bound socket that has not finished its handshake by then is closed
+
+
 def serve(sock: zmq.Socket, key: ClusterKey | None) -> None:
-    """Make a socket that binds a CURVE server (before it binds)."""
+    """Make a socket that binds a CURVE server (before it binds).  With a key or
+    without, a connection silent past ``HANDSHAKE_S`` (libzmq's default: 30 s)
+    is closed: silent connections hold a descriptor each, and a flood of them
+    is bounded by the rate it arrives at times this."""
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_S * 1000)
     if key is None:
         return
     sock.setsockopt(zmq.CURVE_SERVER, 1)

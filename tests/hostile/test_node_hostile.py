@@ -29,6 +29,7 @@ from helpers import free_address, square, wait_for, worker_processes
 import fabric
 from fabric.cli import ask_status
 from fabric.cluster.stats import NodeStats
+from fabric.wire import security
 from fabric.wire.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Kind, PeerHello, to_frames
 
 FAST = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}
@@ -244,3 +245,19 @@ def test_a_node_out_of_descriptors_survives_and_serves_once_they_close(tmp_path)
             child.kill()
         process.wait()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_silent_connection_is_closed_after_the_handshake_interval(node):
+    """A connection that never finishes its handshake holds a descriptor; the node
+    closes it after HANDSHAKE_S (libzmq's default was 30 s), so a flood of them
+    is bounded by its rate times that interval."""
+    address, _, _ = node
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as silent:
+        silent.settimeout(security.HANDSHAKE_S + 15)
+        received = b""
+        while chunk := silent.recv(4096):  # the node's greeting, then end of file when it hangs up
+            received += chunk
+    assert received[:1] == b"\xff"  # a ZMTP greeting: the node spoke, then closed the silent peer
+    with fabric.connect(address) as fx:
+        assert fx.submit(square, 5).result(timeout=30) == 25

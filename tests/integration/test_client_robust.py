@@ -35,13 +35,11 @@ def test_shutdown_cancel_futures_lets_the_dispatched_calls_finish(fresh_fx):
 
 def test_an_address_where_nothing_answers_fails_within_the_first_contact_timeout(no_leaked_processes):
     address = free_address()  # nothing listens there
-    started = time.monotonic()
-    with fabric.connect(address) as fx:  # the default connect_timeout_s: 30 s
+    with fabric.connect(address) as fx:  # the default connect_timeout_s: 30 s; waiting for it is a TimeoutError
         with pytest.raises(fabric.NoNodesError, match=f"no node answered at {address} within 5 s"):
             fx.submit(abs, -1).result(timeout=20)
         with pytest.raises(fabric.NoNodesError):  # later calls fail at once
             fx.submit(abs, -1).result(timeout=1)
-    assert time.monotonic() - started < 20
 
 
 FAST = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}

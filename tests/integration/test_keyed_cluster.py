@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 from helpers import free_address
@@ -41,12 +40,10 @@ def test_a_client_without_the_key_is_refused_and_told_why(keyed_node, tmp_path, 
     address, key_file = keyed_node
     other = None if stranger == "no key" else write_key_file(tmp_path / "other.key").path
     with fabric.connect(address, key_file=other) as fx:  # the default connect_timeout_s: 30 s
-        started = time.monotonic()
         with pytest.raises(fabric.AuthenticationError, match="handshake with .* failed: .*key"):
-            list(fx.map(abs, range(10)))
+            list(fx.map(abs, range(10), timeout=10))  # waiting for connect_timeout_s would be a TimeoutError
         with pytest.raises(fabric.AuthenticationError):  # later calls fail at once too
             fx.submit(abs, -1).result(timeout=5)
-        assert time.monotonic() - started < 10, "a refused handshake waited for connect_timeout_s"
     refused = status(address)  # nor does the status command get an answer, and it says why
     assert refused.returncode == 1 and "handshake with" in refused.stderr and "failed" in refused.stderr
     with fabric.connect(address, key_file=key_file) as fx:  # the node kept running for its members

@@ -328,3 +328,11 @@ def test_cancelling_keeps_the_batches_counted_as_started_in_queue_order():
     assert vent.drop_pending(keep=2) == [calls[2], chunk]
     assert list(vent.urgent) == calls[:2] and not vent.bulk
     assert vent.drop_pending() == calls[:2] and vent.idle()
+
+
+def test_a_new_worker_beyond_max_workers_is_refused_but_a_known_one_reattaches():
+    v = Ventilator(max_workers=2)
+    assert v.worker_ready(b"w1", 2, b"n1") and v.worker_ready(b"w2", 2, b"n1")
+    assert not v.worker_ready(b"w3", 2, b"n1")
+    assert v.worker_ready(b"w1", 1, b"n1")  # a re-attach takes no new place
+    assert (v.workers, v.refused_workers, v.free[b"w1"]) == (2, 1, 1)
