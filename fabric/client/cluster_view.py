@@ -55,9 +55,6 @@ from ..errors import AuthenticationError, NoNodesError
 # (capped by connect_timeout_s).  An embedded node answers in ~0.5 s, a remote
 # one in a round trip; a few seconds leave room for a loaded machine.
 FIRST_CONTACT_S = 5.0
-# A HELLO later than this fraction of the interval means the client's thread was stalled;
-# the lateness is excused from every node's silence (the nodes answer HELLO).
-STALL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +142,7 @@ class ClusterView:
         greet: tuple[str, ...] = ()
         if now >= self.next_hello:
             greet = tuple(self.controls)
-            late_s = now - self.next_hello
-            if math.isfinite(late_s) and late_s > STALL_S * self.heartbeat_interval_s:
-                # A node answers HELLO; this client could not say it (its thread was stalled:
-                # another held the GIL), so that time is no node's silence.
-                self.membership.excuse(late_s)
+            self.membership.excuse_stall(now - self.next_hello)  # nodes answer HELLO: none went unsaid
             self.next_hello = now + self.heartbeat_interval_s
         lost = tuple((stats.node_id, f"node {stats.name} silent for {stats.age_s:.1f} s, declared dead")
                      for stats in self.membership.expire(now))

@@ -13,10 +13,13 @@ starts afresh, its long silence not taken into its history.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from .failure_detector import PhiAccrual, for_settings
 from .stats import NodeStats
+
+STALL_FRACTION = 0.1
 
 
 class Membership:
@@ -48,10 +51,14 @@ class Membership:
             detector.heard(now)
         self.last_seen[node_id] = now
 
-    def excuse(self, seconds: float) -> None:
-        """The observer was stalled for ``seconds``: nobody's silence counts meanwhile."""
-        for detector in self.detectors.values():
-            detector.excuse(seconds)
+    def excuse_stall(self, late_s: float) -> None:
+        """The observer's own periodic step (a client's HELLO, a node's beat) ran
+        ``late_s`` late: its thread was stalled (another held the GIL, SIGSTOP), it
+        could neither ask nor read, so that time is nobody's silence.  Lateness
+        within ``STALL_FRACTION`` of an interval is the loop's usual jitter."""
+        if math.isfinite(late_s) and late_s > STALL_FRACTION * self.detector.interval_s:
+            for detector in self.detectors.values():
+                detector.excuse(late_s)
 
     def expire(self, now: float) -> list[NodeStats]:
         """Remove and return the nodes whose silence reached the detector's

@@ -369,7 +369,10 @@ class NodeState:
     def beat(self, load: MachineLoad, cache: StoreStats, now: float) -> list[Instruction]:
         """Each heartbeat interval: take the load readings (and pause above
         ``max_load``), forget silent clients and peers, greet again the peers
-        not heard from, start the workers whose spawn failed, and publish the heartbeat."""
+        not heard from, start the workers whose spawn failed, and publish the heartbeat.
+        A beat gone late means this node was stalled (SIGSTOP, a starved machine):
+        its peers' heartbeats went unread meanwhile, and that is no silence of theirs."""
+        self.peers.excuse_stall(now - self.next_beat)
         self.next_beat = now + self.settings.heartbeat_interval_s
         self.load, self.cache = load, cache
         done = self.stats().done

@@ -298,11 +298,12 @@ def test_a_watched_peer_declared_dead_is_news_and_is_replaced():
         state.peer_heard(peer(f"p{i}", f"tcp://p{i}:1", f"tcp://p{i}:2"), now=0.0)
     state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=0.0)
     first = sorted(state.watching)[0]
-    for t in (1.0, 2.0, 3.0, 4.0):
+    for t in (1.0, 2.0, 3.0):
         for control in state.watching:
             if control != first:
                 state.peer_heard(peer(control[6:8], control, state.watching[control]), now=t)
-    [publish] = [i for i in state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=4.1) if isinstance(i, Publish)]
+        state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=t)  # on time: the silence is first's
+    [publish] = [i for i in state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=4.0) if isinstance(i, Publish)]
     news = NodeStats.from_info(publish.msg.info).news
     assert (first, first.replace(":1", ":2"), 0, False) in news  # relayed to whoever watches us
     assert not state.gossip.members[first].alive and first not in state.peers.nodes
@@ -315,8 +316,23 @@ def test_a_beat_greets_the_seeds_until_some_member_is_known():
     assert state.beat(load, NO_CACHE, now=0.0)[:-1] == [Greet("tcp://b:1")]  # a seed not heard from yet
     state.peer_heard(peer("beta", "tcp://b:1", "tcp://b:2"), now=0.5)
     assert state.beat(load, NO_CACHE, now=1.0)[:-1] == []
-    out = state.beat(load, NO_CACHE, now=4.0)  # beta declared dead (silent since 0.5)
+    state.beat(load, NO_CACHE, now=2.0)
+    state.beat(load, NO_CACHE, now=3.0)
+    out = state.beat(load, NO_CACHE, now=4.0)  # beta declared dead (silent since 0.5): the seed again
     assert Greet("tcp://b:1") in out
+
+
+def test_a_node_stalled_past_its_beat_does_not_declare_its_peers_dead():
+    state = node()
+    state.start(now=0.0)
+    state.peer_heard(peer("beta", "tcp://b:1", "tcp://b:2"), now=0.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=0.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=6.0)  # due at 1.0: this node was stopped for 5 s
+    assert state.gossip.members["tcp://b:1"].alive and b"beta" in state.peers.nodes
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=7.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=8.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=9.0)  # on time since: beta's 3 s count from the stall's end
+    assert not state.gossip.members["tcp://b:1"].alive
 
 
 def test_a_node_reported_dead_greets_its_watched_peers_to_say_otherwise():
