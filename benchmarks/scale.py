@@ -95,16 +95,25 @@ def _wait(predicate, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-def _sent_bytes(pids: set[int]) -> int:
-    """Bytes the TCP sockets of these processes have sent (``ss -tinp``: libzmq's
-    sends are no write() calls, so /proc's I/O counters do not see them)."""
+def _sent_bytes(pids: set[int]) -> dict[tuple[str, str], int]:
+    """Bytes each TCP connection of these processes has sent, by (local, peer)
+    address (``ss -tinp``: libzmq's sends are no write() calls, so /proc's I/O
+    counters do not see them)."""
     out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True).stdout.splitlines()
-    total = 0
+    sent = {}
     for head, info in zip(out[::2], out[1::2]):
+        fields = head.split()
         owner = next((int(p.split(",")[0]) for p in head.split("pid=")[1:]), None)
-        if owner in pids:
-            total += next((int(f.split(":")[1]) for f in info.split() if f.startswith("bytes_sent:")), 0)
-    return total
+        if owner in pids and len(fields) >= 5:
+            sent[(fields[3], fields[4])] = next(
+                (int(f.split(":")[1]) for f in info.split() if f.startswith("bytes_sent:")), 0)
+    return sent
+
+
+def _sent_since(before: dict[tuple[str, str], int], after: dict[tuple[str, str], int]) -> int:
+    """Bytes sent between two readings; a connection opened meanwhile counts whole,
+    one closed meanwhile is lost (idle clusters keep their connections)."""
+    return sum(n - before.get(key, 0) for key, n in after.items() if n >= before.get(key, 0))
 
 
 def _idle_cost(procs: list[subprocess.Popen[bytes]], idle_s: float) -> tuple[float, float]:
@@ -116,12 +125,12 @@ def _idle_cost(procs: list[subprocess.Popen[bytes]], idle_s: float) -> tuple[flo
     started = time.monotonic()
     time.sleep(idle_s)  # the measurement window: the cluster is idle meanwhile
     elapsed = time.monotonic() - started
-    sent = _sent_bytes(pids) - sent
+    sent = _sent_since(sent, _sent_bytes(pids))
     cpu = 0.0
     for p, times in zip(watched, before):
         now = p.cpu_times()
         cpu += (now.user + now.system - times.user - times.system) / elapsed * 100
-    return cpu / len(watched), sent / elapsed / len(watched)
+    return max(0.0, cpu / len(watched)), sent / elapsed / len(watched)
 
 
 def measure(count: int, idle_s: float, log_dir: Path) -> dict[str, float]:
@@ -230,6 +239,18 @@ def use_tree(tree: Path) -> None:
         raise RuntimeError("fabric was imported before --tree took effect")
 
 
+def table(saved: dict[str, dict[str, list[dict[str, float]]]]) -> str:
+    """The sizes' figures as a Markdown table, one row per tree and size."""
+    lines = ["| tree | nodes | client sees all (s) | idle CPU per node (% of a core) | bytes/s sent per node, idle "
+             "| 1 ms tasks/s | of ideal |", "|---|---|---|---|---|---|---|"]
+    for label, rows in saved["sizes"].items():
+        for r in rows:
+            lines.append(f"| {label} | {r['nodes']} | {r['see_all_s']:.1f} | {r['idle_cpu_percent_per_node']:.2f} | "
+                         f"{r['sent_bytes_per_s_per_node']:,.0f} | {r['ms_tasks_per_s']:,.0f} | "
+                         f"{r['ms_tasks_per_s'] / r['ideal_per_s']:.0%} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
@@ -239,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="gossip")
     parser.add_argument("--json", default="benchmarks/out/scale.json")
     parser.add_argument("--plot", metavar="OUT.png")
+    parser.add_argument("--markdown", action="store_true", help="print every tree's figures as a table at the end")
     parser.add_argument("--tree", help="run fabric from this checkout (its fabric/ only), e.g. the tree before")
     args = parser.parse_args(argv)
     if args.tree:
@@ -263,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(saved, indent=1))
     if args.plot:
         plot(saved["sizes"], args.plot)
+    if args.markdown:
+        print(table(saved))
     return 0
 
 
