@@ -98,6 +98,10 @@ CONTROL_AFFINITY = 2
 def io_threads(key: ClusterKey | None) -> int:
     """libzmq I/O threads for a client's context: two with a key, else one."""
     return 1 if key is None else 2
+# libzmq names a connection whose identity a newer one took over (ROUTER_HANDOVER: a worker
+# that re-attached) 0x00 + four bytes; a READY still unread on it would register a phantom
+# worker under that name.  Workers' own identities are text (w-...), never starting so.
+HANDED_OVER = b"\x00"
 DRAIN_MAX = 10_000  # sink messages read before deciding that a worker is silent (each is a sign of life)
 NOFILE_FALLBACK = 1 << 20  # the soft descriptor limit asked for when the hard one is unlimited
 DEFAULT_MAX_SOCKETS = 1023  # libzmq's ZMQ_MAX_SOCKETS_DFLT
@@ -413,6 +417,9 @@ class IOLoop:
 
     def _on_ready(self) -> None:
         received = self._receive(self.vent)
+        if received is not None and received[0][:1] == HANDED_OVER:
+            self.duplicates += 1  # a re-attached worker's old connection: its new one carries its READY
+            return
         if received is not None and isinstance(received[1], Ready):
             worker_id, msg = received
             if not self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id) and \

@@ -56,9 +56,13 @@ class Membership:
         ``late_s`` late: its thread was stalled (another held the GIL, SIGSTOP), it
         could neither ask nor read, so that time is nobody's silence.  Lateness
         within ``STALL_FRACTION`` of an interval is the loop's usual jitter."""
-        if math.isfinite(late_s) and late_s > STALL_FRACTION * self.detector.interval_s:
+        if self.stalled(late_s):
             for detector in self.detectors.values():
                 detector.excuse(late_s)
+
+    def stalled(self, late_s: float) -> bool:
+        """A periodic step this late means its thread was stalled."""
+        return math.isfinite(late_s) and late_s > STALL_FRACTION * self.detector.interval_s
 
     def expire(self, now: float) -> list[NodeStats]:
         """Remove and return the nodes whose silence reached the detector's

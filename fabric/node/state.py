@@ -371,8 +371,14 @@ class NodeState:
         ``max_load``), forget silent clients and peers, greet again the peers
         not heard from, start the workers whose spawn failed, and publish the heartbeat.
         A beat gone late means this node was stalled (SIGSTOP, a starved machine):
-        its peers' heartbeats went unread meanwhile, and that is no silence of theirs."""
-        self.peers.excuse_stall(now - self.next_beat)
+        its peers' heartbeats and its clients' HELLOs went unread meanwhile, and
+        that is no silence of theirs (a client forgotten would have its workers
+        detached and attached again, for nothing)."""
+        late_s = now - self.next_beat
+        self.peers.excuse_stall(late_s)
+        if self.peers.stalled(late_s):
+            for client in self.clients.values():
+                client.last_seen += late_s
         self.next_beat = now + self.settings.heartbeat_interval_s
         self.load, self.cache = load, cache
         done = self.stats().done

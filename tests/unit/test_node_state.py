@@ -273,6 +273,8 @@ def test_a_node_whose_cache_turned_off_has_no_weight_on_the_ring():
 def test_a_beat_forgets_silent_clients():
     state = node_with_worker()
     state.client_hello(HELLO, now=0.0)
+    for t in (0.0, 1.0, 2.0, 3.0):  # on time: the silence is the client's
+        assert state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=t)[:-1] == []
     assert state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=3.5)[:-1] == [Send(b"w-1", Detach(b"c-1"))]
 
 
@@ -322,13 +324,15 @@ def test_a_beat_greets_the_seeds_until_some_member_is_known():
     assert Greet("tcp://b:1") in out
 
 
-def test_a_node_stalled_past_its_beat_does_not_declare_its_peers_dead():
-    state = node()
+def test_a_node_stalled_past_its_beat_does_not_declare_its_peers_dead_nor_forget_its_clients():
+    state = node_with_worker()
     state.start(now=0.0)
+    state.client_hello(HELLO, now=0.0)
     state.peer_heard(peer("beta", "tcp://b:1", "tcp://b:2"), now=0.0)
     state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=0.0)
-    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=6.0)  # due at 1.0: this node was stopped for 5 s
-    assert state.gossip.members["tcp://b:1"].alive and b"beta" in state.peers.nodes
+    assert state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=6.0)[:1] != [Send(b"w-1", Detach(b"c-1"))]
+    # due at 1.0: this node was stopped for 5 s
+    assert state.gossip.members["tcp://b:1"].alive and b"beta" in state.peers.nodes and b"c-1" in state.clients
     state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=7.0)
     state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=8.0)
     state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=9.0)  # on time since: beta's 3 s count from the stall's end
