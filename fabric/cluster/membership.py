@@ -19,7 +19,7 @@ from dataclasses import replace
 from .failure_detector import PhiAccrual, for_settings
 from .stats import NodeStats
 
-STALL_FRACTION = 0.1
+STALL_FRACTION = 0.5  # late by half an interval: the thread was stalled, not merely scheduled late
 
 
 class Membership:
