@@ -59,7 +59,9 @@ def low_port_addresses(count: int) -> list[str]:
 @contextmanager
 def nodes(count: int, log_dir: Path) -> Iterator[tuple[list[str], list[subprocess.Popen[bytes]]]]:
     addresses = low_port_addresses(count)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # Absolute paths, and the nodes run elsewhere: ``python -m`` puts its working directory
+    # first on sys.path, which would import this checkout's fabric before --tree's.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)}
     procs = []
     try:
         for i, address in enumerate(addresses):
@@ -67,8 +69,10 @@ def nodes(count: int, log_dir: Path) -> Iterator[tuple[list[str], list[subproces
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", "1",
                      "--cache-dir", str(log_dir / "cache"), *(["--join", addresses[0]] if i else [])],
-                    env=env, stderr=log,
+                    env=env, stderr=log, cwd=log_dir,
                 ))
+        for address in addresses:  # every node bound: both trees' clients then start alike
+            _wait(lambda a=address: _listening(a), 120)
         yield addresses, procs
     finally:
         for proc in procs:
@@ -76,6 +80,12 @@ def nodes(count: int, log_dir: Path) -> Iterator[tuple[list[str], list[subproces
                 child.kill()
             proc.kill()
             proc.wait()
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) == 0
 
 
 def _family(pid: int) -> list[psutil.Process]:
