@@ -5,13 +5,13 @@ Tasks and results never pass through here (a broker hop measured ~260 us per
 round trip against ~120 us client <-> worker direct)::
 
     client DEALER ──HELLO (also its heartbeat)/GOODBYE──► ROUTER (bound) ◄──WORKER_UP/REPORT── worker DEALER
-    client DEALER ◄─HEARTBEAT/WORKER_LOST/NODE_LEAVING─── node ──ATTACH/DETACH/SHUTDOWN──► worker
-    peer DEALER   ──PEER_HELLO──► ROUTER ──HEARTBEAT──►    │  spawn, watch (pidfd), restart
+    client DEALER ◄─HEARTBEAT (answer to each HELLO)/WORKER_LOST/NODE_LEAVING── node ──ATTACH/DETACH──► worker
+    peer DEALER   ──PEER_HELLO/NODE_LEAVING──► ROUTER ──HEARTBEAT + members──►  │  spawn, watch (pidfd), restart
     fabric-node stop ──STOP──► ROUTER ──NODE_LEAVING──►    │
-                                             PUB (bound) ──┴─ HEARTBEAT every interval, NODE_LEAVING at a stop
-                                                              ──► clients' and peers' SUB
-                                             SUB ◄── peers' HEARTBEATs and NODE_LEAVINGs (membership spreads
-                                                     from the seeds)
+                                             PUB (bound) ──┴─ HEARTBEAT (stats, version, news) every interval,
+                                                              NODE_LEAVING at a stop ──► its watchers' SUB
+                                             SUB ◄── the ~4 watched peers' HEARTBEATs and NODE_LEAVINGs
+                                                     (gossip: news of every other node rides on them)
 
 :class:`Node` only receives, samples, asks and performs.  It owns the sockets,
 the worker processes, the cache shard (:mod:`.store`) and one ``zmq.Poller``
