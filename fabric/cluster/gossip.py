@@ -72,6 +72,7 @@ class Gossip:
         self.news: dict[str, int] = {}  # control -> heartbeats it still rides on
         self.refuted = False  # someone reported this node dead: it must say otherwise
         self._links: dict[tuple[int, str], bytes] = {}  # (link, member) -> its rendezvous weight
+        self._watched: list[str] | None = None  # kept until a member's state flips (it costs O(N log N))
 
     def learn(self, news: News, now: float) -> bool:
         """A report about a node; True when it changes whether that node is alive."""
@@ -87,6 +88,7 @@ class Gossip:
         self.members[control] = Member(pub, version, alive, now if flipped else known.since)  # type: ignore[union-attr]
         if flipped:
             self.news[control] = self.retransmits()
+            self._watched = None
         return flipped
 
     def heard(self, control: str, pub: str, version: int, now: float) -> bool:
@@ -128,6 +130,11 @@ class Gossip:
 
     def watched(self) -> list[str]:
         """The controls of the members whose heartbeats this node subscribes to."""
+        if self._watched is None:
+            self._watched = self._pick()
+        return list(self._watched)
+
+    def _pick(self) -> list[str]:
         ring = sorted([control for control, m in self.members.items() if m.alive] + [self.control])
         at = ring.index(self.control)
         picked = [ring[(at + step) % len(ring)] for step in range(1, min(FANOUT_RING, len(ring) - 1) + 1)]
@@ -151,7 +158,7 @@ class Gossip:
     def purge(self, now: float) -> list[Member]:
         """Forget members dead for longer than ``TOMBSTONE_S``; return them."""
         old = [c for c, m in self.members.items() if not m.alive and now - m.since > TOMBSTONE_S]
-        for control in old:
+        for control in old:  # dead, so in no ring: what is watched stays
             self.news.pop(control, None)
             for link in range(LONG_LINKS):
                 self._links.pop((link, control), None)

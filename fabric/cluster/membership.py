@@ -13,6 +13,7 @@ starts afresh, its long silence not taken into its history.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import replace
 
@@ -31,6 +32,9 @@ class Membership:
         self.nodes: dict[bytes, NodeStats] = {}
         self.last_seen: dict[bytes, float] = {}
         self.detectors: dict[bytes, PhiAccrual] = {}
+        # (deadline, node) of every heartbeat heard, the stale ones dropped when they surface:
+        # the client asks for the next expiry at every tick, which must not cost O(N) at 1,000 nodes.
+        self._deadlines: list[tuple[float, bytes]] = []
 
     def observe(self, stats: NodeStats, now: float) -> bool:
         """Record a heartbeat; True when the node is new (or back from the dead)."""
@@ -46,10 +50,11 @@ class Membership:
             return
         detector = self.detectors.get(node_id)
         if detector is None:
-            self.detectors[node_id] = PhiAccrual(self.detector, now)
+            detector = self.detectors[node_id] = PhiAccrual(self.detector, now)
         else:
             detector.heard(now)
         self.last_seen[node_id] = now
+        heapq.heappush(self._deadlines, (detector.deadline(), node_id))
 
     def excuse_stall(self, late_s: float) -> None:
         """The observer's own periodic step (a client's HELLO, a node's beat) ran
@@ -59,6 +64,8 @@ class Membership:
         if self.stalled(late_s):
             for detector in self.detectors.values():
                 detector.excuse(late_s)
+            self._deadlines = [(d.deadline(), node_id) for node_id, d in self.detectors.items()]
+            heapq.heapify(self._deadlines)
 
     def stalled(self, late_s: float) -> bool:
         """A periodic step this late means its thread was stalled."""
@@ -67,7 +74,9 @@ class Membership:
     def expire(self, now: float) -> list[NodeStats]:
         """Remove and return the nodes whose silence reached the detector's
         threshold, their last stats aged by that silence."""
-        dead = [node_id for node_id, detector in self.detectors.items() if now >= detector.deadline()]
+        dead = []
+        while (first := self._first()) is not None and now >= first[0]:
+            dead.append(heapq.heappop(self._deadlines)[1])
         silent = {node_id: now - self.last_seen[node_id] for node_id in dead}
         return [_aged(stats, silent[stats.node_id]) for stats in map(self.remove, dead) if stats is not None]
 
@@ -78,7 +87,18 @@ class Membership:
 
     def next_expiry(self) -> float | None:
         """When the next node would be declared dead if it stays silent."""
-        return min(d.deadline() for d in self.detectors.values()) if self.detectors else None
+        first = self._first()
+        return first[0] if first is not None else None
+
+    def _first(self) -> tuple[float, bytes] | None:
+        """The earliest current deadline, dropping those a later heartbeat replaced."""
+        while self._deadlines:
+            deadline, node_id = self._deadlines[0]
+            detector = self.detectors.get(node_id)
+            if detector is not None and detector.deadline() == deadline:
+                return deadline, node_id
+            heapq.heappop(self._deadlines)
+        return None
 
     def phi(self, node_id: bytes, now: float) -> float:
         """How suspicious the node's silence is now (0 for an unknown node)."""
