@@ -18,24 +18,34 @@ from .workloads import identity
 SAMPLE_S = 0.01
 
 
+class PeakRss:
+    """Samples this process's resident memory while the ``with`` block runs; ``peak`` in bytes."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._sampler.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._done.wait(SAMPLE_S):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+
 def peak_rss_mb(items: int) -> float:
-    process = psutil.Process()
-    peak = process.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(SAMPLE_S):
-            peak = max(peak, process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    with fabric.connect(workers=2) as fx:
+    with PeakRss() as rss, fabric.connect(workers=2) as fx:
         for _ in fx.map(identity, (i for i in range(items))):
             pass
-    done.set()
-    sampler.join()
-    return peak / 2**20
+    return rss.peak / 2**20
 
 
 if __name__ == "__main__":

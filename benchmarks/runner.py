@@ -29,12 +29,13 @@ import sys
 import tempfile
 import time
 
-from . import cluster, plot, report, suite
+from . import by_key, cluster, plot, report, suite
 from . import workloads as wl
 from .measure import Figures
 from .systems import PEERS, SYSTEMS, System
 
-ALL = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "startup", "rss", "cluster", "faults", "keyed"]
+ALL = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W11", "startup", "rss", "cluster", "faults", "keyed",
+       "placement"]
 FABRIC_ONLY_REPEATS = {"tiny": 1, "quick": 1, "full": 3}
 PER_SYSTEM = {"W1": suite.w1_empty_map, "W2": suite.w2_submit, "W4": suite.w4_latency, "W5": suite.w5_payload,
               "W6": suite.w6_wordcount}
@@ -117,6 +118,7 @@ def judge(figures: Figures, workers: int) -> list[str]:
     _at_most(figures, "memory", "client peak RSS MB, 10M items", 150)
     _at_most(figures, "cluster", "failure detection s", 3.5)
     _at_most(figures, "faults", "time with a worker killed at 50 % ÷ clean", 1.3)
+    by_key.judge(figures)
     two = figures.get("cluster", "empty items/s, 2 nodes × 1 worker", "fabric")
     one = figures.get("cluster", "empty items/s, 1 node × 2 workers", "fabric")
     if two and one:
@@ -199,9 +201,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
             suite.faults(args.workers, sizes, figures, iterations)
         if "keyed" in only:
             suite.keyed(args.workers, sizes, figures)
+        if "placement" in only:
+            suite.placement(args.workers, sizes, figures, iterations)
         if "cluster" in only:
             cluster.two_nodes_vs_one(sizes.w1, iterations, sizes.w3, figures)
             cluster.failure_detection(figures, iterations)
+    if "W11" in only:
+        by_key.w11(args.workers, mode, repeat, "dask" in names and not _skip("dask", skipped), figures)
     if "rss" in only:
         rss_run(figures, [1_000_000, 3_000_000, 10_000_000] if mode == "full" else [100_000, 300_000])
     notes = judge(figures, args.workers)

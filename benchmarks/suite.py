@@ -9,7 +9,9 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -182,6 +184,42 @@ def keyed(workers: int, sizes: Sizes, figures: Figures) -> None:
                 rates[name] = empty, len(blobs) / timed(lambda: list(fx.map(len, blobs)))
     figures.add("keyed", "empty items/s, keyed ÷ plain", "fabric", rates["keyed"][0] / rates["plain"][0], "×")
     figures.add("keyed", "1 MB arguments MB/s, keyed ÷ plain", "fabric", rates["keyed"][1] / rates["plain"][1], "×")
+
+
+def timed_cpu(work: Callable[[], Any]) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (every thread's: the client's I/O thread too)."""
+    cpu = time.process_time()
+    wall = timed(work)
+    return wall, time.process_time() - cpu
+
+
+class FirstCandidate(fabric.Placement):
+    """A Python policy doing the least one can, so its figures are the placement path's own cost."""
+
+    def choose(self, batch: fabric.BatchInfo, candidates: list[fabric.Candidate]) -> fabric.Candidate:
+        return candidates[0]
+
+
+def placement(workers: int, sizes: Sizes, figures: Figures, iterations: int, pairs: int = 3) -> None:
+    """What the placement path costs, against the default path on the same fabric, ``pairs`` times
+    interleaved: a map cut into batches of 100 empty tasks with a Python policy (µs per batch more), and
+    W3's 1 ms tasks mapped with ``partition_by`` ÷ a plain map."""
+    with fabric.connect(workers=workers) as fx:
+        fabric.wait([fx.submit(abs, 1) for _ in range(4 * workers)])
+        n, chunk = sizes.w1 // 5, 100
+        items = [iterations] * sizes.w3
+        list(fx.map(wl.spin, items))  # the sizer learns the task's cost before either is timed
+        for _ in range(pairs):
+            plain_s, plain_cpu = timed_cpu(lambda: list(fx.map(wl.identity, range(n), chunksize=chunk)))
+            custom_s, custom_cpu = timed_cpu(
+                lambda: list(fx.map(wl.identity, range(n), chunksize=chunk, placement=FirstCandidate())))
+            figures.add("placement", "µs per batch, Python policy − default", "fabric",
+                        1e6 * (custom_s - plain_s) / (n // chunk), "µs", False)
+            figures.add("placement", "client CPU µs per batch, Python policy − default", "fabric",
+                        1e6 * (custom_cpu - plain_cpu) / (n // chunk), "µs", False)
+            plain_s = timed(lambda: list(fx.map(wl.spin, items)))
+            keyed_s = timed(lambda: list(fx.map(wl.spin, items, partition_by=wl.identity)))
+            figures.add("placement", "W3 1 ms tasks/s, partition_by ÷ plain map", "fabric", plain_s / keyed_s, "×")
 
 
 def faults(workers: int, sizes: Sizes, figures: Figures, iterations: int) -> None:

@@ -6,7 +6,7 @@ Names load on first use (PEP 562), so node and worker processes, which import
 ``fabric.node`` through this package, do not pay for the client's modules at
 start-up.  The layout follows the processes: ``fabric.client`` runs in the
 caller's process, ``fabric.node`` in node and worker processes, ``fabric.wire``,
-``fabric.cluster`` and ``fabric.task`` in both.
+``fabric.cluster`` and ``fabric.calls`` in both.
 """
 
 from __future__ import annotations
@@ -24,15 +24,20 @@ from .errors import (
     SerializationError,
     StoreError,
     TaskTimeoutError,
+    UnknownTaskError,
     WorkerCrashedError,
     WorkerLostError,
 )
 
 if TYPE_CHECKING:
+    from .calls.context import WorkerInfo, current_worker
+    from .calls.registry import task
     from .client.cache import FabricCache, cached
     from .client.executor import Fabric, connect
     from .client.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, wait
     from .client.options import TaskOptions
+    from .client.placement import BatchInfo, Candidate, Placement
+    from .client.progress import progress
     from .client.statistics import CacheStats, FabricStatistics
     from .client.submission import FabricView
     from .cluster.stats import NodeStats, WorkerStats
@@ -47,17 +52,21 @@ _LAZY = {
     "ALL_COMPLETED": "client.futures", "FIRST_COMPLETED": "client.futures", "FIRST_EXCEPTION": "client.futures",
     "Future": "client.futures", "as_completed": "client.futures", "wait": "client.futures",
     "TaskOptions": "client.options",
+    "BatchInfo": "client.placement", "Candidate": "client.placement", "Placement": "client.placement",
+    "WorkerInfo": "calls.context", "current_worker": "calls.context", "task": "calls.registry",
+    "progress": "client.progress",
     "CacheStats": "client.statistics", "FabricStatistics": "client.statistics",
     "FabricView": "client.submission",
     "NodeStats": "cluster.stats", "WorkerStats": "cluster.stats",
 }
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
-    "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView", "Future",
-    "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
-    "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
-    "cached", "connect", "wait",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "BatchInfo", "CacheKeyError",
+    "CacheStats", "Candidate", "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError",
+    "FabricStatistics", "FabricView", "Future", "NoNodesError", "NodeStats", "Placement", "RemoteError",
+    "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownTaskError",
+    "WorkerCrashedError", "WorkerInfo", "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect",
+    "current_worker", "progress", "task", "wait",
 ]
 
 

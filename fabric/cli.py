@@ -6,6 +6,7 @@
     fabric-node start --bind tcp://127.0.0.1:7100 --join tcp://127.0.0.1:7200 --workers 4
     fabric-node status --config cluster.toml
     fabric-node status tcp://127.0.0.1:7100
+    fabric-node reload tcp://127.0.0.1:7100     # import the task modules again (as SIGHUP)
     fabric-node stop tcp://127.0.0.1:7100          # or: fabric-node stop --config cluster.toml alpha
     fabric-node keygen cluster.key
     fabric-node --version
@@ -31,12 +32,30 @@ import zmq
 
 from . import __version__
 from .cluster.stats import NodeStats
-from .config import DEFAULT_BIND, ClusterConfig, NodeSettings, check_address, check_settings, load_config
+from .config import (
+    DEFAULT_BIND,
+    ClusterConfig,
+    NodeSettings,
+    check_address,
+    check_settings,
+    load_config,
+    parse_resources,
+)
 from .errors import ConfigError, ProtocolError
 from .node import processes
 from .node.loop import Node
 from .wire import security
-from .wire.protocol import Message, NodeLeaving, Status, StatusReply, Stop, from_frames, to_frames
+from .wire.protocol import (
+    Message,
+    NodeLeaving,
+    Reload,
+    Reloaded,
+    Status,
+    StatusReply,
+    Stop,
+    from_frames,
+    to_frames,
+)
 from .wire.security import ClusterKey, write_key_file
 
 Answer = TypeVar("Answer", bound=Message)
@@ -63,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--liveness", type=float, help="seconds of silence before a peer or client is dead (default 3)")
     start.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a cluster key")
     start.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
+    start.add_argument("--resources", metavar="NAME=UNITS,...",
+                       help="what this node offers, e.g. gpu=2,licence=1: calls with resources={'gpu': 1} run at "
+                            "most 2 at once here")
+    start.add_argument("--tasks", action="append", default=[], metavar="MODULE",
+                       help="a module whose @fabric.task functions clients call by name "
+                            "(repeatable, or comma-separated)")
     start.add_argument("--cache-dir", help="directory of this node's result-cache shard (default: the config's)")
 
     status = commands.add_parser("status", help="print a table of the live nodes")
@@ -71,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
 
+    reload = commands.add_parser("reload", help="import a node's task modules again and restart its workers "
+                                                "between batches (as SIGHUP)")
+    reload.add_argument("node", metavar="ADDRESS|NAME", help="the node's control endpoint, or with --config its name")
+    reload.add_argument("--config", help="cluster.toml: NAME is one of its [[node]] entries")
+    reload.add_argument("--key-file", help="the cluster's key (default: the config's, or $FABRIC_KEY_FILE)")
     stop = commands.add_parser("stop", help="stop a node as SIGTERM would (its peers and clients see it leave)")
     stop.add_argument("node", metavar="ADDRESS|NAME", help="the node's control endpoint, or with --config its name")
     stop.add_argument("--config", help="cluster.toml: NAME is one of its [[node]] entries")
@@ -93,6 +123,8 @@ def node_settings(args: argparse.Namespace) -> NodeSettings:
         "memory_limit_mb": args.memory_limit_mb, "max_clients": args.max_clients,
         "heartbeat_interval_s": args.heartbeat_interval, "liveness_s": args.liveness, "insecure": args.insecure or None,
         "cache": replace(settings.cache, dir=args.cache_dir) if args.cache_dir else None,
+        "resources": parse_resources(args.resources, "--resources") if args.resources is not None else None,
+        "tasks": tuple(m.strip() for arg in args.tasks for m in arg.split(",") if m.strip()) or None,
     }
     settings = replace(settings, **{k: v for k, v in flags.items() if v is not None})
     check_settings(settings, "command line")
@@ -115,6 +147,9 @@ def start(args: argparse.Namespace) -> int:
     settings = node_settings(args)
     processes.configure_logging("INFO")
     node = Node(settings)
+    file_handler = logging.FileHandler(node.log_path)  # beside the terminal: the log its workers write to
+    file_handler.setFormatter(logging.Formatter(processes.LOG_FORMAT))
+    logging.getLogger().addHandler(file_handler)
     node.handle_signals()
     logging.getLogger(__name__).info(
         "node %s on %s (heartbeats on %s), %d workers", node.settings.name, node.endpoint, node.state.bound.pub,
@@ -158,16 +193,22 @@ def ask_status(address: str, key: ClusterKey | None = None, timeout_s: float = S
 
 def format_table(nodes: list[NodeStats]) -> str:
     header: list[object] = ["name", "address", "workers", "busy", "done", "failed", "tasks/s", "cpu%", "mem%",
-                            "state", "cache", "age s"]
+                            "state", "cache", "resources", "tasks", "age s"]
     rows = [
         [n.name, n.control, n.workers, n.busy, n.done, n.failed, f"{n.tasks_per_s:.0f}", f"{n.cpu_percent:.0f}",
          f"{n.memory_percent:.0f}", "accepting" if n.accepting else f"paused>{n.max_load:.0f}%", n.cache_entries,
+         ",".join(f"{k}={v}" for k, v in sorted(n.resources.items())) or "-", ",".join(n.tasks) or "-",
          f"{n.age_s:.1f}"]
         for n in sorted(nodes, key=lambda n: n.name)
     ]
     cells = [[str(c) for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def format_logs(nodes: list[NodeStats]) -> str:
+    """Where each node and its workers write (what tasks print when not forwarded, crashes)."""
+    return "\n".join(f"log of {n.name}: {n.log_file or '(not reported)'}" for n in sorted(nodes, key=lambda n: n.name))
 
 
 def status(args: argparse.Namespace) -> int:
@@ -187,6 +228,7 @@ def status(args: argparse.Namespace) -> int:
             print(json.dumps([asdict(n) for n in nodes], indent=2, default=_bytes_as_text))
         else:
             print(format_table(nodes))
+            print(format_logs(nodes))
         return 0
     print("fabric-node: no node answered: " + "; ".join(errors), file=sys.stderr)
     return 1
@@ -199,13 +241,33 @@ def _bytes_as_text(value: object) -> str:
     return value.decode(errors="backslashreplace")
 
 
-def stop(args: argparse.Namespace) -> int:
-    """STOP to one node: 0 once it acknowledged, 1 if nothing answered."""
+def _node_address(args: argparse.Namespace, command: str) -> tuple[str, ClusterKey | None]:
+    """The node a command names (an address, or a name in --config) and the cluster key."""
     config = load_config(args.config) if args.config else ClusterConfig()
     address = config.node(args.node).address if args.config else args.node
     if not address.startswith("ipc://"):
-        check_address(address, "stop")
-    key = find_key(args.key_file or config.key_file)
+        check_address(address, command)
+    return address, find_key(args.key_file or config.key_file)
+
+
+def reload(args: argparse.Namespace) -> int:
+    """RELOAD to one node: 0 once it reloaded, 1 if it refused (a module fails to import) or did not answer."""
+    address, key = _node_address(args, "reload")
+    try:
+        answer = ask(address, Reload(), Reloaded, key)
+    except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
+        print(f"fabric-node: the node did not reload: {exc}", file=sys.stderr)
+        return 1
+    if not answer.ok:
+        print(f"fabric-node: {address} kept its tasks: {answer.detail}", file=sys.stderr)
+        return 1
+    print(f"{address}: reloaded; tasks: {answer.detail or 'none'}; its workers restart between batches")
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    """STOP to one node: 0 once it acknowledged, 1 if nothing answered."""
+    address, key = _node_address(args, "stop")
     try:
         ask(address, Stop(), NodeLeaving, key)
     except (TimeoutError, ProtocolError, zmq.ZMQError) as exc:
@@ -229,7 +291,7 @@ def keygen(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"start": start, "status": status, "stop": stop, "keygen": keygen}
+    commands = {"start": start, "status": status, "stop": stop, "reload": reload, "keygen": keygen}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

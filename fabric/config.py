@@ -28,6 +28,9 @@ Every key, its default and its unit, in one place::
     memory_limit_mb = 0           # RSS above which a worker is killed and replaced (0: no limit)
     max_clients = 256             # clients attached at once; more HELLOs are refused (each costs every
                                   # worker two sockets, and libzmq allows 1,023 per process)
+    resources = {gpu = 2}         # what the node offers: calls with resources={"gpu": 1} run at most
+                                  # 2 at once here (default: none)
+    tasks = ["mypkg.jobs"]        # modules whose @fabric.task functions clients call by name (default: none)
 
 A mistake (unknown key, wrong type, duplicate node, bad address) raises
 :class:`ConfigError` naming the file, the key and the reason, before anything
@@ -51,11 +54,12 @@ import ipaddress
 import json
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .cluster.stats import MAX_NAME_CHARS, MAX_RESOURCES, MAX_TASK_MODULES, MAX_UNITS
 from .errors import ConfigError
 from .wire.protocol import MAX_CLIENTS_CAP, MAX_CREDITS, MAX_MESSAGE_BYTES_CAP
 
@@ -121,6 +125,8 @@ class NodeSettings:
     insecure: bool = False
     key_file: str = ""  # the cluster's CURVE key (fabric.wire.security); "": none, loopback only
     cache: CacheConfig = CacheConfig()
+    resources: tuple[tuple[str, int], ...] = ()  # (name, units) the node offers, sorted by name
+    tasks: tuple[str, ...] = ()  # task modules (@fabric.task), imported by the node and each worker
     owner_pid: int | None = None  # embedded: exit when this process exits
     owner_dir: str = ""  # embedded: the owner's private directory, removed when the node stops
 
@@ -133,7 +139,8 @@ class NodeSettings:
         """Settings written by :meth:`to_json` in another process, checked again."""
         try:
             values = json.loads(text)
-            settings = cls(**{**values, "seeds": tuple(values["seeds"]), "cache": CacheConfig(**values["cache"])})
+            settings = cls(**{**values, "seeds": tuple(values["seeds"]), "cache": CacheConfig(**values["cache"]),
+                              "resources": tuple(map(tuple, values["resources"])), "tasks": tuple(values["tasks"])})
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"{source}: not node settings: {exc!r}") from None
         check_settings(settings, source)
@@ -174,7 +181,7 @@ _CLUSTER_KEYS = {
 _CACHE_KEYS = {"dir": str, "max_entries": int, "max_bytes": int, "replicas": int}
 _NODE_KEYS = {
     "name": str, "address": str, "workers": int, "prefetch": int, "max_load": float, "memory_limit_mb": int,
-    "max_clients": int,
+    "max_clients": int, "resources": dict, "tasks": list,
 }
 
 
@@ -224,7 +231,27 @@ def _node_entry(entry: object, source: str, index: int) -> dict[str, Any]:
         if key not in values:
             raise ConfigError(f"{source}: {where}{key}: missing (every node needs a name and an address)")
     check_address(values["address"], f"{source}: {where}address")
+    if "resources" in values:
+        values["resources"] = resource_pairs(values["resources"].items())
+    if "tasks" in values:
+        values["tasks"] = tuple(values["tasks"])
     return values
+
+
+def resource_pairs(items: Iterable[tuple[Any, Any]]) -> tuple[tuple[str, int], ...]:
+    """Resources as sorted (name, units) pairs; check_settings checks them."""
+    return tuple(sorted((name, units) for name, units in items))
+
+
+def parse_resources(text: str, where: str) -> tuple[tuple[str, int], ...]:
+    """``gpu=2,licence=1`` (``fabric-node start --resources``) as pairs."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, units = item.partition("=")
+        if not sep or not units.strip().isdigit():
+            raise ConfigError(f"{where}: {item!r} is not NAME=UNITS (e.g. gpu=2,licence=1)")
+        pairs.append((name.strip(), int(units)))
+    return resource_pairs(pairs)
 
 
 def _typed(table: dict[str, Any], spec: dict[str, type], source: str, where: str) -> dict[str, Any]:
@@ -283,12 +310,30 @@ def check_settings(settings: NodeSettings | ClusterConfig, source: str, where: s
     for key, (valid, rule) in _RULES.items():
         if hasattr(settings, key) and not valid(value := getattr(settings, key)):
             raise ConfigError(f"{source}: {where}{key}: {rule}, got {value:g}")
+    if isinstance(settings, NodeSettings):
+        _check_offer(settings, source, where)
     interval_s, liveness_s = settings.heartbeat_interval_s, settings.liveness_s
     if not liveness_s > interval_s:
         raise ConfigError(
             f"{source}: {where}liveness_s: must exceed heartbeat_interval_s ({interval_s:g} s) by several beats, "
             f"got {liveness_s:g}"
         )
+
+
+def _check_offer(settings: NodeSettings, source: str, where: str) -> None:
+    """Resources and task modules: the limits a heartbeat carrying them is held to."""
+    if len(settings.resources) > MAX_RESOURCES:
+        raise ConfigError(f"{source}: {where}resources: at most {MAX_RESOURCES} kinds, got {len(settings.resources)}")
+    for name, units in settings.resources:
+        if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS):
+            raise ConfigError(f"{source}: {where}resources: a name of 1 to {MAX_NAME_CHARS} characters, got {name!r}")
+        if type(units) is not int or not 0 <= units <= MAX_UNITS:
+            raise ConfigError(f"{source}: {where}resources.{name}: a whole number from 0 to {MAX_UNITS}, got {units!r}")
+    if len(settings.tasks) > MAX_TASK_MODULES:
+        raise ConfigError(f"{source}: {where}tasks: at most {MAX_TASK_MODULES} modules, got {len(settings.tasks)}")
+    for module in settings.tasks:
+        if not (isinstance(module, str) and all(part.isidentifier() for part in module.split("."))):
+            raise ConfigError(f"{source}: {where}tasks: {module!r} is not a module name such as mypkg.jobs")
 
 
 def check_address(address: str, where: str) -> tuple[str, int]:

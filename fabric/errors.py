@@ -38,6 +38,11 @@ class NoNodesError(FabricError):
     """No node can be reached to run work."""
 
 
+class UnknownTaskError(FabricError, LookupError):
+    """A task called by name that no live node defines; the message lists the
+    names the nodes do define (``fabric-node start --tasks MODULE``)."""
+
+
 class AuthenticationError(NoNodesError):
     """Every node refused this client's handshake: one side has a cluster key and
     the other none, or the keys differ.  Definitive: retrying will not help."""

@@ -145,9 +145,11 @@ def start_node(tmp_path):
     def start(address: str | None = None, *, config: Path | None = None, name: str | None = None,
               workers: int = 1, join: str | None = None, max_load: float | None = None,
               key_file: str | None = None, log: Path | None = None,
-              heartbeat_interval_s: float = 0.2, liveness_s: float = 1.0) -> subprocess.Popen[bytes]:
+              heartbeat_interval_s: float = 0.2, liveness_s: float = 1.0, flags: tuple[str, ...] = (),
+              path: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         """A node at ``address``, or the ``[[node]]`` called ``name`` in the cluster file ``config``;
-        with ``log``, its messages go to that file."""
+        with ``log``, its messages go to that file; ``flags`` are more of ``fabric-node start``'s
+        (``--resources gpu=2``), ``path`` folders its PYTHONPATH has before the test's."""
         cmd = [sys.executable, "-m", "fabric.cli", "start", "--workers", str(workers),
                "--heartbeat-interval", str(heartbeat_interval_s), "--liveness", str(liveness_s),
                "--cache-dir", str(tmp_path / "cache")]
@@ -156,8 +158,10 @@ def start_node(tmp_path):
         cmd += ["--join", join] if join else []
         cmd += ["--max-load", str(max_load)] if max_load is not None else []
         cmd += ["--key-file", key_file] if key_file else []
+        cmd += list(flags)
         with open(log, "w") if log else contextlib.nullcontext() as stderr:
-            node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, stderr=stderr)
+            node = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.pathsep.join([*path, *sys.path])},
+                                    stderr=stderr)
         started.append(node)
         return node
 

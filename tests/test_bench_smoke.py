@@ -90,3 +90,12 @@ def test_the_scale_benchmark_measures_every_size_and_draws_them(tmp_path):
     assert all(r["ms_tasks_per_s"] > 0 and r["see_all_s"] > 0 for r in rows)
     assert len(saved["detection"]["gossip"]["detection_s"]) == 1
     assert "| gossip | 2 |" in done.stdout
+
+
+@pytest.mark.parametrize("system", ["serial", "fabric by_key", "fabric combine"])
+def test_the_by_key_workload_counts_every_word_in_a_process_of_its_own(system):
+    out = subprocess.run([sys.executable, "-m", "benchmarks.by_key", system, "wide", "40000", "2"], check=True,
+                         timeout=120, capture_output=True, text=True)
+    measured = json.loads(out.stdout)
+    assert measured["keys"] == 20_000  # every key twice: the words were all counted (checked inside too)
+    assert measured["seconds"] > 0 and measured["peak_rss_mb"] >= 0

@@ -12,21 +12,19 @@ dies, even by SIGKILL, so no process outlives the client; it then removes
 the private directory.  Workers see the client's ``sys.path``, so functions
 from the caller's own modules import on them.
 
-After the endpoint line, whatever the node and its workers write to their
-inherited stdout (a task's ``print``) is copied to the client's ``sys.stdout``
-by a daemon thread, so it is seen and a worker never blocks on a full pipe
-(64 KiB of unread output used to hang every worker).
+After the endpoint line the node points its descriptors at its log file, as
+its workers' are: nothing is left to write into the pipe, which used to fill
+(64 KiB of a task's unread ``print`` hung every worker).  What tasks print
+comes back with their results instead (:mod:`fabric.node.output`).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import replace
 from typing import IO, cast
 
@@ -37,7 +35,6 @@ from ..errors import NoNodesError
 from ..node import processes
 
 STOP_TIMEOUT_S = 5.0
-OUTPUT_CHUNK_BYTES = 65536
 
 
 class EmbeddedNode:
@@ -59,13 +56,13 @@ class EmbeddedNode:
                 stdin.write(settings.to_json().encode())
         except BrokenPipeError:  # it died first: said below
             pass
-        line = cast(IO[bytes], self.process.stdout).readline().decode().strip()
+        with cast(IO[bytes], self.process.stdout) as stdout:
+            line = stdout.readline().decode().strip()
         if not line:
             code = self.process.wait()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise NoNodesError(f"the embedded node failed to start (exit code {code}); see its messages above")
         self.endpoint = line
-        threading.Thread(target=_forward, args=(self.process.stdout,), name="fabric-node-output", daemon=True).start()
 
     def sentinel(self) -> int | None:
         """A descriptor readable when the node process exits (Linux pidfd)."""
@@ -78,17 +75,6 @@ class EmbeddedNode:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _forward(pipe: io.BufferedReader) -> None:
-    """Copy the node's stdout to ours until every writer (node, workers) has exited."""
-    with pipe:
-        while chunk := pipe.read1(OUTPUT_CHUNK_BYTES):
-            try:
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-            except (OSError, ValueError):  # our stdout is closed or gone: keep draining
-                continue
 
 
 def _child_env() -> dict[str, str]:

@@ -5,6 +5,12 @@ thread hands it the batch's outcome (decoded results, or a synthetic error when
 the batch was lost), and it resolves each future; ``set_result`` then wakes
 whichever user thread waits.  ``as_completed`` and ``wait`` are those of
 :mod:`concurrent.futures`, which accept our subclass.
+
+What a task printed rides on its future and is written by the first
+``result()`` or ``exception()`` (:mod:`fabric.client.output`).  A
+KeyboardInterrupt while one waits cancels that future, running or not, and
+asks every fabric of the process to stop the work nobody waits for any more
+(:func:`interrupted`).
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import concurrent.futures
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+import weakref
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, Protocol
 
 from ..errors import SerializationError
 from ..wire import codec
+from .output import Printed, show
 from .ventilator import miscounted
 
 __all__ = ["Future", "FutureGroup", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
@@ -46,11 +54,34 @@ _new_stripes()
 os.register_at_fork(after_in_child=_new_stripes)  # a lock held by another thread at fork stays held
 
 
+class Interruptible(Protocol):
+    def interrupted(self) -> None:
+        """Drop the work nobody waits for any more and stop the workers running it."""
+
+
+_interruptible: weakref.WeakSet[Interruptible] = weakref.WeakSet()  # the I/O loops of this process
+
+
+def on_interrupt(loop: Interruptible) -> None:
+    """Have ``loop`` told when a caller waiting on a future is interrupted."""
+    _interruptible.add(loop)
+
+
+def interrupted() -> None:
+    """A KeyboardInterrupt reached a caller waiting for results: tell every fabric."""
+    for loop in list(_interruptible):
+        loop.interrupted()
+
+
 class Future(concurrent.futures.Future):  # type: ignore[type-arg]
     """The outcome of one submitted task; a :class:`concurrent.futures.Future`.
 
-    ``task`` names the submitted function, for messages.
+    ``task`` names the submitted function, for messages and its repr.
+    ``await fut`` waits without blocking the event loop (see
+    :mod:`fabric.client.awaiting`).
     """
+
+    _printed: Printed | None = None  # what the task printed, until shown (a class default: no cost per future)
 
     def __init__(self, task: str = "") -> None:
         # The fields of concurrent.futures.Future.__init__ (a test pins them), with a
@@ -78,12 +109,41 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
         self._wait_done(timeout)
         return super().exception(0)
 
+    def __await__(self) -> Generator[Any, None, Any]:
+        import asyncio  # here: it costs the client's start-up ~30 ms, and most callers never await
+
+        return asyncio.wrap_future(self).__await__()
+
+    def __repr__(self) -> str:
+        # concurrent.futures' "<Future at 0x... state=finished returned int>", naming the task
+        return super().__repr__().replace("<Future", f"<fabric.Future {self.task}", 1)
+
     def _wait_done(self, timeout: float | None) -> None:
-        """Wait until done or ``timeout``: the shared Condition also wakes for other futures."""
-        if self._state in _DONE_STATES:
-            return
+        """Wait until done or ``timeout`` (the shared Condition also wakes for other
+        futures), then show what the task printed, once."""
+        if self._state not in _DONE_STATES:
+            try:
+                with self._condition:
+                    self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
+            except KeyboardInterrupt:
+                self._abandon()
+                interrupted()
+                raise
+        printed = self._printed
+        if printed is not None:
+            self._printed = None
+            show(printed)
+
+    def _abandon(self) -> None:
+        """Cancel, even while running: the caller gave up on it (ctrl-C)."""
         with self._condition:
-            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
+            if self._state in _DONE_STATES:
+                return
+            self._state = "CANCELLED_AND_NOTIFIED"
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # concurrent.futures.Future's own
 
 
 def as_completed(fs: Iterable[concurrent.futures.Future], timeout: float | None = None) -> Iterator[Any]:
@@ -134,9 +194,12 @@ class FutureGroup:
         if wrong is not None:  # a lying or broken worker: fail the calls, not the I/O thread
             self.fail(batch, wrong)
             return
+        printed = batch.printed.by_task() if batch.printed is not None else None
         for index, future in enumerate(self.futures):
             if future.done():
                 continue
+            if printed is not None:
+                future._printed = printed.get(index)
             failure = failed.get(index)
             if failure is None:
                 future.set_result(results[index])

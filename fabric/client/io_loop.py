@@ -8,6 +8,7 @@
                               ─── TASK_BATCH ──► workers  ◄──┤ IOLoop   │ one zmq.Poller over
     sink ROUTER (bound)       ◄── RESULT_BATCH ─ workers     │ (thread) │ all of these, the wake
                               ◄── BATCH_STARTED ─ workers    │          │
+                              ◄── BATCH_OUTPUT ── workers    │          │
     control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
                               ◄── HEARTBEAT (the answer)/    │          │ node's exit sentinel;
                                   WORKER_LOST/NODE_LEAVING   │          │ timeout: the cluster
@@ -23,7 +24,10 @@ back, when queued work has starved, and when first contact failed, in
 :class:`~fabric.client.cluster_view.ClusterView`; cache requests in
 :class:`~fabric.client.cache.CacheClient`.  This loop receives, asks them,
 performs what they return, and hands outcomes to each batch's owner (a map
-stream or a group of futures), the sink's job in the ZeroMQ guide's pipeline.
+stream or a group of futures), the sink's job in the ZeroMQ guide's pipeline;
+what a batch's tasks printed goes with its results (:mod:`fabric.client.output`).
+A KeyboardInterrupt in a caller (:meth:`IOLoop.interrupted`) drops the work
+nobody waits for any more and has the workers running it recycled.
 Each handler runs guarded (``_survive``): an exception costs only the message
 or command it came from.
 """
@@ -46,6 +50,7 @@ from ..cluster.stats import MAX_PEERS, NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
 from ..wire import security
 from ..wire.protocol import (
+    BatchOutput,
     BatchStarted,
     CacheCleared,
     CacheHits,
@@ -57,6 +62,7 @@ from ..wire.protocol import (
     Message,
     NodeLeaving,
     Ready,
+    RecycleWorker,
     ResultBatch,
     Shutdown,
     Status,
@@ -71,6 +77,9 @@ from ..wire.protocol import (
 from ..wire.security import ClusterKey
 from .cache import CacheClient
 from .cluster_view import FIRST_CONTACT_S, Actions, ClusterView
+from .futures import on_interrupt
+from .output import Printed
+from .placing import known_tasks
 from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
@@ -114,9 +123,10 @@ class IOLoop:
         self, context: zmq.Context, client_id: bytes, bind_where: str, *, retries: int,
         heartbeat_interval_s: float, liveness_s: float, connect_timeout_s: float = 30.0,
         max_message_bytes: int = 1 << 30, cache_replicas: int = 1, key: ClusterKey | None = None,
-        first_contact_s: float = FIRST_CONTACT_S,
+        first_contact_s: float = FIRST_CONTACT_S, forward_output: bool = True,
     ) -> None:
         self.client_id = client_id
+        self.forward_output = forward_output
         self.context = context
         self.key = key
         raise_fd_limit()
@@ -126,6 +136,8 @@ class IOLoop:
             heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
             lambda: self.handshakes.refusals, first_contact_s, client_id,
         )
+        self.ventilator.placer.nodes = self.view.membership.nodes  # placement reads the live nodes' heartbeats
+        self.ventilator.placer.timeout_s = connect_timeout_s
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         context.set(zmq.MAX_SOCKETS, max_sockets(context))
@@ -146,6 +158,10 @@ class IOLoop:
         self._closed = False
         self._awake = False
         self._idle_waiters: list[threading.Event] = []
+        self.heard = threading.Event()  # set at the first heartbeat of any node: tasks() need not wait then
+        self._waiters: list[tuple[Callable[[], bool], threading.Event]] = []  # for connect(), fx.run: workers, contact
+        self._printed: dict[bytes, BatchOutput] = {}  # worker -> what its next result's tasks printed
+        self._labels: dict[bytes, str] = {}  # worker -> "(node:wN)", its output's prefix
         self.broken: BaseException | None = None
         self.duplicates = 0
         self.malformed = 0
@@ -180,6 +196,7 @@ class IOLoop:
     # -- called from user threads ---------------------------------------------------
 
     def start(self) -> None:
+        on_interrupt(self)
         self.thread.start()
 
     def post(self, command: Callable[[], None]) -> bool:
@@ -212,6 +229,41 @@ class IOLoop:
             tuple(nodes), self.workers(), CacheStats.of(nodes, self.cache.hits, self.cache.misses),
             self.duplicates, self.malformed, self.ventilator.refused_workers,
         )
+
+    def wait_workers(self, count: int, timeout_s: float) -> bool:
+        """Block until ``count`` workers have attached (or the loop broke or closed)."""
+        return self._wait_until(lambda: self.ventilator.workers >= count, timeout_s)
+
+    def wait_all_attached(self, timeout_s: float) -> bool:
+        """Block until every worker the live nodes report has attached (at least one)."""
+        def all_attached() -> bool:
+            attached = self.ventilator.workers
+            return attached > 0 and attached >= self.view.reported_workers()
+
+        return self._wait_until(all_attached, timeout_s)
+
+    def tasks(self) -> dict[str, list[str]]:
+        """The tasks the live nodes define: name -> the nodes defining it.  Waits
+        for the first node to answer (first contact's timeout at most)."""
+        self.heard.wait(self.view.first_contact_s)
+        return known_tasks(self.view.nodes(time.monotonic()))
+
+    def wait_contact(self, timeout_s: float) -> bool:
+        """Block until some node has reported its workers, or first contact failed."""
+        return self._wait_until(lambda: self.view.reported_workers() > 0 or self.view.unreachable is not None,
+                                timeout_s)
+
+    def _wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
+        """Block until ``ready()`` holds in the I/O thread (or the loop broke or closed)."""
+        event = threading.Event()
+        if not self.post(lambda: self._waiters.append((ready, event))):
+            return False
+        return event.wait(timeout_s)
+
+    def interrupted(self) -> None:
+        """A caller was interrupted (ctrl-C): drop the work nobody waits for any
+        more and recycle the workers running it (from any thread)."""
+        self.post(self._drop_abandoned)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until nothing is queued or in flight."""
@@ -250,7 +302,8 @@ class IOLoop:
         self._hello(sock)
 
     def _hello(self, sock: zmq.Socket) -> None:
-        self._say(sock, Hello(self.client_id, self.vent_endpoint, self.sink_endpoint, self.max_message_bytes))
+        self._say(sock, Hello(self.client_id, self.vent_endpoint, self.sink_endpoint, self.max_message_bytes,
+                              self.forward_output))
 
     @staticmethod
     def _say(sock: zmq.Socket, msg: Message) -> None:
@@ -363,10 +416,12 @@ class IOLoop:
                     self._survive("a sink message", self._on_results)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
                     self._survive("the timers", self._tick, now)
-                if self.ventilator.urgent or self.ventilator.bulk:
+                if self.ventilator.queued():
                     self._survive("a dispatch", self._dispatch)
                 if self._idle_waiters:
                     self._notify_idle()
+                if self._waiters:
+                    self._notify_waiters()
         except Exception:
             log.exception("client I/O loop failed")
             self._break(NoNodesError("the client's I/O thread failed; see the log"))
@@ -438,13 +493,30 @@ class IOLoop:
                 self.ventilator.acknowledged(worker_id, msg.batch_id)
             elif isinstance(msg, FunctionMissing):
                 self.ventilator.function_missing(worker_id, msg.batch_id)
+            elif isinstance(msg, BatchOutput) and self.forward_output:
+                self._printed[worker_id] = msg  # its result comes next, on the same connection
             return
+        printed = self._printed.pop(worker_id, None) if self._printed else None
         batch = self.ventilator.complete(worker_id, msg.batch_id)
         if batch is None:
             self.duplicates += 1
             return
         self.ventilator.observe(batch, msg.elapsed_s)
+        if printed is not None and printed.batch_id == msg.batch_id:
+            batch.printed = Printed(self._where(worker_id), printed.records)
         batch.owner.deliver(batch, msg.codec, list(msg.payload), msg.errors)
+
+    def _where(self, worker_id: bytes) -> str:
+        """The prefix of a worker's output, ``(node:wN)``: its node's name and the
+        worker's rank among that node's workers that printed something here."""
+        label = self._labels.get(worker_id)
+        if label is None:
+            node_id = self.ventilator.node_of.get(worker_id)
+            node = next((n for n in self.view.live_nodes() if n.node_id == node_id), None)
+            name = node.name if node is not None else "?"
+            rank = sum(1 for other in self._labels.values() if other.startswith(f"({name}:w")) + 1
+            label = self._labels[worker_id] = f"({name}:w{rank})"
+        return label
 
     def _receive(self, sock: zmq.Socket) -> tuple[bytes, Any] | None:
         """One message from a ROUTER the poller found readable, parsed, or None if
@@ -483,6 +555,7 @@ class IOLoop:
     def _on_node_message(self, msg: Message, stats: NodeStats | None, now: float) -> None:
         """One parsed message from a node (``stats``: a heartbeat's, parsed)."""
         if stats is not None:
+            self.heard.set()
             # Stamped when read, not with the loop's ``now``: a stall of this thread (another
             # holding the GIL) may fall between the two, and heartbeats that arrived during it
             # would be dated before it, so the node would look silent for the stall's length.
@@ -492,6 +565,7 @@ class IOLoop:
             # batch that finished is not taken for the one that killed the worker and charged.
             self._drain_sink()
             log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
+            self._printed.pop(msg.worker_id, None)
             self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
         elif isinstance(msg, CacheHits):
             self.cache.on_hits(msg)
@@ -516,12 +590,60 @@ class IOLoop:
             except zmq.ZMQError as exc:  # the worker vanished (ROUTER_MANDATORY)
                 log.info("client: worker %r unreachable: %s", worker_id, exc)
                 self.ventilator.unreachable(worker_id, batch.batch_id)
+        if self.ventilator.failures:
+            failures, self.ventilator.failures = self.ventilator.failures, []
+            self._fail(failures)
+
+    def defines(self, worker_id: bytes, task: str) -> bool:
+        """(I/O thread) Whether the worker's node defines the named task."""
+        stats = self.view.membership.nodes.get(self.ventilator.node_of.get(worker_id, b""))
+        return stats is not None and task in stats.tasks
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every call queued, in flight and to come with ``exc`` (a broken
+        initializer), in the I/O thread once the handler that found it is done."""
+        self.post(lambda: self._fail_all(exc))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self.broken is None:
+            log.error("client: %s; every call of this client fails with it", exc)
+            self._break(exc)
+
+    def on_every_worker(self, make: Callable[[bytes], Batch | None], done: Callable[[list[bytes]], None]) -> None:
+        """(I/O thread) Pin one batch made by ``make`` to every worker attached now
+        (None: not that one); ``done`` is told which workers have one."""
+        workers = []
+        for worker_id in list(self.ventilator.held):
+            batch = make(worker_id)
+            if batch is not None:
+                self.ventilator.enqueue(batch)
+                workers.append(worker_id)
+        done(workers)
 
     def _notify_idle(self) -> None:
         if self._idle_waiters and (self.ventilator.idle() or self.broken is not None):
             for event in self._idle_waiters:
                 event.set()
             self._idle_waiters.clear()
+
+    def _notify_waiters(self) -> None:
+        waiting = []
+        for ready, event in self._waiters:
+            if self.broken is not None or ready():
+                event.set()
+            else:
+                waiting.append((ready, event))
+        self._waiters = waiting
+
+    def _drop_abandoned(self) -> None:
+        """Drop queued batches nobody waits for; ask the nodes to recycle the
+        workers running one (they restart with fresh credits; what else they held
+        goes back to the queue, uncharged)."""
+        self.ventilator.drop_abandoned()
+        for worker_id, node_id in self.ventilator.recycle_abandoned():
+            log.info("client: recycling worker %s, which runs work its caller abandoned",
+                     worker_id.decode(errors="replace"))
+            self.send_to_node(node_id, RecycleWorker(worker_id))
 
     def _embedded_exited(self, fd: int, control: str) -> None:
         self.poller.unregister(fd)
@@ -572,6 +694,8 @@ class IOLoop:
             os.close(fd)
         self.embedded.clear()
         for event in self._idle_waiters:
+            event.set()
+        for _, event in self._waiters:
             event.set()
 
 

@@ -36,11 +36,15 @@ from typing import TYPE_CHECKING, Any
 from ..errors import CacheKeyError, SerializationError
 from ..wire import codec
 from ..wire.protocol import Mode
+from .awaiting import MapResults
 from .batching import BatchSizer
+from .output import Printed, show_at
 from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
     from .cache import CachedFunction
+    from .placing import Placing
+    from .progress import Bar
 
 _SMALL_ATOMS = frozenset({int, float, bool, type(None), str, bytes, complex})
 SMALL_RESULT_BYTES = 64  # per item, on the wire: below it a chunk's results are kept until it is used up
@@ -63,6 +67,7 @@ class Part:
     exc: BaseException | None = None
     indices: list[int] | None = None
     blobs: list[bytes] | None = None
+    printed: Printed | None = None  # what its tasks printed
 
     def positions(self) -> Sequence[int]:
         return self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
@@ -108,6 +113,11 @@ class MapStream:
         retries: int | None = None,
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
+        placing: Placing | None = None,
+        keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
+        bar: Bar | None = None,
+        interrupted: Callable[[], None] | None = None,
+        keepalive: object = None,
     ) -> None:
         self._digest, self._fn_payload = fn_info
         self._mode = mode
@@ -121,6 +131,10 @@ class MapStream:
         self._retries = retries
         self._check_size = check_size
         self._cache = cache
+        self._placing = placing  # where its batches may run (None: anywhere, the default path)
+        self._keys_of = keys_of  # map(partition_by=): each item's key digest
+        self._interrupted = interrupted  # a KeyboardInterrupt stops this map's running tasks
+        self._keepalive = keepalive  # the fabric's pipeline: an unfinished map keeps its fabric open
         self._to_store: dict[int, tuple[list[int], list[bytes]]] = {}  # seq -> (positions, keys) of misses
         self._repeats: dict[int, dict[int, int]] = {}  # seq -> {position: position of the same key computed}
         self._encoder = codec.PayloadEncoder()
@@ -136,6 +150,10 @@ class MapStream:
         self._exhausted = False
         self._input_error: BaseException | None = None
         self._closed = False
+        self._bar = bar  # moved once per chunk taken (see fabric.client.progress)
+        self.last_taken = 0  # results in the chunk taken last: async iteration knows when the next may block
+        self._waker: Callable[[], None] | None = None  # wake_when_ready's, called once by the next arrival
+        self._failing = False
 
     # -- I/O thread side -----------------------------------------------------------
 
@@ -151,7 +169,8 @@ class MapStream:
         raise TypeError("map chunks are never merged")
 
     def deliver(self, batch: Batch, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None:
-        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors, indices=batch.indices))
+        self._add(batch.seq, Part(batch.offset, batch.n_items, codec_id, payload, errors, indices=batch.indices,
+                                  printed=batch.printed))
 
     def fail(self, batch: Batch, exc: BaseException) -> None:
         self._add(batch.seq, Part(batch.offset, batch.n_items, exc=exc, indices=batch.indices))
@@ -174,18 +193,25 @@ class MapStream:
                 if not self._ordered:
                     self._complete.append(seq)
                 self._cond.notify()
+                if self._waker is not None:  # an async iteration awaits a chunk
+                    self._wake()
 
     # -- iterating thread side -------------------------------------------------------
 
-    def results(self) -> Iterator[Any]:
-        """The flat result iterator handed to the caller."""
-        return itertools.chain.from_iterable(self._chunks())
+    def results(self) -> MapResults[Any]:
+        """The flat result iterator handed to the caller (also an async iterator)."""
+        return MapResults.of(self)
 
     def start(self) -> None:
         """Post the first window of chunks, so work begins at the map call."""
-        self._fill()
+        try:
+            self._fill()
+        except KeyboardInterrupt:  # ctrl-C in the map call itself: its first tasks may be running
+            self._interrupt()
+            raise
 
-    def _chunks(self) -> Iterator[Iterable[Any]]:
+    def chunks(self) -> Iterator[Iterable[Any]]:
+        """Each chunk's results in turn, as the caller takes them."""
         try:
             while True:
                 self._fill()
@@ -194,6 +220,9 @@ class MapStream:
                         raise self._input_error
                     return
                 seq, length, parts = self._wait_chunk()
+                printed = [(part.positions(), part.printed) for part in parts if part.printed is not None]
+                if printed:
+                    show_at(printed)
                 started = time.perf_counter()
                 if self._mode == Mode.FOLD:
                     results, error = _partials(parts)
@@ -205,23 +234,79 @@ class MapStream:
                 self._yielded += 1
                 if error is not None:
                     del results[error[0] :]
+                    self._failing = True  # raised when next resumed, without waiting
+                    self._taken(len(results), len(results))
                     yield releasing(results, parts)
                     raise error[1]
                 self._store(seq, results)
                 # A fold's partials stand for all the chunk's items.
                 used = length if self._mode == Mode.FOLD else len(results)
+                self._taken(len(results), used)
                 yield releasing(results, parts)
                 del results, parts  # the caller's loop alone decides how long a result lives
                 # Resumed once the caller has used every result of the chunk.
                 self.sizer.observe_caller(used, time.perf_counter() - started)
+        except KeyboardInterrupt:  # ctrl-C while waiting: this map's tasks stop, not only the wait
+            self._interrupt()
+            raise
         finally:
             self.close()
+            if self._bar is not None:
+                self._bar.close()
+
+    def _taken(self, results: int, items: int) -> None:
+        """A chunk of ``results`` standing for ``items`` input items goes to the caller."""
+        self.last_taken = results
+        if self._bar is not None:
+            self._bar.update(items)
+
+    def _interrupt(self) -> None:
+        """Stop: nobody waits for this map any more, so its running tasks are stopped too."""
+        self.close()
+        if self._interrupted is not None:
+            self._interrupted()
 
     def close(self) -> None:
         """Stop: queued chunks are skipped, late results dropped."""
         with self._cond:
             self._closed = True
             self._parts.clear()
+            self._wake()
+
+    # -- waiting without blocking (async iteration, fabric.client.awaiting) -------------
+
+    def taken(self) -> int:
+        """Chunks the caller has taken so far."""
+        return self._yielded
+
+    def wake_when_ready(self, waker: Callable[[], None]) -> bool:
+        """True if taking the next chunk would not wait; otherwise False, and
+        ``waker`` is called (once, from the I/O thread) when it may not."""
+        with self._cond:
+            if self._next_ready():
+                return True
+            self._waker = waker
+            return False
+
+    def time_left(self) -> float | None:
+        """Seconds until the map's timeout, or None without one."""
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _next_ready(self) -> bool:
+        if self._closed or self._failing or (self._exhausted and self._yielded == self._posted):
+            return True
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return True  # taking it raises TimeoutError at once
+        if not self._ordered:
+            return bool(self._complete)
+        length = self._lengths.get(self._yielded)
+        return length is not None and self._filled.get(self._yielded, 0) >= length
+
+    def _wake(self) -> None:
+        """Call the waiting waker, if any (under ``_cond``)."""
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker()
 
     def _window(self) -> int:
         return max(MIN_WINDOW, WINDOW_PER_CREDIT * self._capacity())
@@ -300,6 +385,11 @@ class MapStream:
     def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None) -> None:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch."""
         try:
+            keys = self._keys_of(items) if self._keys_of is not None else None
+        except Exception as exc:  # the caller's partition_by raised: the map fails at this chunk
+            self._fail_from(seq, 0, len(items), indices, exc)
+            return
+        try:
             codec_id, payload = self._encoder.encode(items)
             if self._check_size is not None:
                 self._check_size(payload, f"map input items {start}..{start + len(items) - 1}")
@@ -310,6 +400,7 @@ class MapStream:
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
                 len(items), self, seq=seq, sizer=self.sizer, retries=self._retries, indices=indices,
+                placing=self._placing, keys=keys,
             )
         )
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import importlib.metadata
 import io
 import site
@@ -55,7 +56,7 @@ import time
 import types
 import weakref
 from collections import ChainMap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -279,16 +280,44 @@ def user_module(name: str) -> bool:
     version), and so does fabric, which every worker runs, even when it is
     imported from a source tree.  Asked once per module name (~0.1 ms), then
     cached."""
+    top = name.partition(".")[0]
+    if top in _forced:
+        return True
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
-    top = name.partition(".")[0]
-    if not path or top == _FABRIC or _installed(path) or top in installed_distributions() or top not in sys.modules:
+    if (not _automatic or not path or top == _FABRIC or _installed(path) or top in installed_distributions()
+            or top not in sys.modules):
         return False
     cloudpickle.register_pickle_by_value(sys.modules[top])
     return True
 
 
 _FABRIC = __name__.partition(".")[0]
+_automatic = True  # the user's own modules go by value (connect(ship_modules=False) turns it off)
+_forced: set[str] = set()  # top-level modules connect(ship_modules=[...]) sends by value
+
+
+def ship_modules_by_value(modules: bool | Iterable[str | types.ModuleType]) -> None:
+    """``connect(ship_modules=...)``: True finds the user's own modules (the
+    default); False sends every module by reference (nodes import them); a list
+    of modules or names sends those by value whether installed or not, besides
+    the user's own.  Process-wide, as cloudpickle's registry is: a module once
+    forced stays forced."""
+    global _automatic
+    _automatic = modules is not False
+    if not isinstance(modules, bool):
+        for module in modules:
+            name = module if isinstance(module, str) else module.__name__
+            top = name.partition(".")[0]
+            if top == _FABRIC:
+                raise ValueError("fabric itself runs on every node: it cannot be shipped by value")
+            cloudpickle.register_pickle_by_value(sys.modules.get(top) or importlib.import_module(top))
+            _forced.add(top)
+    if not _automatic:
+        for name in list(cloudpickle.list_registry_pickle_by_value()):
+            if name not in _forced:
+                cloudpickle.unregister_pickle_by_value(sys.modules.get(name) or types.ModuleType(name))
+    user_module.cache_clear()
 
 
 def _installed(path: str) -> bool:

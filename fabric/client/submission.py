@@ -23,23 +23,30 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import SerializationError
-from ..task.fold import NO_INITIAL, Fold
-from ..task.guard import Guarded
+from ..calls.by_key import FoldByKey
+from ..calls.fold import NO_INITIAL, Fold
+from ..calls.guard import Guarded
+from ..calls.registry import named_digest
+from ..errors import SerializationError, UnknownTaskError
 from ..wire import codec
 from ..wire.protocol import Mode
+from .awaiting import MapResults
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .futures import Future, FutureGroup
 from .mapping import MapStream, sized_length, sliced_input
 from .options import TaskOptions
-from .reduction import combiner, fold
+from .placement import LeastLoaded, key_digest
+from .placing import Placing
+from .progress import new_bar
+from .reduction import combiner, fold, merge_partitions
 from .shipping import FunctionCache
 from .ventilator import Batch, next_batch_id
 
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_GUARDS = 256  # wrapped (function, options) pairs kept, so their pickles are reused
+PARTITIONS_PER_WORKER = 4  # by_key's default: enough partitions to spread over nodes by key, few enough to stay cheap
 
 
 @dataclass(frozen=True)
@@ -51,16 +58,20 @@ class MapCall:
     timeout: float | None
     chunksize: int | None
     ordered: bool
+    progress: bool | str = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Pipeline:
-    """What the task API needs from its fabric, held by the fabric and its views.
+    """What the task API needs from its fabric, held by the fabric, its views
+    and its map streams (the fabric shuts down when the last of them goes).
 
     ``post`` hands a batch to the I/O thread (which fails it once the fabric
     has closed); ``capacity`` (credits) and ``workers`` size map windows and
     batches; ``check_open`` raises :class:`~fabric.ClosedError` after
-    ``shutdown()``; ``cache`` looks results up and stores them.
+    ``shutdown()``; ``cache`` looks results up and stores them; ``interrupted``
+    (a KeyboardInterrupt in a caller) drops the work nobody waits for any more
+    and stops the workers running it.
     """
 
     post: Callable[[Batch], None]
@@ -70,6 +81,8 @@ class Pipeline:
     shipper: FunctionShipper
     cache: CacheClient
     max_message_bytes: int
+    interrupted: Callable[[], None]
+    known_tasks: Callable[[], dict[str, list[str]]] = dict  # task name -> nodes defining it, once a node answered
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
@@ -89,32 +102,54 @@ class TaskAPI:
 
     def options(self, **changes: Any) -> FabricView:
         """A view whose calls use these options (``task_timeout``, ``retries``,
-        ``retry_on``, ``cache``); the fabric itself is unchanged."""
+        ``retry_on``, ``cache``, ``placement``, ``nodes``, ``resources``,
+        ``affinity``); the fabric itself is unchanged."""
         return FabricView(self._pipeline, self._task_options.merged(**changes))
 
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., R] | str, /, *args: Any, **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on a worker; every keyword goes to ``fn``.
+        ``fn`` may be the name of a task defined on the nodes (``@fabric.task``).
 
         Raises :class:`~fabric.SerializationError` here, in the caller, when the
-        function or an argument cannot be serialized.
+        function or an argument cannot be serialized, and
+        :class:`~fabric.UnknownTaskError` for a name no node defines.
         """
         pipeline = self._pipeline
         pipeline.check_open()
         options = self._task_options
-        cached = wants_cache(fn, options.cache)
-        digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
-        name = codec.function_name(fn)
-        future = Future(name)
-        if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
-            return future
+        if isinstance(fn, str):
+            digest, fn_payload = self._shipped(fn, options, exact=False)
+            name = fn
+            future, placing = Future(name), placing_of(fn, options)
+        else:
+            cached = wants_cache(fn, options.cache)
+            digest, fn_payload = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
+            name = codec.function_name(fn)
+            future = Future(name)
+            if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
+                return future
+            placing = placing_of(fn, options) if options.placed else None
         payload = codec.pickle_call(args, kwargs)
         pipeline.check_size(payload, f"the arguments of {name}")
         batch = Batch(
             next_batch_id(), digest, fn_payload, Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
-            FutureGroup([future]), retries=options.retries,
+            FutureGroup([future]), retries=options.retries, placing=placing,
         )
         pipeline.post(batch)
         return future
+
+    def _shipped(self, fn: Callable[..., Any] | str, options: TaskOptions, exact: bool) -> tuple[bytes, bytes]:
+        """(digest, pickle) of a function, or the name of a task the nodes define (no pickle)."""
+        if not isinstance(fn, str):
+            return self._pipeline.shipper.get(fn, options, exact)
+        if options.guards() or options.cache:
+            raise ValueError(f"task {fn!r} is defined on the nodes: task_timeout, retry_on and cache apply to "
+                             "functions shipped from the client only")
+        known = self._pipeline.known_tasks()
+        if known and fn not in known:
+            raise UnknownTaskError(f"no live node defines a task named {fn!r}; the nodes define: "
+                                   f"{', '.join(known)} (fabric-node start --tasks MODULE)")
+        return named_digest(fn), b""
 
     def map(
         self,
@@ -123,17 +158,25 @@ class TaskAPI:
         timeout: float | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        partition_by: Callable[..., Any] | None = None,
+        progress: bool | str = False,
         **options: Any,
-    ) -> Iterator[R]:
+    ) -> MapResults[R]:
         """Lazily apply ``fn`` to every item (``fn(*items)`` for several iterables).
 
         Results come in input order, or as they finish with ``ordered=False``.
         Work starts at once; input is read as results are consumed, with a
         bounded number of batches in flight.  ``chunksize`` fixes the batch
         size (default: adapted to 20-100 ms of work per batch).  ``timeout``
-        bounds the caller's wait, from this call, as in ``Executor.map``; task
-        options (``task_timeout``, ``retries``, ``retry_on``, ``cache``) may be
-        given as keywords.
+        bounds the caller's wait, from this call, as in ``Executor.map``;
+        ``progress`` shows a bar (a string labels it; needs tqdm) moving as
+        results are taken.  Task options (``task_timeout``, ``retries``,
+        ``retry_on``, ``cache``, ``placement``, ``nodes``, ``resources``,
+        ``affinity``) may be given as keywords.  ``partition_by(*item)`` gives
+        each item a key: items with equal keys run on the same node, the key's
+        owner on the ring of the nodes able to run the call.  The iterator is
+        also an async iterator: ``async for`` awaits results without blocking
+        the loop.
         """
         pipeline = self._pipeline
         pipeline.check_open()
@@ -144,15 +187,18 @@ class TaskAPI:
         items = sliced_input(iterables[0]) if len(iterables) == 1 else zip(*iterables)
         cache = (
             CachedFunction(pipeline.cache, fn, mode == Mode.STARMAP)
-            if wants_cache(fn, task_options.cache) else None
+            if not isinstance(fn, str) and wants_cache(fn, task_options.cache) else None
         )
-        shipped = pipeline.shipper.get(fn, task_options, exact=True)
-        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered)
-        return self._stream(shipped, items, call, task_options, cache).results()
+        shipped = self._shipped(fn, task_options, exact=True)
+        call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
+        keys_of = None if partition_by is None else partition_keys(partition_by, mode == Mode.STARMAP)
+        placing = placing_of(fn, task_options, force=keys_of is not None)
+        return self._stream(shipped, items, call, task_options, cache, placing, keys_of).results()
 
     def _stream(
         self, shipped: tuple[bytes, bytes], items: Iterator[Any] | Sequence[Any], call: MapCall,
-        task_options: TaskOptions, cache: CachedFunction | None,
+        task_options: TaskOptions, cache: CachedFunction | None, placing: Placing | None = None,
+        keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
     ) -> MapStream:
         """A started map stream of the pickled function ``shipped`` over ``items``."""
         pipeline = self._pipeline
@@ -168,6 +214,11 @@ class TaskAPI:
             retries=task_options.retries,
             check_size=pipeline.check_size,
             cache=cache,
+            placing=placing,
+            keys_of=keys_of,
+            bar=new_bar(call.length, call.progress) if call.progress else None,
+            interrupted=pipeline.interrupted,
+            keepalive=pipeline,
         )
         stream.start()
         return stream
@@ -180,9 +231,12 @@ class TaskAPI:
         *,
         initial: Any = NO_INITIAL,
         combine: Callable[[Any, Any], Any] | bool = False,
+        by_key: bool = False,
+        partitions: int | None = None,
         ordered: bool = False,
         chunksize: int | None = None,
         timeout: float | None = None,
+        progress: bool | str = False,
         **options: Any,
     ) -> Any:
         """``reduce(reducer, map(mapper, iterable), initial)``.
@@ -196,21 +250,51 @@ class TaskAPI:
         batch's fold as well, so it must be an identity (0, [], ``Counter()``).
         Results are folded in completion order (the reducer should be
         associative and commutative), or in input order with ``ordered=True``.
+        ``progress`` shows a bar of the items mapped, as ``map``'s.
+
+        With ``by_key=True`` the mapper returns an iterable of ``(key, value)``
+        pairs and the result is a dict ``{key: fold of its values}`` (Spark's
+        ``reduceByKey``, Dask's ``Bag.foldby``): values are folded per key on
+        the worker that mapped them, ``initial`` starting each key's fold,
+        each batch's partial is split into ``partitions`` by key (default a
+        few per worker), and the client merges the partials (``combine`` as
+        above), so no pair reaches it.  Keys need a stable encoding (str,
+        bytes, numbers, tuples, ...); one without raises
+        :class:`~fabric.CacheKeyError` naming it.
         """
-        if combine is False:
-            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered, **options)
+        if combine is False and not by_key:
+            if partitions is not None:
+                raise TypeError("partitions= applies to map_reduce(..., by_key=True) only")
+            results = self.map(mapper, iterable, timeout=timeout, chunksize=chunksize, ordered=ordered,
+                               progress=progress, **options)
             return fold(reducer, results, initial)
-        merge = combiner(reducer, combine)
-        self._pipeline.check_open()
+        if by_key and options.get("keep"):
+            raise ValueError("keep=True with by_key=True (one object per partition, left on its node) needs the "
+                             "partitions folded on their owner nodes, which is not built yet; drop keep=True")
+        merge = combiner(reducer, combine or True)
+        pipeline = self._pipeline
+        pipeline.check_open()
+        if isinstance(mapper, str):
+            how = "by_key" if by_key else "combine"
+            raise TypeError(f"map_reduce({how}=...) folds on the worker around a function shipped from the client; "
+                            f"call task {mapper!r} by name without {how}")
         task_options = self._task_options.merged(**options)
         if wants_cache(mapper, task_options.cache):
-            raise ValueError("the result cache stores each mapper call, and with combine= a batch returns one "
-                             "folded value: use map_reduce without combine to cache the mapper's results")
-        shipper = self._pipeline.shipper
-        batch_fold = Fold(shipper.wrapped(mapper, task_options), reducer, initial)
-        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered)
-        stream = self._stream(shipper.pickles.get(batch_fold), sliced_input(iterable), call, task_options, None)
-        return fold(merge, stream.results(), initial)
+            how = "by_key" if by_key else "combine"
+            raise ValueError(f"the result cache stores each mapper call, and with {how}= a batch returns one "
+                             f"folded value: use map_reduce without {how} to cache the mapper's results")
+        shipper = pipeline.shipper
+        wrapped = shipper.wrapped(mapper, task_options)
+        call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
+        placing = placing_of(mapper, task_options)
+        if not by_key:
+            shipped = shipper.pickles.get(Fold(wrapped, reducer, initial))
+            stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
+            return fold(merge, stream.results(), initial)
+        count = PARTITIONS_PER_WORKER * max(1, pipeline.workers()) if partitions is None else partitions
+        shipped = shipper.pickles.get(FoldByKey(wrapped, reducer, initial, count))
+        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
+        return merge_partitions(stream.results(), merge, ordered)
 
 
 class FabricView(TaskAPI):
@@ -258,6 +342,26 @@ class FunctionShipper:
             if len(self.guards) > MAX_GUARDS:
                 self.guards.popitem(last=False)
         return guarded
+
+
+def _name_of(fn: Callable[..., Any] | str) -> str:
+    return fn if isinstance(fn, str) else codec.function_name(fn)
+
+
+def placing_of(fn: Callable[..., Any] | str, options: TaskOptions, force: bool = False) -> Placing | None:
+    """Where the call's batches may run, or None for the default path (no option set)."""
+    task = fn if isinstance(fn, str) else None
+    if task is None and not force and not options.placed:
+        return None
+    return Placing(options.placement or LeastLoaded(), _name_of(fn), options, options.nodes, options.resources,
+                   task, options.affinity_key())
+
+
+def partition_keys(keyfn: Callable[..., Any], star: bool) -> Callable[[Sequence[Any]], list[bytes]]:
+    """Each item's partition key digest, computed in the caller's thread as chunks are cut."""
+    if star:
+        return lambda items: [key_digest(keyfn(*item)) for item in items]
+    return lambda items: [key_digest(keyfn(item)) for item in items]
 
 
 def _served_from_cache(cache: CacheClient, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

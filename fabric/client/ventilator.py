@@ -11,9 +11,13 @@ ROUTER socket this state drives)::
     node: WORKER_LOST     --> worker_lost(): its batches are split and re-queued
     node over its load    --> pause()/resume(): its workers keep their credits but get nothing
     node declared dead    --> node_lost(): its workers' batches go back to the queue, uncharged
+    [pinned: per worker]  --> dispatch() first: the client's initializer, fx.run's calls
+    [placed: calls with placement options] --> dispatch() asks the Placer and the call's policy
     sink: BATCH_STARTED   --> acknowledged(): the worker started a batch (a sign of life)
     the loop's tick       --> silent_workers(): workers that hold work and went silent;
                               take_back(): their batches go elsewhere, uncharged
+    a caller's ctrl-C     --> drop_abandoned(), recycle_abandoned(): queued batches nobody
+                              waits for are dropped, workers running one are recycled
 
 Credit-based flow control: a batch is sent only against a credit, so what is in
 flight, and so memory on both sides, is bounded however large the input.  Pull
@@ -43,6 +47,11 @@ is at fault) and the worker is forgotten; its late results are duplicates.
 Batches expected to be short do not ask for the acknowledgement, so the hot
 path pays nothing; one taken back asks for it from then on.
 
+Batches of calls with placement options wait in their own queue, placed by
+:class:`~fabric.client.placing.Placer` and the call's :class:`~fabric.Placement`;
+the others take the rule above and build no candidate.  Batches pinned to one
+worker (the initializer, ``fx.run``) go to it first, and never elsewhere.
+
 This class holds no socket and reads no clock: the loop sets ``now`` at each
 wake-up, and unit tests drive it directly.
 """
@@ -56,10 +65,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from ..errors import ProtocolError, WorkerCrashedError
+from ..errors import ProtocolError, UnknownTaskError, WorkerCrashedError, WorkerLostError
 from ..wire import codec
 from ..wire.protocol import Mode, TaskBatch, to_frames
 from .batching import BatchSizer
+from .output import Printed
+from .placing import WAIT, FreeWorker, Placer, Placing
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
 # A batch is overdue after this many times its expected time without a sign of life
@@ -74,6 +85,8 @@ ACK_AFTER_S = 0.05
 # size at this pessimistic rate (a slow network link), so a 1 GiB argument is never
 # taken for silence (measured: 512 MiB took 1-3 s over loopback on the 2-core machine).
 TRANSFER_BYTES_PER_S = 20e6
+
+SPLIT = b""  # _place's answer for a batch it split into parts, now at the head of the queue
 
 _batch_ids = itertools.count(1)
 
@@ -138,6 +151,11 @@ class Batch:
     indices: list[int] | None = None  # positions in the owner's chunk, when not contiguous (cache misses)
     suspect: bool = False  # it was running when its worker died: never merged again, so a poison task is isolated
     taken_back: bool = False  # its worker went silent once: acknowledged from now on
+    printed: Printed | None = None  # what its tasks printed, set with its results for its owner
+    placing: Placing | None = None  # where it may run, for calls with placement options
+    keys: list[bytes] | None = None  # each item's partition key digest (map(partition_by=))
+    worker: bytes | None = None  # the only worker that may run it (initializer, fx.run)
+    setup: bool = False  # the client's initializer: never re-queued, a new one goes to each (re)attached worker
 
     def frames(self, with_fn: bool, ack: bool) -> list[Any]:
         header = TaskBatch(
@@ -171,9 +189,25 @@ class Batch:
                 offset=self.offset + start,
                 suspect=True,
                 indices=self.indices[start:stop] if self.indices is not None else None,
+                keys=self.keys[start:stop] if self.keys is not None else None,
             )
             for (item_frames, payload), codec_id, (start, stop) in zip(parts, codec_ids, bounds)
         )
+
+    def split_by(self, groups: list[list[int]]) -> list[Batch]:
+        """One batch per group of item positions (a MAP/STARMAP batch whose
+        partition keys have several owners), payloads re-encoded."""
+        items = codec.decode(self.codec, self.payload)
+        base = self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
+        parts = []
+        for positions in groups:
+            payload = codec.pickle_frames([items[i] for i in positions])
+            parts.append(replace(
+                self, batch_id=next_batch_id(), codec=codec.PICKLE, item_frames=[len(payload)], payload=payload,
+                n_items=len(positions), offset=base[positions[0]], indices=[base[i] for i in positions],
+                keys=[self.keys[i] for i in positions] if self.keys is not None else None,
+            ))
+        return parts
 
 
 class Ventilator:
@@ -197,7 +231,13 @@ class Ventilator:
         self.shipped: dict[bytes, set[bytes]] = {}  # worker -> function digests it has
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
+        self.recycling: set[bytes] = set()  # workers whose node was asked to recycle them
         self.call_sizers: dict[bytes, BatchSizer] = {}
+        self.placed: deque[Batch] = deque()  # batches of calls with placement options
+        self.pinned: dict[bytes, deque[Batch]] = {}  # worker -> batches only it may run
+        self.placer = Placer()
+        self.failures: list[tuple[Batch, BaseException]] = []  # what dispatch gave up, for the loop to fail
+        self.setup: Callable[[bytes], Batch] | None = None  # makes the initializer's batch for a worker
 
     # -- workers -----------------------------------------------------------------
 
@@ -217,6 +257,8 @@ class Ventilator:
         self.node_of[worker_id] = node_id
         self.free[worker_id] = max(0, credits)
         self._last_send[worker_id] = -1
+        if self.setup is not None:
+            self.pinned.setdefault(worker_id, deque()).appendleft(self.setup(worker_id))
         return True
 
     @property
@@ -258,8 +300,12 @@ class Ventilator:
         Only the batch the worker was running (the first it was sent) can have
         killed it: that one is split, or charged an attempt when it is a single
         task; the batches waiting behind it go back to the queue unchanged."""
+        recycled = worker_id in self.recycling
         held = self._forget(worker_id)
         if not held:
+            return []
+        if recycled:  # killed on our word, for abandoned work: nothing it ran is at fault
+            self._requeue(held)
             return []
         self._requeue(held[1:])
         return self._retry(held[0], reason)
@@ -271,6 +317,7 @@ class Ventilator:
         node says how it died (WORKER_LOST, with the exit status a crashing task
         is blamed with) or the node itself is lost."""
         batch = self.in_flight.pop(batch_id)[1]
+        self._release(batch_id)
         del self.held[worker_id][batch_id]
         self.started.discard(batch_id)
         self.free[worker_id] = 0
@@ -287,9 +334,15 @@ class Ventilator:
             return
         del held[batch_id]
         batch = self.in_flight.pop(batch_id)[1]
+        self._release(batch_id)
         self.free[worker_id] += 1
         self.since[worker_id] = self.now
         self.shipped[worker_id].discard(batch.digest)
+        if not batch.fn_payload:  # a task called by name that this worker's node does not define (any longer)
+            self.failures.append((batch, UnknownTaskError(
+                f"{batch.owner.describe(batch)}: node of worker {worker_id.decode(errors='replace')} does not "
+                "define it (reloaded without it?)")))
+            return
         self._requeue([batch])
 
     def _forget(self, worker_id: bytes) -> list[Batch]:
@@ -297,15 +350,32 @@ class Ventilator:
         batch_ids = self.held.pop(worker_id, {})
         for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
+        self.recycling.discard(worker_id)
         self.started.difference_update(batch_ids)
+        for batch_id in batch_ids:
+            self._release(batch_id)
         return [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
 
+    def _release(self, batch_id: int) -> None:
+        if self.placer.holding:
+            self.placer.release(batch_id)
+
     def _requeue(self, batches: list[Batch]) -> None:
-        """Put batches back at the head of their queues, keeping their order."""
+        """Put batches back at the head of their queues, keeping their order.  A
+        pinned batch waits for its worker again (it fails at dispatch if that
+        worker is gone); an initializer's is dropped, since each (re)attached
+        worker is sent one anew."""
         for batch in reversed(batches):
-            self._queue_for(batch).appendleft(batch)
+            if batch.worker is not None:
+                if not batch.setup:
+                    self.pinned.setdefault(batch.worker, deque()).appendleft(batch)
+            else:
+                self._queue_for(batch).appendleft(batch)
 
     def _retry(self, batch: Batch, reason: str) -> list[tuple[Batch, BaseException]]:
+        if batch.worker is not None:  # it killed the only worker it may run on: never elsewhere, never again
+            batch.attempts += 1
+            return [(batch, crash_error(batch, reason))]
         if batch.n_items > 1:
             first, second = batch.split()
             self._queue_for(batch).extendleft((second, first))
@@ -318,15 +388,31 @@ class Ventilator:
         return []
 
     def _queue_for(self, batch: Batch) -> deque[Batch]:
+        if batch.placing is not None:
+            return self.placed
         return self.urgent if batch.mode == Mode.CALL else self.bulk
 
     # -- batches -----------------------------------------------------------------
 
     def enqueue(self, batch: Batch) -> None:
-        self._queue_for(batch).append(batch)
+        if batch.worker is not None:
+            self.pinned.setdefault(batch.worker, deque()).append(batch)
+        else:
+            self._queue_for(batch).append(batch)
+
+    def queued(self) -> bool:
+        """Something waits to be dispatched (dispatch may still find no credit for it)."""
+        return bool(self.urgent or self.bulk or self.placed or self.pinned or self.failures)
 
     def dispatch(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
-        """Yield (worker id, batch, frames) for every batch that has a credit."""
+        """Yield (worker id, batch, frames) for every batch that has a credit:
+        pinned batches first, then placed ones, then the rest.  Batches given up
+        meanwhile (their worker gone, their call unplaceable, their policy
+        raised) are left in ``failures``."""
+        if self.pinned:
+            yield from self._dispatch_pinned()
+        if self.placed:
+            yield from self._dispatch_placed()
         while True:
             worker_id = self._least_loaded()
             if worker_id is None:
@@ -348,10 +434,67 @@ class Ventilator:
                     best, best_rank = worker_id, rank
         return best
 
+    def _dispatch_pinned(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
+        for worker_id in list(self.pinned):
+            queue = self.pinned[worker_id]
+            if worker_id not in self.free:
+                del self.pinned[worker_id]
+                lost = WorkerLostError(f"worker {worker_id.decode(errors='replace')} left before running it")
+                self.failures.extend((batch, lost) for batch in queue if not batch.setup)
+                continue
+            while queue and self.free[worker_id] > 0:
+                batch = queue.popleft()
+                if batch.owner.claim():
+                    yield self._send(worker_id, batch)
+            if not queue:
+                del self.pinned[worker_id]
+
+    def _dispatch_placed(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
+        """Place each waiting batch in turn; those that must wait keep their order."""
+        waiting: deque[Batch] = deque()
+        while self.placed:
+            free = self._free_workers()
+            if not free:
+                break
+            batch = self.placed.popleft()
+            if not batch.owner.alive():
+                self.placer.placed(batch.batch_id)
+                continue
+            try:
+                worker_id = self._place(batch, free)
+            except Exception as exc:  # the policy's, or the call's: it fails, the loop carries on
+                self.placer.placed(batch.batch_id)
+                self.failures.append((batch, exc))
+                continue
+            if worker_id is WAIT:
+                waiting.append(batch)
+            elif worker_id is not SPLIT and batch.owner.claim():
+                self.placer.placed(batch.batch_id)
+                yield self._send(worker_id, batch)
+        self.placed.extendleft(reversed(waiting))
+
+    def _place(self, batch: Batch, free: list[FreeWorker]) -> bytes | None:
+        """The worker for a placed batch, or WAIT; a batch whose keys have several
+        owners is split, its parts put back at the head of the queue (SPLIT)."""
+        if batch.placing is None:  # never: only placed batches are queued here
+            return WAIT
+        where = self.placer.place(batch.batch_id, batch.placing, batch.keys, batch.n_items, free, self.now)
+        if isinstance(where, list):
+            self.placed.extendleft(reversed(batch.split_by(where)))
+            return SPLIT
+        return where
+
+    def _free_workers(self) -> list[FreeWorker]:
+        return [
+            FreeWorker(worker_id, self.node_of[worker_id], free, self._last_send[worker_id])
+            for worker_id, free in self.free.items()
+            if free and self.node_of.get(worker_id) not in self._paused
+        ]
+
     def _send(self, worker_id: bytes, batch: Batch) -> tuple[bytes, Batch, list[Any]]:
         """Mark the batch in flight; ship the function with it if the worker lacks it."""
         shipped = self.shipped[worker_id]
-        with_fn = batch.digest not in shipped
+        with_fn = batch.digest not in shipped and bool(batch.fn_payload)  # a task called by name has none
         shipped.add(batch.digest)
         self.in_flight[batch.batch_id] = (worker_id, batch)
         held = self.held[worker_id]
@@ -361,6 +504,8 @@ class Ventilator:
         self.free[worker_id] -= 1
         self._sends += 1
         self._last_send[worker_id] = self._sends
+        if batch.placing is not None and batch.placing.resources:
+            self.placer.hold(batch.batch_id, self.node_of[worker_id], batch.placing.resources)
         expected = self.expected_s(batch)
         ack = batch.taken_back or expected is None or expected > ACK_AFTER_S
         return worker_id, batch, batch.frames(with_fn, ack)
@@ -419,6 +564,7 @@ class Ventilator:
         if entry is None or entry[0] != worker_id:
             return None
         del self.in_flight[batch_id]
+        self._release(batch_id)
         self.held[worker_id].pop(batch_id, None)
         self.free[worker_id] += 1
         self.since[worker_id] = self.now
@@ -477,24 +623,58 @@ class Ventilator:
     def drop_pending(self, keep: int = 0) -> list[Batch]:
         """Remove the queued batches but the first ``keep`` (shutdown with
         cancel_futures keeps those it counts as started)."""
-        queued = [*self.urgent, *self.bulk]
+        queued = [*self.urgent, *self.bulk, *self.placed]
         kept, dropped = queued[:keep], queued[keep:]
-        self.urgent = deque(b for b in kept if b.mode == Mode.CALL)
-        self.bulk = deque(b for b in kept if b.mode != Mode.CALL)
-        return dropped
+        self.urgent = deque(b for b in kept if b.mode == Mode.CALL and b.placing is None)
+        self.bulk = deque(b for b in kept if b.mode != Mode.CALL and b.placing is None)
+        self.placed = deque(b for b in kept if b.placing is not None)
+        pinned = [b for queue in self.pinned.values() for b in queue]
+        self.pinned.clear()
+        return dropped + pinned
+
+    def drop_abandoned(self) -> None:
+        """Drop the queued batches whose owner nobody waits for any more (an
+        initializer's owner always waits)."""
+        self.urgent = deque(b for b in self.urgent if b.owner.alive())
+        self.bulk = deque(b for b in self.bulk if b.owner.alive())
+        for batch in self.placed:
+            if not batch.owner.alive():
+                self.placer.placed(batch.batch_id)
+        self.placed = deque(b for b in self.placed if b.owner.alive())
+        for worker_id, queue in list(self.pinned.items()):
+            self.pinned[worker_id] = deque(b for b in queue if b.owner.alive())
+            if not self.pinned[worker_id]:
+                del self.pinned[worker_id]
+
+    def recycle_abandoned(self) -> list[tuple[bytes, bytes]]:
+        """(worker, node) of each worker running a batch nobody waits for, once:
+        its node is to kill and replace it, as ``task_timeout`` recycles one.  A
+        worker's running batch is the first it holds; what it holds behind that
+        batch runs later, and its results are dropped if abandoned too."""
+        found = []
+        for worker_id, held in self.held.items():
+            if held and worker_id not in self.recycling and worker_id in self.node_of:
+                running = self.in_flight[next(iter(held))][1]
+                if not running.owner.alive():
+                    self.recycling.add(worker_id)
+                    found.append((worker_id, self.node_of[worker_id]))
+        return found
 
     def drop_in_flight(self) -> list[Batch]:
         """Forget every batch sent (the client is closing or lost its nodes)."""
         dropped = [batch for _, batch in self.in_flight.values()]
         self.in_flight.clear()
         self.started.clear()
+        for batch in dropped:
+            self._release(batch.batch_id)
         for worker_id, held in self.held.items():
             self.free[worker_id] += len(held)
             held.clear()
         return dropped
 
     def has_pending(self) -> bool:
-        return any(b.owner.alive() for b in itertools.chain(self.urgent, self.bulk))
+        pinned = (b for queue in self.pinned.values() for b in queue if not b.setup)
+        return any(b.owner.alive() for b in itertools.chain(self.urgent, self.bulk, self.placed, pinned))
 
     def idle(self) -> bool:
         return not (self.in_flight or self.has_pending())

@@ -1,7 +1,9 @@
 """The consistent-hash ring over the live nodes (uhashring).
 
 Built by the client from the heartbeats it receives; names the owner node of
-a key (a cached call's key today).  When one of N nodes joins or leaves only
+a key: a cached call's key, and the keys of ``affinity=`` and ``partition_by=``
+(:mod:`fabric.client.placing`), on a ring built the same way over the nodes
+able to run the call, so "where does key k live" has one answer.  When one of N nodes joins or leaves only
 about 1/N of the keys change owner.  A node sits on the ring by its name, not
 its per-start id, so a node that restarts with the same name owns the keys
 its shard holds again.
@@ -28,15 +30,18 @@ def ring_weight(shard_mib: int) -> int:
 class CacheRing:
     """Live nodes holding a cache shard, on a consistent-hash ring."""
 
-    def __init__(self, replicas: int = 1) -> None:
+    def __init__(self, replicas: int = 1, *, everyone: bool = False) -> None:
+        """``everyone``: nodes whose cache is off sit on the ring too, at the least
+        weight (a ring of keys to place, not only of shards to store in)."""
         self.replicas = replicas
+        self.everyone = everyone
         self._members: dict[str, tuple[bytes, int]] = {}  # ring name -> (node id, weight)
         self._ring: HashRing | None = None
         self._only = b""
 
     def update(self, nodes: Iterable[NodeStats]) -> bool:
         """Follow membership; True when the ring changed."""
-        members = _ring_members([n for n in nodes if n.cache_weight > 0])
+        members = _ring_members([n for n in nodes if self.everyone or n.cache_weight > 0])
         if members == self._members:
             return False
         self._members = members

@@ -26,6 +26,12 @@ from ..wire.protocol import is_endpoint
 MAX_PEERS = 10_000  # peers one heartbeat may name; more is forged (and a heartbeat is capped in bytes too)
 MAX_WORKERS = 4_096  # worker records one heartbeat may carry
 MAX_CLIENT_ID_BYTES = 255  # a ZeroMQ identity's limit
+MAX_RESOURCES = 64  # resource kinds one node may declare
+MAX_TASKS = 4_096  # task names one heartbeat may carry
+MAX_TASK_MODULES = 256
+MAX_NAME_CHARS = 200  # of a resource, task or module name
+MAX_DIGEST_CHARS = 128
+MAX_UNITS = 1 << 31  # of one resource
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,12 @@ class NodeStats:
     peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every member it knows alive: in direct answers only
     version: int = 0  # its heartbeat counter (start time in ms + beats): orders reports about it
     news: tuple[tuple[str, str, int, bool], ...] = ()  # reports it relays: (control, pub, version, alive)
+    log_file: str = ""  # where the node and its workers write (descriptors 1 and 2, and its log)
     per_worker: tuple[WorkerStats, ...] = ()
+    resources: dict[str, int] = field(default_factory=dict)  # what the node declares: {"gpu": 2}
+    tasks: tuple[str, ...] = ()  # names of the tasks its modules define (@fabric.task)
+    task_modules: tuple[tuple[str, str], ...] = ()  # (module, digest of its source) of each task module
+    indices: dict[str, int] = field(default_factory=dict)  # worker id -> its index on the node (0, 1, ...)
     age_s: float = field(default=0.0, compare=False)
 
     def to_info(self) -> dict[str, Any]:
@@ -76,6 +87,8 @@ class NodeStats:
         info["peers"] = [list(p) for p in self.peers]
         info["news"] = [list(n) for n in self.news]
         info["per_worker"] = [list(asdict(w).values()) for w in self.per_worker]
+        info["tasks"] = list(self.tasks)
+        info["task_modules"] = [list(m) for m in self.task_modules]
         del info["age_s"]
         return info
 
@@ -89,6 +102,11 @@ class NodeStats:
             values["peers"] = tuple(map(_peer, _bounded(values.get("peers", []), MAX_PEERS, "peers")))
             values["news"] = tuple(map(_news, _bounded(values.get("news", []), MAX_PEERS, "news")))
             values["per_worker"] = tuple(map(_worker, _bounded(values.get("per_worker", []), MAX_WORKERS, "workers")))
+            values["resources"] = _names_to_ints(values.get("resources", {}), MAX_RESOURCES, MAX_UNITS, "resources")
+            values["indices"] = _names_to_ints(values.get("indices", {}), MAX_WORKERS, MAX_WORKERS, "indices")
+            values["tasks"] = tuple(map(_name, _bounded(values.get("tasks", []), MAX_TASKS, "tasks")))
+            values["task_modules"] = tuple(map(_module, _bounded(values.get("task_modules", []), MAX_TASK_MODULES,
+                                                                 "task modules")))
             stats = cls(**values)
         except (TypeError, KeyError) as exc:
             raise ProtocolError(f"heartbeat info is malformed: {exc}") from None
@@ -119,6 +137,28 @@ def _worker(record: object) -> WorkerStats:
     return WorkerStats(*record)
 
 
+def _name(value: object) -> str:
+    if type(value) is not str or not 0 < len(value) <= MAX_NAME_CHARS:
+        raise TypeError(f"a name is a string of 1 to {MAX_NAME_CHARS} characters, got {value!r:.80}")
+    return value
+
+
+def _module(pair: object) -> tuple[str, str]:
+    if not (type(pair) is list and len(pair) == 2 and type(pair[1]) is str and len(pair[1]) <= MAX_DIGEST_CHARS):
+        raise TypeError(f"a task module is [name, source digest], got {pair!r:.80}")
+    return _name(pair[0]), pair[1]
+
+
+def _names_to_ints(values: object, limit: int, most: int, what: str) -> dict[str, int]:
+    if type(values) is not dict or len(values) > limit:
+        raise TypeError(f"{what}: a map of at most {limit:,} names")
+    for name, units in values.items():
+        if type(units) is not int or not 0 <= units <= most:
+            raise TypeError(f"{what}: {name!r:.40} is not a whole number from 0 to {most:,}")
+        _name(name)
+    return values
+
+
 def _bounded(values: object, limit: int, what: str) -> list[Any]:
     if type(values) is not list or len(values) > limit:
         raise TypeError(f"{what}: a list of at most {limit:,}")
@@ -129,7 +169,7 @@ _WORKER_TYPES = (str, int, int, int, float, bool, bytes, int)
 
 
 def _check_types(stats: NodeStats) -> None:
-    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool}
+    expected = {"node_id": bytes, "name": str, "control": str, "pub": str, "accepting": bool, "log_file": str}
     for name, kind in expected.items():
         if type(getattr(stats, name)) is not kind:
             raise ProtocolError(f"heartbeat field {name} is not {kind.__name__}")

@@ -2,13 +2,16 @@
 
 The client (:mod:`fabric.client.embedded`) writes the node's
 :class:`~fabric.config.NodeSettings` as JSON to this process's stdin; the node
-binds, prints its control endpoint on stdout (the client waits for that line)
-and runs until its owner exits or says SHUTDOWN.  A daemon is started with
+binds, prints its control endpoint on stdout (the client waits for that line),
+points its descriptors 1 and 2 at its log file (its workers' already are), so
+that nothing it writes waits in a pipe, and runs until its owner exits or says
+SHUTDOWN.  A daemon is started with
 ``fabric-node start`` instead (:mod:`fabric.cli`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..config import NodeSettings
@@ -26,6 +29,8 @@ def main() -> int:
         return 2
     node.handle_signals()
     print(node.endpoint, flush=True)
+    for fd in (1, 2):
+        os.dup2(node.log_fd, fd)
     node.run()
     return 0
 

@@ -61,9 +61,16 @@ class WorkerHealth:
                 reason = f"was stopped (hung) for more than {self.stopped_limit_s:.1f} s"
             else:
                 continue
-            self.kill_reasons[worker_id] = reason
+            self.killing(worker_id, reason)
             kills.append(Kill(worker_id, reason))
         return kills
+
+    def killing(self, worker_id: bytes, reason: str) -> bool:
+        """Note that the worker is killed for ``reason`` (False: it is already)."""
+        if worker_id in self.kill_reasons:
+            return False
+        self.kill_reasons[worker_id] = reason
+        return True
 
     def exit_reason(self, worker_id: bytes, exitcode: int) -> str:
         """Why the worker exited (the kill's reason, if it was killed here); forgets it."""

@@ -49,6 +49,7 @@ from dataclasses import replace
 import msgpack
 import zmq
 
+from ..calls.registry import TaskModules, load
 from ..cluster.stats import NodeStats
 from ..config import ConfigError, NodeSettings, is_loopback
 from ..errors import ProtocolError, StoreError
@@ -64,6 +65,8 @@ from ..wire.protocol import (
     Message,
     NodeLeaving,
     PeerHello,
+    Reload,
+    Reloaded,
     from_frames,
     to_frames,
 )
@@ -73,6 +76,7 @@ from .health import Kill
 from .load import Sampler
 from .state import Bound, Greet, Instruction, NodeState, Publish, Send, Spawn, Subscribe, Terminate, Unsubscribe
 from .store import ResultStore
+from .worker import NODE_NAME_ENV, TASK_MODULES_ENV, WORKER_INDEX_ENV
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +144,11 @@ class Node:
         # starts at the same address (a version, compared across processes: not monotonic time).
         bound = Bound(new_id("n"), control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT), int(time.time() * 1000))
         self.state = NodeState(settings, bound)
+        self.state.tasks = self._load_tasks(reload=False)
         cache = settings.cache
         shard = cache.shard_path(settings.name)
+        self.log_path, self.log_fd = processes.open_log(shard.with_suffix(".log"))
+        self.state.log_file = self.log_path
         try:
             self.store = ResultStore(shard, max_entries=cache.max_entries, max_bytes=cache.max_bytes)
         except (StoreError, OSError) as exc:
@@ -154,6 +161,7 @@ class Node:
         self.processes: dict[bytes, subprocess.Popen[bytes]] = {}
         self.sampler = Sampler(self.state.faults)
         self.sentinels: dict[int, bytes] = {}
+        self.reload_asked = False  # SIGHUP arrived
         self.owner_fd = processes.pidfd(settings.owner_pid) if settings.owner_pid else None
         if self.owner_fd is not None:
             self.poller.register(self.owner_fd, zmq.POLLIN)
@@ -182,8 +190,8 @@ class Node:
                     self._send(to, msg)
                 case Publish(msg):
                     self.pub.send_multipart(to_frames(msg), zmq.NOBLOCK)  # a PUB drops rather than blocks
-                case Spawn():
-                    self._spawn_worker()
+                case Spawn() as spawn:
+                    self._spawn_worker(spawn)
                 case Kill(worker_id, _):
                     self.sampler.forget(worker_id)
                     self.processes[worker_id].kill()
@@ -203,23 +211,25 @@ class Node:
         except zmq.ZMQError as exc:  # the peer is gone (ROUTER_MANDATORY): nothing to tell it
             log.debug("node %s: cannot reach %r: %s", self.settings.name, to, exc)
 
-    def _spawn_worker(self) -> None:
-        worker_id = new_id("w")
+    def _spawn_worker(self, spawn: Spawn) -> None:
+        worker_id = spawn.worker_id or new_id("w")
         env = dict(os.environ)
         for key in SINGLE_THREAD_ENV:
             env.setdefault(key, "1")
+        env.update({NODE_NAME_ENV: self.settings.name, WORKER_INDEX_ENV: str(spawn.index),
+                    TASK_MODULES_ENV: ",".join(self.settings.tasks)})
         if self.key is not None:
             env[security.KEY_FILE_ENV] = os.path.abspath(self.key.path)
         cmd = [sys.executable, "-m", "fabric.node.worker", self.endpoint, worker_id.decode(), str(os.getpid()),
                str(self.settings.max_clients)]
         try:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.log_fd, stderr=self.log_fd)
         except OSError as exc:  # EMFILE, EAGAIN, ENOMEM: the machine, not the node, is short
-            self.state.spawn_failed(exc)
+            self.state.spawn_failed(exc, spawn)
             return
         self.processes[worker_id] = proc
         self.sampler.watch(worker_id, proc.pid)
-        self.state.worker_spawned(worker_id, proc.pid)
+        self.state.worker_spawned(worker_id, proc.pid, spawn.index)
         fd = processes.pidfd(proc.pid)
         if fd is not None:
             self.sentinels[fd] = worker_id
@@ -297,9 +307,30 @@ class Node:
                 continue
             self._guarded(f"handling {type(msg).__name__} failed", self._on_message, sender, msg, now)
 
+    def _load_tasks(self, reload: bool) -> TaskModules:
+        """Import the task modules (again); a failure at start is a ConfigError."""
+        try:
+            return load(self.settings.tasks, reload=reload)
+        except Exception as exc:
+            raise ConfigError(f"cannot load the task modules {', '.join(self.settings.tasks)}: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+    def reload(self) -> Reloaded:
+        """Import the task modules again and restart the workers; a module that
+        fails to import leaves everything as it was."""
+        try:
+            tasks = self._load_tasks(reload=True)
+        except ConfigError as exc:
+            log.error("node %s: reload refused: %s", self.settings.name, exc)
+            return Reloaded(False, str(exc))
+        self._perform(self.state.reload(tasks))
+        return Reloaded(True, ", ".join(sorted(tasks.functions)))
+
     def _on_message(self, sender: bytes, msg: Message, now: float) -> None:
         if isinstance(msg, (CacheGet, CachePut, CacheClear)):
             self._on_cache(sender, msg)
+        elif isinstance(msg, Reload):
+            self._send(sender, self.reload())
         else:
             self._perform(self.state.on_message(sender, msg, now))
 
@@ -381,6 +412,9 @@ class Node:
                 if self._owner_gone(events):
                     state.stop("its owner exited")
                     break
+                if self.reload_asked:
+                    self.reload_asked = False
+                    self._guarded("a reload failed", self.reload)
                 # Control before data: a heartbeat due goes out, and peers' heartbeats are read,
                 # before the ROUTER's messages (clients' HELLOs, workers' reports, the cache's
                 # requests) are served, so a busy node is not taken for a silent one.
@@ -418,13 +452,20 @@ class Node:
 
     def handle_signals(self) -> None:
         """SIGTERM stops the node; so does SIGINT, except on an embedded node,
-        whose ctrl-C belongs to the client that owns it."""
+        whose ctrl-C belongs to the client that owns it; SIGHUP reloads a
+        daemon's task modules (``fabric-node reload``)."""
         signal.signal(signal.SIGTERM, self.request_stop)
+        if not self.settings.owner_pid:  # a daemon's SIGHUP reloads its task modules; an embedded node's is its owner's
+            signal.signal(signal.SIGHUP, self.request_reload)
         signal.signal(signal.SIGINT, signal.SIG_IGN if self.settings.owner_pid else self.request_stop)
 
     def request_stop(self, signum: int, _frame: object = None) -> None:
         """The signal handler: the loop stops at its next turn, as for STOP."""
         self.state.stop(signal.Signals(signum).name)
+
+    def request_reload(self, signum: int, _frame: object = None) -> None:
+        """SIGHUP: reload the task modules at the loop's next turn (the poll wakes on the signal)."""
+        self.reload_asked = True
 
     def _stop(self) -> None:
         """Hand back what the workers hold, stop them, close everything; an embedded
@@ -450,6 +491,7 @@ class Node:
         self.pub.setsockopt(zmq.LINGER, LEAVING_LINGER_MS)  # NODE_LEAVING reaches the subscribers
         self._close_sockets()
         self.store.close()
+        os.close(self.log_fd)
         if self.state.faults.counts:
             log.info("node %s: dropped or failed: %s", self.settings.name, self.state.faults.summary())
         if self.settings.owner_dir:

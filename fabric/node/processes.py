@@ -1,5 +1,5 @@
 """Process plumbing shared by node and worker processes: exit sentinels, the
-descriptor limit, logging, and counting what a loop dropped.
+descriptor limit, logging, the node's log file, and counting what a loop dropped.
 
 A pidfd becomes readable when its process exits, so a ``zmq.Poller`` notices a
 death at once, in the same wait as the sockets (Linux >= 5.3).  Elsewhere the
@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 FALLBACK_POLL_S = 0.1
+LOG_MAX_BYTES = 16 << 20  # a node's log larger than this at start is kept as NAME.log.1 and begun afresh
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,23 @@ def raise_fd_limit() -> None:
 def configure_logging(default_level: str = "WARNING") -> None:
     """Log to stderr at ``FABRIC_LOG_LEVEL``; only process entry points call this."""
     logging.basicConfig(level=os.environ.get("FABRIC_LOG_LEVEL", default_level), format=LOG_FORMAT)
+
+
+def open_log(path: Path) -> tuple[str, int]:
+    """Open the node's log for appending (its workers' descriptors 1 and 2 point
+    there, so nothing they write waits in a pipe nobody reads): ``path``, or a
+    file in the temporary directory when that cannot be written, or /dev/null.
+    Returns the path opened and its descriptor."""
+    name = path.name
+    for candidate in (path, Path(tempfile.gettempdir()) / f"fabric-{os.getuid()}-{name}"):
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            if candidate.exists() and candidate.stat().st_size > LOG_MAX_BYTES:
+                candidate.replace(candidate.with_name(candidate.name + ".1"))
+            return str(candidate), os.open(candidate, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning("cannot write the node's log %s: %s", candidate, exc)
+    return os.devnull, os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
 
 class Faults:

@@ -11,7 +11,8 @@ instructions for the loop to perform, in order::
     a spawn that failed (EMFILE...) ──► spawn_failed(): again next beat │   Terminate, Greet, Subscribe
     psutil per worker, when due ──────► check_workers(readings, now)    │
     psutil machine + store, when due ─► beat(load, cache, now)          │
-    start / signal, STOP ─────────────► start(now) / stop(why), leaving()─┘
+    start / signal, STOP ─────────────► start(now) / stop(why), leaving()│
+    RELOAD / SIGHUP (modules loaded) ─► reload(tasks): restart workers ─┘
     the store's backlog ──────────────► entries_to_flush(...) ─► how many cache entries to write now
                                         next_deadline(now, ...) ─► when to wake up at the latest
 
@@ -26,6 +27,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..calls.registry import TaskModules
 from ..cluster.gossip import PUSH_PULL_S, Gossip, News
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats, WorkerStats
@@ -40,6 +42,7 @@ from ..wire.protocol import (
     Message,
     NodeLeaving,
     PeerHello,
+    RecycleWorker,
     Shutdown,
     Status,
     StatusReply,
@@ -100,7 +103,12 @@ class Publish:
 
 @dataclass(frozen=True)
 class Spawn:
-    """Start one worker process."""
+    """Start one worker process with this index on the node (under ``worker_id``:
+    one restarted for a reload keeps its id, so its clients re-queue what it held
+    uncharged when it re-attaches)."""
+
+    index: int
+    worker_id: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,9 @@ Instruction = Send | Publish | Spawn | Kill | Terminate | Greet | Subscribe | Un
 class WorkerRecord:
     worker_id: bytes
     pid: int
+    index: int = 0
     up: bool = False
+    restarting: bool = False  # stopped for a reload: replaced under the same id, its clients not told it was lost
     clients: set[bytes] = field(default_factory=set)
     report: WorkerReport = WorkerReport(0, 0, 0.0, False)
     running: BatchRunning = BatchRunning(b"", 0)  # the acknowledged batch it runs, and whose
@@ -173,8 +183,10 @@ class NodeState:
         self.cache = StoreStats(0, 0, 0, 0, 0)  # as of the last heartbeat
         self.stopping = False
         self.stop_reason = ""  # what stopped the node (a signal's name, STOP), for the log
-        self.spawns_owed = 0  # workers whose spawn failed (out of descriptors...), started again at a beat
+        self.spawns_owed: list[Spawn] = []  # spawns that failed (out of descriptors...), tried again at a beat
+        self.tasks = TaskModules({}, ())  # what the task modules define, as last loaded
         self.faults = Faults(f"node {settings.name}", log)
+        self.log_file = ""  # where the node and its workers write (the loop opens it)
         self.next_beat = self.next_health = 0.0
         self._rate_at = 0.0
         self._rate_done = 0
@@ -186,7 +198,7 @@ class NodeState:
         """Spawn the workers and greet the seeds; a heartbeat and a health check are due at once."""
         self.next_beat = self.next_health = self._rate_at = now
         self.next_push_pull = now + PUSH_PULL_S
-        spawns: list[Instruction] = [Spawn() for _ in range(self.settings.workers)]
+        spawns: list[Instruction] = [Spawn(index) for index in range(self.settings.workers)]
         return spawns + self._greet_seeds()
 
     def stop(self, reason: str) -> None:
@@ -244,6 +256,8 @@ class NodeState:
                 return self.worker_silent(sender, msg.worker_id)
             case NodeLeaving():  # a peer's word on our ROUTER: it may not be watched, or not yet heard
                 return self.peer_left(msg.node_id, now)
+            case RecycleWorker():
+                return self.recycle_worker(sender, msg.worker_id)
             case PeerHello():
                 return [*self.peer_hello(msg, now), Send(sender, self.heartbeat(now, full=True))]
             case Status():
@@ -259,8 +273,8 @@ class NodeState:
 
     # -- workers -------------------------------------------------------------------
 
-    def worker_spawned(self, worker_id: bytes, pid: int) -> None:
-        self.workers[worker_id] = WorkerRecord(worker_id, pid)
+    def worker_spawned(self, worker_id: bytes, pid: int, index: int = 0) -> None:
+        self.workers[worker_id] = WorkerRecord(worker_id, pid, index)
 
     def worker_up(self, worker_id: bytes) -> list[Instruction]:
         record = self.workers.get(worker_id)
@@ -291,14 +305,29 @@ class NodeState:
                     self.settings.name, worker_id.decode(), reason)
         self.lost_done += record.report.done
         self.lost_failed += record.report.failed
+        if record.restarting and not self.stopping:  # its clients see it re-attach, and re-queue what it held
+            return [Spawn(record.index, worker_id)]
         lost = WorkerLost(worker_id, exitcode, reason)
         out: list[Instruction] = [Send(client_id, lost) for client_id in record.clients if client_id in self.clients]
-        return out if self.stopping else [*out, Spawn()]
+        return out if self.stopping else [*out, Spawn(record.index)]
 
-    def spawn_failed(self, exc: OSError) -> None:
+    def reload(self, tasks: TaskModules) -> list[Instruction]:
+        """The task modules were imported again: restart every worker between
+        batches (a worker reads SHUTDOWN only between two batches) under its own
+        id, so nothing in flight is lost or charged to its task."""
+        self.tasks = tasks
+        log.info("node %s: task modules reloaded (%s); restarting the workers", self.settings.name,
+                 ", ".join(sorted(tasks.functions)) or "no tasks")
+        out: list[Instruction] = []
+        for record in self.workers.values():
+            record.restarting = True
+            out.append(Send(record.worker_id, Shutdown()) if record.up else Terminate(record.worker_id))
+        return out
+
+    def spawn_failed(self, exc: OSError, spawn: Spawn) -> None:
         """A worker could not be started (no descriptor or process left): try again
         at the next heartbeat rather than stop the node."""
-        self.spawns_owed += 1
+        self.spawns_owed.append(spawn)
         self.faults.record("a worker could not be started (retried at the next heartbeat)", exc)
 
     def worker_silent(self, client_id: bytes, worker_id: bytes) -> list[Instruction]:
@@ -310,6 +339,18 @@ class NodeState:
         log.info("node %s: worker %s silent towards client %r; attached afresh", self.settings.name,
                  worker_id.decode(errors="replace"), client_id)
         return [self._attach(record, client.hello)]
+
+    def recycle_worker(self, client_id: bytes, worker_id: bytes) -> list[Instruction]:
+        """A client abandoned the work one of our workers runs for it (a
+        KeyboardInterrupt): kill the worker, as ``task_timeout`` recycles one, and
+        start another.  Only a client the worker serves may ask."""
+        record = self.workers.get(worker_id)
+        if record is None or client_id not in self.clients or client_id not in record.clients:
+            return []
+        reason = "was recycled: its client interrupted the call it was running"
+        if not self.health.killing(worker_id, reason):
+            return []
+        return [Kill(worker_id, reason)]
 
     def health_due(self, now: float) -> bool:
         return now >= self.next_health
@@ -323,7 +364,7 @@ class NodeState:
         record.clients.add(hello.client_id)
         attach = Attach(
             hello.client_id, hello.ventilator, hello.sink, self.settings.prefetch, self.bound.node_id,
-            hello.max_message_bytes,
+            hello.max_message_bytes, hello.forward_output,
         )
         return Send(record.worker_id, attach)
 
@@ -394,8 +435,8 @@ class NodeState:
         if self.gossip.purge(now):
             self.ids = {node_id: c for node_id, c in self.ids.items() if c in self.gossip.members}
         out += self._gossip_greetings(now)
-        out += [Spawn() for _ in range(self.spawns_owed)]
-        self.spawns_owed = 0
+        out += self.spawns_owed
+        self.spawns_owed = []
         out += self._rewatch()
         self.beats += 1
         out.append(Publish(Heartbeat(self.bound.node_id, self.stats(news=self.gossip.outgoing()).to_info())))
@@ -500,6 +541,11 @@ class NodeState:
             peers=tuple(self.gossip.alive()) if full else (),
             version=bound.generation_ms + self.beats,
             news=tuple(self.gossip.pending() if news is None else news),
+            log_file=self.log_file,
+            resources=dict(s.resources),
+            tasks=tuple(sorted(self.tasks.functions)),
+            task_modules=self.tasks.digests,
+            indices={r.worker_id.decode(): r.index for r in self.workers.values()},
             per_worker=tuple(
                 WorkerStats(r.worker_id.decode(), r.pid, rep.done, rep.failed, rep.busy_s, rep.running,
                             r.running.client_id, r.running.batch_id)

@@ -4,7 +4,8 @@ One single-threaded process per core, spawned and watched by a node::
 
     node ROUTER  <-- control DEALER --  worker  (WORKER_UP; ATTACH / DETACH / SHUTDOWN)
     client ventilator ROUTER <-- DEALER --  (READY credits; TASK_BATCH in)
-    client sink ROUTER       <-- DEALER --  (BATCH_STARTED when asked; RESULT_BATCH out, one per batch)
+    client sink ROUTER       <-- DEALER --  (BATCH_STARTED when asked; BATCH_OUTPUT when its tasks printed;
+                                             RESULT_BATCH out, one per batch)
 
 Each READY credit lets the client's ventilator send one batch; every result
 returns the credit implicitly, so the worker holds at most ``credits`` batches
@@ -14,7 +15,9 @@ batch whose function this link never received (the worker re-attached since
 it was shipped) is answered with FUNCTION_MISSING, and the client resends it
 with the function.  The items of a batch run in a C-level loop
 (``list.extend(map(fn, items))``); an exception only breaks out to record it
-and the loop resumes at the next item.
+and the loop resumes at the next item.  What the tasks print goes back to
+clients that forward output (:mod:`fabric.node.output`); the worker's own
+descriptors are its node's log file.
 
 A control message that does not parse or whose handling raises is counted (the
 first of each kind logged) and the worker carries on: an ATTACH whose sockets
@@ -37,12 +40,13 @@ from typing import Any, Protocol
 
 import zmq
 
+from ..calls import context, guard, registry, setup
 from ..errors import ProtocolError, SerializationError
-from ..task import guard
 from ..wire import codec, security
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,
     Attach,
+    BatchOutput,
     BatchRunning,
     BatchStarted,
     Detach,
@@ -61,12 +65,16 @@ from ..wire.protocol import (
 )
 from ..wire.security import ClusterKey
 from . import processes
+from .output import OutputCapture
 
 log = logging.getLogger(__name__)
 
 BATCH_ERROR = -1  # error index meaning "every item of the batch"
 REPORT_INTERVAL_S = 0.25  # counters go to the node at most this often
 HINTED_RESULTS = 64  # batches of at most this many results are sized before they are encoded
+NODE_NAME_ENV = "FABRIC_NODE_NAME"  # what the node tells each worker it spawns: current_worker()'s fields
+WORKER_INDEX_ENV = "FABRIC_WORKER_INDEX"
+TASK_MODULES_ENV = "FABRIC_TASK_MODULES"  # comma-separated task modules to import (@fabric.task)
 
 
 @dataclass
@@ -76,6 +84,7 @@ class ClientLink:
     ventilator: zmq.Socket
     sink: zmq.Socket
     max_message_bytes: int
+    forward_output: bool = True
     functions: dict[bytes, Callable[..., Any]] = field(default_factory=dict)
     encoders: dict[bytes, codec.PayloadEncoder] = field(default_factory=dict)
 
@@ -94,9 +103,11 @@ class LinkState(Protocol):
     max_message_bytes: int
 
 
-def apply(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[list[Any], list[codec.ErrorRecord]]:
-    """Run ``fn`` over ``items``; an item that raises gets None and an error record."""
-    results: list[Any] = []
+def apply(
+    fn: Callable[..., Any], mode: int, items: list[Any], results: list[Any] | None = None,
+) -> tuple[list[Any], list[codec.ErrorRecord]]:
+    """Run ``fn`` over ``items`` into ``results``; an item that raises gets None and an error record."""
+    results = [] if results is None else results
     errors: list[codec.ErrorRecord] = []
     calls = map(fn, items) if mode == Mode.MAP else itertools.starmap(fn, items)
     while True:
@@ -131,25 +142,29 @@ def _reraise(exc: BaseException) -> None:
     raise exc
 
 
-def run_batch(link: LinkState, batch: TaskBatch) -> ResultBatch:
-    """Decode, run and encode one batch; nothing here raises."""
+def run_batch(link: LinkState, batch: TaskBatch, capture: OutputCapture | None = None) -> ResultBatch:
+    """Decode, run and encode one batch, what its tasks print going to ``capture``
+    if given (unpickling the function may print too); nothing here raises."""
     started = time.perf_counter()
     frames = list(batch.payload)
+    results: list[Any] = []
+    if capture is not None:
+        capture.begin(results)
     try:
         fn = _function(link, batch, frames)
     except Exception as exc:
         return _batch_failed(batch, exc, started)
     if batch.mode == Mode.CALL:
-        results, errors = apply(_invoke, Mode.STARMAP, _calls(fn, batch, frames))
+        results, errors = apply(_invoke, Mode.STARMAP, _calls(fn, batch, frames), results)
     else:
         try:
             items = codec.decode(batch.codec, frames)
         except SerializationError as exc:
             return _batch_failed(batch, exc, started)
         if batch.mode == Mode.FOLD:  # one call over the whole batch, one result
-            results, errors = apply(fn, Mode.MAP, [items])
+            results, errors = apply(fn, Mode.MAP, [items], results)
         else:
-            results, errors = apply(fn, batch.mode, items)
+            results, errors = apply(fn, batch.mode, items, results)
     encoder = link.encoders.setdefault(batch.digest, codec.PayloadEncoder())
     result_codec, payload = _encode_results(encoder, results, errors, link.max_message_bytes)
     return ResultBatch(batch.batch_id, result_codec, errors, time.perf_counter() - started, payload)
@@ -157,7 +172,7 @@ def run_batch(link: LinkState, batch: TaskBatch) -> ResultBatch:
 
 def _function(link: LinkState, batch: TaskBatch, frames: list[Any]) -> Callable[..., Any]:
     if batch.has_fn:
-        link.functions[batch.digest] = codec.loads_function(frames.pop(0))
+        link.functions[batch.digest] = setup.with_setup_globals(codec.loads_function(frames.pop(0)))
     return link.functions[batch.digest]
 
 
@@ -218,12 +233,15 @@ class Worker:
     """The worker's run loop: owns the control socket and one link per client."""
 
     def __init__(self, node_endpoint: str, worker_id: bytes, parent_pid: int, key: ClusterKey | None = None,
-                 max_clients: int = MAX_CLIENTS_CAP) -> None:
+                 max_clients: int = MAX_CLIENTS_CAP, tasks: dict[bytes, Callable[..., Any]] | None = None) -> None:
         self.worker_id = worker_id
+        self.tasks = tasks or {}  # the node's tasks by the digest a client calls them with
         self.parent_pid = parent_pid
         self.key = key
         self.max_clients = max_clients
         self.faults = processes.Faults(f"worker {worker_id.decode()}", log)
+        self.output = OutputCapture()
+        self.output.install()
         self.context = zmq.Context()
         self.control = self._socket(zmq.DEALER)
         self.control.connect(node_endpoint)
@@ -310,7 +328,7 @@ class Worker:
                 sock.close(linger=0)
             raise
         ventilator, sink = made
-        link = ClientLink(ventilator, sink, msg.max_message_bytes)
+        link = ClientLink(ventilator, sink, msg.max_message_bytes, msg.forward_output, dict(self.tasks))
         link.sink.setsockopt(zmq.LINGER, 500)
         link.ventilator.send_multipart(to_frames(Ready(msg.credits, msg.node_id)))
         self.poller.register(link.ventilator, zmq.POLLIN)
@@ -341,7 +359,13 @@ class Worker:
         if batch.ack:  # a long or unmeasured batch: the client knows it runs, however long, while our node says so
             send_frames(link.sink, to_frames(BatchStarted(batch.batch_id)))
             self.control.send_multipart(to_frames(BatchRunning(client_id, batch.batch_id)))
-        result = run_batch(link, batch)
+        capture = self.output if link.forward_output else None
+        try:
+            result = run_batch(link, batch, capture)
+        finally:
+            records = self.output.end() if capture is not None else None
+        if records:  # on the same socket, so it arrives just before the result
+            send_frames(link.sink, to_frames(BatchOutput(batch.batch_id, records)))
         send_frames(link.sink, to_frames(result), copy=False)
         if batch.ack:  # the node stops vouching for it: a result lost on the way is then taken back
             self.control.send_multipart(to_frames(BatchRunning(b"", 0)))
@@ -382,7 +406,19 @@ def main(argv: list[str] | None = None) -> None:
     processes.configure_logging()
     processes.raise_fd_limit()
     key = ClusterKey.find(None)
-    Worker(node_endpoint, worker_id.encode(), int(parent_pid), key, max_clients).run()
+    context.enter_worker(context.WorkerInfo(os.environ.get(NODE_NAME_ENV, ""),
+                                            int(os.environ.get(WORKER_INDEX_ENV, "0")), os.getpid(), worker_id))
+    Worker(node_endpoint, worker_id.encode(), int(parent_pid), key, max_clients, _tasks()).run()
+
+
+def _tasks() -> dict[bytes, Callable[..., Any]]:
+    """The node's task modules, imported here; one that fails is logged and offers nothing."""
+    modules = [m for m in os.environ.get(TASK_MODULES_ENV, "").split(",") if m]
+    try:
+        return registry.load(modules).registry()
+    except Exception:
+        log.exception("worker: the task modules %s failed to import; this worker runs no task by name", modules)
+        return {}
 
 
 if __name__ == "__main__":

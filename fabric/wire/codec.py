@@ -19,7 +19,9 @@ decodes result batches, the worker does the opposite.  Headers never come here
 from __future__ import annotations
 
 import io
+import linecache
 import pickle
+import re
 import time
 import traceback
 from collections import ChainMap
@@ -229,5 +231,28 @@ def rebuild_error(record: ErrorRecord) -> BaseException:
             exc = None
     if not isinstance(exc, BaseException):
         exc = RemoteError(name, message)
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.__cause__ = RemoteTraceback(with_local_source(tb))
     return exc
+
+
+_FRAME_LINE = re.compile(r'  File "(?P<file>[^"\n]+)", line (?P<line>\d+), in [^\n]*\n')
+
+
+def with_local_source(tb: str) -> str:
+    """A remote traceback with the source lines the worker could not show filled
+    in from this process: a function defined in a notebook cell or a script that
+    only the caller has (IPython registers cells with :mod:`linecache`; a worker
+    on another machine lacks the script) is shown with its lines, as locally."""
+    out: list[str] = []
+    position = 0
+    for match in _FRAME_LINE.finditer(tb):
+        end = match.end()
+        out.append(tb[position:end])
+        position = end
+        if tb.startswith("    ", end):  # the worker showed the line
+            continue
+        source = linecache.getline(match["file"], int(match["line"])).strip()
+        if source:
+            out.append(f"    {source}\n")
+    out.append(tb[position:])
+    return "".join(out)

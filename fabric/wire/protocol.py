@@ -8,8 +8,8 @@ A message is one ZeroMQ multipart message (after any ROUTER routing-id frame)::
 
 Control plane (client <-> node, worker <-> node, node <-> node, on the node's ROUTER)::
 
-    HELLO        client -> node     client_id, ventilator endpoint, sink endpoint, size cap;
-                                    re-sent every heartbeat interval as the client's heartbeat
+    HELLO        client -> node     client_id, ventilator endpoint, sink endpoint, size cap, forward
+                                    output; re-sent every heartbeat interval as the client's heartbeat
     GOODBYE      client -> node     client_id
     PEER_HELLO   node   -> node     node_id, control endpoint, heartbeat endpoint
     HEARTBEAT    node   -> anyone   node_id, info map (see fabric.cluster.stats.NodeStats): the
@@ -23,14 +23,20 @@ Control plane (client <-> node, worker <-> node, node <-> node, on the node's RO
     BATCH_RUNNING worker -> node    client_id, batch_id: the acknowledged batch the worker starts,
                                     or (b"", 0) when it is done; the node's heartbeat lists it, so a
                                     client exempts a long batch from liveness only while it runs
-    ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id, size cap
+    ATTACH       node   -> worker   client_id, ventilator, sink, credits, node_id, size cap, forward
+                                    output (capture what the client's tasks print, or leave it in the log)
     DETACH       node   -> worker   client_id
     WORKER_LOST  node   -> client   worker_id, exit code, reason
     WORKER_SILENT client -> node    worker_id: the worker went silent on this client's data plane
                                     while holding work, which went elsewhere; the node attaches it
                                     to the client afresh (new link, new READY)
+    RECYCLE_WORKER client -> node   worker_id: the worker runs work its client abandoned (a
+                                    KeyboardInterrupt); the node kills and replaces it
     SHUTDOWN     node   -> worker / client -> embedded node
     STOP         anyone -> node     stop as on SIGTERM (``fabric-node stop``); answered with NODE_LEAVING
+    RELOAD       anyone -> node     import the task modules again and restart the workers between
+                                    batches (``fabric-node reload``, as SIGHUP)
+    RELOADED     node   -> asker    ok, what was loaded or why not
 
 Result cache (client <-> the key's owner node, see fabric.client.cache)::
 
@@ -49,6 +55,8 @@ Data plane (worker <-> client, never through the node)::
                                         counts, has_fn, items, ack | [fn] + item payload frames
     BATCH_STARTED worker -> sink        batch_id: the worker starts the batch (sent when the
                                         batch asked for it with ``ack``: a long or unmeasured one)
+    BATCH_OUTPUT worker -> sink         batch_id, records [task index, stream, text]: what the batch's
+                                        tasks printed, sent just before its RESULT_BATCH, only if any
     RESULT_BATCH worker -> sink         batch_id, codec, errors, elapsed_s | result frames
     FUNCTION_MISSING worker -> sink     batch_id: the batch came without its function, which
                                         this worker does not have (it re-attached since the
@@ -115,6 +123,10 @@ class Kind(enum.IntEnum):
     WORKER_SILENT = 29
     CACHE_STORED = 33
     BATCH_RUNNING = 38
+    BATCH_OUTPUT = 40
+    RECYCLE_WORKER = 41
+    RELOAD = 65
+    RELOADED = 66
 
 
 class Mode(enum.IntEnum):
@@ -123,7 +135,7 @@ class Mode(enum.IntEnum):
     MAP = 0  # fn(item); the batch payload is one list of items
     STARMAP = 1  # fn(*item); the batch payload is one list of argument tuples
     CALL = 2  # fn(*args, **kwargs); one payload per item, holding (args, kwargs)
-    FOLD = 3  # fn(items) once: the batch's one result (fabric.task.fold.Fold); the payload as MAP's
+    FOLD = 3  # fn(items) once: the batch's one result (fabric.calls.fold.Fold); the payload as MAP's
 
 
 _MODES = frozenset(Mode)
@@ -181,6 +193,18 @@ def _is_error_list(value: list[Any]) -> bool:
     )
 
 
+MAX_OUTPUT_RECORDS = 1 << 20  # a batch's output is bounded in characters on the worker; records too
+
+
+def _is_output_list(value: list[Any]) -> bool:
+    """Output records are [task index >= 0, stream (1 stdout, 2 stderr), text]."""
+    return len(value) <= MAX_OUTPUT_RECORDS and all(
+        type(r) is list and len(r) == 3 and type(r[0]) is int and r[0] >= 0 and type(r[1]) is int and r[1] in (1, 2)
+        and type(r[2]) is str
+        for r in value
+    )
+
+
 def _is_str_map(value: dict[Any, Any]) -> bool:
     return all(type(k) is str for k in value)
 
@@ -211,11 +235,12 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     KIND = Kind.HELLO
-    CHECKS = (bytes, (str, is_endpoint), (str, is_endpoint), (int, _is_size_cap))
+    CHECKS = (bytes, (str, is_endpoint), (str, is_endpoint), (int, _is_size_cap), bool)
     client_id: bytes
     ventilator: str
     sink: str
     max_message_bytes: int
+    forward_output: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,13 +316,14 @@ class WorkerUp(Message):
 @dataclass(frozen=True, slots=True)
 class Attach(Message):
     KIND = Kind.ATTACH
-    CHECKS = (bytes, (str, is_endpoint), (str, is_endpoint), (int, _is_credits), bytes, (int, _is_size_cap))
+    CHECKS = (bytes, (str, is_endpoint), (str, is_endpoint), (int, _is_credits), bytes, (int, _is_size_cap), bool)
     client_id: bytes
     ventilator: str
     sink: str
     credits: int
     node_id: bytes
     max_message_bytes: int
+    forward_output: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +343,13 @@ class WorkerLost(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class RecycleWorker(Message):
+    KIND = Kind.RECYCLE_WORKER
+    CHECKS = (bytes,)
+    worker_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown(Message):
     KIND = Kind.SHUTDOWN
     CHECKS = ()
@@ -326,6 +359,20 @@ class Shutdown(Message):
 class Stop(Message):
     KIND = Kind.STOP
     CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reload(Message):
+    KIND = Kind.RELOAD
+    CHECKS = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded(Message):
+    KIND = Kind.RELOADED
+    CHECKS = (bool, str)
+    ok: bool
+    detail: str  # the tasks now defined, or why the modules did not load
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +414,14 @@ class WorkerSilent(Message):
     KIND = Kind.WORKER_SILENT
     CHECKS = (bytes,)
     worker_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutput(Message):
+    KIND = Kind.BATCH_OUTPUT
+    CHECKS = (int, (list, _is_output_list))
+    batch_id: int
+    records: list[list[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +505,8 @@ _BY_KIND: dict[int, type[Message]] = {
     for cls in (
         Hello, Heartbeat, Goodbye, WorkerUp, Attach, Detach, WorkerLost, Shutdown, Ready, TaskBatch, ResultBatch,
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
-        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored, BatchRunning,
+        CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored, BatchRunning, BatchOutput,
+        RecycleWorker, Reload, Reloaded,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

@@ -143,3 +143,18 @@ def test_a_killed_worker_is_replaced(fresh_fx):
     assert gone(victim)
     assert before - {victim} < after
     assert_serves_with_every_worker(fresh_fx)
+
+
+def crash_once_keyed(x: int, marker: str) -> list[tuple[int, int]]:
+    return [(x % 31, crash_once(x, at=2500, how="sigkill", marker=marker))]
+
+
+def test_a_worker_that_dies_mid_fold_by_key_loses_and_duplicates_no_item(fresh_fx, tmp_path):
+    """With by_key=True a lost batch's partials die with it and its halves are re-run:
+    each item is counted in exactly one partial."""
+    marker = tmp_path / "crashed"
+    task = functools.partial(crash_once_keyed, marker=str(marker))
+    totals = fresh_fx.map_reduce(task, operator.add, range(5000), by_key=True, chunksize=200)
+    assert marker.exists(), "the task never crashed its worker"
+    assert totals == {r: sum(x * x for x in range(r, 5000, 31)) for r in range(31)}
+    assert_serves_with_every_worker(fresh_fx)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -49,10 +48,4 @@ def test_cluster_run_spreads_over_both_nodes(two_node_cluster, tmp_path):
     assert set(ran) == {"alpha", "beta"} and sum(ran.values()) >= 20000 and min(ran.values()) > 0, out
 
 
-def test_the_notebook_runs_top_to_bottom(tmp_path):
-    # Its code cells, in order, in one interpreter's __main__, as a notebook kernel runs them.
-    notebook = json.loads((EXAMPLES / "experiment.ipynb").read_text())
-    code = "\n\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")
-    out = run(["-c", code], tmp_path)
-    assert out.splitlines()[:2] == ["999999 2000000 True", "True"]  # the rebound global, then the new code
-    assert "hits 200, misses 200" in out
+# The notebooks run in a real Jupyter kernel: tests/integration/test_notebooks.py.

@@ -89,7 +89,7 @@ def nothing_installed(monkeypatch):
 
 
 def test_fabric_goes_by_reference_even_from_a_source_tree(nothing_installed):
-    import fabric.task.guard
+    import fabric.calls.guard
 
-    assert not pickled_by_value(fabric.task.guard.Guarded)
+    assert not pickled_by_value(fabric.calls.guard.Guarded)
     assert pickled_by_value(digest_in_a_new_process)  # this test module, likewise not installed, is the user's

@@ -245,3 +245,44 @@ def test_a_one_way_loss_from_a_hosts_workers_to_the_client_does_not_stall_a_map(
     assert_each_result_once(result, n)
     assert dropped_packets(hosts) > 0  # the rule was in place, and hit, until the map ended
     assert "host2" in result["done"]  # its node was never declared dead: liveness, not node loss, undid the stall
+
+
+BY_KEY_CLIENT = textwrap.dedent(
+    """
+    import json, operator, sys, time
+    from collections import Counter
+    import fabric
+    from helpers import spin_square
+
+    def word_pairs(line):
+        return ((word, 1) for word in line.split())
+
+    seed = sys.argv[1]
+    lines = [" ".join(f"w{(i * k) % 5003}" for k in range(1, 11)) for i in range(30_000)]
+    with fabric.connect(seed, insecure=True, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
+        deadline = time.monotonic() + 30
+        while fx.workers() < 2 and time.monotonic() < deadline:
+            fabric.wait([fx.submit(spin_square, 0)], timeout=0.2)
+        counts = fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=500)
+        expected = Counter(word for line in lines for word in line.split())
+        deadline = time.monotonic() + 10  # the nodes' counters come with their heartbeats: poll them
+        while sum(node.done for node in fx.nodes()) < len(lines) and time.monotonic() < deadline:
+            fabric.wait([fx.submit(spin_square, 0)], timeout=0.1)
+        print(json.dumps({"exact": counts == dict(expected), "keys": len(counts), "workers": fx.workers(),
+                          "done": {node.name: node.done for node in fx.nodes()}}))
+    """
+)
+
+
+def test_a_word_count_by_key_across_two_hosts(hosts, nodes, tmp_path):
+    script = tmp_path / "by_key_client.py"
+    script.write_text(BY_KEY_CLIENT)
+    client = hosts.exec(0, sys.executable, str(script), f"tcp://{hosts.address(1)}:{NODE_PORT}", stdout=subprocess.PIPE)
+    try:
+        out, _ = client.communicate(timeout=100)
+    finally:
+        client.kill()
+    assert client.returncode == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["exact"] and result["keys"] == 5003 and result["workers"] == 2
+    assert all(done > 0 for done in result["done"].values()) and len(result["done"]) == 2

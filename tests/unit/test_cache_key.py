@@ -10,9 +10,9 @@ import threading
 import pytest
 from notebook_cells import cell
 
+from fabric.calls.guard import Guarded
 from fabric.client.cache_key import MAX_DEPTH, call_key, function_digest, item_keys
 from fabric.errors import CacheKeyError
-from fabric.task.guard import Guarded
 
 BASE = "K = 3\ndef helper(x):\n    return x + K\ndef f(x, scale=2):\n    return helper(x) * scale\n"
 

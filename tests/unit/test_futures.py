@@ -7,7 +7,8 @@ import threading
 import pytest
 from helpers import wait_for
 
-from fabric.client.futures import CONDITION_STRIPES, Future
+from fabric.client.futures import CONDITION_STRIPES, Future, on_interrupt
+from fabric.client.output import Printed
 
 
 def test_has_the_fields_of_a_concurrent_future():
@@ -84,3 +85,34 @@ def test_wait_and_as_completed_accept_them():
     done, not_done = concurrent.futures.wait(futures, timeout=5)
     assert done == set(futures) and not not_done
     assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=5)) == [0, 1, 2]
+
+
+def test_ctrl_c_while_waiting_cancels_the_running_future_and_tells_the_fabrics():
+    class Loop:
+        told = 0
+
+        def interrupted(self):
+            self.told += 1
+
+    loop = Loop()
+    on_interrupt(loop)
+    future = Future("task")
+    future.set_running_or_notify_cancel()
+    done = []
+    future.add_done_callback(done.append)
+    future._condition = threading.Condition()  # its own, to interrupt only this wait
+    future._condition.wait_for = lambda *args: (_ for _ in ()).throw(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        future.result()
+    assert future.cancelled() and done == [future] and loop.told == 1
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result()
+
+
+def test_what_a_task_printed_is_shown_once_by_whoever_reads_its_outcome(capsys):
+    future = Future("task")
+    future._printed = Printed("(n:w1)", [[0, 1, "hi\n"]])
+    future.set_running_or_notify_cancel()
+    future.set_result(3)
+    assert future.exception() is None and future.result() == 3
+    assert capsys.readouterr().out == "(n:w1) hi\n"

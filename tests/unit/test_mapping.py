@@ -164,3 +164,93 @@ def test_array_results_are_released_without_comparing_them():
     rows = [np.arange(3), np.arange(3)]
     handed = list(releasing(list(rows), [Part(0, 2, codec.PICKLE, [b"x" * 300])]))
     assert [r.tolist() for r in handed] == [[0, 1, 2], [0, 1, 2]]
+
+
+class CountingBar:
+    """A bar as tqdm's interface: records each update."""
+
+    def __init__(self):
+        self.updates, self.closed = [], False
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def close(self):
+        self.closed = True
+
+
+def answering_stream(n, chunksize, bar=None, mode=Mode.MAP):
+    """A stream whose batches are answered at once (each item doubled, or summed for a fold)."""
+    stream = None
+
+    def answer(batch):
+        items = codec.decode(batch.codec, batch.payload)
+        results = [sum(items)] if mode == Mode.FOLD else [2 * x for x in items]
+        stream.deliver(batch, codec.PICKLE, codec.pickle_frames(results), [])
+
+    stream = MapStream((b"digest", b"fn"), mode, sliced_input(range(n)), post=answer, capacity=lambda: 1000,
+                       sizer=BatchSizer(chunksize), ordered=True, deadline=None, bar=bar)
+    stream.start()
+    return stream
+
+
+def test_a_bar_moves_once_per_chunk_by_its_items_and_closes_at_the_end():
+    bar = CountingBar()
+    assert list(answering_stream(1000, 100, bar).results()) == [2 * x for x in range(1000)]
+    assert bar.updates == [100] * 10 and bar.closed
+
+
+def test_a_fold_moves_its_bar_by_the_items_folded_not_the_partials():
+    bar = CountingBar()
+    assert sum(answering_stream(1000, 250, bar, Mode.FOLD).results()) == sum(range(1000))
+    assert bar.updates == [250] * 4 and bar.closed
+
+
+def test_a_stream_says_when_its_next_chunk_is_ready_and_wakes_a_waiter_once():
+    batches = []
+    stream = map_stream(Mode.MAP, range(200), batches.append, BatchSizer(100))
+    stream.start()
+    woken = []
+    assert not stream.wake_when_ready(lambda: woken.append("first"))
+    stream.deliver(batches[1], codec.PICKLE, codec.pickle_frames([0] * 100), [])  # not the next in order
+    assert woken == ["first"] and not stream.wake_when_ready(lambda: woken.append("second"))
+    stream.deliver(batches[0], codec.PICKLE, codec.pickle_frames([1] * 100), [])
+    assert woken == ["first", "second"] and stream.wake_when_ready(woken.append)
+    results = stream.results()
+    assert next(results) == 1 and stream.taken() == 1 and stream.last_taken == 100
+    stream.close()
+    assert stream.wake_when_ready(woken.append)  # closed: nothing left to wait for
+    assert woken == ["first", "second"]
+
+
+def test_a_stream_past_its_deadline_is_ready_to_raise(clock):
+    stream = MapStream((b"digest", b"fn"), Mode.MAP, sliced_input(range(10)), post=lambda batch: None,
+                       capacity=lambda: 1, sizer=BatchSizer(10), ordered=True, deadline=clock.now + 1.0)
+    stream.start()
+    assert not stream.wake_when_ready(lambda: None) and stream.time_left() == pytest.approx(1.0)
+    clock.now += 1.5
+    assert stream.wake_when_ready(lambda: None) and stream.time_left() == 0.0
+    with pytest.raises(TimeoutError):
+        next(stream.results())
+
+
+def test_ctrl_c_in_the_map_call_or_its_wait_stops_the_map_and_says_so():
+    calls = []
+
+    def post(batch):
+        if len(calls) == 2:  # the caller's thread is interrupted while it posts the first window
+            raise KeyboardInterrupt
+        calls.append(batch)
+
+    stream = MapStream((b"digest", b"fn"), Mode.MAP, range(100), post=post, capacity=lambda: 4,
+                       sizer=BatchSizer(10), ordered=True, deadline=None, interrupted=lambda: calls.append("stop"))
+    with pytest.raises(KeyboardInterrupt):
+        stream.start()
+    assert calls[-1] == "stop" and not stream.alive()
+
+    waiting = MapStream((b"digest", b"fn"), Mode.MAP, range(100), post=lambda batch: None, capacity=lambda: 4,
+                        sizer=BatchSizer(10), ordered=True, deadline=None, interrupted=lambda: calls.append("again"))
+    waiting._cond.wait = lambda *args: (_ for _ in ()).throw(KeyboardInterrupt())  # what ctrl-C does to the wait
+    with pytest.raises(KeyboardInterrupt):
+        next(waiting.results())
+    assert calls[-1] == "again" and not waiting.alive()

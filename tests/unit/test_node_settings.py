@@ -126,3 +126,34 @@ def test_the_command_line_wins_over_the_cluster_file(tmp_path):
     bad = cli.build_parser().parse_args(["start", "--config", str(path), "--name", "a", "--heartbeat-interval", "3"])
     with pytest.raises(ConfigError, match="liveness_s: must exceed heartbeat_interval_s"):  # 2.0 from the file
         cli.node_settings(bad)
+
+
+def test_resources_and_task_modules_from_every_source(tmp_path):
+    node = {"name": "a", "address": "tcp://127.0.0.1:7100", "resources": {"licence": 1, "gpu": 2},
+            "tasks": ["mypkg.jobs"]}
+    from_file = parse_config({"node": [node]}, "cluster.toml").node("a")
+    assert (from_file.resources, from_file.tasks) == ((("gpu", 2), ("licence", 1)), ("mypkg.jobs",))
+    args = cli.build_parser().parse_args(["start", "--resources", "gpu=2, licence=1", "--tasks", "mypkg.jobs",
+                                          "--tasks", "other.tasks,third"])
+    flags = cli.node_settings(args)
+    assert flags.resources == from_file.resources and flags.tasks == ("mypkg.jobs", "other.tasks", "third")
+    assert NodeSettings.from_json(flags.to_json(), "stdin") == flags
+
+
+@pytest.mark.parametrize(("node", "why"), [
+    ({"resources": {"gpu": -1}}, "resources.gpu: a whole number"),
+    ({"resources": {"gpu": "two"}}, "resources.gpu: a whole number"),
+    ({"resources": {"x" * 201: 1}}, "resources: a name of 1 to 200"),
+    ({"tasks": ["not a module"]}, "is not a module name"),
+    ({"tasks": "mypkg.jobs"}, "expected a list"),
+])
+def test_bad_resources_or_task_modules_are_refused(node, why):
+    with pytest.raises(ConfigError, match=why):
+        parse_config({"node": [{"name": "a", "address": "tcp://127.0.0.1:7100", **node}]}, "cluster.toml")
+
+
+@pytest.mark.parametrize("flag", ["gpu", "gpu=x", "gpu=-1"])
+def test_a_bad_resources_flag_is_one_line(flag, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["start", "--resources", flag])
+    assert capsys.readouterr().err.startswith("fabric-node: error: --resources: ")

@@ -31,6 +31,7 @@ from fabric.wire.protocol import (
     Hello,
     NodeLeaving,
     PeerHello,
+    RecycleWorker,
     Shutdown,
     Status,
     StatusReply,
@@ -61,7 +62,7 @@ def node_with_worker(**settings):
 
 def test_start_spawns_the_workers_and_greets_the_seeds_but_itself():
     state = node(seeds=("tcp://b:1", BOUND.control, "tcp://c:1"))
-    assert state.start(now=5.0) == [Spawn(), Spawn(), Greet("tcp://b:1"), Greet("tcp://c:1")]
+    assert state.start(now=5.0) == [Spawn(0), Spawn(1), Greet("tcp://b:1"), Greet("tcp://c:1")]
     assert state.health_due(5.0) and state.beat_due(5.0)  # both at once
 
 
@@ -89,7 +90,7 @@ def test_a_dead_worker_is_reported_to_its_clients_and_replaced():
     state = node_with_worker()
     state.client_hello(HELLO, now=0.0)
     lost = WorkerLost(b"w-1", -9, "killed by signal SIGKILL")
-    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", lost), Spawn()]
+    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", lost), Spawn(0)]
     assert state.worker_exited(b"w-1", -9) == []  # once
 
 
@@ -107,7 +108,7 @@ def test_goodbye_detaches():
     state.client_hello(HELLO, now=0.0)
     assert state.client_goodbye(b"c-1") == [Send(b"w-1", Detach(b"c-1"))]
     assert state.client_goodbye(b"c-1") == []
-    assert state.worker_exited(b"w-1", 0) == [Spawn()]
+    assert state.worker_exited(b"w-1", 0) == [Spawn(0)]
 
 
 def test_only_an_embedded_node_obeys_shutdown():
@@ -152,9 +153,9 @@ def test_hellos_beyond_max_clients_are_refused_and_counted():
 def test_a_spawn_that_failed_is_tried_again_at_the_next_beat():
     state = node()
     state.start(now=0.0)
-    state.spawn_failed(OSError(24, "Too many open files"))
-    assert state.beat(MachineLoad(0, 0), NO_CACHE, now=0.0).count(Spawn()) == 1
-    assert state.beat(MachineLoad(0, 0), NO_CACHE, now=1.0).count(Spawn()) == 0
+    state.spawn_failed(OSError(24, "Too many open files"), Spawn(0))
+    assert state.beat(MachineLoad(0, 0), NO_CACHE, now=0.0).count(Spawn(0)) == 1
+    assert state.beat(MachineLoad(0, 0), NO_CACHE, now=1.0).count(Spawn(0)) == 0
 
 
 def test_status_and_peer_hello_are_answered_on_the_control_socket():
@@ -198,7 +199,7 @@ def test_a_worker_over_its_memory_limit_is_killed_once_and_its_clients_told_why(
     why = "exceeded its memory limit of 100 MB (RSS 150 MB)"
     assert state.check_workers({b"w-1": WorkerReading(False, 150 * MB)}, now=0.2) == [Kill(b"w-1", why)]
     assert state.check_workers({b"w-1": WorkerReading(False, 150 * MB)}, now=0.4) == []  # dying: named once
-    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", WorkerLost(b"w-1", -9, why)), Spawn()]
+    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", WorkerLost(b"w-1", -9, why)), Spawn(0)]
 
 
 def test_no_memory_limit_kills_nothing():
@@ -215,7 +216,7 @@ def test_a_worker_stopped_longer_than_the_liveness_timeout_is_killed():
     assert state.check_workers({b"w-1": STOPPED}, now=16.4) == []
     why = "was stopped (hung) for more than 3.0 s"
     assert state.check_workers({b"w-1": STOPPED}, now=16.6) == [Kill(b"w-1", why)]
-    assert state.worker_exited(b"w-1", -9) == [Spawn()]  # no client to tell
+    assert state.worker_exited(b"w-1", -9) == [Spawn(0)]  # no client to tell
 
 
 def test_health_checks_come_every_interval():
@@ -389,3 +390,24 @@ def test_the_deadline_is_the_next_beat_or_health_check_or_soon_with_writes_pendi
 def test_exit_descriptions():
     assert describe_exit(-11) == "killed by signal SIGSEGV"
     assert describe_exit(3) == "exited with code 3"
+
+
+def test_a_client_may_have_a_worker_it_uses_recycled_once_and_no_one_else_may():
+    state = node_with_worker()
+    state.on_message(b"c-1", HELLO, now=0.0)
+    state.on_message(b"c-2", replace(HELLO, client_id=b"c-2"), now=0.0)
+    state.client_goodbye(b"c-2")
+    assert state.on_message(b"c-2", RecycleWorker(b"w-1"), now=1.0) == []  # not a client of it any more
+    assert state.on_message(b"c-1", RecycleWorker(b"w-9"), now=1.0) == []  # no such worker
+    reason = "was recycled: its client interrupted the call it was running"
+    assert state.on_message(b"c-1", RecycleWorker(b"w-1"), now=1.0) == [Kill(b"w-1", reason)]
+    assert state.on_message(b"c-1", RecycleWorker(b"w-1"), now=1.0) == []  # being killed already
+    assert state.worker_exited(b"w-1", -9) == [Send(b"c-1", WorkerLost(b"w-1", -9, reason)), Spawn(0)]
+
+
+def test_whether_a_client_forwards_output_reaches_its_workers():
+    state = node()
+    state.worker_spawned(b"w-1", 10)
+    state.on_message(b"c-1", replace(HELLO, forward_output=False), now=0.0)
+    [attach] = state.worker_up(b"w-1")
+    assert attach.msg.forward_output is False

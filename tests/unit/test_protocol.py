@@ -7,6 +7,7 @@ from fabric.errors import ProtocolError
 from fabric.wire.protocol import (
     PROTOCOL_VERSION,
     Attach,
+    BatchOutput,
     BatchRunning,
     BatchStarted,
     CacheClear,
@@ -24,6 +25,9 @@ from fabric.wire.protocol import (
     NodeLeaving,
     PeerHello,
     Ready,
+    RecycleWorker,
+    Reload,
+    Reloaded,
     ResultBatch,
     Shutdown,
     Status,
@@ -50,6 +54,10 @@ MESSAGES = [
     WorkerReport(10, 1, 0.5, True),
     WorkerUp(b"w-1", 1234),
     Attach(b"c-1", "ipc:///v", "ipc:///s", 2, b"n-1", 1 << 30),
+    Attach(b"c-1", "ipc:///v", "ipc:///s", 2, b"n-1", 1 << 30, False),
+    Hello(b"c-1", "ipc:///v", "ipc:///s", 1 << 30, False),
+    RecycleWorker(b"w-1"),
+    BatchOutput(7, [[0, 1, "hello\n"], [3, 2, "warning\n"]]),
     Detach(b"c-1"),
     WorkerLost(b"w-1", -9, "killed by signal SIGKILL"),
     Shutdown(),
@@ -58,6 +66,8 @@ MESSAGES = [
     FunctionMissing(7),
     BatchStarted(7),
     BatchRunning(b"c-1", 7),
+    Reload(),
+    Reloaded(True, "wordcount"),
     WorkerSilent(b"w-1"),
     TaskBatch(7, b"\x01" * 16, 2, 0, [1, 2], True, 2, True, [b"fn", b"a", b"b0", b"b1"]),
     ResultBatch(7, 1, [[3, "ValueError", "bad", "tb", None]], 0.25, [b"results"]),
@@ -114,19 +124,23 @@ MALFORMED = {
         header(PROTOCOL_VERSION, Kind.PEER_HELLO, b"n", "not-an-endpoint", "tcp://1.2.3.4:5")
     ],
     "hello sink with unknown scheme": [
-        header(PROTOCOL_VERSION, Kind.HELLO, b"c", "tcp://127.0.0.1:5", "udp://x:1", 1024)
+        header(PROTOCOL_VERSION, Kind.HELLO, b"c", "tcp://127.0.0.1:5", "udp://x:1", 1024, True)
     ],
     "attach ventilator port out of range": [
-        header(PROTOCOL_VERSION, Kind.ATTACH, b"c", "tcp://127.0.0.1:70000", "ipc:///s", 2, b"n", 1024)
+        header(PROTOCOL_VERSION, Kind.ATTACH, b"c", "tcp://127.0.0.1:70000", "ipc:///s", 2, b"n", 1024, True)
     ],
     "relative ipc path": [header(PROTOCOL_VERSION, Kind.PEER_HELLO, b"n", "ipc://relative", "tcp://1.2.3.4:5")],
     "endpoint with a space": [header(PROTOCOL_VERSION, Kind.PEER_HELLO, b"n", "tcp://a b:1", "tcp://1.2.3.4:5")],
     "zero credits": [header(PROTOCOL_VERSION, Kind.READY, 0, b"n")],
     "a million credits": [header(PROTOCOL_VERSION, Kind.READY, 1_000_000, b"n")],
     "attach with a million credits": [
-        header(PROTOCOL_VERSION, Kind.ATTACH, b"c", "ipc:///v", "ipc:///s", 1_000_000, b"n", 1024)
+        header(PROTOCOL_VERSION, Kind.ATTACH, b"c", "ipc:///v", "ipc:///s", 1_000_000, b"n", 1024, True)
     ],
-    "negative size cap": [header(PROTOCOL_VERSION, Kind.HELLO, b"c", "ipc:///v", "ipc:///s", -1)],
+    "negative size cap": [header(PROTOCOL_VERSION, Kind.HELLO, b"c", "ipc:///v", "ipc:///s", -1, True)],
+    "output of a negative task": [header(PROTOCOL_VERSION, Kind.BATCH_OUTPUT, 1, [[-1, 1, "x"]])],
+    "output to a third stream": [header(PROTOCOL_VERSION, Kind.BATCH_OUTPUT, 1, [[0, 3, "x"]])],
+    "output that is not text": [header(PROTOCOL_VERSION, Kind.BATCH_OUTPUT, 1, [[0, 1, b"x"]])],
+    "output record too short": [header(PROTOCOL_VERSION, Kind.BATCH_OUTPUT, 1, [[0, "x"]])],
 }
 
 

@@ -4,6 +4,7 @@ import concurrent.futures
 import dataclasses
 import subprocess
 import sys
+import types
 import typing
 
 import fabric
@@ -11,12 +12,33 @@ import fabric
 
 def test_exported_names():
     assert sorted(fabric.__all__) == sorted([
-        "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "CacheKeyError", "CacheStats",
-        "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError", "FabricStatistics", "FabricView",
-        "Future", "NoNodesError", "NodeStats", "RemoteError", "RemoteTraceback", "SerializationError", "StoreError",
-        "TaskOptions", "TaskTimeoutError", "WorkerCrashedError", "WorkerLostError", "WorkerStats", "as_completed",
-        "cached", "connect", "wait",
+        "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "AuthenticationError", "BatchInfo", "CacheKeyError",
+        "CacheStats", "Candidate", "ClosedError", "ConfigError", "Fabric", "FabricCache", "FabricError",
+        "FabricStatistics", "FabricView", "Future", "NoNodesError", "NodeStats", "Placement", "RemoteError",
+        "RemoteTraceback", "SerializationError", "StoreError", "TaskOptions", "TaskTimeoutError", "UnknownTaskError",
+        "WorkerCrashedError", "WorkerInfo", "WorkerLostError", "WorkerStats", "as_completed", "cached", "connect",
+        "current_worker", "progress", "task", "wait",
     ])
+    for name in fabric.__all__:
+        assert getattr(fabric, name) is not None, name
+
+
+def test_fabric_task_is_the_decorator_function_and_no_package_shadows_it():
+    import fabric.calls.registry  # the decorator's module, imported: fabric.task is still the function
+
+    assert isinstance(fabric.task, types.FunctionType) and fabric.task is fabric.calls.registry.task
+
+    @fabric.task
+    def plain(x):
+        return x
+
+    @fabric.task(name="wc")
+    def counted(x):
+        return x
+
+    assert plain.__fabric_task__ == "plain" and counted.__fabric_task__ == "wc"
+    assert issubclass(fabric.UnknownTaskError, fabric.FabricError) and issubclass(fabric.UnknownTaskError, LookupError)
+    assert fabric.current_worker() is None  # outside a task
 
 
 def test_protocol_errors_stay_inside():
@@ -61,9 +83,10 @@ def test_error_tree():
 
 def test_names_load_on_first_use_and_nodes_and_workers_never_import_client_code():
     code = (
-        "import sys, fabric.node.worker, fabric.node.loop, fabric.cli, fabric.task.guard, fabric.task.fold\n"
+        "import sys, types, fabric.node.worker, fabric.node.loop, fabric.cli, fabric.calls.guard, fabric.calls.fold\n"
         "client = sorted(m for m in sys.modules if m.startswith('fabric.client'))\n"
         "assert not client, client\n"
+        "assert isinstance(fabric.task, types.FunctionType), fabric.task\n"
         "assert fabric.connect is sys.modules['fabric.client.executor'].connect\n"
         "from fabric import *\n"
         "assert Future is sys.modules['fabric.client.futures'].Future\n"

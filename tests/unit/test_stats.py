@@ -3,7 +3,7 @@ become connect() calls, counts become loops."""
 
 import pytest
 
-from fabric.cluster.stats import MAX_CLIENT_ID_BYTES, MAX_PEERS, NodeStats, WorkerStats
+from fabric.cluster.stats import MAX_CLIENT_ID_BYTES, MAX_PEERS, MAX_TASKS, NodeStats, WorkerStats
 from fabric.errors import ProtocolError
 
 GOOD = NodeStats(
@@ -11,6 +11,7 @@ GOOD = NodeStats(
     peers=(("tcp://198.18.0.3:7100", "ipc:///tmp/f/node-heartbeat"),),
     per_worker=(WorkerStats("w-1", 42, 10, 1, 0.5, True, b"client-1", 7), WorkerStats("w-2", 43)),
     version=1_764_660_000_123, news=(("tcp://198.18.0.4:7100", "tcp://198.18.0.4:40002", 17, False),),
+    resources={"gpu": 2}, tasks=("wordcount",), task_modules=(("mypkg.jobs", "ab" * 16),), indices={"w-1": 0},
 )
 
 
@@ -36,10 +37,21 @@ def test_a_heartbeat_round_trips():
     {"news": [["tcp://1.2.3.4:5", "tcp://1.2.3.4:6", -1, True]]},
     {"news": [["tcp://1.2.3.4:5", "tcp://1.2.3.4:6", 1]]},
     {"news": [["tcp://1.2.3.4:5", "tcp://1.2.3.4:6", 1, True]] * (MAX_PEERS + 1)},
+    {"resources": {"gpu": -1}},
+    {"resources": {"gpu": True}},
+    {"resources": ["gpu"]},
+    {"tasks": ["x" * 201]},
+    {"tasks": [7]},
+    {"tasks": ["t"] * (MAX_TASKS + 1)},
+    {"task_modules": [["m"]]},
+    {"task_modules": [["m", "d" * 129]]},
+    {"indices": {"w-1": -1}},
 ], ids=["bad peer", "short peer", "peers not a list", "too many peers", "control without scheme",
         "pub of another scheme", "worker not a record", "worker field of a wrong type", "worker without its batch",
         "client id too long", "bool for a count", "version not an int", "news alive not a bool",
-        "news of no endpoint", "news of a negative version", "short news", "too much news"])
+        "news of no endpoint", "news of a negative version", "short news", "too much news", "negative units",
+        "bool units", "resources not a map", "task name too long", "task name not text", "too many tasks",
+        "short module record", "digest too long", "negative index"])
 def test_a_forged_heartbeat_is_refused(change):
     with pytest.raises(ProtocolError):
         NodeStats.from_info({**GOOD.to_info(), **change})

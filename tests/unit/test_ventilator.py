@@ -330,6 +330,28 @@ def test_cancelling_keeps_the_batches_counted_as_started_in_queue_order():
     assert vent.drop_pending() == calls[:2] and vent.idle()
 
 
+def test_an_interrupt_drops_queued_batches_nobody_waits_for_and_recycles_their_workers_once():
+    vent = Ventilator()
+    vent.worker_ready(b"w1", 2, b"n1")
+    vent.worker_ready(b"w2", 1, b"n2")
+    abandoned, wanted = Owner(), Owner()
+    vent.enqueue(call_batch(abandoned, digest=b"a" * 16))  # w1 runs it
+    vent.enqueue(call_batch(wanted, digest=b"b" * 16))  # w2 runs it
+    vent.enqueue(call_batch(wanted, digest=b"c" * 16))  # waits in w1's socket behind the abandoned one
+    vent.enqueue(map_batch(range(4), abandoned))
+    vent.enqueue(map_batch(range(4), wanted))
+    list(vent.dispatch())
+    abandoned.wanted = False
+    vent.drop_abandoned()
+    assert [b.owner for b in vent.bulk] == [wanted]
+    assert vent.recycle_abandoned() == [(b"w1", b"n1")]
+    assert vent.recycle_abandoned() == []  # asked once
+    assert vent.worker_lost(b"w1", "was recycled") == []
+    assert [b.owner for b in vent.urgent] == [abandoned, wanted]  # back uncharged; the first is skipped
+    assert all(b.attempts == 0 and not b.suspect for b in vent.urgent)
+    assert not vent.recycling
+
+
 def test_a_new_worker_beyond_max_workers_is_refused_but_a_known_one_reattaches():
     v = Ventilator(max_workers=2)
     assert v.worker_ready(b"w1", 2, b"n1") and v.worker_ready(b"w2", 2, b"n1")

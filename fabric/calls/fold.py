@@ -35,7 +35,7 @@ class Fold:
             raise TypeError(f"the reducer must be a function of two arguments, got {reducer!r:.80}")
         self.mapper = mapper
         self.reducer = reducer
-        self.initial = None if initial is NO_INITIAL else _pickled(initial)
+        self.initial = None if initial is NO_INITIAL else pickled_initial(initial)
 
     def __call__(self, items: Iterable[Any]) -> Any:
         results = map(self.mapper, items)
@@ -50,7 +50,7 @@ class Fold:
         self.mapper, self.reducer, self.initial = state
 
 
-def _pickled(initial: Any) -> bytes:
+def pickled_initial(initial: Any) -> bytes:
     try:
         return cloudpickle.dumps(initial, protocol=5)
     except Exception as exc:

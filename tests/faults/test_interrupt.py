@@ -1,0 +1,80 @@
+"""Ctrl-C in a caller: the call it interrupts stops (queued work dropped, running
+tasks' workers recycled) and the fabric serves the next call, with every credit back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from helpers import Gate, all_gone, wait_for
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+
+    import fabric
+    from helpers import fabric_pids, gated, wait_for
+
+    gate, started = sys.argv[1:3]
+    with fabric.connect(2) as fx:
+        print(json.dumps(sorted(fabric_pids(fx))), flush=True)
+        try:
+            for _ in fx.map(gated, [gate] * 50, range(50), [started] * 50):
+                pass
+        except KeyboardInterrupt:
+            print("map interrupted", flush=True)
+        print("second map", sum(fx.map(abs, range(-100, 0))), flush=True)
+        future = fx.submit(gated, gate, 1, started)
+        try:
+            future.result()
+        except KeyboardInterrupt:
+            print("wait interrupted", future.cancelled(), flush=True)
+        print("next call", fx.submit(pow, 2, 5).result(timeout=30), flush=True)
+        wait_for(lambda: fx.workers() == 2 and fx._io.capacity() == 4, 30, "both workers' credits back")
+        print(json.dumps(sorted(fabric_pids(fx))), flush=True)
+    """
+)
+
+
+def started_pids(started: Path) -> set[int]:
+    return {int(p.name) for p in started.iterdir()}
+
+
+def test_ctrl_c_stops_the_call_and_the_fabric_serves_the_next(tmp_path):
+    gate = Gate(tmp_path / "gate")  # never opened: the tasks run until stopped
+    started = tmp_path / "started"
+    started.mkdir()
+    script = tmp_path / "interrupted.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(script), gate.path, str(started)], stdout=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    try:
+        seen = set(json.loads(proc.stdout.readline()))
+        running = wait_for(lambda: len(started_pids(started)) == 2 and started_pids(started), 30, "two tasks running")
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline() == "map interrupted\n"
+        wait_for(lambda: all_gone(running), 10, "the workers running the map's tasks to be recycled")
+        assert proc.stdout.readline() == "second map 5050\n"
+
+        one = wait_for(lambda: started_pids(started) - running, 30, "the submitted task running")
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline() == "wait interrupted True\n"
+        wait_for(lambda: all_gone(one), 10, "the worker running the interrupted task to be recycled")
+        assert proc.stdout.readline() == "next call 32\n"
+        seen |= set(json.loads(proc.stdout.readline()))
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        gate.open()
+    wait_for(lambda: all_gone(seen), 10, "no process of the fabric left")
