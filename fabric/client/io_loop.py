@@ -249,9 +249,14 @@ class IOLoop:
         return known_tasks(self.view.nodes(time.monotonic()))
 
     def wait_contact(self, timeout_s: float) -> bool:
-        """Block until some node has reported its workers, or first contact failed."""
-        return self._wait_until(lambda: self.view.reported_workers() > 0 or self.view.unreachable is not None,
-                                timeout_s)
+        """Block until some node has reported its workers and they have attached (so
+        ``workers()`` is neither a bare 0 nor a part of them: a heartbeat reporting
+        two workers could be read between their two READYs), or first contact failed."""
+        def contact() -> bool:
+            reported = self.view.reported_workers()
+            return self.view.unreachable is not None or (reported > 0 and self.ventilator.workers >= reported)
+
+        return self._wait_until(contact, timeout_s)
 
     def _wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
         """Block until ``ready()`` holds in the I/O thread (or the loop broke or closed)."""
@@ -406,12 +411,14 @@ class IOLoop:
                 now = self.ventilator.now = time.monotonic()
                 if self._wake_r in events:
                     self._run_commands()
-                # Control before data: nodes' heartbeats and messages are read before the
-                # workers' traffic, so a flood of results never delays a node's word.
-                if events.keys() - self._data_plane:
-                    self._survive("a control-plane event", self._on_other_events, events, now)
+                # Control before data: READY (a worker's credits, at most 1 KiB) and the nodes'
+                # heartbeats and messages are read before the results, so a flood of results
+                # never delays a node's word; READY first, so a worker that attached is counted
+                # by the time its node's heartbeat (which reports it) releases a waiting caller.
                 if self.vent in events:
                     self._survive("a ventilator message", self._on_ready)
+                if events.keys() - self._data_plane:
+                    self._survive("a control-plane event", self._on_other_events, events, now)
                 if self.sink in events:
                     self._survive("a sink message", self._on_results)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
