@@ -21,6 +21,15 @@ def spin(iterations: int) -> int:
     return total
 
 
+def spin_cpu(seconds: float) -> float:
+    """Busy for ``seconds`` of this process's CPU time: 1 ms of work whatever else
+    shares the cores (a wall-clock spin would count time spent descheduled)."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return seconds
+
+
 def calibrate(target_s: float) -> int:
     """Iterations of ``spin`` taking ``target_s`` seconds here, serially."""
     iterations = 1000

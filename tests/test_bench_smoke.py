@@ -1,6 +1,7 @@
 """The benchmark harness runs end to end on tiny sizes and writes its JSON and plot (no speed asserts)."""
 
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -71,6 +72,24 @@ def test_the_harness_installs_under_the_projects_name(tmp_path):
                     [str(Path(sys.executable).with_name("fabric-bench")), "--help"]):
         out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)  # away from a checkout
         assert out.returncode == 0 and "fabric-bench" in out.stdout, out.stderr
+
+
+def test_the_scale_benchmark_measures_every_size_and_draws_them(tmp_path):
+    """Two sizes, a short idle window, one kill: every figure is there and finite."""
+    out = tmp_path / "scale.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--sizes", "1,2", "--idle-s", "0.5", "--detect", "1",
+         "--json", str(out), "--markdown", *(["--plot", str(tmp_path / "scale.png")]
+                                              if importlib.util.find_spec("matplotlib") else [])],
+        check=True, timeout=180, capture_output=True, text=True,
+    )
+    saved = json.loads(out.read_text())
+    rows = saved["sizes"]["gossip"]
+    assert [r["nodes"] for r in rows] == [1, 2]
+    assert all(math.isfinite(v) and v >= 0 for r in rows for v in r.values())
+    assert all(r["ms_tasks_per_s"] > 0 and r["see_all_s"] > 0 for r in rows)
+    assert len(saved["detection"]["gossip"]["detection_s"]) == 1
+    assert "| gossip | 2 |" in done.stdout
 
 
 @pytest.mark.parametrize("system", ["serial", "fabric by_key", "fabric combine"])

@@ -5,18 +5,24 @@ The loop (:mod:`fabric.client.io_loop`, which owns the control DEALERs and the
 SUB) feeds it what arrived and the time, and performs the :class:`Actions` it
 returns::
 
-    node HEARTBEAT (SUB, or control DEALER) ─► heartbeat(stats, now) ─┐
+    node HEARTBEAT (answer to HELLO)        ─► heartbeat(stats, now) ─┐
     NODE_LEAVING (control DEALER)           ─► node_left(node_id)     ├─► Actions ─► IOLoop: connect + HELLO,
-    the loop's tick (at next_deadline())    ─► tick(now, workers, …)  ┘   GOODBYE + HELLO, SUB connect, re-queue
+    the loop's tick (at next_deadline())    ─► tick(now, workers, …)  ┘   GOODBYE + HELLO, re-queue
                                                                            a lost node's batches, pause/resume
                                                                            its workers, fail queued work
 
-- A node first heard of is greeted (a control DEALER and HELLO) and its PUB
-  subscribed to, and so are the peers its heartbeat names: connecting to one
-  node is enough.  Every ``heartbeat_interval_s`` every node is greeted again:
-  that is the client's own heartbeat.
-- A node silent for ``liveness_s`` is declared dead and lost; one that leaves
-  is lost at once.  Its workers' batches go back to the queue.
+- The client learns membership from the nodes it talks to, subscribing to
+  none: it asks the node it was given (``seed``) for every member it knows
+  (STATUS), greets each (a control DEALER and HELLO), and greets the members
+  that later answers report alive (gossip's news): connecting to one node is
+  enough.  Every
+  ``heartbeat_interval_s`` every node is greeted again: that is the client's
+  own heartbeat, and each node's answer (its heartbeat) is the client's proof
+  that the node lives, judged by a phi-accrual detector per node.
+- A node whose silence its phi-accrual detector finds improbable (on an idle
+  cluster ``liveness_s`` after its last heartbeat, later for a node whose
+  heartbeats come irregularly) is declared dead and lost; one that leaves is
+  lost at once.  Its workers' batches go back to the queue, charged nothing.
 - A node declared dead that speaks again is told GOODBYE then HELLO: it may
   have forgotten this client meanwhile, and its workers must re-attach with
   fresh credits.
@@ -55,8 +61,8 @@ FIRST_CONTACT_S = 5.0
 class Actions:
     """What the I/O loop must do after one event, in this field order."""
 
-    subscribe: tuple[str, ...] = ()  # PUB endpoints to connect the SUB to
     greet: tuple[str, ...] = ()  # control endpoints to say HELLO to (connecting first if new)
+    survey: tuple[str, ...] = ()  # control endpoints to ask STATUS: every member they know
     rejoin: tuple[str, ...] = ()  # controls of nodes back from the dead: GOODBYE, then HELLO
     members_changed: bool = False  # a node joined or was lost: the cache ring follows
     lost: tuple[tuple[bytes, str], ...] = ()  # (node id, reason): re-queue what its workers held
@@ -87,19 +93,25 @@ class ClusterView:
         self.unreachable: NoNodesError | None = None
         # node -> worker -> (this client's batch it was last listed running, since when it is or is not, listed now)
         self.running: dict[bytes, dict[bytes, tuple[int, float, bool]]] = {}
-        self.membership = Membership(liveness_s)
+        self.membership = Membership(heartbeat_interval_s, liveness_s)
         self.controls: dict[str, None] = {}  # every control endpoint greeted, in the order learned
-        self.pubs: dict[str, None] = {}  # every PUB subscribed to
         self.declared_dead: set[bytes] = set()
         self.starved_since: float | None = None  # work queued while no worker was attached
         self.next_hello = -math.inf  # the first tick greets every node
 
     def seed(self, control: str) -> Actions:
-        """A node to connect to before any heartbeat (from ``connect()``)."""
-        return Actions(greet=_learn(self.controls, [control]))
+        """A node to connect to before any heartbeat (from ``connect()``): greeted,
+        and asked for every member it knows (its answer: ``members_listed``)."""
+        new = _learn(self.controls, [control])
+        return Actions(greet=new, survey=new)
+
+    def members_listed(self, listed: Iterable[NodeStats]) -> Actions:
+        """A node's STATUS answer: greet every member it lists (their liveness is
+        judged from their own answers to HELLO, not from this list)."""
+        return Actions(greet=_learn(self.controls, [stats.control for stats in listed]))
 
     def heartbeat(self, stats: NodeStats, now: float) -> Actions:
-        """A node's heartbeat, on the SUB or as the reply to HELLO."""
+        """A node's heartbeat: its answer to HELLO."""
         previous = self.membership.nodes.get(stats.node_id)
         is_new = self.membership.observe(stats, now)
         back = stats.node_id in self.declared_dead  # expired, so a member again only from now
@@ -110,8 +122,7 @@ class ClusterView:
         was_accepting = previous.accepting if previous is not None else True
         changed = () if stats.accepting == was_accepting else (stats.node_id,)
         return Actions(
-            subscribe=_learn(self.pubs, [stats.pub, *(pub for _, pub in stats.peers)]),
-            greet=_learn(self.controls, [stats.control, *(control for control, _ in stats.peers)]),
+            greet=_learn(self.controls, [stats.control, *(control for control, _, _, alive in stats.news if alive)]),
             rejoin=(stats.control,) if back else (),
             members_changed=is_new,
             pause=() if stats.accepting else changed,
@@ -131,8 +142,10 @@ class ClusterView:
         greet: tuple[str, ...] = ()
         if now >= self.next_hello:
             greet = tuple(self.controls)
+            self.membership.excuse_stall(now - self.next_hello)  # nodes answer HELLO: none went unsaid
             self.next_hello = now + self.heartbeat_interval_s
-        lost = tuple((stats.node_id, f"node {stats.name} stopped answering") for stats in self.membership.expire(now))
+        lost = tuple((stats.node_id, f"node {stats.name} silent for {stats.age_s:.1f} s, declared dead")
+                     for stats in self.membership.expire(now))
         self.declared_dead.update(node_id for node_id, _ in lost)
         starved = self._starved(now, workers, has_pending)
         if self.first_contact_by is None:

@@ -10,9 +10,9 @@
                               ◄── BATCH_STARTED ─ workers    │          │
                               ◄── BATCH_OUTPUT ── workers    │          │
     control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
-                              ◄── HEARTBEAT/WORKER_LOST/     │          │ node's exit sentinel;
-                                  NODE_LEAVING ─── node      │          │ timeout: the cluster
-    SUB ◄── HEARTBEAT ── every node's PUB                    └──────────┘ view's next deadline
+                              ◄── HEARTBEAT (the answer)/    │          │ node's exit sentinel;
+                                  WORKER_LOST/NODE_LEAVING   │          │ timeout: the cluster
+                                  ─── node                   └──────────┘ view's next deadline
 
 ZeroMQ sockets are not thread-safe, so user threads never touch them: they
 append a callable to a deque and write one byte to a pipe the poller watches
@@ -46,7 +46,7 @@ from typing import Any
 
 import zmq
 
-from ..cluster.stats import NodeStats
+from ..cluster.stats import MAX_PEERS, NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
 from ..wire import security
 from ..wire.protocol import (
@@ -65,6 +65,8 @@ from ..wire.protocol import (
     RecycleWorker,
     ResultBatch,
     Shutdown,
+    Status,
+    StatusReply,
     WorkerLost,
     WorkerSilent,
     from_frames,
@@ -106,8 +108,13 @@ CONTROL_AFFINITY = 2
 def io_threads(key: ClusterKey | None) -> int:
     """libzmq I/O threads for a client's context: two with a key, else one."""
     return 1 if key is None else 2
+# libzmq names a connection whose identity a newer one took over (ROUTER_HANDOVER: a worker
+# that re-attached) 0x00 + four bytes; a READY still unread on it would register a phantom
+# worker under that name.  Workers' own identities are text (w-...), never starting so.
+HANDED_OVER = b"\x00"
 DRAIN_MAX = 10_000  # sink messages read before deciding that a worker is silent (each is a sign of life)
 NOFILE_FALLBACK = 1 << 20  # the soft descriptor limit asked for when the hard one is unlimited
+DEFAULT_MAX_SOCKETS = 1023  # libzmq's ZMQ_MAX_SOCKETS_DFLT
 
 
 class IOLoop:
@@ -135,19 +142,15 @@ class IOLoop:
         self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         self.objects = ObjectTable(client_id, self.send_to_node)
+        context.set(zmq.MAX_SOCKETS, max_sockets(context))
         self.vent = self._router(READY_MAX_BYTES)
         self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
         self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
         self.sink_endpoint = _bind(self.sink, bind_where, "sink")
-        self.sub = context.socket(zmq.SUB)
-        self._apart(self.sub, CONTROL_AFFINITY)
-        security.join(self.sub, key)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.setsockopt(zmq.LINGER, 0)
         self.controls: dict[str, zmq.Socket] = {}
         self.embedded: dict[int, str] = {}  # exit sentinel -> control endpoint of an embedded node
         self.poller = zmq.Poller()
-        for sock in (self.vent, self.sink, self.sub):
+        for sock in (self.vent, self.sink):
             self.poller.register(sock, zmq.POLLIN)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -248,9 +251,14 @@ class IOLoop:
         return known_tasks(self.view.nodes(time.monotonic()))
 
     def wait_contact(self, timeout_s: float) -> bool:
-        """Block until some node has reported its workers, or first contact failed."""
-        return self._wait_until(lambda: self.view.reported_workers() > 0 or self.view.unreachable is not None,
-                                timeout_s)
+        """Block until some node has reported its workers and they have attached (so
+        ``workers()`` is neither a bare 0 nor a part of them: a heartbeat reporting
+        two workers could be read between their two READYs), or first contact failed."""
+        def contact() -> bool:
+            reported = self.view.reported_workers()
+            return self.view.unreachable is not None or (reported > 0 and self.ventilator.workers >= reported)
+
+        return self._wait_until(contact, timeout_s)
 
     def _wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
         """Block until ``ready()`` holds in the I/O thread (or the loop broke or closed)."""
@@ -327,10 +335,10 @@ class IOLoop:
 
     def _perform(self, actions: Actions) -> None:
         """Carry out what the cluster view decided, in the order of its fields."""
-        for pub in actions.subscribe:
-            self.sub.connect(pub)
         for control in actions.greet:
             self._greet(control)
+        for control in actions.survey:
+            self._say(self.controls[control], Status())
         for control in actions.rejoin:
             log.info("client: node at %s is back; its workers re-attach", control)
             self._say(self.controls[control], Goodbye(self.client_id))
@@ -340,7 +348,7 @@ class IOLoop:
         for node_id, reason in actions.lost:
             log.warning("client: %s; its batches go to other workers", reason)
             self.cache.node_lost(node_id)
-            self._fail(self.ventilator.node_lost(node_id, reason))
+            self.ventilator.node_lost(node_id)
         for node_id in actions.pause:
             self.ventilator.pause(node_id)
         for node_id in actions.resume:
@@ -366,21 +374,26 @@ class IOLoop:
         # by a caller pickling a large argument, or by decoding a large result): read what
         # arrived meanwhile before declaring a node dead or a worker silent.
         if self.view.expiring(now):
-            for sock in [self.sub, *self.controls.values()]:
+            for sock in list(self.controls.values()):
                 self._on_control(sock, now)
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
         self.objects.flush()
         silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         if silent:
-            for _ in range(DRAIN_MAX):
-                if not self.sink.poll(0):
-                    break
-                self._survive("a sink message", self._on_results)
+            self._drain_sink()
             silent, next_check = self.ventilator.silent_workers(self.view.vouched_at)
         for worker_id in silent:
             self._take_back(worker_id)
         self._deadline = min(self.view.next_deadline(), next_check, self.ventilator.parked_deadline())
+
+    def _drain_sink(self) -> None:
+        """Read the results already waiting (each a sign of life, or a batch done)
+        before deciding that a worker went silent or what its death interrupted."""
+        for _ in range(DRAIN_MAX):
+            if not self.sink.poll(0):
+                break
+            self._survive("a sink message", self._on_results)
 
     def _take_back(self, worker_id: bytes) -> None:
         """Re-queue what a silent worker held and ask its node to attach it afresh."""
@@ -401,12 +414,16 @@ class IOLoop:
                 now = self.ventilator.now = time.monotonic()
                 if self._wake_r in events:
                     self._run_commands()
+                # Control before data: READY (a worker's credits, at most 1 KiB) and the nodes'
+                # heartbeats and messages are read before the results, so a flood of results
+                # never delays a node's word; READY first, so a worker that attached is counted
+                # by the time its node's heartbeat (which reports it) releases a waiting caller.
                 if self.vent in events:
                     self._survive("a ventilator message", self._on_ready)
-                if self.sink in events:
-                    self._survive("a sink message", self._on_results)
                 if events.keys() - self._data_plane:
                     self._survive("a control-plane event", self._on_other_events, events, now)
+                if self.sink in events:
+                    self._survive("a sink message", self._on_results)
                 if now >= self._deadline or now >= self._last_tick + TICK_S:
                     self._survive("the timers", self._tick, now)
                 if self.ventilator.queued():
@@ -437,7 +454,7 @@ class IOLoop:
 
     def _on_other_events(self, events: dict[Any, int], now: float) -> None:
         """The control plane: nodes' messages and heartbeats, handshakes, an embedded node's exit."""
-        for sock in [self.sub, *self.controls.values()]:
+        for sock in list(self.controls.values()):
             if sock in events:
                 self._on_control(sock, now)
         self.handshakes.on_poll(events)
@@ -465,6 +482,9 @@ class IOLoop:
 
     def _on_ready(self) -> None:
         received = self._receive(self.vent)
+        if received is not None and received[0][:1] == HANDED_OVER:
+            self.duplicates += 1  # a re-attached worker's old connection: its new one carries its READY
+            return
         if received is not None and isinstance(received[1], Ready):
             worker_id, msg = received
             if not self.ventilator.worker_ready(worker_id, msg.credits, msg.node_id) and \
@@ -528,7 +548,7 @@ class IOLoop:
         log.warning("client: dropped malformed message: %s", exc)
 
     def _on_control(self, sock: zmq.Socket, now: float) -> None:
-        """Messages from nodes: on a control DEALER, or heartbeats on the SUB."""
+        """Messages from nodes on a control DEALER: heartbeats (answers to HELLO) and the rest."""
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -551,6 +571,9 @@ class IOLoop:
             # would be dated before it, so the node would look silent for the stall's length.
             self._perform(self.view.heartbeat(stats, max(now, time.monotonic())))
         if isinstance(msg, WorkerLost):
+            # A result sent before the death may still wait in the sink: read it first, so the
+            # batch that finished is not taken for the one that killed the worker and charged.
+            self._drain_sink()
             log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
             self._printed.pop(msg.worker_id, None)
             self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
@@ -562,6 +585,13 @@ class IOLoop:
             self.cache.on_stored(msg)
         elif isinstance(msg, NodeLeaving):
             self._perform(self.view.node_left(msg.node_id))
+        elif isinstance(msg, StatusReply):
+            try:
+                listed = [NodeStats.from_info(info) for info in msg.nodes[:MAX_PEERS + 1]]
+            except ProtocolError as exc:
+                self._malformed(exc)
+                return
+            self._perform(self.view.members_listed(listed))
 
     def _dispatch(self) -> None:
         for worker_id, batch, frames in self.ventilator.dispatch():
@@ -669,7 +699,7 @@ class IOLoop:
         self._fail((batch, self.broken) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
         self.handshakes.close()
         self.objects.close()
-        for sock in [self.vent, self.sink, self.sub, *self.controls.values()]:
+        for sock in [self.vent, self.sink, *self.controls.values()]:
             sock.close()
         for fd in [*self.embedded, self._wake_r, self._wake_w]:
             os.close(fd)
@@ -692,6 +722,17 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError) as exc:
             log.debug("client: could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+
+
+def max_sockets(context: zmq.Context) -> int:
+    """libzmq sockets this client may open.  libzmq's default of 1,023 per context
+    bound the client near 500 nodes (each node costs it a control DEALER and that
+    DEALER's handshake monitor); the descriptors are what really limit: the
+    quarter of the open-file limit that ``max_workers`` leaves, about two per
+    socket (its mailbox, its connection)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
+    return max(DEFAULT_MAX_SOCKETS, min(context.get(zmq.SOCKET_LIMIT), limit // 8))
 
 
 def max_workers() -> int:

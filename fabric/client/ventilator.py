@@ -10,6 +10,7 @@ ROUTER socket this state drives)::
     sink: result arrived  --> complete(): batch leaves flight, credit returns
     node: WORKER_LOST     --> worker_lost(): its batches are split and re-queued
     node over its load    --> pause()/resume(): its workers keep their credits but get nothing
+    node declared dead    --> node_lost(): its workers' batches go back to the queue, uncharged
     [pinned: per worker]  --> dispatch() first: the client's initializer, fx.run's calls
     [placed: calls with placement options] --> dispatch() asks the Placer and the call's policy
     [parked: batches reading stored data]  --> dispatch(): a credit on their data's node, or
@@ -26,9 +27,11 @@ beats push: a worker with a free credit gets the next batch, so a slow worker
 simply takes less.  Submits are queued apart from map chunks and go first, so a
 one-task round trip never waits behind a bulk map.
 
-A batch lost with its worker is split in two and both halves re-queued; a lost
-single-item batch counts an attempt and fails with WorkerCrashedError after
-``retries`` attempts.  A task that kills its worker is thus isolated in
+A batch lost with its worker's exit (WORKER_LOST: the only death a task can be
+blamed for) is split in two and both halves re-queued; a lost single-item batch
+counts an attempt and fails with WorkerCrashedError after ``retries`` attempts.
+Batches lost with a node declared dead by silence, or leaving, are re-run
+uncharged.  A task that kills its worker is thus isolated in
 O(log n) crashes, and the rest of its map finishes.
 
 Data-plane liveness: a worker's node may be alive while the worker is silent
@@ -293,11 +296,16 @@ class Ventilator:
     def resume(self, node_id: bytes) -> None:
         self._paused.discard(node_id)
 
-    def node_lost(self, node_id: bytes, reason: str) -> list[tuple[Batch, BaseException]]:
-        """Every worker of the node is lost (it died, was cut off, or is leaving)."""
+    def node_lost(self, node_id: bytes) -> None:
+        """Every worker of the node is lost with it (declared dead by silence, or
+        leaving): what they held goes back to the queue charged nothing, as a
+        silent worker's does.  A node's silence or exit says nothing against a
+        task (a busy machine, a slow network, a stop); only its worker's exit
+        while running it does (``worker_lost``).  If the node speaks again its
+        workers re-attach afresh, and their late results are duplicates."""
         self._paused.discard(node_id)
-        workers = [w for w, n in self.node_of.items() if n == node_id]
-        return [failure for w in workers for failure in self.worker_lost(w, reason)]
+        for worker_id in [w for w, n in self.node_of.items() if n == node_id]:
+            self.take_back(worker_id)
 
     def worker_lost(self, worker_id: bytes, reason: str = "") -> list[tuple[Batch, BaseException]]:
         """Forget the worker and re-queue its batches; return those given up,

@@ -1,2 +1,3 @@
 """What the client and the nodes both know about the cluster: node statistics,
-membership from heartbeats, and the consistent-hash ring."""
+membership (gossip, and liveness by phi-accrual detection), and the
+consistent-hash ring."""

@@ -2,17 +2,17 @@
 
 Each node PUBlishes a :class:`NodeStats` every ``heartbeat_interval_s`` from
 its own I/O loop (never from a worker running user code, so a busy worker
-cannot make its node look dead).  Clients and other nodes SUBscribe to every
-node they know; a heartbeat names the node's peers, so membership spreads
-from the seed list::
+cannot make its node look dead) to the few peers that watch it, with the news
+it relays about other nodes (:mod:`.gossip`); it answers each client's HELLO
+with the same stats on the control socket::
 
-    node PUB ──HEARTBEAT──► SUB (client I/O loop)  ─► Membership.observe / expire
-             ──HEARTBEAT──► SUB (every other node) ─► Membership.observe / expire
+    node PUB ──HEARTBEAT (stats, version, news)──► SUB of its watchers ─► Membership / Gossip
+    node ROUTER ──HEARTBEAT (answer to HELLO)────► client's DEALER   ─► ClusterView (Membership)
 
-A new subscriber misses what was published before it connected (the PUB/SUB
-slow joiner), so the first snapshot of a node comes as a direct reply on its
-control socket, and liveness counts from the moment a node is first heard of.
-:class:`Membership` is pure: it takes the time as an argument.
+A direct answer (to a client's first HELLO, to a PEER_HELLO) also lists every
+member the node knows alive (``peers``), so membership spreads from the seed
+list.  Everything here is checked at the edge: types, endpoints, and the
+counts of peers, news and workers.
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ class NodeStats:
     store_bytes: int = 0  # bytes of them in memory
     store_disk_bytes: int = 0  # bytes of them spilled to disk
     store_named: int = 0  # named objects
-    peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every peer it knows
+    peers: tuple[tuple[str, str], ...] = ()  # (control, pub) of every member it knows alive: in direct answers only
+    version: int = 0  # its heartbeat counter (start time in ms + beats): orders reports about it
+    news: tuple[tuple[str, str, int, bool], ...] = ()  # reports it relays: (control, pub, version, alive)
     log_file: str = ""  # where the node and its workers write (descriptors 1 and 2, and its log)
     per_worker: tuple[WorkerStats, ...] = ()
     resources: dict[str, int] = field(default_factory=dict)  # what the node declares: {"gpu": 2}
@@ -88,6 +90,7 @@ class NodeStats:
     def to_info(self) -> dict[str, Any]:
         info = asdict(self)
         info["peers"] = [list(p) for p in self.peers]
+        info["news"] = [list(n) for n in self.news]
         info["per_worker"] = [list(asdict(w).values()) for w in self.per_worker]
         info["tasks"] = list(self.tasks)
         info["task_modules"] = [list(m) for m in self.task_modules]
@@ -102,6 +105,7 @@ class NodeStats:
         try:
             values = {f.name: info[f.name] for f in fields(cls) if f.name in info}
             values["peers"] = tuple(map(_peer, _bounded(values.get("peers", []), MAX_PEERS, "peers")))
+            values["news"] = tuple(map(_news, _bounded(values.get("news", []), MAX_PEERS, "news")))
             values["per_worker"] = tuple(map(_worker, _bounded(values.get("per_worker", []), MAX_WORKERS, "workers")))
             values["resources"] = _names_to_ints(values.get("resources", {}), MAX_RESOURCES, MAX_UNITS, "resources")
             values["indices"] = _names_to_ints(values.get("indices", {}), MAX_WORKERS, MAX_WORKERS, "indices")
@@ -119,6 +123,16 @@ def _peer(pair: object) -> tuple[str, str]:
     if not (type(pair) is list and len(pair) == 2 and all(type(e) is str and is_endpoint(e) for e in pair)):
         raise TypeError(f"a peer is [control endpoint, pub endpoint], got {pair!r:.80}")
     return pair[0], pair[1]
+
+
+def _news(report: object) -> tuple[str, str, int, bool]:
+    if not (type(report) is list and tuple(map(type, report)) == _NEWS_TYPES and report[2] >= 0
+            and is_endpoint(report[0]) and is_endpoint(report[1])):
+        raise TypeError(f"news is [control endpoint, pub endpoint, version, alive], got {report!r:.80}")
+    return report[0], report[1], report[2], report[3]
+
+
+_NEWS_TYPES = (str, str, int, bool)
 
 
 def _worker(record: object) -> WorkerStats:
@@ -165,7 +179,8 @@ def _check_types(stats: NodeStats) -> None:
         if type(getattr(stats, name)) is not kind:
             raise ProtocolError(f"heartbeat field {name} is not {kind.__name__}")
     for name in ("workers", "busy", "done", "failed", "clients", "cache_entries", "cache_bytes", "cache_hits",
-                 "cache_misses", "cache_weight", "store_objects", "store_bytes", "store_disk_bytes", "store_named"):
+                 "cache_misses", "cache_weight", "store_objects", "store_bytes", "store_disk_bytes", "store_named",
+                 "version"):
         if type(getattr(stats, name)) is not int:
             raise ProtocolError(f"heartbeat field {name} is not int")
     for name in ("tasks_per_s", "cpu_percent", "memory_percent", "max_load"):

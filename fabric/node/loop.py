@@ -5,13 +5,13 @@ Tasks and results never pass through here (a broker hop measured ~260 us per
 round trip against ~120 us client <-> worker direct)::
 
     client DEALER ──HELLO (also its heartbeat)/GOODBYE──► ROUTER (bound) ◄──WORKER_UP/REPORT── worker DEALER
-    client DEALER ◄─HEARTBEAT/WORKER_LOST/NODE_LEAVING─── node ──ATTACH/DETACH/SHUTDOWN──► worker
-    peer DEALER   ──PEER_HELLO──► ROUTER ──HEARTBEAT──►    │  spawn, watch (pidfd), restart
+    client DEALER ◄─HEARTBEAT (answer to each HELLO)/WORKER_LOST/NODE_LEAVING── node ──ATTACH/DETACH──► worker
+    peer DEALER   ──PEER_HELLO/NODE_LEAVING──► ROUTER ──HEARTBEAT + members──►  │  spawn, watch (pidfd), restart
     fabric-node stop ──STOP──► ROUTER ──NODE_LEAVING──►    │
-                                             PUB (bound) ──┴─ HEARTBEAT every interval, NODE_LEAVING at a stop
-                                                              ──► clients' and peers' SUB
-                                             SUB ◄── peers' HEARTBEATs and NODE_LEAVINGs (membership spreads
-                                                     from the seeds)
+                                             PUB (bound) ──┴─ HEARTBEAT (stats, version, news) every interval,
+                                                              NODE_LEAVING at a stop ──► its watchers' SUB
+                                             SUB ◄── the ~4 watched peers' HEARTBEATs and NODE_LEAVINGs
+                                                     (gossip: news of every other node rides on them)
 
 :class:`Node` only receives, samples, asks and performs.  It owns the sockets,
 the worker processes, the cache shard (:mod:`.store`) and one ``zmq.Poller``
@@ -33,6 +33,7 @@ for it.  The control ROUTER refuses a frame larger than ``max_message_bytes``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -82,7 +83,7 @@ from .health import Kill
 from .load import Sampler
 from .object_server import SOCKET_SLACK_BYTES, ObjectServer
 from .objects import ObjectStore, memory_dir
-from .state import Bound, Greet, Instruction, NodeState, Publish, Send, Spawn, Subscribe, Terminate
+from .state import Bound, Greet, Instruction, NodeState, Publish, Send, Spawn, Subscribe, Terminate, Unsubscribe
 from .store import ResultStore
 from .worker import NODE_NAME_ENV, TASK_MODULES_ENV, WORKER_INDEX_ENV
 from .worker_objects import OBJECTS_ENV
@@ -92,6 +93,7 @@ log = logging.getLogger(__name__)
 SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 SHUTDOWN_GRACE_S = 2.0
 LEAVING_LINGER_MS = 500  # how long NODE_LEAVING may wait in the PUB's queue at a stop
+PEER_SOCKETS_MAX = 16  # DEALERs to peers greeted (seeds, push-pull partners) kept open at once
 MESSAGE_SLACK_BYTES = 1 << 20  # a CACHE_PUT's frame carries max_message_bytes of results plus msgpack framing
 
 
@@ -152,8 +154,10 @@ class Node:
         security.serve(self.object_sock, self.key)
         _bind(self.object_sock, _side_endpoint(control, "objects"))
         node_id = new_id("n")
+        # The start's wall-clock time orders this node's heartbeats after those of its previous
+        # starts at the same address (a version, compared across processes: not monotonic time).
         bound = Bound(node_id, control, self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
-                      self.object_sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                      self.object_sock.getsockopt_string(zmq.LAST_ENDPOINT), int(time.time() * 1000))
         self.state = NodeState(settings, bound)
         self.state.tasks = self._load_tasks(reload=False)
         cache = settings.cache
@@ -220,6 +224,9 @@ class Node:
                     self._greet(control)
                 case Subscribe(pub):
                     self._connect(self.sub, pub, "the heartbeats of")
+                case Unsubscribe(pub):
+                    with contextlib.suppress(zmq.ZMQError):  # never connected (libzmq refused it)
+                        self.sub.disconnect(pub)
 
     def _send(self, to: bytes, msg: Message) -> None:
         try:
@@ -255,9 +262,16 @@ class Node:
             self.poller.register(fd, zmq.POLLIN)
 
     def _greet(self, control: str) -> None:
-        """PEER_HELLO to a peer, through a DEALER opened the first time."""
-        sock = self.peers.get(control)
-        if sock is None:
+        """PEER_HELLO to a peer, through a DEALER opened the first time; at most
+        ``PEER_SOCKETS_MAX`` are kept, the least recently greeted closed first
+        (push-pull greets a new member every 30 s: kept forever, they would grow
+        towards N and libzmq's 1,023 sockets)."""
+        sock = self.peers.pop(control, None)
+        if sock is not None:
+            self.peers[control] = sock  # the most recently greeted
+        else:
+            if len(self.peers) >= PEER_SOCKETS_MAX:
+                self._close_peer(next(iter(self.peers)))
             sock = self._socket(zmq.DEALER, IDENTITY=self.state.bound.node_id)  # type: ignore[arg-type]
             security.join(sock, self.key)
             if not self._connect(sock, control, "peer"):
@@ -271,6 +285,12 @@ class Node:
             sock.send_multipart(to_frames(PeerHello(bound.node_id, bound.control, bound.pub)), zmq.NOBLOCK)
         except zmq.Again:  # its queue is full: the peer has been away for a while, and hears us when back
             pass
+
+    def _close_peer(self, control: str) -> None:
+        sock = self.peers.pop(control)
+        self.poller.unregister(sock)
+        self.handshakes.unwatch(sock, self.poller)
+        sock.close(linger=0)
 
     def _connect(self, sock: zmq.Socket, endpoint: str, what: str) -> bool:
         """``sock.connect(endpoint)``; False (counted, logged once) if libzmq refuses it."""
@@ -397,7 +417,7 @@ class Node:
             try:
                 msg = from_frames(frames)
                 if isinstance(msg, NodeLeaving):
-                    self.state.peer_left(msg.node_id)
+                    self._perform(self.state.peer_left(msg.node_id, now))
                     continue
                 if not isinstance(msg, Heartbeat):
                     raise ProtocolError(f"{type(msg).__name__} where a heartbeat was expected")
@@ -429,13 +449,17 @@ class Node:
                 if self.reload_asked:
                     self.reload_asked = False
                     self._guarded("a reload failed", self.reload)
+                # Control before data: a heartbeat due goes out, and peers' heartbeats are read,
+                # before the ROUTER's messages (clients' HELLOs, workers' reports, the cache's
+                # requests) are served, so a busy node is not taken for a silent one.
+                self._guarded("the heartbeat failed", self._on_beat, now)
+                for sock in [self.sub, *self.peers.values()]:
+                    if sock in events:
+                        self._on_heartbeats(sock, now)
                 if self.router in events:
                     self._on_router(now)
                 if self.object_sock in events:
                     self._guarded("serving objects failed", self.object_server.on_readable)
-                for sock in [self.sub, *self.peers.values()]:
-                    if sock in events:
-                        self._on_heartbeats(sock, now)
                 self._guarded("a handshake monitor failed", self.handshakes.on_poll, events)
                 self._guarded("reaping a worker failed", self._reap_exited, events)
                 self._guarded("the loop's timers failed", self._on_timers, bool(events), now)
@@ -450,11 +474,13 @@ class Node:
         if state.health_due(now):
             readings = self.sampler.workers(rss=self.settings.memory_limit_mb > 0)
             self._perform(state.check_workers(readings, now))
-        if state.beat_due(now):
-            self.objects.forget_owners(set(state.clients))
+
+    def _on_beat(self, now: float) -> None:
+        if self.state.beat_due(now):
+            self.objects.forget_owners(set(self.state.clients))
             self.objects.expire_incoming(now)
-            state.objects = self.objects.figures()
-            self._perform(state.beat(self.sampler.machine(), self.store.stats(), now))
+            self.state.objects = self.objects.figures()
+            self._perform(self.state.beat(self.sampler.machine(), self.store.stats(), now))
 
     def _owner_gone(self, events: dict[object, int]) -> bool:
         if self.settings.owner_pid is None:
@@ -484,6 +510,11 @@ class Node:
         """Hand back what the workers hold, stop them, close everything; an embedded
         node also removes its owner's directory (the owner may have died without)."""
         self._perform(self.state.leaving())
+        leaving = to_frames(NodeLeaving(self.state.bound.node_id))
+        for sock in self.peers.values():  # the peers greeted may not watch us, or not be subscribed yet
+            sock.setsockopt(zmq.LINGER, LEAVING_LINGER_MS)
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send_multipart(leaving, zmq.NOBLOCK)
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for proc in self.processes.values():
             try:

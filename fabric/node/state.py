@@ -6,7 +6,7 @@ instructions for the loop to perform, in order::
 
     ROUTER message (not the cache's) ─► on_message(sender, msg, now)  ─┐
     peer's HEARTBEAT on the SUB ──────► peer_heard(stats, now)          │
-    peer's NODE_LEAVING on the SUB ───► peer_left(node_id)              │
+    peer's NODE_LEAVING (SUB, ROUTER) ► peer_left(node_id, now)         │
     a worker's exit (pidfd) ──────────► worker_exited(worker, status)   ├─► Send, Publish, Spawn, Kill,
     a spawn that failed (EMFILE...) ──► spawn_failed(): again next beat │   Terminate, Greet, Subscribe
     psutil per worker, when due ──────► check_workers(readings, now)    │
@@ -24,10 +24,11 @@ of each kind logged.  Unit tests drive it with fake readings and a fake clock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..calls.registry import TaskModules
+from ..cluster.gossip import PUSH_PULL_S, Gossip, News
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats, WorkerStats
 from ..config import NodeSettings
@@ -73,6 +74,7 @@ class Bound:
     control: str  # the ROUTER endpoint
     pub: str  # the PUB endpoint heartbeats go out on
     objects: str = ""  # the object ROUTER's endpoint (fabric.node.object_server)
+    generation_ms: int = 0  # the start's wall-clock time in ms: the first version of its heartbeats
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,14 @@ class Subscribe:
     pub: str
 
 
-Instruction = Send | Publish | Spawn | Kill | Terminate | Greet | Subscribe
+@dataclass(frozen=True)
+class Unsubscribe:
+    """Disconnect the SUB from a peer's heartbeats (no longer watched)."""
+
+    pub: str
+
+
+Instruction = Send | Publish | Spawn | Kill | Terminate | Greet | Subscribe | Unsubscribe
 
 
 @dataclass
@@ -161,10 +170,13 @@ class NodeState:
         self.bound = bound
         self.workers: dict[bytes, WorkerRecord] = {}
         self.clients: dict[bytes, ClientRecord] = {}
-        self.peers = Membership(settings.liveness_s)
+        self.peers = Membership(settings.heartbeat_interval_s, settings.liveness_s)
         self.health = WorkerHealth(settings.memory_limit_mb, settings.liveness_s)
-        self.greeted: dict[str, None] = {}  # control endpoints said PEER_HELLO to, in order
-        self.subscribed: set[str] = set()
+        self.gossip = Gossip(bound.control, bound.pub)
+        self.watching: dict[str, str] = {}  # control -> pub of the peers whose heartbeats the SUB receives
+        self.ids: dict[bytes, str] = {}  # a peer's node id -> its control endpoint (NODE_LEAVING names the id)
+        self.beats = 0  # heartbeats published: with the start time, this node's version
+        self.next_push_pull = 0.0
         self.load = MachineLoad(0.0, 0.0)
         self.accepting = True
         self.tasks_per_s = 0.0
@@ -188,8 +200,9 @@ class NodeState:
     def start(self, now: float) -> list[Instruction]:
         """Spawn the workers and greet the seeds; a heartbeat and a health check are due at once."""
         self.next_beat = self.next_health = self._rate_at = now
+        self.next_push_pull = now + PUSH_PULL_S
         spawns: list[Instruction] = [Spawn(index) for index in range(self.settings.workers)]
-        return spawns + self._greet(seed for seed in self.settings.seeds if seed != self.bound.control)
+        return spawns + self._greet_seeds()
 
     def stop(self, reason: str) -> None:
         """Stop at the loop's next turn (safe in a signal handler: it only sets fields)."""
@@ -244,10 +257,12 @@ class NodeState:
                 return self.client_goodbye(msg.client_id)
             case WorkerSilent():
                 return self.worker_silent(sender, msg.worker_id)
+            case NodeLeaving():  # a peer's word on our ROUTER: it may not be watched, or not yet heard
+                return self.peer_left(msg.node_id, now)
             case RecycleWorker():
                 return self.recycle_worker(sender, msg.worker_id)
             case PeerHello():
-                return [*self._subscribe(msg.pub), Send(sender, self.heartbeat(now))]
+                return [*self.peer_hello(msg, now), Send(sender, self.heartbeat(now, full=True))]
             case Status():
                 return [Send(sender, StatusReply([s.to_info() for s in self.status(now)]))]
             case Shutdown() if self.settings.owner_pid is not None:  # only an embedded node obeys
@@ -367,9 +382,11 @@ class NodeState:
                                f"{len(self.clients)} clients attached, max_clients = {self.settings.max_clients}")
             return []
         self.clients[hello.client_id] = ClientRecord(hello, now)
-        if known is not None and known.hello == hello:
-            return []
+        # Every HELLO is answered with the heartbeat (the client's proof that this node lives),
+        # never with the member list: a client asks one node for that (STATUS), not every node.
         out: list[Instruction] = [Send(hello.client_id, self.heartbeat(now))]
+        if known is not None and known.hello == hello:
+            return out
         out += [self._attach(record, hello) for record in self.workers.values() if record.up]
         return out
 
@@ -396,7 +413,16 @@ class NodeState:
     def beat(self, load: MachineLoad, cache: StoreStats, now: float) -> list[Instruction]:
         """Each heartbeat interval: take the load readings (and pause above
         ``max_load``), forget silent clients and peers, greet again the peers
-        not heard from, start the workers whose spawn failed, and publish the heartbeat."""
+        not heard from, start the workers whose spawn failed, and publish the heartbeat.
+        A beat gone late means this node was stalled (SIGSTOP, a starved machine):
+        its peers' heartbeats and its clients' HELLOs went unread meanwhile, and
+        that is no silence of theirs (a client forgotten would have its workers
+        detached and attached again, for nothing)."""
+        late_s = now - self.next_beat
+        self.peers.excuse_stall(late_s)
+        if self.peers.stalled(late_s):
+            for client in self.clients.values():
+                client.last_seen += late_s
         self.next_beat = now + self.settings.heartbeat_interval_s
         self.load, self.cache = load, cache
         done = self.stats().done
@@ -407,51 +433,92 @@ class NodeState:
         self.accepting = self.settings.max_load >= 100 or load.cpu_percent < self.settings.max_load
         out = self.expire_clients(now)
         for lost in self.peers.expire(now):
-            log.info("node %s: peer %s silent for %.1f s, declared dead", self.settings.name, lost.name,
-                     self.settings.liveness_s)
-        heard = {p.control for p in self.peers.nodes.values()}
-        out += self._greet(control for control in list(self.greeted) if control not in heard)
+            log.info("node %s: peer %s silent for %.1f s, declared dead", self.settings.name, lost.name, lost.age_s)
+            self.gossip.declare_dead(lost.control, now)
+        if self.gossip.purge(now):
+            self.ids = {node_id: c for node_id, c in self.ids.items() if c in self.gossip.members}
+        out += self._gossip_greetings(now)
         out += self.spawns_owed
         self.spawns_owed = []
-        out.append(Publish(self.heartbeat(now)))
+        out += self._rewatch()
+        self.beats += 1
+        out.append(Publish(Heartbeat(self.bound.node_id, self.stats(news=self.gossip.outgoing()).to_info())))
         return out
+
+    def _gossip_greetings(self, now: float) -> list[Instruction]:
+        """Whom to say PEER_HELLO to at a beat: the seeds while no member is known;
+        the watched peers when this node heard itself reported dead; one random
+        member every ``PUSH_PULL_S`` (its answer lists every member it knows)."""
+        alive = self.gossip.alive()
+        if not alive:
+            return self._greet_seeds()
+        out: list[Instruction] = []
+        if self.gossip.refuted:
+            self.gossip.refuted = False
+            out += [Greet(control) for control in self.watching]
+        if now >= self.next_push_pull:
+            self.next_push_pull = now + PUSH_PULL_S
+            out.append(Greet(alive[(self.beats * 7919) % len(alive)][0]))  # a spread-out pick, reproducible
+        return out
+
+    def _greet_seeds(self) -> list[Instruction]:
+        return [Greet(seed) for seed in self.settings.seeds if seed != self.bound.control]
 
     def peer_heard(self, stats: NodeStats, now: float) -> list[Instruction]:
-        """Record a peer's heartbeat; subscribe to, and greet, the nodes not known
-        yet: the peer itself or any it names."""
+        """A peer's heartbeat (on the SUB, or its answer to our PEER_HELLO): it is
+        alive at its version; learn what it lists and relays, and watch anew."""
         if stats.node_id == self.bound.node_id:
             return []
-        is_new = self.peers.observe(stats, now)
-        known = {(p.control, p.pub) for p in self.peers.nodes.values()} | {(self.bound.control, self.bound.pub)}
-        found = [(stats.control, stats.pub)] if is_new else []
-        found += [pair for pair in stats.peers if pair not in known]
-        out: list[Instruction] = []
-        for control, pub in found:
-            out += self._subscribe(pub)
-            if control not in self.greeted:
-                out += self._greet([control])
+        self.ids[stats.node_id] = stats.control
+        self.gossip.heard(stats.control, stats.pub, stats.version, now)
+        for control, pub in stats.peers:
+            self.gossip.learn((control, pub, 0, True), now)  # a version below any report: fills gaps only
+        for news in stats.news:
+            self.gossip.learn(news, now)
+        out = self._rewatch()
+        if stats.control in self.watching:
+            self.peers.observe(stats, now)
         return out
 
-    def peer_left(self, node_id: bytes) -> None:
-        """A peer said NODE_LEAVING: it is gone now, not after ``liveness_s`` of silence."""
-        left = self.peers.remove(node_id)
-        if left is not None:
-            log.info("node %s: peer %s left", self.settings.name, left.name)
-
-    def _greet(self, controls: Iterable[str]) -> list[Instruction]:
-        out: list[Instruction] = []
-        for control in controls:
-            self.greeted[control] = None
-            out.append(Greet(control))
-        return out
-
-    def _subscribe(self, pub: str) -> list[Instruction]:
-        if pub in self.subscribed or pub == self.bound.pub:
+    def peer_hello(self, hello: PeerHello, now: float) -> list[Instruction]:
+        """A peer greeted us (joining, or exchanging member lists): it is alive."""
+        if hello.control == self.bound.control:
             return []
-        self.subscribed.add(pub)
-        return [Subscribe(pub)]
+        self.ids[hello.node_id] = hello.control
+        self.gossip.heard(hello.control, hello.pub, 0, now)
+        return self._rewatch()
 
-    def stats(self) -> NodeStats:
+    def peer_left(self, node_id: bytes, now: float) -> list[Instruction]:
+        """A peer said NODE_LEAVING (on the SUB if we watch it, on our ROUTER if it
+        had greeted us): it is gone now, not after its silence is judged."""
+        stats, control = self.peers.remove(node_id), self.ids.pop(node_id, None)
+        if control is None or not self.gossip.declare_dead(control, now):
+            return []
+        log.info("node %s: peer %s left", self.settings.name, stats.name if stats else control.partition("://")[2])
+        return self._rewatch()
+
+    def _rewatch(self) -> list[Instruction]:
+        """Subscribe to the peers to watch now, and from those no longer watched
+        (their detectors dropped: not watching a node is no verdict on it)."""
+        members = self.gossip.members
+        wanted = {control: members[control].pub for control in self.gossip.watched()}
+        out: list[Instruction] = []
+        for control, pub in list(self.watching.items()):
+            if wanted.get(control) != pub:
+                del self.watching[control]
+                out.append(Unsubscribe(pub))
+                gone = [node_id for node_id, s in self.peers.nodes.items() if s.control == control]
+                for node_id in gone:
+                    self.peers.remove(node_id)
+        for control, pub in wanted.items():
+            if control not in self.watching:
+                self.watching[control] = pub
+                out.append(Subscribe(pub))
+        return out
+
+    def stats(self, full: bool = False, news: list[News] | None = None) -> NodeStats:
+        """This node's heartbeat; ``full`` (a direct answer) lists every member known
+        alive; ``news`` defaults to what is pending, not counted as sent."""
         s, bound = self.settings, self.bound
         reports = [(r, r.report) for r in self.workers.values()]
         return NodeStats(
@@ -479,7 +546,9 @@ class NodeState:
             store_bytes=self.objects.memory_bytes,
             store_disk_bytes=self.objects.disk_bytes,
             store_named=self.objects.named,
-            peers=tuple((p.control, p.pub) for p in self.peers.nodes.values()),
+            peers=tuple(self.gossip.alive()) if full else (),
+            version=bound.generation_ms + self.beats,
+            news=tuple(self.gossip.pending() if news is None else news),
             log_file=self.log_file,
             resources=dict(s.resources),
             tasks=tuple(sorted(self.tasks.functions)),
@@ -492,8 +561,14 @@ class NodeState:
             ),
         )
 
-    def heartbeat(self, now: float) -> Heartbeat:
-        return Heartbeat(self.bound.node_id, self.stats().to_info())
+    def heartbeat(self, now: float, full: bool = False) -> Heartbeat:
+        return Heartbeat(self.bound.node_id, self.stats(full).to_info())
 
     def status(self, now: float) -> list[NodeStats]:
-        return [self.stats(), *self.peers.snapshot(now)]
+        """This node, the peers it watches (their latest heartbeats) and the other
+        members it knows alive (their endpoints only: it hears them through news)."""
+        watched = self.peers.snapshot(now)
+        heard = {stats.control for stats in watched}
+        others = [NodeStats(b"", control.partition("://")[2], control, pub)
+                  for control, pub in self.gossip.alive() if control not in heard]
+        return [self.stats(), *watched, *others]

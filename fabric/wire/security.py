@@ -195,6 +195,15 @@ class HandshakeWatch:
         self._monitors[monitor] = (sock, endpoint)
         return monitor
 
+    def unwatch(self, sock: zmq.Socket, poller: zmq.Poller) -> None:
+        """Stop watching ``sock`` (about to be closed): its monitor leaves ``poller`` and closes."""
+        for monitor, (watched, _) in list(self._monitors.items()):
+            if watched is sock:
+                poller.unregister(monitor)
+                sock.disable_monitor()
+                monitor.close(linger=0)
+                del self._monitors[monitor]
+
     def on_poll(self, events: Mapping[Any, int]) -> None:
         """Read the monitors a poll found readable (``events``: ``dict(poller.poll())``)."""
         for monitor in self._monitors.keys() & events.keys():

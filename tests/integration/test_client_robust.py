@@ -62,7 +62,7 @@ def test_a_stalled_client_does_not_declare_a_live_node_dead(make_fabric, caplog)
     for _ in range(6):  # a stall ends at a poll timeout about half the time; then the race was lost
         hog_the_gil(3 * FAST["liveness_s"])
         assert fx.submit(abs, -3).result(timeout=30) == 3
-    assert "stopped answering" not in caplog.text
+    assert "declared dead" not in caplog.text
     assert len(fx.nodes()) == 1
 
 
@@ -77,5 +77,5 @@ def test_a_large_argument_and_an_over_limit_result_leave_every_node_alive(make_f
     assert len(fx.submit(bytes, 256 << 20).result(timeout=120)) == 256 << 20
     with pytest.raises(fabric.SerializationError, match=f"over max_message_bytes={limit:,}"):
         fx.submit(bytes, limit + 1).result(timeout=120)
-    assert "stopped answering" not in caplog.text and "went silent" not in caplog.text
+    assert "declared dead" not in caplog.text and "went silent" not in caplog.text
     assert len(fx.nodes()) == 1

@@ -5,9 +5,12 @@ dead or paused, and when queued work has waited too long for a worker; the
 I/O loop only performs its :class:`Actions`.  No socket is opened here.
 """
 
+from dataclasses import replace
+
+import pytest
 from test_ventilator import map_batch
 
-from fabric.client.cluster_view import ClusterView
+from fabric.client.cluster_view import Actions, ClusterView
 from fabric.client.ventilator import Ventilator
 from fabric.cluster.stats import NodeStats
 from fabric.errors import NoNodesError
@@ -18,8 +21,10 @@ TIMEOUT_S = 30.0
 
 
 def heartbeat(name, *, accepting=True, peers=(), workers=2):
+    """``peers``: the members its news reports alive."""
     return NodeStats(node_id=name.encode(), name=name, control=f"tcp://{name}:1", pub=f"tcp://{name}:2",
-                     workers=workers, accepting=accepting, peers=tuple((f"tcp://{p}:1", f"tcp://{p}:2") for p in peers))
+                     workers=workers, accepting=accepting,
+                     news=tuple((f"tcp://{p}:1", f"tcp://{p}:2", 1, True) for p in peers))
 
 
 def make_view(refusals=str):
@@ -30,17 +35,42 @@ def never_asked():
     raise AssertionError("has_pending asked while workers are attached")
 
 
+def test_a_seed_is_greeted_and_asked_for_its_members_once_and_the_members_it_lists_are_greeted():
+    view = make_view()
+    first = view.seed("tcp://a:1")
+    assert first.greet == first.survey == ("tcp://a:1",)
+    assert view.seed("tcp://a:1") == Actions()  # known: its DEALER exists
+    listed = view.members_listed([heartbeat("a"), heartbeat("b"), heartbeat("c")])
+    assert listed.greet == ("tcp://b:1", "tcp://c:1") and not listed.members_changed  # greeted, not yet heard
+    assert view.control_of(b"b") is None
+
+
 def test_a_heartbeat_greets_its_node_and_the_peers_it_names_once():
     view = make_view()
     assert view.seed("tcp://a:1").greet == ("tcp://a:1",)
-    assert view.seed("tcp://a:1").greet == ()  # known: its DEALER exists
     actions = view.heartbeat(heartbeat("a", peers=["b", "c"]), now=0.0)
     assert actions.greet == ("tcp://b:1", "tcp://c:1")
-    assert actions.subscribe == ("tcp://a:2", "tcp://b:2", "tcp://c:2")
     assert actions.members_changed and not actions.rejoin and not actions.lost
     again = view.heartbeat(heartbeat("a", peers=["b", "c"]), now=0.5)
-    assert (again.greet, again.subscribe, again.members_changed) == ((), (), False)
+    assert (again.greet, again.members_changed) == ((), False)
     assert view.control_of(b"a") == "tcp://a:1" and view.control_of(b"b") is None  # b: greeted, not yet heard
+
+
+def test_a_stall_of_the_client_is_no_nodes_silence():
+    view = make_view()
+    view.heartbeat(heartbeat("a"), now=0.0)
+    view.tick(0.0, 2, never_asked)
+    actions = view.tick(5.0, 2, never_asked)  # the next HELLO was due at 1.0: the client was stalled 4 s
+    assert not actions.lost and actions.greet  # a is asked again, and judged from now
+    assert view.next_deadline() == pytest.approx(1.0 + 4.0 + 1.0)  # the next HELLO; a's expiry is at 3.0 + 4.0
+    assert not view.tick(6.0, 2, never_asked).lost
+    assert view.tick(7.05, 2, never_asked).lost == ((b"a", "node a silent for 7.0 s, declared dead"),)
+
+
+def test_members_reported_alive_in_a_nodes_news_are_greeted_and_dead_ones_are_not():
+    view = make_view()
+    news = (("tcp://d:1", "tcp://d:2", 7, True), ("tcp://e:1", "tcp://e:2", 7, False))
+    assert view.heartbeat(replace(heartbeat("a"), news=news), now=0.0).greet == ("tcp://a:1", "tcp://d:1")
 
 
 def test_every_node_is_greeted_each_interval_and_the_deadline_says_when():
@@ -56,14 +86,16 @@ def test_every_node_is_greeted_each_interval_and_the_deadline_says_when():
 def test_a_silent_node_is_lost_after_the_liveness_timeout():
     view = make_view()
     view.heartbeat(heartbeat("a"), now=0.0)
-    view.tick(0.0, 2, never_asked)
+    for t in (0.0, 1.0, 2.0):  # HELLO on time: a had every chance to answer
+        view.tick(t, 2, never_asked)
     view.heartbeat(heartbeat("b"), now=2.0)
     view.tick(2.5, 2, never_asked)
     assert [(n.name, n.age_s) for n in view.nodes(2.5)] == [("a", 2.5), ("b", 0.5)]
-    assert view.next_deadline() == LIVENESS_S  # a's expiry (3.0) comes before the next HELLO (3.5)
-    assert not view.tick(LIVENESS_S, 2, never_asked).lost  # silent for exactly the timeout: still alive
+    # a's expiry (3.0: regular heartbeats so far) comes before the next HELLO (3.5)
+    assert view.next_deadline() == pytest.approx(LIVENESS_S)
+    assert not view.tick(LIVENESS_S - 0.01, 2, never_asked).lost
     actions = view.tick(LIVENESS_S + 0.01, 2, never_asked)
-    assert actions.lost == ((b"a", "node a stopped answering"),) and actions.members_changed
+    assert actions.lost == ((b"a", "node a silent for 3.0 s, declared dead"),) and actions.members_changed
     assert [n.name for n in view.nodes(LIVENESS_S + 0.01)] == ["b"]
     assert view.reported_workers() == 2
 
@@ -107,8 +139,8 @@ def test_a_paused_node_that_is_lost_and_returns_accepting_gets_batches_again():
         vent.pause(node_id)
     vent.enqueue(map_batch(range(2)))
     assert list(vent.dispatch()) == []
-    for node_id, reason in view.node_left(b"a").lost:
-        vent.node_lost(node_id, reason)
+    for node_id, _ in view.node_left(b"a").lost:
+        vent.node_lost(node_id)
     returned = view.heartbeat(heartbeat("a"), now=1.0)
     assert (returned.pause, returned.resume) == ((), ())
     vent.worker_ready(b"w1", 1, b"a")

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from fabric.config import CacheConfig, NodeSettings
-from fabric.node.loop import Node
+from fabric.node.loop import PEER_SOCKETS_MAX, Node
 from fabric.node.worker import Worker
 from fabric.wire.protocol import Attach
 
@@ -65,3 +65,19 @@ def test_a_node_whose_peer_connect_raises_closes_the_socket(tmp_path):
         assert node.state.faults.counts[f"cannot connect to peer {REFUSED!r}"] == 1
     finally:
         node._stop()  # returns: Context.term() has no half-made socket to wait for
+
+
+def test_a_node_keeps_a_bounded_number_of_peer_sockets(tmp_path):
+    settings = NodeSettings(name="alpha", address=f"ipc://{tmp_path}/control", workers=1,
+                            cache=CacheConfig(dir=str(tmp_path)))
+    node = Node(settings)
+    try:
+        node._greet(f"ipc://{tmp_path}/peer-0")
+        before = len(open_sockets(node.context))  # the first peer: its DEALER and its handshake monitor
+        for i in range(1, 3 * PEER_SOCKETS_MAX):
+            node._greet(f"ipc://{tmp_path}/peer-{i}")
+            node._greet(f"ipc://{tmp_path}/peer-0")  # greeted again: the most recent, kept
+        assert len(node.peers) == PEER_SOCKETS_MAX and f"ipc://{tmp_path}/peer-0" in node.peers
+        assert len(open_sockets(node.context)) == before + 2 * (PEER_SOCKETS_MAX - 1)
+    finally:
+        node._stop()

@@ -21,6 +21,7 @@ from fabric.node.state import (
     Spawn,
     Subscribe,
     Terminate,
+    Unsubscribe,
 )
 from fabric.node.store import StoreStats
 from fabric.wire.protocol import (
@@ -78,7 +79,8 @@ def test_workers_attach_to_clients_in_either_order():
 def test_hello_is_also_the_clients_heartbeat():
     state = node_with_worker()
     assert len(state.client_hello(HELLO, now=0.0)) == 2
-    assert state.client_hello(HELLO, now=2.0) == []  # known: only marked alive
+    [answer] = state.client_hello(HELLO, now=2.0)  # known: marked alive and answered (the client's liveness of us)
+    assert answer == Send(b"c-1", state.heartbeat(2.0))
     assert state.expire_clients(now=4.9) == []
     assert state.expire_clients(now=5.1) == [Send(b"w-1", Detach(b"c-1"))]
     assert state.clients == {}
@@ -131,8 +133,8 @@ def test_a_peer_that_leaves_is_forgotten_at_once(caplog):
     peer = NodeStats(node_id=b"n-2", name="beta", control="tcp://127.0.0.1:7200", pub="tcp://127.0.0.1:7201")
     state.peer_heard(peer, now=0.0)
     with caplog.at_level("INFO", logger="fabric.node.state"):
-        state.peer_left(b"n-2")
-        state.peer_left(b"n-2")  # twice, or never known: nothing
+        assert state.peer_left(b"n-2", now=0.1) == [Unsubscribe("tcp://127.0.0.1:7201")]
+        assert state.peer_left(b"n-2", now=0.1) == []  # twice, or never known: nothing
     assert [n.name for n in state.status(now=0.1)] == ["alpha"]
     assert caplog.text.count("node alpha: peer beta left") == 1
 
@@ -143,7 +145,7 @@ def test_hellos_beyond_max_clients_are_refused_and_counted():
         state.client_hello(replace(HELLO, client_id=b"c-%d" % i), now=0.0)
     assert sorted(state.clients) == [b"c-0", b"c-1"]
     assert state.faults.counts["HELLO beyond max_clients refused"] == 3
-    assert len(state.client_hello(replace(HELLO, client_id=b"c-1"), now=1.0)) == 0  # a known one stays alive
+    assert len(state.client_hello(replace(HELLO, client_id=b"c-1"), now=1.0)) == 1  # a known one: only answered
     state.client_goodbye(b"c-0")
     assert len(state.client_hello(replace(HELLO, client_id=b"c-9"), now=1.0)) == 2  # a place is free again
 
@@ -162,9 +164,10 @@ def test_status_and_peer_hello_are_answered_on_the_control_socket():
     assert reply.to == b"cli" and [n["name"] for n in reply.msg.nodes] == ["alpha"]
     assert isinstance(reply.msg, StatusReply)
     out = state.on_message(b"n-2", PeerHello(b"n-2", "tcp://b:1", "tcp://b:2"), now=0.0)
-    assert out == [Subscribe("tcp://b:2"), Send(b"n-2", state.heartbeat(0.0))]
+    assert out == [Subscribe("tcp://b:2"), Send(b"n-2", state.heartbeat(0.0, full=True))]
+    assert NodeStats.from_info(out[1].msg.info).peers == (("tcp://b:1", "tcp://b:2"),)  # every member it knows
     assert state.on_message(b"n-2", PeerHello(b"n-2", "tcp://b:1", "tcp://b:2"), now=1.0)[0] == Send(
-        b"n-2", state.heartbeat(1.0))  # subscribed once
+        b"n-2", state.heartbeat(1.0, full=True))  # subscribed once
 
 
 def test_statistics_survive_worker_restarts():
@@ -271,6 +274,8 @@ def test_a_node_whose_cache_turned_off_has_no_weight_on_the_ring():
 def test_a_beat_forgets_silent_clients():
     state = node_with_worker()
     state.client_hello(HELLO, now=0.0)
+    for t in (0.0, 1.0, 2.0, 3.0):  # on time: the silence is the client's
+        assert state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=t)[:-1] == []
     assert state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=3.5)[:-1] == [Send(b"w-1", Detach(b"c-1"))]
 
 
@@ -278,27 +283,77 @@ def peer(name, control, pub, peers=()):
     return NodeStats(node_id=name.encode(), name=name, control=control, pub=pub, peers=peers)
 
 
-def test_peers_spread_from_heartbeats():
+def test_peers_spread_from_heartbeats_and_only_a_few_are_watched():
     state = node()
-    beta = peer("beta", "tcp://b:1", "tcp://b:2", peers=(("tcp://c:1", "tcp://c:2"), (BOUND.control, BOUND.pub)))
-    assert state.peer_heard(beta, now=0.0) == [
-        Subscribe("tcp://b:2"), Greet("tcp://b:1"), Subscribe("tcp://c:2"), Greet("tcp://c:1"),
-    ]
-    assert state.peer_heard(beta, now=1.0) == []  # gamma is subscribed to and greeted already
-    state.peer_heard(peer("gamma", "tcp://c:1", "tcp://c:2"), now=1.0)
-    assert state.peer_heard(beta, now=2.0) == []
-    assert {s.name for s in state.status(now=2.0)} == {"alpha", "beta", "gamma"}
-    assert [s.name for s in state.peers.expire(now=4.5)] == ["gamma"]  # silent since 1.0
+    members = [(f"tcp://m{i}:1", f"tcp://m{i}:2") for i in range(20)]
+    beta = peer("beta", "tcp://b:1", "tcp://b:2", peers=(*members, (BOUND.control, BOUND.pub)))
+    out = state.peer_heard(beta, now=0.0)
+    assert len(state.gossip.alive()) == 21  # beta and all it lists, not itself
+    assert out == [Subscribe(state.gossip.members[c].pub) for c in state.gossip.watched()] and len(out) == 4
+    assert state.peer_heard(beta, now=1.0) == []  # nothing new: the same watched peers
+    assert {s.control for s in state.status(now=1.0)} == {BOUND.control, "tcp://b:1", *(c for c, _ in members)}
 
 
-def test_a_beat_greets_again_the_peers_not_heard_from():
-    state = node(seeds=("tcp://b:1",))
+def test_a_watched_peer_declared_dead_is_news_and_is_replaced():
+    state = node()
     state.start(now=0.0)
+    for i in range(3):
+        state.peer_heard(peer(f"p{i}", f"tcp://p{i}:1", f"tcp://p{i}:2"), now=0.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=0.0)
+    first = sorted(state.watching)[0]
+    for t in (1.0, 2.0, 3.0):
+        for control in state.watching:
+            if control != first:
+                state.peer_heard(peer(control[6:8], control, state.watching[control]), now=t)
+        state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=t)  # on time: the silence is first's
+    [publish] = [i for i in state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=4.0) if isinstance(i, Publish)]
+    news = NodeStats.from_info(publish.msg.info).news
+    assert (first, first.replace(":1", ":2"), 0, False) in news  # relayed to whoever watches us
+    assert not state.gossip.members[first].alive and first not in state.peers.nodes
+
+
+def test_a_beat_greets_the_seeds_until_some_member_is_known():
+    state = node(seeds=("tcp://b:1",))
+    assert state.start(now=0.0)[-1:] == [Greet("tcp://b:1")]
     load = MachineLoad(0.0, 0.0)
     assert state.beat(load, NO_CACHE, now=0.0)[:-1] == [Greet("tcp://b:1")]  # a seed not heard from yet
     state.peer_heard(peer("beta", "tcp://b:1", "tcp://b:2"), now=0.5)
     assert state.beat(load, NO_CACHE, now=1.0)[:-1] == []
-    assert state.beat(load, NO_CACHE, now=4.0)[:-1] == [Greet("tcp://b:1")]  # beta declared dead at 3.5+
+    state.beat(load, NO_CACHE, now=2.0)
+    state.beat(load, NO_CACHE, now=3.0)
+    out = state.beat(load, NO_CACHE, now=4.0)  # beta declared dead (silent since 0.5): the seed again
+    assert Greet("tcp://b:1") in out
+
+
+def test_a_node_stalled_past_its_beat_does_not_declare_its_peers_dead_nor_forget_its_clients():
+    state = node_with_worker()
+    state.start(now=0.0)
+    state.client_hello(HELLO, now=0.0)
+    state.peer_heard(peer("beta", "tcp://b:1", "tcp://b:2"), now=0.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=0.0)
+    assert state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=6.0)[:1] != [Send(b"w-1", Detach(b"c-1"))]
+    # due at 1.0: this node was stopped for 5 s
+    assert state.gossip.members["tcp://b:1"].alive and b"beta" in state.peers.nodes and b"c-1" in state.clients
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=7.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=8.0)
+    state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=9.0)  # on time since: beta's 3 s count from the stall's end
+    assert not state.gossip.members["tcp://b:1"].alive
+
+
+def test_a_node_reported_dead_greets_its_watched_peers_to_say_otherwise():
+    state = node()
+    state.start(now=0.0)
+    state.peer_heard(peer("beta", "tcp://b:1", "tcp://b:2"), now=0.0)
+    gossip = peer("beta", "tcp://b:1", "tcp://b:2")
+    state.peer_heard(replace(gossip, news=((BOUND.control, BOUND.pub, 5, False),)), now=0.5)
+    assert Greet("tcp://b:1") in state.beat(MachineLoad(0.0, 0.0), NO_CACHE, now=1.0)
+
+
+def test_a_peer_that_greeted_us_and_leaves_on_our_router_is_dead_at_once_though_never_watched_or_heard():
+    state = node()
+    state.on_message(b"n-2", PeerHello(b"n-2", "tcp://b:1", "tcp://b:2"), now=0.0)
+    assert state.on_message(b"n-2", NodeLeaving(b"n-2"), now=0.5) == [Unsubscribe("tcp://b:2")]
+    assert [n.name for n in state.status(now=0.6)] == ["alpha"]
 
 
 def test_own_heartbeat_is_not_a_peer():

@@ -123,7 +123,7 @@ def test_affinity_picks_one_owner_and_it_follows_membership():
     workers = {w for w, _, _ in vent.dispatch()}
     assert len(workers) == 1
     owner = next(iter(workers))[2:]
-    vent.node_lost(owner, "gone")
+    vent.node_lost(owner)
     del vent.placer.nodes[owner]
     vent.enqueue(with_placing(call_batch(), affinity=key))
     assert {w for w, _, _ in vent.dispatch()} != workers

@@ -252,8 +252,42 @@ def test_node_lost_requeues_all_its_workers_batches():
     vent.enqueue(map_batch(range(2)))
     vent.enqueue(map_batch(range(2)))
     list(vent.dispatch())
-    vent.node_lost(b"n1", "silent")
-    assert vent.workers == 1 and len(vent.in_flight) == 1 and len(vent.bulk) == 2
+    vent.node_lost(b"n1")
+    assert vent.workers == 1 and len(vent.in_flight) == 1 and len(vent.bulk) == 1  # whole, not split
+
+
+def test_a_single_task_lost_with_silent_nodes_any_number_of_times_is_never_charged():
+    """A node declared dead by silence (a busy machine) says nothing against the task
+    it ran: losing it that way more often than ``retries`` fails nothing, the batch is
+    not split, asks to be acknowledged from then on, and a late result is a duplicate."""
+    vent = Ventilator(retries=2)
+    batch = map_batch(range(4))
+    vent.enqueue(batch)
+    for attempt in range(5):
+        node = f"n{attempt}".encode()
+        vent.worker_ready(b"w" + node, 1, node)
+        (worker_id, sent, _), = vent.dispatch()
+        assert sent is batch
+        vent.node_lost(node)
+        assert list(vent.bulk) == [batch] and batch.attempts == 0 and not batch.suspect and batch.taken_back
+        assert vent.complete(worker_id, batch.batch_id) is None  # its late result: a duplicate
+    assert batch.owner.failed == []
+
+
+def test_only_a_worker_exit_charges_the_task_it_was_running():
+    vent = Ventilator(retries=2)
+    batch = call_batch()
+    vent.enqueue(batch)
+    vent.worker_ready(b"w1", 1, b"n1")
+    list(vent.dispatch())
+    vent.node_lost(b"n1")  # silence: uncharged
+    vent.worker_ready(b"w2", 1, b"n2")
+    list(vent.dispatch())
+    assert vent.worker_lost(b"w2", "killed by signal SIGSEGV") == [] and batch.attempts == 1
+    vent.worker_ready(b"w3", 1, b"n3")
+    list(vent.dispatch())
+    (failed, exc), = vent.worker_lost(b"w3", "killed by signal SIGSEGV")
+    assert failed is batch and isinstance(exc, WorkerCrashedError) and "2 attempts" in str(exc)
 
 
 def test_paused_nodes_get_no_batches():
