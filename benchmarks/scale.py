@@ -9,6 +9,11 @@ SIGKILLs K nodes (with their workers) of the largest cluster one after another,
 idle, and times until the client stops listing each; the log lines of the
 client and of every node count the deaths declared of nodes that were alive.
 
+``--netns`` runs each node, and the client, on a host of its own: a network
+namespace on a bridge (``benchmarks/netns.py``), in a cluster keyed for the run;
+the bytes are then what each node host's veth sent (frames, headers included).
+Its rows are labelled ``<label>, netns``.
+
 ``--tree DIR`` runs the client, nodes and workers with another checkout's
 ``fabric`` (the tree before a change: a baseline in the same session).  Results go to ``--json``;
 ``--plot`` draws them.  Ports come from 20000-30000 (below the ephemeral range,
@@ -28,17 +33,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psutil
 
+from . import netns
 from . import workloads as wl
 from .measure import timed
 
 SIZES = (1, 2, 4, 8, 16, 32)
 MS_TASKS = 2_000
+HOST_PORT = 7100  # every netns host has its own address: one port for all
 
 
 def low_port_addresses(count: int) -> list[str]:
@@ -57,8 +64,14 @@ def low_port_addresses(count: int) -> list[str]:
 
 
 @contextmanager
-def nodes(count: int, log_dir: Path) -> Iterator[tuple[list[str], list[subprocess.Popen[bytes]]]]:
-    addresses = low_port_addresses(count)
+def nodes(
+    count: int, log_dir: Path, hosts: netns.Hosts | None = None
+) -> Iterator[tuple[list[str], list[subprocess.Popen[bytes]]]]:
+    """``count`` nodes on loopback, or node i on host i + 1 of ``hosts``."""
+    if hosts:
+        addresses = [f"tcp://{hosts.address(i + 1)}:{HOST_PORT}" for i in range(count)]
+    else:
+        addresses = low_port_addresses(count)
     # Absolute paths, and the nodes run elsewhere: ``python -m`` puts its working directory
     # first on sys.path, which would import this checkout's fabric before --tree's.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)}
@@ -67,7 +80,8 @@ def nodes(count: int, log_dir: Path) -> Iterator[tuple[list[str], list[subproces
         for i, address in enumerate(addresses):
             with open(log_dir / f"node-{count}-{i}.log", "w") as log:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--workers", "1",
+                    [*(hosts.prefix(i + 1) if hosts else []), sys.executable, "-m", "fabric.cli",
+                     "start", "--bind", address, "--workers", "1",
                      "--cache-dir", str(log_dir / "cache"), *(["--join", addresses[0]] if i else [])],
                     env=env, stderr=log, cwd=log_dir,
                 ))
@@ -105,7 +119,7 @@ def _wait(predicate, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-def _sent_bytes(pids: set[int]) -> dict[tuple[str, str], int]:
+def _sent_bytes(pids: set[int]) -> dict[object, int]:
     """Bytes each TCP connection of these processes has sent, by (local, peer)
     address (``ss -tinp``: libzmq's sends are no write() calls, so /proc's I/O
     counters do not see them)."""
@@ -120,22 +134,23 @@ def _sent_bytes(pids: set[int]) -> dict[tuple[str, str], int]:
     return sent
 
 
-def _sent_since(before: dict[tuple[str, str], int], after: dict[tuple[str, str], int]) -> int:
+def _sent_since(before: dict[object, int], after: dict[object, int]) -> int:
     """Bytes sent between two readings; a connection opened meanwhile counts whole,
     one closed meanwhile is lost (idle clusters keep their connections)."""
     return sum(n - before.get(key, 0) for key, n in after.items() if n >= before.get(key, 0))
 
 
-def _idle_cost(procs: list[subprocess.Popen[bytes]], idle_s: float) -> tuple[float, float]:
-    """CPU % of one core and TCP bytes/s sent, per node process, over ``idle_s``."""
+def _idle_cost(
+    procs: list[subprocess.Popen[bytes]], idle_s: float, reading: Callable[[], dict[object, int]]
+) -> tuple[float, float]:
+    """CPU % of one core and bytes/s sent (by ``reading``'s counters), per node process, over ``idle_s``."""
     watched = [psutil.Process(p.pid) for p in procs]
-    pids = {p.pid for p in procs}
     before = [p.cpu_times() for p in watched]
-    sent = _sent_bytes(pids)
+    sent = reading()
     started = time.monotonic()
     time.sleep(idle_s)  # the measurement window: the cluster is idle meanwhile
     elapsed = time.monotonic() - started
-    sent = _sent_since(sent, _sent_bytes(pids))
+    sent = _sent_since(sent, reading())
     cpu = 0.0
     for p, times in zip(watched, before):
         now = p.cpu_times()
@@ -143,16 +158,20 @@ def _idle_cost(procs: list[subprocess.Popen[bytes]], idle_s: float) -> tuple[flo
     return max(0.0, cpu / len(watched)), sent / elapsed / len(watched)
 
 
-def measure(count: int, idle_s: float, log_dir: Path) -> dict[str, float]:
+def measure(count: int, idle_s: float, log_dir: Path, hosts: netns.Hosts | None = None) -> dict[str, float]:
+    """The figures at ``count`` nodes; on ``hosts``, bytes are the node hosts' veth frames
+    (headers included), on loopback the payload of the nodes' TCP connections."""
     import fabric
 
-    with nodes(count, log_dir) as (addresses, procs):
+    with nodes(count, log_dir, hosts) as (addresses, procs):
+        pids = {p.pid for p in procs}
+        reading = (lambda: hosts.sent_bytes(range(1, count + 1))) if hosts else (lambda: _sent_bytes(pids))
         started = time.monotonic()
         with fabric.connect(addresses[0]) as fx:
             if not _wait(lambda: len(fx.nodes()) == count and fx.workers() >= count, 120):  # before: a phantom
                 raise RuntimeError(f"{count} nodes: the client saw {len(fx.nodes())} nodes, {fx.workers()} workers")
             see_all_s = time.monotonic() - started
-            cpu, written = _idle_cost(procs, idle_s)
+            cpu, written = _idle_cost(procs, idle_s, reading)
             list(fx.map(wl.spin_cpu, [0.001] * 200))  # warm: functions shipped, batch sizes measured
             rate = MS_TASKS / timed(lambda: list(fx.map(wl.spin_cpu, [0.001] * MS_TASKS)))
     ideal = 1000.0 * min(count, os.cpu_count() or 1)
@@ -160,11 +179,11 @@ def measure(count: int, idle_s: float, log_dir: Path) -> dict[str, float]:
             "sent_bytes_per_s_per_node": written, "ms_tasks_per_s": rate, "ideal_per_s": ideal}
 
 
-def detection(count: int, kills: int, log_dir: Path) -> dict[str, object]:
+def detection(count: int, kills: int, log_dir: Path, hosts: netns.Hosts | None = None) -> dict[str, object]:
     """SIGKILL ``kills`` nodes of ``count``, one at a time, idle; seconds until the client drops each."""
     import fabric
 
-    with nodes(count, log_dir) as (addresses, procs):
+    with nodes(count, log_dir, hosts) as (addresses, procs):
         with fabric.connect(addresses[0]) as fx:
             if not _wait(lambda: len(fx.nodes()) == count, 120):
                 raise RuntimeError("not every node was seen")
@@ -190,13 +209,13 @@ def false_deaths(log_dir: Path, killed: set[str]) -> int:
     return count
 
 
-def idle_run(count: int, seconds: float, log_dir: Path) -> dict[str, object]:
+def idle_run(count: int, seconds: float, log_dir: Path, hosts: netns.Hosts | None = None) -> dict[str, object]:
     """``count`` nodes and a client, idle for ``seconds``: deaths declared by anyone."""
     import fabric
 
     handler = _Counter()
     logging.getLogger("fabric.client").addHandler(handler)
-    with nodes(count, log_dir) as (addresses, _):
+    with nodes(count, log_dir, hosts) as (addresses, _):
         with fabric.connect(addresses[0]) as fx:
             if not _wait(lambda: len(fx.nodes()) == count, 120):
                 raise RuntimeError("not every node was seen")
@@ -261,6 +280,22 @@ def table(saved: dict[str, dict[str, list[dict[str, float]]]]) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def on_hosts(count: int, log_dir: Path) -> Iterator[netns.Hosts]:
+    """This process (the client) on a host of its own, beside ``count`` hosts for nodes, all
+    members of a cluster keyed for the run: nodes bind non-loopback addresses only with a key."""
+    from fabric.wire.security import KEY_FILE_ENV, write_key_file
+
+    reason = netns.unavailable()
+    if reason:
+        raise SystemExit(f"--netns: {reason}")
+    write_key_file(log_dir / "cluster.key")
+    os.environ[KEY_FILE_ENV] = str(log_dir / "cluster.key")  # read by the client and inherited by every node
+    with netns.hosts(count + 1) as hosts:
+        hosts.enter(0)  # before any thread starts: libzmq's I/O threads inherit the namespace
+        yield hosts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
@@ -272,28 +307,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="OUT.png")
     parser.add_argument("--markdown", action="store_true", help="print every tree's figures as a table at the end")
     parser.add_argument("--tree", help="run fabric from this checkout (its fabric/ only), e.g. the tree before")
+    parser.add_argument("--netns", action="store_true",
+                        help="each node, and the client, on a host of its own (a network namespace; needs root)")
     args = parser.parse_args(argv)
     if args.tree:
         use_tree(Path(args.tree))
     sizes = [int(n) for n in args.sizes.split(",")]
-    out = Path(args.json)
+    label = f"{args.label}, netns" if args.netns else args.label
+    out = Path(args.json).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = json.loads(out.read_text()) if out.exists() else {}
-    with tempfile.TemporaryDirectory(prefix="fabric-scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fabric-scale-") as tmp, ExitStack() as stack:
         log_dir = Path(tmp)
+        hosts = stack.enter_context(on_hosts(max(sizes), log_dir)) if args.netns else None
         rows = []
         for count in sizes:
-            rows.append(measure(count, args.idle_s, log_dir))
+            rows.append(measure(count, args.idle_s, log_dir, hosts))
             print(json.dumps(rows[-1]), flush=True)
-        kept = {r["nodes"]: r for r in saved.setdefault("sizes", {}).get(args.label, [])}  # runs interleave by size
+        kept = {r["nodes"]: r for r in saved.setdefault("sizes", {}).get(label, [])}  # runs interleave by size
         kept.update({r["nodes"]: r for r in rows})
-        saved["sizes"][args.label] = [kept[n] for n in sorted(kept)]
+        saved["sizes"][label] = [kept[n] for n in sorted(kept)]
         if args.detect:
-            saved.setdefault("detection", {})[args.label] = detection(max(sizes), args.detect, log_dir)
-            print(json.dumps(saved["detection"][args.label]), flush=True)
+            saved.setdefault("detection", {})[label] = detection(max(sizes), args.detect, log_dir, hosts)
+            print(json.dumps(saved["detection"][label]), flush=True)
         if args.idle_run:
-            saved.setdefault("idle_run", {})[args.label] = idle_run(max(sizes), args.idle_run, log_dir)
-            print(json.dumps(saved["idle_run"][args.label]), flush=True)
+            saved.setdefault("idle_run", {})[label] = idle_run(max(sizes), args.idle_run, log_dir, hosts)
+            print(json.dumps(saved["idle_run"][label]), flush=True)
     out.write_text(json.dumps(saved, indent=1))
     if args.plot:
         plot(saved["sizes"], args.plot)

@@ -5,11 +5,14 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+from helpers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +93,66 @@ def test_the_scale_benchmark_measures_every_size_and_draws_them(tmp_path):
     assert all(r["ms_tasks_per_s"] > 0 and r["see_all_s"] > 0 for r in rows)
     assert len(saved["detection"]["gossip"]["detection_s"]) == 1
     assert "| gossip | 2 |" in done.stdout
+
+
+@pytest.mark.netns
+def test_the_scale_benchmark_runs_nodes_and_client_on_hosts_of_their_own(tmp_path):
+    """--netns: two nodes and the client each in a network namespace; every figure is there,
+    the bytes come from the hosts' veths, and no namespace of the run is left behind."""
+    from benchmarks import netns
+
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(f"the netns series needs network namespaces: {reason}")
+    before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    out = tmp_path / "scale.json"
+    run = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--netns", "--sizes", "2", "--idle-s", "0.5",
+                            "--json", str(out), "--markdown"], stdout=subprocess.PIPE, text=True)
+    try:
+        stdout, _ = run.communicate(timeout=180)
+    finally:
+        run.kill()
+    assert run.returncode == 0
+    (row,) = json.loads(out.read_text())["sizes"]["gossip, netns"]
+    assert row["nodes"] == 2 and all(math.isfinite(v) and v >= 0 for v in row.values())
+    assert row["ms_tasks_per_s"] > 0 and row["see_all_s"] > 0
+    assert row["sent_bytes_per_s_per_node"] > 0  # heartbeats crossed the veths
+    assert "| gossip, netns | 2 |" in stdout
+    after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    assert not {name for name in after - before if name.startswith(f"fs{run.pid % 100000}")}  # the run's names
+
+
+def _namespaces(prefix: str) -> set[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.startswith(prefix)}
+
+
+def _at_least(count: int, found: list) -> list | None:
+    return found if len(found) >= count else None
+
+
+@pytest.mark.netns
+def test_an_interrupted_netns_run_deletes_its_namespaces(tmp_path):
+    """Interrupted while its nodes start: the run's namespaces, veths with them, are gone all the same."""
+    from benchmarks import netns
+
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(f"the netns series needs network namespaces: {reason}")
+    run = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--netns", "--sizes", "4", "--idle-s", "30",
+                            "--json", str(tmp_path / "scale.json")], stdout=subprocess.DEVNULL)
+    prefix = f"fs{run.pid % 100000}"
+    try:
+        started = wait_for(lambda: _at_least(4, psutil.Process(run.pid).children(recursive=True)), timeout_s=60)
+        assert len(_namespaces(prefix)) == 6  # the bridge, the client's host and 4 nodes' hosts
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode != 0
+    assert not _namespaces(prefix)
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # nodes and workers
+    assert not (tmp_path / "scale.json").exists()
 
 
 @pytest.mark.parametrize("system", ["serial", "fabric by_key", "fabric combine"])

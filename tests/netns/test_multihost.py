@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from benchmarks.netns import unavailable as namespaces_unavailable
 from fabric.wire.security import KEY_FILE_ENV, write_key_file
 
 pytestmark = pytest.mark.netns
@@ -58,23 +59,9 @@ class Hosts:
         return subprocess.Popen(["ip", "netns", "exec", self.names[index], *cmd], env=env, text=True, **popen)
 
 
-def _can_make_namespaces() -> str | None:
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if shutil.which("ip") is None:
-        return "iproute2 ('ip') is not installed"
-    probe = f"fbprobe{os.getpid()}"
-    try:
-        ip("netns", "add", probe)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        return f"cannot create a network namespace here: {getattr(exc, 'stderr', exc)!r}"
-    ip("netns", "del", probe)
-    return None
-
-
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    reason = _can_make_namespaces()
+    reason = namespaces_unavailable()
     if reason:
         pytest.skip(reason)
     run_id = f"{os.getpid() % 100000}"
