@@ -124,7 +124,7 @@ def _sent_bytes(pids: set[int]) -> dict[object, int]:
     address (``ss -tinp``: libzmq's sends are no write() calls, so /proc's I/O
     counters do not see them)."""
     out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True).stdout.splitlines()
-    sent = {}
+    sent: dict[object, int] = {}
     for head, info in zip(out[::2], out[1::2]):
         fields = head.split()
         owner = next((int(p.split(",")[0]) for p in head.split("pid=")[1:]), None)
@@ -146,11 +146,11 @@ def _idle_cost(
     """CPU % of one core and bytes/s sent (by ``reading``'s counters), per node process, over ``idle_s``."""
     watched = [psutil.Process(p.pid) for p in procs]
     before = [p.cpu_times() for p in watched]
-    sent = reading()
+    counted = reading()
     started = time.monotonic()
     time.sleep(idle_s)  # the measurement window: the cluster is idle meanwhile
     elapsed = time.monotonic() - started
-    sent = _sent_since(sent, reading())
+    sent = _sent_since(counted, reading())
     cpu = 0.0
     for p, times in zip(watched, before):
         now = p.cpu_times()
