@@ -118,6 +118,8 @@ class MapStream:
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
         locate: Callable[[list[Any]], dict[bytes, int] | None] | None = None,
+        recomputing: Callable[[list[Any]], list[concurrent.futures.Future]] | None = None,
+        kept: Callable[[Sequence[Any], list[Any]], None] | None = None,
         placing: Placing | None = None,
         keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
         bar: Bar | None = None,
@@ -137,6 +139,9 @@ class MapStream:
         self._check_size = check_size
         self._cache = cache
         self._locate = locate
+        self._recomputing = recomputing  # lost kept results a chunk reads, computed again before it is sent
+        self._kept = kept  # keep=True: told each chunk's items and Refs, so a lost Ref can be computed again
+        self._inputs: dict[int, Sequence[Any]] = {}  # seq -> its items, while ``kept`` needs them
         self._placing = placing  # where its batches may run (None: anywhere, the default path)
         self._keys_of = keys_of  # map(partition_by=): each item's key digest
         self._interrupted = interrupted  # a KeyboardInterrupt stops this map's running tasks
@@ -230,6 +235,7 @@ class MapStream:
                 if printed:
                     show_at(printed)
                 started = time.perf_counter()
+                inputs = self._inputs.pop(seq, None)
                 if self._mode == Mode.FOLD:
                     results, error = _partials(parts)
                 else:
@@ -237,6 +243,8 @@ class MapStream:
                     results, error = _assemble(length + len(repeats), parts)
                     for position, source in repeats.items():
                         results[position] = results[source]
+                if inputs is not None and self._kept is not None:
+                    self._kept(inputs, results)
                 self._yielded += 1
                 if error is not None:
                     del results[error[0] :]
@@ -277,6 +285,7 @@ class MapStream:
         with self._cond:
             self._closed = True
             self._parts.clear()
+            self._inputs.clear()
             self._wake()
 
     # -- waiting without blocking (async iteration, fabric.client.awaiting) -------------
@@ -342,6 +351,8 @@ class MapStream:
     def _post_chunk(self, chunk: Sequence[Any]) -> None:
         start = self._items_posted
         seq = self._new_seq(len(chunk))
+        if self._kept is not None:
+            self._inputs[seq] = chunk
         if self._cache is None:
             self._post_items(seq, start, chunk, None)
             return
@@ -389,10 +400,12 @@ class MapStream:
         return computed
 
     def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None,
-                    encoder: codec.PayloadEncoder | None = None) -> None:
+                    encoder: codec.PayloadEncoder | None = None, recompute: bool = True) -> None:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch; a
         chunk holding futures not done is posted once they are (from the thread that
-        finishes the last), with a failed one as a marker its item raises."""
+        finishes the last), with a failed one as a marker its item raises; one reading
+        kept results lost with their nodes, once they are computed again (a failed
+        recomputation: sent as it is, each item raising ObjectLostError)."""
         try:
             keys = self._keys_of(items) if self._keys_of is not None else None
         except Exception as exc:  # the caller's partition_by raised: the map fails at this chunk
@@ -413,6 +426,10 @@ class MapStream:
             return
         finally:
             stop_collecting()
+        lost = self._recomputing(refs) if refs and recompute and self._recomputing is not None else None
+        if lost:
+            when_done(lost, lambda _: self._post_items(seq, start, items, indices, codec.PayloadEncoder(), False))
+            return
         self._post(
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,

@@ -99,6 +99,11 @@ class Pipeline:
         """Where a batch holding ``refs`` should run (see fabric.client.locality)."""
         return data_by_node(refs, self.locality_bytes)
 
+    def recomputing(self, refs: list[Ref]) -> list[concurrent.futures.Future]:
+        """The recomputations of the kept results among ``refs`` whose nodes died
+        (none when none did): a batch reading them is sent once they are done."""
+        return [self.objects.recompute(ref) for ref in self.objects.lost(refs, self.live_nodes)]
+
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
         size = codec.frames_size(payload)
@@ -160,10 +165,9 @@ class TaskAPI:
             return
         finally:
             stop_collecting()
-        lost = pipeline.objects.lost(refs, pipeline.live_nodes) if refs else None
+        lost = pipeline.recomputing(refs) if refs else None
         if lost:  # kept results whose nodes died: computed again first, then this call reads the new ones
-            when_done([pipeline.objects.recompute(ref) for ref in lost],
-                      lambda failed: self._resume(shipped, placing, args, kwargs, future, failed))
+            when_done(lost, lambda failed: self._resume(shipped, placing, args, kwargs, future, failed))
             return
         pipeline.check_size(payload, f"the arguments of {future.task}")
         batch = Batch(
@@ -242,12 +246,14 @@ class TaskAPI:
         call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
         keys_of = None if partition_by is None else partition_keys(partition_by, mode == Mode.STARMAP)
         placing = placing_of(fn, task_options, force=keys_of is not None)
-        return self._stream(shipped, items, call, task_options, cache, placing, keys_of).results()
+        kept = _remember_items(pipeline, task_options, fn, mode == Mode.STARMAP) if task_options.keep else None
+        return self._stream(shipped, items, call, task_options, cache, placing, keys_of, kept).results()
 
     def _stream(
         self, shipped: tuple[bytes, bytes], items: Iterator[Any] | Sequence[Any], call: MapCall,
         task_options: TaskOptions, cache: CachedFunction | None, placing: Placing | None = None,
         keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
+        kept: Callable[[Sequence[Any], list[Any]], None] | None = None,
     ) -> MapStream:
         """A started map stream of the pickled function ``shipped`` over ``items``."""
         pipeline = self._pipeline
@@ -264,6 +270,8 @@ class TaskAPI:
             check_size=pipeline.check_size,
             cache=cache,
             locate=pipeline.locate,
+            recomputing=pipeline.recomputing,
+            kept=kept,
             placing=placing,
             keys_of=keys_of,
             bar=new_bar(call.length, call.progress) if call.progress else None,
@@ -425,6 +433,20 @@ def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Future
             table.lineage[done.result().key] = recompute
 
     future.add_done_callback(note)
+
+
+def _remember_items(pipeline: Pipeline, options: TaskOptions, fn: Callable[..., Any], star: bool,
+                    ) -> Callable[[Sequence[Any], list[Any]], None]:
+    """For a ``map(..., keep=True)``: note how to compute each kept result again,
+    its item submitted alone (so a lost one is rerun on a live node, not its chunk)."""
+    lineage = pipeline.objects.lineage
+
+    def note(items: Sequence[Any], results: list[Any]) -> None:
+        for item, result in zip(items, results):
+            if isinstance(result, Ref):
+                lineage[result.key] = _resubmit(pipeline, options, fn, tuple(item) if star else (item,), {})
+
+    return note
 
 
 def _name_of(fn: Callable[..., Any] | str) -> str:
