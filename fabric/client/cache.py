@@ -5,8 +5,10 @@
     caller thread: keys = item_keys(fn digest, chunk) ─► lookup(keys) ─┐ (blocks one round trip)
     I/O thread:    group keys by ring owner ── CACHE_GET ──► owner node's ResultStore
                    CACHE_HITS ◄── found values ───────────── (fabric.node.store, in the node process)
-    caller thread: hits go straight to the caller; misses run as a normal batch,
-                   and their results go back ── CACHE_PUT ──► owner (and its replica)
+    caller thread: hits go straight to the caller; misses run as a batch per owner,
+                   placed on a worker of that owner when one has a credit
+                   (fabric.client.locality), and their results go back
+                   ── CACHE_PUT ──► owner (and its replica)
                    CACHE_STORED ◄── taken ─────────────────── (shutdown waits for these)
 
 The lookup is made by the client, batched per chunk, so a hit never touches a
@@ -65,6 +67,7 @@ class Lookup:
     deadline: float
     found: dict[int, bytes] = field(default_factory=dict)
     waiting: dict[int, tuple[bytes, list[int]]] = field(default_factory=dict)  # request id -> (node, key indices)
+    owners: dict[bytes, list[int]] = field(default_factory=dict)  # owner node id -> indices of the keys it owns
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -166,16 +169,21 @@ class CacheClient:
     def lookup(self, keys: list[bytes]) -> dict[int, bytes]:
         """Stored values by index into ``keys``; misses are absent.  Waits one
         round trip (or, before any node is known, up to the timeout)."""
+        return self.lookup_owned(keys)[0]
+
+    def lookup_owned(self, keys: list[bytes]) -> tuple[dict[int, bytes], dict[bytes, list[int]]]:
+        """:meth:`lookup`, and the indices of ``keys`` per owner node: where a miss
+        should run, so that its result is written where it is stored."""
         if not keys:
-            return {}
+            return {}, {}
         request = Lookup(keys, time.monotonic() + self.timeout_s)
         if not self.post(lambda: self._start(request)):
-            return {}
+            return {}, {}
         request.done.wait(self.timeout_s + 1)
         found = dict(request.found)
         self.hits += len(found)
         self.misses += len(keys) - len(found)
-        return found
+        return found, dict(request.owners)
 
     def store(self, fn_digest: bytes, keys: list[bytes], values: list[Any]) -> None:
         """Write results back to their owners; :meth:`wait_stored` waits until they are taken."""
@@ -220,6 +228,7 @@ class CacheClient:
         by_owner: dict[bytes, list[int]] = {}
         for index, key in enumerate(request.keys):
             by_owner.setdefault(self.ring.owners(key)[0], []).append(index)
+        request.owners = by_owner
         for node_id, indices in by_owner.items():
             request_id = next(_request_ids)
             if self.send(node_id, CacheGet(request_id, [request.keys[i] for i in indices])):
@@ -365,8 +374,9 @@ class CachedFunction:
     def call_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         return call_key(self.fn_digest, args, kwargs)
 
-    def lookup(self, keys: list[bytes]) -> dict[int, bytes]:
-        return self.client.lookup(keys)
+    def lookup(self, keys: list[bytes]) -> tuple[dict[int, bytes], dict[bytes, list[int]]]:
+        """Hits by index into ``keys``, and the indices of ``keys`` per owner node."""
+        return self.client.lookup_owned(keys)
 
     def store(self, keys: list[bytes], values: list[Any]) -> None:
         self.client.store(self.fn_digest, keys, values)

@@ -309,7 +309,7 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         """The value of a :class:`~fabric.Ref` (or of each in a list), fetched from
         a node holding it; a future is waited for first.  Raises
         :class:`~fabric.ObjectLostError` when every copy is gone (a kept result
-        whose ``submit`` this client holds is computed again instead) and
+        whose ``submit`` or ``map`` this client holds is computed again instead) and
         :class:`~fabric.UnknownObjectError` for a Ref the cluster does not know."""
         if isinstance(refs, (list, tuple)):
             return [self.get(ref, timeout) for ref in refs]

@@ -8,7 +8,8 @@ among others::
     ventilator ── {worker id: node id} of the workers with a free credit ──► choose_by_data ─► worker, or None: wait
 
 A batch whose objects total at least ``locality_bytes`` goes to a worker of the
-node holding most of those bytes; with no credit free there it waits (the
+node holding most of those bytes, and a batch of cache misses (as cut per owner
+by the map stream) to a worker of their keys' ring owner; with no credit free there it waits (the
 ventilator bounds the wait by ``locality_wait_s``, then sends it wherever a
 credit is, and the worker fetches what its node lacks).
 """
@@ -30,6 +31,12 @@ def data_by_node(refs: Iterable[Ref], threshold: int) -> dict[bytes, int] | None
         for node_id in ref.node_ids:
             totals[node_id] = totals.get(node_id, 0) + ref.size
     return totals or None
+
+
+def by_data_or_owner(data: dict[bytes, int] | None, owner: bytes) -> dict[bytes, int] | None:
+    """``data``; failing it, for cache misses, their keys' owner node (b"": none),
+    so the miss runs where its result is stored and a later hit is served there."""
+    return {owner: 1} if data is None and owner else data
 
 
 def choose_by_data(data: Mapping[bytes, int], candidates: Mapping[bytes, bytes]) -> bytes | None:

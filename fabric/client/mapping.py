@@ -117,7 +117,9 @@ class MapStream:
         retries: int | None = None,
         check_size: Callable[[list[Any], str], None] | None = None,
         cache: CachedFunction | None = None,
-        locate: Callable[[list[Any]], dict[bytes, int] | None] | None = None,
+        locate: Callable[[list[Any], bytes], dict[bytes, int] | None] | None = None,
+        recomputing: Callable[[list[Any]], list[concurrent.futures.Future]] | None = None,
+        kept: Callable[[Sequence[Any], list[Any]], None] | None = None,
         placing: Placing | None = None,
         keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
         bar: Bar | None = None,
@@ -137,6 +139,9 @@ class MapStream:
         self._check_size = check_size
         self._cache = cache
         self._locate = locate
+        self._recomputing = recomputing  # lost kept results a chunk reads, computed again before it is sent
+        self._kept = kept  # keep=True: told each chunk's items and Refs, so a lost Ref can be computed again
+        self._inputs: dict[int, Sequence[Any]] = {}  # seq -> its items, while ``kept`` needs them
         self._placing = placing  # where its batches may run (None: anywhere, the default path)
         self._keys_of = keys_of  # map(partition_by=): each item's key digest
         self._interrupted = interrupted  # a KeyboardInterrupt stops this map's running tasks
@@ -237,6 +242,8 @@ class MapStream:
                     results, error = _assemble(length + len(repeats), parts)
                     for position, source in repeats.items():
                         results[position] = results[source]
+                if self._kept is not None:
+                    self._kept(self._inputs.pop(seq, ()), results)
                 self._yielded += 1
                 if error is not None:
                     del results[error[0] :]
@@ -277,6 +284,7 @@ class MapStream:
         with self._cond:
             self._closed = True
             self._parts.clear()
+            self._inputs.clear()
             self._wake()
 
     # -- waiting without blocking (async iteration, fabric.client.awaiting) -------------
@@ -342,6 +350,8 @@ class MapStream:
     def _post_chunk(self, chunk: Sequence[Any]) -> None:
         start = self._items_posted
         seq = self._new_seq(len(chunk))
+        if self._kept is not None:
+            self._inputs[seq] = chunk
         if self._cache is None:
             self._post_items(seq, start, chunk, None)
             return
@@ -350,7 +360,7 @@ class MapStream:
         except CacheKeyError as exc:
             self._fail_from(seq, 0, len(chunk), None, exc)
             return
-        hits = self._cache.lookup(keys)
+        hits, owners = self._cache.lookup(keys)
         computed = self._first_of_each_miss(seq, keys, hits)
         if len(hits) == len(chunk):  # all hits: one contiguous part, the fast path of _assemble
             self._add(seq, Part(0, len(chunk), blobs=[hits[i] for i in range(len(chunk))]))
@@ -361,10 +371,11 @@ class MapStream:
             self.sizer.observe(len(chunk), CACHE_HIT_S * len(chunk))  # all hits: let chunks grow
             return
         self._to_store[seq] = (computed, [keys[i] for i in computed])
-        if len(computed) == len(chunk):
-            self._post_items(seq, start, chunk, None)
-        else:
-            self._post_items(seq, start, [chunk[i] for i in computed], computed)
+        for owner, positions in misses_by_owner(computed, owners):  # each runs where its result is stored
+            if len(positions) == len(chunk):
+                self._post_items(seq, start, chunk, None, owner=owner)
+            else:
+                self._post_items(seq, start, [chunk[i] for i in positions], positions, owner=owner)
 
     def _first_of_each_miss(self, seq: int, keys: list[bytes], hits: dict[int, bytes]) -> list[int]:
         """The positions of a cached chunk to compute: the first of each key that missed.
@@ -389,10 +400,13 @@ class MapStream:
         return computed
 
     def _post_items(self, seq: int, start: int, items: Sequence[Any], indices: list[int] | None,
-                    encoder: codec.PayloadEncoder | None = None) -> None:
+                    encoder: codec.PayloadEncoder | None = None, recompute: bool = True, owner: bytes = b"") -> None:
         """Encode items of chunk ``seq`` (all, or those at ``indices``) into one batch; a
         chunk holding futures not done is posted once they are (from the thread that
-        finishes the last), with a failed one as a marker its item raises."""
+        finishes the last), with a failed one as a marker its item raises; one reading
+        kept results lost with their nodes, once they are computed again (a failed
+        recomputation: sent as it is, each item raising ObjectLostError).  ``owner``: the
+        node owning the cache keys of these misses, where they should run."""
         try:
             keys = self._keys_of(items) if self._keys_of is not None else None
         except Exception as exc:  # the caller's partition_by raised: the map fails at this chunk
@@ -406,18 +420,24 @@ class MapStream:
                 self._check_size(payload, f"map input items {start}..{start + len(items) - 1}")
         except PendingArgument:
             later = codec.PayloadEncoder()  # the I/O thread encodes it, while this thread may encode others
-            when_done(futures_in(list(items)), lambda _: self._post_items(seq, start, items, indices, later))
+            when_done(futures_in(list(items)),
+                      lambda _: self._post_items(seq, start, items, indices, later, owner=owner))
             return
         except SerializationError as exc:
             self._post_unencodable(seq, start, items, indices, exc)
             return
         finally:
             stop_collecting()
+        lost = self._recomputing(refs) if refs and recompute and self._recomputing is not None else None
+        if lost:
+            when_done(lost, lambda _: self._post_items(seq, start, items, indices, codec.PayloadEncoder(), False,
+                                                       owner))
+            return
         self._post(
             Batch(
                 next_batch_id(), self._digest, self._fn_payload, self._mode, codec_id, [len(payload)], payload,
                 len(items), self, seq=seq, sizer=self.sizer, retries=self._retries, indices=indices,
-                refs=refs or None, data=self._locate(refs) if refs and self._locate else None,
+                refs=refs or None, data=self._locate(refs, owner) if (refs or owner) and self._locate else None,
                 placing=self._placing, keys=keys,
             )
         )
@@ -482,6 +502,16 @@ class MapStream:
         length = self._lengths.get(seq)
         return seq if length is not None and self._filled.get(seq, 0) >= length else None
 
+
+
+def misses_by_owner(computed: list[int], owners: dict[bytes, list[int]]) -> list[tuple[bytes, list[int]]]:
+    """The positions of a chunk's misses grouped by the node owning their keys
+    (``owners``: the positions of all its keys per owner), in chunk order."""
+    if len(owners) <= 1:
+        return [(next(iter(owners), b""), computed)]
+    wanted = set(computed)
+    groups = [(node_id, [i for i in positions if i in wanted]) for node_id, positions in owners.items()]
+    return [(node_id, positions) for node_id, positions in groups if positions]
 
 
 def releasing(results: list[Any], parts: list[Part]) -> Iterable[Any]:

@@ -16,7 +16,8 @@ it is alive here (Refs arriving in results count too), until ``free``, or until
 the client closes or its nodes forget it.  A named object is owned by the
 nodes, placed like a cache entry (the ring owner of its name, and the next
 node with ``replicas = 2``), and lives until ``delete``.  A kept result whose
-nodes died is computed again when its ``submit`` is still held here.
+nodes died is computed again when its ``submit`` (or the ``map`` that made it,
+its item alone) is still held here.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class _Buffer:
 
 class ObjectTable:
     """The Refs this client owns: live counts per key, frees to send, and how
-    to recompute kept results (their ``submit``)."""
+    to recompute kept results (their ``submit``, or their item of a ``map``)."""
 
     def __init__(self, client_id: bytes, send_to_node: Callable[[bytes, Any], bool]) -> None:
         self.client_id = client_id
@@ -80,6 +81,7 @@ class ObjectTable:
         self.generations: dict[bytes, int] = {}  # key -> the generation its live Refs belong to
         self._next_generation = itertools.count(1).__next__
         self.lineage: dict[bytes, Callable[[], concurrent.futures.Future]] = {}  # key -> submits its call again
+        self._recomputing: dict[bytes, concurrent.futures.Future] = {}  # key -> its recomputation under way
         register_table(client_id, self.adopt)
 
     def adopt(self, ref: Ref, claimed: bool = False) -> Ref:
@@ -118,12 +120,21 @@ class ObjectTable:
 
     def recompute(self, ref: Ref) -> concurrent.futures.Future:
         """Submit the call that made the kept result ``ref`` again; once done, Refs
-        to it pickle as the new result's (so a dependent sent then reads that)."""
+        to it pickle as the new result's (so a dependent sent then reads that).
+        Several dependents of one lost result share one recomputation."""
+        with self._lock:
+            running = self._recomputing.get(ref.key)
+        if running is not None and not running.done():
+            return running
         resubmitted = self.lineage[ref.key]()
+        with self._lock:
+            self._recomputing[ref.key] = resubmitted
 
         def redirect_to(done: concurrent.futures.Future) -> None:
             if not done.cancelled() and done.exception() is None and isinstance(done.result(), Ref):
                 redirect(ref.key, done.result())  # the new result's own lineage is its submit's
+            with self._lock:
+                self._recomputing.pop(ref.key, None)
 
         resubmitted.add_done_callback(redirect_to)
         return resubmitted

@@ -38,7 +38,7 @@ from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .dependencies import futures_in, when_done
 from .futures import Future, FutureGroup, PendingArgument
-from .locality import data_by_node
+from .locality import by_data_or_owner, data_by_node
 from .mapping import MapStream, sized_length, sliced_input
 from .objects import ObjectTable
 from .options import TaskOptions
@@ -95,9 +95,15 @@ class Pipeline:
     locality_bytes: int = 1 << 20
     known_tasks: Callable[[], dict[str, list[str]]] = dict  # task name -> nodes defining it, once a node answered
 
-    def locate(self, refs: list[Ref]) -> dict[bytes, int] | None:
-        """Where a batch holding ``refs`` should run (see fabric.client.locality)."""
-        return data_by_node(refs, self.locality_bytes)
+    def locate(self, refs: list[Ref], owner: bytes = b"") -> dict[bytes, int] | None:
+        """Where a batch holding ``refs``, or computing cache misses whose keys
+        ``owner`` owns, should run (see fabric.client.locality)."""
+        return by_data_or_owner(data_by_node(refs, self.locality_bytes) if refs else None, owner)
+
+    def recomputing(self, refs: list[Ref]) -> list[concurrent.futures.Future]:
+        """The recomputations of the kept results among ``refs`` whose nodes died
+        (none when none did): a batch reading them is sent once they are done."""
+        return [self.objects.recompute(ref) for ref in self.objects.lost(refs, self.live_nodes)]
 
     def check_size(self, payload: list[Any], what: str) -> None:
         """Refuse, in the caller, a batch no node would accept."""
@@ -132,6 +138,7 @@ class TaskAPI:
         pipeline = self._pipeline
         pipeline.check_open()
         options = self._task_options
+        owner = b""  # of a cached call's key, where its miss should run
         if isinstance(fn, str):
             shipped = self._shipped(fn, options, exact=False)
             future, placing = Future(fn), placing_of(fn, options)
@@ -139,49 +146,52 @@ class TaskAPI:
             cached = wants_cache(fn, options.cache)
             shipped = pipeline.shipper.get(fn, options, exact=cached)  # a cached call ships what it keys
             future = Future(codec.function_name(fn))
-            if cached and _served_from_cache(pipeline.cache, fn, args, kwargs, future):
-                return future
+            if cached:
+                miss_owner = _cache_miss_owner(pipeline.cache, fn, args, kwargs, future)
+                if miss_owner is None:  # served from the cache
+                    return future
+                owner = miss_owner
             placing = placing_of(fn, options) if options.placed else None
         if options.keep:  # a kept result lost with its node is computed again while this call is held
             _remember(pipeline.objects, future, _resubmit(pipeline, options, fn, args, kwargs))
-        self._post_call(shipped, placing, args, kwargs, future)
+        self._post_call(shipped, placing, args, kwargs, future, owner)
         return future
 
     def _post_call(self, shipped: tuple[bytes, bytes], placing: Placing | None, args: tuple[Any, ...],
-                   kwargs: dict[str, Any], future: Future) -> None:
-        """Send one call, or, when an argument is a future not done yet, once it is."""
+                   kwargs: dict[str, Any], future: Future, owner: bytes = b"") -> None:
+        """Send one call, or, when an argument is a future not done yet, once it is
+        (``owner``: the node owning its cache key, where a cached call should run)."""
         pipeline = self._pipeline
         refs = start_collecting()
         try:
             payload = codec.pickle_call(args, kwargs)
         except PendingArgument:
             when_done(futures_in((args, kwargs)),
-                      lambda failed: self._resume(shipped, placing, args, kwargs, future, failed))
+                      lambda failed: self._resume(shipped, placing, args, kwargs, future, owner, failed))
             return
         finally:
             stop_collecting()
-        lost = pipeline.objects.lost(refs, pipeline.live_nodes) if refs else None
+        lost = pipeline.recomputing(refs) if refs else None
         if lost:  # kept results whose nodes died: computed again first, then this call reads the new ones
-            when_done([pipeline.objects.recompute(ref) for ref in lost],
-                      lambda failed: self._resume(shipped, placing, args, kwargs, future, failed))
+            when_done(lost, lambda failed: self._resume(shipped, placing, args, kwargs, future, owner, failed))
             return
         pipeline.check_size(payload, f"the arguments of {future.task}")
         batch = Batch(
             next_batch_id(), shipped[0], shipped[1], Mode.CALL, codec.PICKLE, [len(payload)], payload, 1,
             FutureGroup([future]), retries=self._task_options.retries, placing=placing,
         )
-        if refs:
-            batch.refs, batch.data = refs, pipeline.locate(refs)
+        if refs or owner:
+            batch.refs, batch.data = refs or None, pipeline.locate(refs, owner)
         pipeline.post(batch)
 
     def _resume(self, shipped: tuple[bytes, bytes], placing: Placing | None, args: tuple[Any, ...],
-                kwargs: dict[str, Any], future: Future, failed: BaseException | None) -> None:
+                kwargs: dict[str, Any], future: Future, owner: bytes, failed: BaseException | None) -> None:
         """The futures among the call's arguments are done: fail it with the first
         failure, unrun, or send it now."""
         try:
             if failed is not None:
                 raise failed
-            self._post_call(shipped, placing, args, kwargs, future)
+            self._post_call(shipped, placing, args, kwargs, future, owner)
         except BaseException as exc:  # noqa: BLE001 - the call's outcome, not this thread's
             if not future.done():
                 future.set_exception(exc)
@@ -242,12 +252,14 @@ class TaskAPI:
         call = MapCall(mode, sized_length(iterables), timeout, chunksize, ordered, progress)
         keys_of = None if partition_by is None else partition_keys(partition_by, mode == Mode.STARMAP)
         placing = placing_of(fn, task_options, force=keys_of is not None)
-        return self._stream(shipped, items, call, task_options, cache, placing, keys_of).results()
+        kept = _remember_items(pipeline, task_options, fn, mode == Mode.STARMAP) if task_options.keep else None
+        return self._stream(shipped, items, call, task_options, cache, placing, keys_of, kept).results()
 
     def _stream(
         self, shipped: tuple[bytes, bytes], items: Iterator[Any] | Sequence[Any], call: MapCall,
         task_options: TaskOptions, cache: CachedFunction | None, placing: Placing | None = None,
         keys_of: Callable[[Sequence[Any]], list[bytes]] | None = None,
+        kept: Callable[[Sequence[Any], list[Any]], None] | None = None,
     ) -> MapStream:
         """A started map stream of the pickled function ``shipped`` over ``items``."""
         pipeline = self._pipeline
@@ -264,6 +276,8 @@ class TaskAPI:
             check_size=pipeline.check_size,
             cache=cache,
             locate=pipeline.locate,
+            recomputing=pipeline.recomputing,
+            kept=kept,
             placing=placing,
             keys_of=keys_of,
             bar=new_bar(call.length, call.progress) if call.progress else None,
@@ -427,6 +441,20 @@ def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Future
     future.add_done_callback(note)
 
 
+def _remember_items(pipeline: Pipeline, options: TaskOptions, fn: Callable[..., Any], star: bool,
+                    ) -> Callable[[Sequence[Any], list[Any]], None]:
+    """For a ``map(..., keep=True)``: note how to compute each kept result again,
+    its item submitted alone (so a lost one is rerun on a live node, not its chunk)."""
+    lineage = pipeline.objects.lineage
+
+    def note(items: Sequence[Any], results: list[Any]) -> None:
+        for item, result in zip(items, results):
+            if isinstance(result, Ref):
+                lineage[result.key] = _resubmit(pipeline, options, fn, tuple(item) if star else (item,), {})
+
+    return note
+
+
 def _name_of(fn: Callable[..., Any] | str) -> str:
     return fn if isinstance(fn, str) else codec.function_name(fn)
 
@@ -447,21 +475,23 @@ def partition_keys(keyfn: Callable[..., Any], star: bool) -> Callable[[Sequence[
     return lambda items: [key_digest(keyfn(item)) for item in items]
 
 
-def _served_from_cache(cache: CacheClient, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                       future: Future) -> bool:
-    """Resolve ``future`` from the cache if the call is stored; otherwise arrange
-    for its result (not an exception) to be stored when it arrives."""
+def _cache_miss_owner(cache: CacheClient, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                      future: Future) -> bytes | None:
+    """Resolve ``future`` from the cache if the call is stored (None); otherwise
+    arrange for its result (not an exception) to be stored when it arrives, and
+    return the node owning its key (b"" if none), where it should run."""
     cached_fn = CachedFunction(cache, fn)
     key = cached_fn.call_key(args, kwargs)
-    hit = cached_fn.lookup([key]).get(0)
+    hits, owners = cached_fn.lookup([key])
+    hit = hits.get(0)
     if hit is not None:
         future.set_running_or_notify_cancel()
         future.set_result(pickle.loads(hit))
-        return True
+        return None
 
     def store(done: concurrent.futures.Future) -> None:
         if not done.cancelled() and done.exception() is None:
             cached_fn.store([key], [done.result()])
 
     future.add_done_callback(store)
-    return False
+    return next(iter(owners), b"")

@@ -579,8 +579,9 @@ class Ventilator:
         """Merge queued submits of the same function into one batch, sized by
         the function's measured cost and split fairly over the free credits.
         A submit holding Refs goes alone: its objects decide where it runs and
-        must stay alive until it is done, which a merged batch would not carry."""
-        if first.suspect or first.refs or not self.urgent:
+        must stay alive until it is done, which a merged batch would not carry; so
+        does one placed by its data or its cache key's owner."""
+        if first.suspect or first.refs or first.data or not self.urgent:
             return first
         sizer = self.call_sizers.setdefault(first.digest, BatchSizer())
         fair_share = -(-(len(self.urgent) + 1) // self.credits)
@@ -588,7 +589,7 @@ class Ventilator:
         group = [first]
         while (
             len(group) < limit and self.urgent and self.urgent[0].digest == first.digest and not self.urgent[0].suspect
-            and not self.urgent[0].refs
+            and not self.urgent[0].refs and not self.urgent[0].data
         ):
             batch = self.urgent.popleft()
             if batch.owner.claim():

@@ -180,3 +180,30 @@ def test_a_lost_kept_result_is_computed_again_for_its_dependents_and_get(tmp_pat
         dependent = fx.submit(add_one, kept)  # its input is gone: its call runs again first
         assert dependent.result(timeout=60) == 50
         assert fx.get(kept) == 49
+
+
+def plus(a: int, b: int) -> int:
+    return a + b
+
+
+def test_lost_results_of_a_keep_map_are_computed_again_item_by_item(tmp_path, start_node):
+    config, nodes = two_nodes(tmp_path, start_node)
+    with connected(config) as fx:
+        names = {n.node_id: n.name for n in fx.nodes()}
+        kept = list(fx.map(square, range(12), keep=True, chunksize=3))
+        victim = names[kept[0].node_ids[0]]
+        kill_node(nodes[victim])
+        wait_for(lambda: len(fx.nodes()) == 1, 20, "the killed node declared dead")
+        assert list(fx.map(add_one, kept)) == [x * x + 1 for x in range(12)]  # lost inputs computed again first
+        assert fx.get(kept) == [x * x for x in range(12)]
+
+
+def test_a_lost_result_of_a_keep_starmap_is_computed_again_for_get_and_dependents(tmp_path, start_node):
+    config, nodes = two_nodes(tmp_path, start_node)
+    with connected(config) as fx:
+        names = {n.node_id: n.name for n in fx.nodes()}
+        kept = list(fx.options(keep=True).map(plus, range(8), range(10, 18), chunksize=2, ordered=False))
+        kill_node(nodes[names[kept[-1].node_ids[0]]])
+        wait_for(lambda: len(fx.nodes()) == 1, 20, "the killed node declared dead")
+        assert sorted(fx.get(kept)) == [2 * i + 10 for i in range(8)]
+        assert sorted(fx.map(add_one, kept)) == [2 * i + 11 for i in range(8)]

@@ -9,6 +9,8 @@ import pytest
 from helpers import cluster_file, wait_for
 
 import fabric
+from fabric.client.cache_key import call_key, function_digest, item_keys
+from fabric.cluster.ring import CacheRing
 
 
 @pytest.fixture
@@ -59,3 +61,29 @@ def test_a_restarted_node_owns_what_its_shard_kept(three_nodes, start_node):
         assert list(fx.map(double, range(300), cache=True)) == [2 * x for x in range(300)]
         after = fx.cache.stats()
         assert (after.hits - before.hits, after.misses - before.misses) == (300, 0)
+
+
+def node_name(_: object) -> str:
+    return fabric.current_worker().node
+
+
+def test_a_cached_miss_runs_on_its_keys_owner(tmp_path, start_node):
+    # The owner is read off a ring built from the heartbeats as the client builds its own; locality_wait_s is
+    # long, so each miss waits for its owner's one worker rather than running on the other node.
+    config = cluster_file(tmp_path / "cluster.toml", ["alpha", "beta"], "[store]", "locality_wait_s = 30")
+    for name in ("alpha", "beta"):
+        start_node(config=config, name=name)
+    with fabric.connect(str(config)) as fx:
+        wait_for(lambda: len(fx.nodes()) == 2 and fx.workers() == 2, 20, "two nodes")
+        ring = CacheRing()
+        ring.update(fx.nodes())
+        names = {n.node_id: n.name for n in fx.nodes()}
+        items = list(range(40))
+        owners = [names[ring.owners(key)[0]] for key in item_keys(function_digest(node_name), items, False)]
+        assert set(owners) == {"alpha", "beta"}  # the keys split between the nodes
+        assert list(fx.map(node_name, items, cache=True, chunksize=8)) == owners
+        assert fx.options(cache=True).submit(node_name, 40).result(timeout=30) == names[
+            ring.owners(call_key(function_digest(node_name), (40,), {}))[0]]
+        before = fx.cache.stats()
+        assert list(fx.map(node_name, items, cache=True)) == owners  # each stored where it was computed
+        assert fx.cache.stats().hits - before.hits == 40

@@ -30,6 +30,7 @@ def test_lookup_and_store_go_through_post_and_send_only():
     client.nodes_changed([NodeStats(node_id=b"n1", name="n1", control="c", pub="p", cache_weight=16)])
     assert client.lookup([b"k0", b"k1"]) == {1: b"v1"}
     assert (client.hits, client.misses) == (1, 1)
+    assert client.lookup_owned([b"k0", b"k1"]) == ({1: b"v1"}, {b"n1": [0, 1]})  # where a miss should run
     sent.clear()
     client.store(b"fn", [b"k0"], [42])
     [(node_id, put)] = sent

@@ -8,7 +8,7 @@ import pytest
 
 from fabric.client import mapping
 from fabric.client.batching import BatchSizer
-from fabric.client.mapping import MapStream, Part, releasing, sliced_input
+from fabric.client.mapping import MapStream, Part, misses_by_owner, releasing, sliced_input
 from fabric.wire import codec
 from fabric.wire.protocol import Mode
 
@@ -254,3 +254,11 @@ def test_ctrl_c_in_the_map_call_or_its_wait_stops_the_map_and_says_so():
     with pytest.raises(KeyboardInterrupt):
         next(waiting.results())
     assert calls[-1] == "again" and not waiting.alive()
+
+
+def test_a_cached_chunks_misses_are_cut_per_owner_of_their_keys():
+    owners = {b"a": [0, 2, 4], b"b": [1, 3, 5]}
+    assert misses_by_owner([0, 1, 3, 4], owners) == [(b"a", [0, 4]), (b"b", [1, 3])]
+    assert misses_by_owner([0, 2], owners) == [(b"a", [0, 2])]  # an owner with no miss gets no batch
+    assert misses_by_owner([0, 1], {b"a": [0, 1]}) == [(b"a", [0, 1])]
+    assert misses_by_owner([0, 1], {}) == [(b"", [0, 1])]  # no ring yet: anywhere
