@@ -39,7 +39,7 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str | None = No
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate!r}")
-        time.sleep(POLL_INTERVAL_S)
+        time.sleep(POLL_INTERVAL_S)  # the poll interval of this deadline-bounded wait
 
 
 def wait_resolved(futures: list[Any], stall_s: float) -> None:

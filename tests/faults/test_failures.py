@@ -22,7 +22,7 @@ FAST = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}
 
 
 def slow(seconds: float) -> float:
-    time.sleep(seconds)  # the task's own work, not synchronisation
+    time.sleep(seconds)  # this sleep is the task's own work, not synchronisation
     return seconds
 
 
@@ -205,7 +205,7 @@ def test_an_endless_generator_read_slowly_keeps_memory_flat(make_fabric):
     for index, value in enumerate(results):
         assert value == index * index
         next_at += 0.001  # the consumer reads 1 item per ms
-        time.sleep(max(0.0, next_at - time.monotonic()))  # the slow reader under test, not synchronisation
+        time.sleep(max(0.0, next_at - time.monotonic()))  # this sleep is the slow reader under test
         if index % 5000 == 0:
             samples.append(rss_mb(pids))
         if index >= 60_000:

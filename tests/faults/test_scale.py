@@ -50,7 +50,7 @@ def chaos(nodes: list[psutil.Process], started: threading.Event, done: threading
             node.kill()
         for process in stopped_family:
             process.suspend()
-        time.sleep(STOP_S)  # the fault itself: how long the nodes stay stopped, not synchronisation
+        time.sleep(STOP_S)  # this sleep is the fault itself: how long the nodes stay stopped
     finally:
         for process in stopped_family:
             process.resume()

@@ -88,7 +88,7 @@ def sleep_and_count(seconds: float, runs: str) -> int:
     """Sleep, after noting this run in the file ``runs``; return the worker's pid."""
     with open(runs, "a") as out:
         out.write(f"{os.getpid()}\n")
-    time.sleep(seconds)  # the task's own work (a long task), not synchronisation
+    time.sleep(seconds)  # this sleep is the task's own work (a long task)
     return os.getpid()
 
 

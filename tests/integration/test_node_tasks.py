@@ -34,7 +34,7 @@ def write_jobs(folder: Path, version: int) -> None:
 
         @fabric.task(name="tagged")
         def tag(x, pause_s=0.0):
-            time.sleep(pause_s)  # the task's work
+            time.sleep(pause_s)  # this sleep is the task's work
             return x, VERSION
     """))
 

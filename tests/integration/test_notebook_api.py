@@ -139,9 +139,9 @@ def run_while_gated(gate, wait_on):
         guard = threading.Thread(target=backstop, daemon=True)
         guard.start()
         waiting = asyncio.ensure_future(wait_on())
-        await asyncio.sleep(0)  # let it start awaiting first (a yield to the loop, not a wait for time)
+        await asyncio.sleep(0)  # sleep(0): let it start awaiting first (a yield, not a wait)
         for _ in range(100):
-            await asyncio.sleep(0)  # the loop keeps turning while the work is gated
+            await asyncio.sleep(0)  # sleep(0): the loop keeps turning while the work is gated
         assert not waiting.done()
         loop_opened.set()
         gate.open()

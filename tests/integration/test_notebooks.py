@@ -91,7 +91,7 @@ ticks = 0
 async def ticker():
     global ticks
     while True:
-        await asyncio.sleep(0)  # a yield to the event loop, not a wait for time
+        await asyncio.sleep(0)  # sleep(0): a yield to the event loop, not a wait
         ticks += 1
 
 
@@ -112,7 +112,7 @@ async def open_gate(fd, after):
     # Only a turning event loop opens the gate: 50 turns once after() holds.
     start = None
     while start is None or ticks - start < 50:
-        await asyncio.sleep(0)  # a yield to the event loop, not a wait for time
+        await asyncio.sleep(0)  # sleep(0): a yield to the event loop, not a wait
         if start is None and after():
             start = ticks
     os.close(fd)

@@ -26,7 +26,7 @@ def node_name(_: object = None) -> str:
 
 def slow_node_name() -> str:
     """The node's name after 0.2 s of work: still running when the next call is placed."""
-    time.sleep(0.2)  # the task's work
+    time.sleep(0.2)  # this sleep is the task's work
     return node_name()
 
 
@@ -42,7 +42,7 @@ def concurrent_holder(_: object, counter: str, hold_s: float = 0.05) -> int:
         f.seek(0)
         running = int(f.read() or 0) + 1
         f.seek(0), f.truncate(), f.write(str(running))
-    time.sleep(hold_s)  # the task's work, while the others may start
+    time.sleep(hold_s)  # this sleep is the task's work, while the others may start
     with open(counter, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
