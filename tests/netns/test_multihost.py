@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from benchmarks import netns
+from benchmarks.netns import unavailable as namespaces_unavailable
 from fabric.wire.security import KEY_FILE_ENV, write_key_file
 
 pytestmark = pytest.mark.netns
 
+SUBNET = "198.18.0"
 NODE_PORT = 7100
 
 
@@ -35,42 +36,58 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Hosts:
-    """Three hosts on one bridge, made by the benchmarks' namespace builder, and how
-    the tests run programs on them."""
-
-    made: netns.Hosts
+    run_id: str
+    names: list[str]
 
     @property
     def bridge(self) -> str:
-        return self.made.bridge
-
-    @property
-    def names(self) -> list[str]:
-        return [self.made.name(index) for index in range(self.made.count)]
+        return f"fb{self.run_id}br"
 
     def address(self, index: int) -> str:
-        return self.made.address(index)
+        return f"{SUBNET}.{index + 1}"
 
     def link(self, index: int) -> str:
-        return self.made.device(index)
+        return f"fb{self.run_id}v{index}"
 
     def exec(self, index: int, *cmd: str, key_file: str | None = None, **popen: object) -> subprocess.Popen[str]:
         """Run ``cmd`` on host ``index``; with ``key_file``, as a member of a keyed cluster."""
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         if key_file:
             env[KEY_FILE_ENV] = key_file
-        return subprocess.Popen([*self.made.prefix(index), *cmd], env=env, text=True, **popen)
+        return subprocess.Popen(["ip", "netns", "exec", self.names[index], *cmd], env=env, text=True, **popen)
 
 
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    reason = netns.unavailable()
+    reason = namespaces_unavailable()
     if reason:
         pytest.skip(reason)
-    with netns.hosts(3) as made:
-        yield Hosts(made)
+    run_id = f"{os.getpid() % 100000}"
+    made = Hosts(run_id, [f"fb{run_id}h{i}" for i in range(3)])
+    bridge = made.bridge
+    created = []
+    try:
+        ip("netns", "add", bridge)
+        created.append(bridge)
+        ip("-n", bridge, "link", "add", "br0", "type", "bridge")
+        ip("-n", bridge, "link", "set", "br0", "up")
+        for index, name in enumerate(made.names):
+            ip("netns", "add", name)
+            created.append(name)
+            outer, inner = made.link(index), f"fb{run_id}p{index}"
+            ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+            ip("link", "set", outer, "netns", name)
+            ip("link", "set", inner, "netns", bridge)
+            ip("-n", bridge, "link", "set", inner, "master", "br0", "up")
+            ip("-n", name, "addr", "add", f"{made.address(index)}/24", "dev", outer)
+            ip("-n", name, "link", "set", outer, "up")
+            ip("-n", name, "link", "set", "lo", "up")
+        yield made
+    finally:
+        for name in reversed(created):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 CLIENT = textwrap.dedent(
