@@ -39,7 +39,7 @@ def two_nodes(tmp_path, start_node, *tables: str) -> tuple[str, dict[str, subpro
 
 def connected(config: str) -> fabric.Fabric:
     fx = fabric.connect(config)
-    wait_for(lambda: len([n for n in fx.nodes() if n.objects]) == 2 and fx.workers() == 2, 20, "both nodes")
+    wait_for(lambda: len([n for n in fx.nodes() if n.objects]) == 2 and fx.workers() == 2, 60, "both nodes")
     return fx
 
 
