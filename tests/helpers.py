@@ -68,6 +68,11 @@ def live_children(process: psutil.Process) -> list[psutil.Process]:
     return [p for p in process.children() if not gone(p.pid)]
 
 
+def store_figures(fx: Any) -> dict[str, int]:
+    """The object store figures of a one-node fabric's node."""
+    return next(iter(fx.statistics().store.values()))
+
+
 def node_pid(fx: Any) -> int:
     """Pid of the embedded node of a fabric started by ``fabric.connect()``."""
     return fx._embedded.process.pid

@@ -229,7 +229,7 @@ class IOLoop:
         nodes = self.view.nodes(time.monotonic())
         return FabricStatistics(
             tuple(nodes), self.workers(), CacheStats.of(nodes, self.cache.hits, self.cache.misses),
-            self.duplicates, self.malformed, self.ventilator.refused_workers,
+            self.duplicates, self.malformed, self.ventilator.refused_workers, self.objects.recomputed,
         )
 
     def wait_workers(self, count: int, timeout_s: float) -> bool:

@@ -140,7 +140,9 @@ class MapStream:
         self._cache = cache
         self._locate = locate
         self._recomputing = recomputing  # lost kept results a chunk reads, computed again before it is sent
-        self._kept = kept  # keep=True: told each chunk's items and Refs, so a lost Ref can be computed again
+        # keep=True, by_key=True: told each result with what made it (an item; a fold's items), so a lost Ref
+        # can be computed again
+        self._kept = kept
         self._inputs: dict[int, Sequence[Any]] = {}  # seq -> its items, while ``kept`` needs them
         self._placing = placing  # where its batches may run (None: anywhere, the default path)
         self._keys_of = keys_of  # map(partition_by=): each item's key digest
@@ -243,7 +245,8 @@ class MapStream:
                     for position, source in repeats.items():
                         results[position] = results[source]
                 if self._kept is not None:
-                    self._kept(self._inputs.pop(seq, ()), results)
+                    inputs = self._inputs.pop(seq, ())
+                    self._kept(_fold_inputs(inputs, parts) if self._mode == Mode.FOLD else inputs, results)
                 self._yielded += 1
                 if error is not None:
                     del results[error[0] :]
@@ -559,6 +562,11 @@ def _partials(parts: list[Part]) -> tuple[list[Any], tuple[int, BaseException] |
             return partials, (len(partials), error[1])
         partials.extend(values)
     return partials, None
+
+
+def _fold_inputs(chunk: Sequence[Any], parts: list[Part]) -> list[Sequence[Any]]:
+    """The items each partial of a folded chunk stands for, in the order :func:`_partials` gives them."""
+    return [chunk[part.offset : part.offset + part.n_items] for part in sorted(parts, key=lambda p: p.offset)]
 
 
 def _encodes(item: Any) -> bool:

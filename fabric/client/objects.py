@@ -82,6 +82,7 @@ class ObjectTable:
         self._next_generation = itertools.count(1).__next__
         self.lineage: dict[bytes, Callable[[], concurrent.futures.Future]] = {}  # key -> submits its call again
         self._recomputing: dict[bytes, concurrent.futures.Future] = {}  # key -> its recomputation under way
+        self.recomputed = 0  # recomputations started (fx.statistics().recomputed)
         register_table(client_id, self.adopt)
 
     def adopt(self, ref: Ref, claimed: bool = False) -> Ref:
@@ -129,6 +130,7 @@ class ObjectTable:
         resubmitted = self.lineage[ref.key]()
         with self._lock:
             self._recomputing[ref.key] = resubmitted
+            self.recomputed += 1
 
         def redirect_to(done: concurrent.futures.Future) -> None:
             if not done.cancelled() and done.exception() is None and isinstance(done.result(), Ref):

@@ -15,16 +15,14 @@ returns one value instead of a list.  A batch lost with its worker and re-run
 in halves returns two partials, which the client combines like any others.
 The worker's side, :class:`~fabric.calls.fold.Fold`, lives in :mod:`fabric.calls.fold`.
 
-With ``by_key=True`` (Spark's ``reduceByKey``, Dask's ``Bag.foldby``) a batch's
-partial is one pickled dict per partition (:class:`~fabric.calls.by_key.FoldByKey`),
-and the client merges each into the result with :func:`merge_by_key`: a key seen
-before is combined, a new one is adopted, both in C-level loops.
+With ``by_key=True`` (Spark's ``reduceByKey``, Dask's ``Bag.foldby``) the
+partials stay on the nodes and are merged there, partition by partition
+(:mod:`fabric.client.shuffle`).
 """
 
 from __future__ import annotations
 
 import functools
-import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,29 +43,3 @@ def fold(merge: Reducer, partials: Iterable[Any], initial: Any) -> Any:
     if initial is NO_INITIAL:
         return functools.reduce(merge, partials)
     return functools.reduce(merge, partials, initial)
-
-
-def merge_by_key(total: dict[Any, Any], partial: dict[Any, Any], merge: Reducer, ordered: bool) -> dict[Any, Any]:
-    """Fold the per-key ``partial`` into ``total`` and return the result (either dict, reused).
-
-    Only the keys both hold call ``merge``; the rest are copied by ``dict.update``.
-    Unless ``ordered``, the smaller dict is merged into the larger (``merge`` is
-    then taken to commute, as Spark's ``reduceByKey`` requires).
-    """
-    if not ordered and len(partial) > len(total):
-        total, partial = partial, total
-    common = list(partial.keys() & total.keys()) if total else []
-    if common:
-        partial.update(zip(common, list(map(merge, map(total.__getitem__, common), map(partial.__getitem__, common)))))
-    total.update(partial)
-    return total
-
-
-def merge_partitions(partials: Iterable[list[bytes]], merge: Reducer, ordered: bool) -> dict[Any, Any]:
-    """One dict from the batches' partials, each a list of pickled per-partition dicts (b"" for none)."""
-    total: dict[Any, Any] = {}
-    for parts in partials:
-        for part in parts:
-            if part:
-                total = merge_by_key(total, pickle.loads(part), merge, ordered)
-    return total

@@ -61,6 +61,8 @@ class FabricStatistics:
       not parse (a version mismatch, or something that is not fabric).
     - ``refused_workers``: workers refused because this client already served
       as many as its open-file limit allows.
+    - ``recomputed``: stored objects computed again because every node holding
+      them died (kept results, and the partials of ``map_reduce(..., by_key=True)``).
     """
 
     nodes: tuple[NodeStats, ...]
@@ -69,6 +71,7 @@ class FabricStatistics:
     duplicates: int
     malformed: int
     refused_workers: int = 0
+    recomputed: int = 0
 
     @property
     def store(self) -> dict[str, dict[str, int]]:

@@ -15,17 +15,18 @@ the fabric, as :class:`~fabric.client.mapping.MapStream` receives ``post`` and
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import pickle
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..calls.by_key import FoldByKey
-from ..calls.fold import NO_INITIAL, Fold
+from ..calls.fold import NO_INITIAL, Fold, Reducer
 from ..calls.guard import Guarded
 from ..calls.keep import Kept
 from ..calls.registry import named_digest
@@ -45,8 +46,9 @@ from .options import TaskOptions
 from .placement import LeastLoaded, key_digest
 from .placing import Placing
 from .progress import new_bar
-from .reduction import combiner, fold, merge_partitions
+from .reduction import combiner, fold
 from .shipping import FunctionCache
+from .shuffle import Rerun, Shuffle
 from .ventilator import Batch, next_batch_id
 
 T = TypeVar("T")
@@ -319,12 +321,18 @@ class TaskAPI:
         With ``by_key=True`` the mapper returns an iterable of ``(key, value)``
         pairs and the result is a dict ``{key: fold of its values}`` (Spark's
         ``reduceByKey``, Dask's ``Bag.foldby``): values are folded per key on
-        the worker that mapped them, ``initial`` starting each key's fold,
+        the worker that mapped them, ``initial`` starting each key's fold;
         each batch's partial is split into ``partitions`` by key (default a
-        few per worker), and the client merges the partials (``combine`` as
-        above), so no pair reaches it.  Keys need a stable encoding (str,
-        bytes, numbers, tuples, ...); one without raises
-        :class:`~fabric.CacheKeyError` naming it.
+        few per worker) and left in its node's object store; once the map
+        ends, each partition's partials are merged (``combine`` as above) on
+        the partition's owner node (a ring over the live nodes), and the
+        client joins the partitions, so neither a pair nor a partial reaches
+        it.  With ``keep=True`` the merged partitions stay on their nodes and
+        the call returns one :class:`~fabric.Ref` per partition (a dict
+        each), ready as the input of a next ``map``.  Keys need a stable
+        encoding (str, bytes, numbers, tuples, ...); one without raises
+        :class:`~fabric.CacheKeyError` naming it.  A node lost mid-call costs
+        the batches whose partials it held, which run again.
         """
         if combine is False and not by_key:
             if partitions is not None:
@@ -340,28 +348,45 @@ class TaskAPI:
             raise TypeError(f"map_reduce({how}=...) folds on the worker around a function shipped from the client; "
                             f"call task {mapper!r} by name without {how}")
         task_options = self._task_options.merged(**options)
-        if task_options.keep:  # as a keyword here or from fx.options(keep=True)
-            raise ValueError(_KEEP_BY_KEY if by_key else _KEEP_COMBINED)
+        if task_options.keep and not by_key:  # as a keyword here or from fx.options(keep=True)
+            raise ValueError(_KEEP_COMBINED)
         if wants_cache(mapper, task_options.cache):
             how = "by_key" if by_key else "combine"
             raise ValueError(f"the result cache stores each mapper call, and with {how}= a batch returns one "
                              f"folded value: use map_reduce without {how} to cache the mapper's results")
         shipper = pipeline.shipper
-        wrapped = shipper.wrapped(mapper, task_options)
         call = MapCall(Mode.FOLD, sized_length([iterable]), timeout, chunksize, ordered, progress)
         placing = placing_of(mapper, task_options)
         if not by_key:
-            shipped = shipper.pickles.get(Fold(wrapped, reducer, initial))
+            shipped = shipper.pickles.get(Fold(shipper.wrapped(mapper, task_options), reducer, initial))
             stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
             return fold(merge, stream.results(), initial)
         count = PARTITIONS_PER_WORKER * max(1, pipeline.workers()) if partitions is None else partitions
-        shipped = shipper.pickles.get(FoldByKey(wrapped, reducer, initial, count))
-        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
-        return merge_partitions(stream.results(), merge, ordered)
+        return self._by_key(FoldByKey(shipper.wrapped(mapper, replace(task_options, keep=False)), reducer, initial,
+                                      count), merge, iterable, call, task_options, placing)
+
+    def _by_key(self, fold_by_key: FoldByKey, merge: Reducer, iterable: Iterable[Any], call: MapCall,
+                task_options: TaskOptions, placing: Placing | None) -> dict[Any, Any] | list[Ref]:
+        """Map with partials left on the nodes, then merge each partition on its owner node."""
+        pipeline = self._pipeline
+        # The merges and reruns go where the call may run; its other options are the mapper's.
+        where = TaskOptions(retries=task_options.retries, nodes=task_options.nodes)
+
+        def rerun(items: Sequence[Any]) -> Rerun:
+            return Rerun(_resubmit(pipeline, where, fold_by_key, (items,), {}), pipeline.objects.lineage)
+
+        def submit(fn: Callable[..., Any], args: tuple[Any, ...], affinity: Any) -> Future:
+            return FabricView(pipeline, where.merged(affinity=affinity)).submit(fn, *args)
+
+        shuffle = Shuffle(fold_by_key.partitions, merge, call.ordered, task_options.keep, pipeline.objects,
+                          pipeline.live_nodes, rerun)
+        started = time.monotonic()
+        stream = self._stream(pipeline.shipper.pickles.get(fold_by_key), sliced_input(iterable), call,
+                              task_options, None, placing, kept=shuffle.note)
+        collections.deque(stream.results(), maxlen=0)  # the partials' Refs go to the shuffle as chunks finish
+        return shuffle.reduce(submit, None if call.timeout is None else started + call.timeout)
 
 
-_KEEP_BY_KEY = ("keep=True with by_key=True (one object per partition, left on its node) needs the partitions "
-                "folded on their owner nodes, which is not built yet; drop keep=True")
 _KEEP_COMBINED = ("keep=True keeps each call's result on its node, and with combine= a batch returns one folded "
                   "value: map with keep=True, then map_reduce over the Refs")
 

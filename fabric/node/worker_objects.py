@@ -45,7 +45,8 @@ OBJECTS_ENV = "FABRIC_OBJECTS"  # how a worker learns its node's store: JSON [no
 MAX_VALUES = 8  # values decoded lately, kept per worker...
 MAX_VALUE_BYTES = 256 << 20  # ...and their objects' bytes (an array is a view of the map; bytes are a copy)
 FAILED_FOR_S = 1.0  # a failed fetch is not tried again for this long (the other calls of its batch fail at once)
-FETCH_TIMEOUT_S = 5.0  # a holder silent this long is taken for dead (its node's liveness is 3 s by default)
+FETCH_TIMEOUT_S = 5.0  # a holder silent this long is taken for dead (its node's liveness is 3 s by default)...
+SILENT_FOR_S = 5.0  # ...and not asked again for this long: a reduce reading many of its objects fails at once
 
 
 class LocalObjects:
@@ -63,6 +64,7 @@ class LocalObjects:
         self.values: OrderedDict[bytes, Any] = OrderedDict()
         self.value_bytes: dict[bytes, int] = {}
         self.failed: dict[bytes, tuple[float, FabricError]] = {}  # key -> (until when, why) a fetch failed
+        self.silent: dict[str, float] = {}  # endpoint of a holder that did not answer -> until when it is skipped
         self.fetched_bytes = 0
 
     @classmethod
@@ -128,9 +130,13 @@ class LocalObjects:
         """Copy the object from a holder into this node's memory tier."""
         silent: list[str] = []
         missing: list[str] = []
+        now = time.monotonic()
         for node_id, endpoint in ref.holders:
             if node_id == self.node_id:
                 missing.append(endpoint)  # its node dropped it (it is not in the store)
+                continue
+            if self.silent.get(endpoint, 0.0) > now:
+                silent.append(endpoint)
                 continue
             try:
                 with transfer.ObjectLink(self.context, endpoint, self.key, FETCH_TIMEOUT_S) as link:
@@ -139,9 +145,12 @@ class LocalObjects:
                 silent.append(endpoint)
             except UnknownObjectError:
                 missing.append(endpoint)
+                continue
             except (FabricError, zmq.ZMQError, OSError) as exc:
                 log.warning("worker: fetching %s from %s failed: %s", ref.key.hex(), endpoint, exc)
                 silent.append(endpoint)
+            self.silent = {e: until for e, until in self.silent.items() if until > now}
+            self.silent[endpoint] = time.monotonic() + SILENT_FOR_S
         what = f"object {ref.name or ref.key.hex()} ({ref.size:,} bytes)"
         if silent:
             raise ObjectLostError(f"{what} is lost: no node holding it answers ({', '.join(silent)})")

@@ -7,15 +7,21 @@ partials in the client.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import gc
 import importlib.util
 import operator
+import os
 import random
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from helpers import free_address, spin_square, wait_for, worker_processes
+from helpers import free_address, gated, spin_square, store_figures, wait_for, worker_processes
 
 import fabric
+from fabric.calls.key_hash import partition_of
 
 VOCABULARY = [f"w{i}" for i in range(3000)]
 
@@ -140,17 +146,48 @@ def test_bad_arguments_are_refused_at_the_call(fx):
         fx.map_reduce(word_pairs, operator.add, ["a"], by_key=True, cache=True)
     with pytest.raises(TypeError, match="reducer must be a function"):
         fx.map_reduce(word_pairs, 42, ["a"], by_key=True)
-    with pytest.raises(ValueError, match="not built yet"):
-        fx.map_reduce(word_pairs, operator.add, ["a"], by_key=True, keep=True)
 
 
-def test_keep_is_refused_with_by_key_however_it_is_given(fx):
-    """Stage 2 (partitions folded on their owner nodes) is not built: keep=True from
-    fx.options is refused as the keyword is, and the fabric goes on."""
-    with pytest.raises(ValueError, match="by_key=True .* not built yet"):
-        fx.options(keep=True).map_reduce(word_pairs, operator.add, ["a"], by_key=True)
-    with pytest.raises(ValueError, match="by_key=True .* not built yet"):
-        fx.options(keep=True).map_reduce(word_pairs, operator.add, ["a"], by_key=True, combine=lambda a, b: a + b)
+def add_behind_gate(gate_path: str, started_dir: str, a: int, b: int) -> int:
+    return gated(gate_path, a + b, started_dir)
+
+
+def test_partials_stay_on_the_nodes_until_their_partition_is_merged_then_go(fresh_fx, gate, tmp_path):
+    """20 batches of 2 partitions: 40 partials in the node's store while the merges wait, none after."""
+    fx = fresh_fx
+    merging = tmp_path / "merging"
+    merging.mkdir()
+    combine = functools.partial(add_behind_gate, gate.path, str(merging))
+    with concurrent.futures.ThreadPoolExecutor(1) as caller:
+        call = caller.submit(fx.map_reduce, residue_pairs, operator.add, range(400), by_key=True, partitions=2,
+                             chunksize=20, combine=combine)
+        wait_for(lambda: any(merging.iterdir()) or call.done(), 30, "a partition's merge to start")
+        assert not call.done(), call.exception()
+        wait_for(lambda: store_figures(fx)["objects"] == 40, 10, "every batch's two partials in the store")
+        gate.open()
+        assert call.result(timeout=60) == {r: sum(range(r, 400, 10)) for r in range(10)}
+    wait_for(lambda: store_figures(fx)["objects"] == 0, 10, "the partials freed once merged")
+
+
+def test_keep_leaves_one_dict_per_partition_on_the_nodes_for_a_next_map(fresh_fx):
+    fx = fresh_fx
+    lines = corpus(2000)
+    expected = serial_count(lines)
+    refs = fx.map_reduce(word_pairs, operator.add, lines, by_key=True, partitions=6, keep=True, chunksize=100)
+    assert len(refs) == 6 and all(isinstance(ref, fabric.Ref) for ref in refs)
+    parts = [fx.get(ref) for ref in refs]
+    assert all(partition_of(word, 6) == index for index, part in enumerate(parts) for word in part)
+    assert {word: n for part in parts for word, n in part.items()} == expected
+    assert sum(fx.map(len, refs)) == len(expected)  # a next stage reads the partitions where they are
+    wait_for(lambda: store_figures(fx)["objects"] == 6, 10, "only the six kept partitions in the store")
+    del refs, parts
+    gc.collect()
+    wait_for(lambda: store_figures(fx)["objects"] == 0, 10, "the partitions freed with their Refs")
+    empty = fx.options(keep=True).map_reduce(word_pairs, operator.add, [], by_key=True, partitions=3)
+    assert [fx.get(ref) for ref in empty] == [{}, {}, {}]
+
+
+def test_keep_with_combine_alone_is_refused(fx):
     with pytest.raises(ValueError, match="with combine= a batch returns one folded value"):
         fx.options(keep=True).map_reduce(operator.neg, operator.add, [1], combine=True)
     assert fx.map_reduce(word_pairs, operator.add, ["a b a"], by_key=True) == {"a": 2, "b": 1}
@@ -166,6 +203,11 @@ def test_a_word_count_by_key_over_three_loopback_nodes(start_node):
         assert fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=50) == serial_count(lines)
         wait_for(lambda: sum(n.done for n in fx.nodes()) >= len(lines), 10, "the counters to reach the input's size")
         assert all(n.done > 0 for n in fx.nodes()), "every node mapped some batches"
+        refs = fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=50, partitions=12, keep=True)
+        holders = {ref.node_ids for ref in refs}
+        assert all(len(nodes) == 1 for nodes in holders) and len(holders) >= 2, \
+            "each partition is merged on one node, its ring owner, and the owners differ"
+        assert {w: n for part in fx.map(dict.items, refs) for w, n in part} == serial_count(lines)
 
 
 def slow_residue_pairs(x: int) -> list[tuple[int, int]]:
@@ -187,4 +229,39 @@ def test_a_node_sigkilled_mid_call_loses_and_duplicates_nothing(start_node):
         for process in [victim, *worker_processes({victim.pid})]:
             process.kill()
         assert call.result(timeout=120) == {r: sum(x * x for x in range(r, n, 97)) for r in range(97)}
+        assert fx.statistics().recomputed > 0, "the batches whose partials the dead node held ran again"
         wait_for(lambda: addresses[2] not in {s.control for s in fx.nodes()}, 10, "the dead node to leave")
+
+
+def add_noting_node(marker_dir: str, a: int, b: int) -> int:
+    """A merge's combine: slow, and telling the test which node (the worker's parent) merges."""
+    Path(marker_dir, str(os.getppid())).touch()
+    deadline = time.perf_counter() + 2e-3
+    while time.perf_counter() < deadline:
+        pass
+    return a + b
+
+
+def test_a_node_sigkilled_while_partitions_merge_loses_nothing(start_node, tmp_path):
+    """The node dies holding partials and running merges: its merges run again elsewhere and the
+    batches whose partials it held run again first, so the result is exact."""
+    addresses = [free_address() for _ in range(3)]
+    nodes = [start_node(address, join=addresses[0] if i else None) for i, address in enumerate(addresses)]
+    merging = tmp_path / "merging"
+    merging.mkdir()
+    n = 6000
+    combine = functools.partial(add_noting_node, str(merging))
+    with fabric.connect(addresses[0], heartbeat_interval_s=0.2, liveness_s=1.0) as fx, \
+            concurrent.futures.ThreadPoolExecutor(1) as caller:
+        wait_for(lambda: fx.workers() == 3, 20, "the workers of all three nodes")
+        call = caller.submit(fx.map_reduce, residue_pairs, operator.add, range(n), by_key=True, chunksize=50,
+                             partitions=12, combine=combine)
+        others = {str(node.pid): node for node in nodes[1:]}
+        marker = wait_for(lambda: next((m.name for m in merging.iterdir() if m.name in others), None) or call.done(),
+                          60, "a merge on a node other than the first")
+        assert not call.done(), "the call ended before a merging node could be killed: give it more work"
+        victim = others[marker]
+        for process in [victim, *worker_processes({victim.pid})]:
+            process.kill()
+        assert call.result(timeout=120) == {r: sum(range(r, n, 10)) for r in range(10)}
+        assert fx.statistics().recomputed > 0, "partials the dead node held were made again"

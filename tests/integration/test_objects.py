@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import gated, square, wait_for
+from helpers import gated, square, store_figures, wait_for
 
 import fabric
 from fabric.wire.ref import Ref
@@ -32,10 +32,6 @@ def fail(x):
 
 def nested_sum(arg):
     return sum(float(np.sum(v)) for v in arg["arrays"]) + sum(arg["more"][0])
-
-
-def store_figures(fx):
-    return next(iter(fx.statistics().store.values()))
 
 
 @pytest.mark.parametrize("value", [

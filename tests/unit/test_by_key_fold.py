@@ -2,7 +2,7 @@
 
 FoldByKey folds a batch's pairs per key and splits them into partitions by a
 hash that must agree between processes and between equal keys; merge_by_key
-folds a batch's partials into the result.
+folds a partition's partials into one dict.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections import Counter, namedtuple
 import pytest
 
 import fabric
-from fabric.calls.by_key import FoldByKey, key_hash, partition_of, pickled_partial, split
+from fabric.calls.by_key import FoldByKey, PartitionMerge, merge_by_key, pickled_partial
 from fabric.calls.fold import NO_INITIAL
-from fabric.client.reduction import merge_by_key, merge_partitions
+from fabric.calls.key_hash import key_hash, partition_of, split
 
 
 def words(line: str):
@@ -35,8 +35,8 @@ LINES = ["a b a c", "b b d", "", "a é \ud800"]
 
 
 def folded(fold: FoldByKey, items) -> list[dict]:
-    """A batch's partials as the client decodes them (each partition travels pickled, b"" when empty)."""
-    return [pickle.loads(blob) if blob else {} for blob in fold(items)]
+    """A batch's partials, one dict per partition, as the worker keeps them (after a pickle round trip)."""
+    return pickle.loads(pickle.dumps(fold.fold(items)))
 
 
 def test_pairs_are_folded_per_key_and_split_into_disjoint_partitions():
@@ -120,7 +120,7 @@ HASHED = ["word", b"bytes", 12345, -7, 2.5, None, (1, ("a", b"b")), frozenset({"
 
 def test_the_hash_is_the_same_in_another_process_with_another_string_salt():
     here = [key_hash(key) for key in HASHED]
-    script = ("import pickle, sys; from fabric.calls.by_key import key_hash; import test_by_key_fold as t; "
+    script = ("import pickle, sys; from fabric.calls.key_hash import key_hash; import test_by_key_fold as t; "
               "print([key_hash(k) for k in t.HASHED])")
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
@@ -136,7 +136,7 @@ def test_a_key_without_a_stable_encoding_raises_cache_key_error_naming_it():
 
     for key in (Opaque(), ("ok", Opaque())):
         with pytest.raises(fabric.CacheKeyError, match="the opaque key.*no stable encoding.*Opaque"):
-            FoldByKey(lambda x, key=key: [(key, x)], operator.add, NO_INITIAL, 3)(range(3))
+            FoldByKey(lambda x, key=key: [(key, x)], operator.add, NO_INITIAL, 3).fold(range(3))
     with pytest.raises(fabric.CacheKeyError, match="no stable encoding"):  # one partition checks its keys too
         split({"fine": 1, Opaque(): 2}, 1)
     deep: tuple = ()
@@ -148,14 +148,14 @@ def test_a_key_without_a_stable_encoding_raises_cache_key_error_naming_it():
 
 def test_an_unhashable_key_raises_cache_key_error_naming_it():
     with pytest.raises(fabric.CacheKeyError, match=r"key \['a', 'list'\] is not hashable"):
-        FoldByKey(lambda x: [(["a", "list"], x)], operator.add, NO_INITIAL, 2)(range(3))
+        FoldByKey(lambda x: [(["a", "list"], x)], operator.add, NO_INITIAL, 2).fold(range(3))
     with pytest.raises(fabric.CacheKeyError, match=r"key \{\} is not hashable"):
-        FoldByKey(lambda x: [({}, x)], operator.add, 0, 2)(range(3))
+        FoldByKey(lambda x: [({}, x)], operator.add, 0, 2).fold(range(3))
 
 
 def test_a_reducers_type_error_is_its_own():
     with pytest.raises(TypeError, match="unsupported operand") as raised:
-        FoldByKey(lambda x: [("k", x)], operator.add, NO_INITIAL, 2)([1, "a"])
+        FoldByKey(lambda x: [("k", x)], operator.add, NO_INITIAL, 2).fold([1, "a"])
     assert not isinstance(raised.value, fabric.CacheKeyError)
 
 
@@ -171,15 +171,15 @@ def test_ordered_merging_keeps_the_earlier_values_first():
     for part in ({"k": "a"}, {"k": "b", "j": "x"}, {"k": "c"}):
         total = merge_by_key(total, part, operator.add, True)
     assert total == {"k": "abc", "j": "x"}
-    blobs = [[pickle.dumps({"k": "a"}), b""], [pickle.dumps({"k": "b"}), pickle.dumps({"z": "q"})]]
-    assert merge_partitions(blobs, operator.add, True) == {"k": "ab", "z": "q"}
+    merged = PartitionMerge(operator.add, True, False)({"k": "a"}, {"k": "b", "z": "q"}, {}, {"z": "r"})
+    assert pickle.loads(merged) == {"k": "ab", "z": "qr"}
 
 
 def test_a_partial_plain_pickle_refuses_travels_by_cloudpickle():
     value = type("Dynamic", (), {"n": 3})()  # a class no module holds, as a notebook's class is on a worker
     blob = pickled_partial({"k": value})
     assert pickle.loads(blob)["k"].n == 3
-    with pytest.raises(fabric.SerializationError, match="partial of the by-key reduction"):
+    with pytest.raises(fabric.SerializationError, match="partition of the by-key reduction"):
         pickled_partial({"k": lambda_in_a_generator()})
 
 

@@ -58,7 +58,7 @@ def test_statistics_is_one_frozen_record_whose_parts_the_shortcuts_return():
     fields = {f.name: f.type for f in dataclasses.fields(fabric.FabricStatistics)}
     assert fields == {
         "nodes": "tuple[NodeStats, ...]", "workers": "int", "cache": "CacheStats", "duplicates": "int",
-        "malformed": "int", "refused_workers": "int",
+        "malformed": "int", "refused_workers": "int", "recomputed": "int",
     }
     assert fabric.FabricStatistics.__dataclass_params__.frozen
     assert fabric.CacheStats.__dataclass_params__.frozen

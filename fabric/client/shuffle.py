@@ -1,0 +1,155 @@
+"""``map_reduce(..., by_key=True)`` across the nodes: partials left where they were
+made, each partition merged on its owner node (MapReduce's shuffle).
+
+::
+
+    map stream (Mode.FOLD), per batch:  worker folds per key, keeps P partials ─► [Ref | None] * P
+    client, as batches finish:          partition p ◄─ its Refs, in input order; each Ref's lineage:
+                                        the batch's items, folded again once for all its lost partials
+    client, once the map ends:          per partition, submit PartitionMerge(*its Refs) with
+                                        affinity = the partition: the ring owner among live nodes
+                                        runs it, reading local partials from its store and fetching
+                                        the others from their holders
+    client, as merges finish:           result.update(pickle.loads(blob))   (disjoint keys: no per-key work)
+                                        or, with keep=True, one Ref per partition
+
+The client holds Refs and the final dict, never a partial.  A partial is lost
+with its node; a merge that finds one gone is submitted again once the client
+sees the node dead, and submitting it reruns the batches whose partials died
+first (the object table's lineage, as for kept results), so the result is
+exact.  The batch machinery (credits, retries, exactly-once delivery of each
+batch's Refs) is the map's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..calls.by_key import PartitionMerge
+from ..calls.fold import Reducer
+from ..errors import ObjectLostError
+from ..wire.ref import Ref, current
+from .objects import ObjectTable
+
+MERGE_ATTEMPTS = 4  # a merge may meet a holder that died after the map read its partials
+LOSS_NOTICED_WITHIN_S = 15.0  # how long a failed merge waits for the client to see a holder dead
+LOSS_POLL_S = 0.05
+
+Submit = Callable[[Any, tuple[Any, ...], Any], concurrent.futures.Future]  # (fn, args, affinity) -> future
+
+
+class Rerun:
+    """A map batch folded again, once for all of its partials that were lost."""
+
+    def __init__(self, again: Callable[[], concurrent.futures.Future], lineage: dict[bytes, Any]) -> None:
+        self.again = again  # resubmits the batch's fold over its items
+        self.lineage = lineage
+        self.running: concurrent.futures.Future | None = None
+
+    def partition(self, index: int) -> concurrent.futures.Future:
+        """A future of the new Ref of partition ``index`` of this batch."""
+        if self.running is None or (self.running.done() and not _succeeded(self.running)):
+            self.running = self.again()
+        ref: concurrent.futures.Future = concurrent.futures.Future()
+
+        def pick(done: concurrent.futures.Future) -> None:
+            if not _succeeded(done):
+                ref.set_exception(done.exception() if not done.cancelled() else ObjectLostError("rerun cancelled"))
+                return
+            new = done.result()[index]
+            if not isinstance(new, Ref):
+                ref.set_exception(ObjectLostError(f"partition {index} of a batch rerun came back empty: "
+                                                  "the mapper gave other pairs the second time"))
+                return
+            self.lineage[new.key] = lambda: self.partition(index)  # lost again: rerun again
+            ref.set_result(new)
+
+        self.running.add_done_callback(pick)
+        return ref
+
+
+class Shuffle:
+    """One by-key call's partitions: their Refs as the map makes them, then their merges."""
+
+    def __init__(self, partitions: int, merge: Reducer, ordered: bool, keep: bool, objects: ObjectTable,
+                 live_nodes: Callable[[], set[bytes]], rerun: Callable[[Sequence[Any]], Rerun]) -> None:
+        self.parts: list[list[Ref]] = [[] for _ in range(partitions)]
+        self.merger = PartitionMerge(merge, ordered, keep)
+        self.keep = keep
+        self.objects = objects
+        self.live_nodes = live_nodes
+        self.rerun = rerun
+
+    def note(self, inputs: Sequence[Sequence[Any]], partials: list[Any]) -> None:
+        """A map chunk's partials (each a list of P Refs or None) and the items each stands for."""
+        lineage = self.objects.lineage
+        for items, refs in zip(inputs, partials):
+            rerun = self.rerun(items)
+            for index, ref in enumerate(refs):
+                if ref is not None:
+                    self.parts[index].append(ref)
+                    lineage[ref.key] = _partition_of(rerun, index)
+
+    def reduce(self, submit: Submit, deadline: float | None) -> dict[Any, Any] | list[Ref]:
+        """Merge every partition on its owner node; the result, or one Ref per partition with ``keep``."""
+        wanted = [i for i, refs in enumerate(self.parts) if refs or self.keep]
+        running = {self._submit(submit, i): (i, 1) for i in wanted}
+        kept: dict[int, Ref] = {}
+        result: dict[Any, Any] = {}
+        try:
+            while running:
+                done, _ = concurrent.futures.wait(running, _remaining(deadline), concurrent.futures.FIRST_COMPLETED)
+                if not done:
+                    raise TimeoutError("map_reduce(..., by_key=True) did not finish within its timeout")
+                for future in done:
+                    index, attempt = running.pop(future)
+                    try:
+                        value = future.result()
+                    except ObjectLostError:
+                        if attempt >= MERGE_ATTEMPTS:
+                            raise
+                        self._await_loss_noticed(index, deadline)
+                        running[self._submit(submit, index)] = (index, attempt + 1)
+                        continue
+                    self.parts[index] = []  # its partials may go: the merge has read them
+                    if self.keep:
+                        kept[index] = value
+                    else:
+                        result.update(pickle.loads(value))
+                    del value
+        finally:
+            for future in running:
+                future.cancel()
+        return [kept[i] for i in range(len(self.parts))] if self.keep else result
+
+    def _submit(self, submit: Submit, index: int) -> concurrent.futures.Future:
+        return submit(self.merger, tuple(self.parts[index]), ("fabric.by_key", len(self.parts), index))
+
+    def _await_loss_noticed(self, index: int, deadline: float | None) -> None:
+        """Wait until the client sees a holder of the partition's partials dead (so submitting
+        the merge again reruns their batches first), or long enough that it would have."""
+        refs = [current(ref) for ref in self.parts[index]]
+        until = time.monotonic() + LOSS_NOTICED_WITHIN_S
+        if deadline is not None:
+            until = min(until, deadline)
+        while time.monotonic() < until:
+            alive = self.live_nodes()
+            if any(not alive.intersection(ref.node_ids) for ref in refs):
+                return
+            time.sleep(LOSS_POLL_S)
+
+
+def _partition_of(rerun: Rerun, index: int) -> Callable[[], concurrent.futures.Future]:
+    return lambda: rerun.partition(index)
+
+
+def _succeeded(future: concurrent.futures.Future) -> bool:
+    return not future.cancelled() and future.exception() is None
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
