@@ -5,9 +5,10 @@
     map batch (Mode.FOLD), FoldByKey:
         items --mapper--> (key, value) pairs --fold per key--> {key: partial}
               --partition_of(key)--> P dicts --keep each non-empty one--> [Ref | None] * P   (one result)
+                                             (one node: --pickle each--> [bytes] * P, merged by the client)
     reduce task of partition p, PartitionMerge, on p's owner node:
         the partition's partials (Refs, read from this node's store or fetched from their holders)
-              --merge_by_key, in input order--> one dict --pickled, or kept (a Ref)--> the client
+              --merge_by_key, in input order--> one dict --(node id, pickled), or kept (a Ref)--> the client
 
 The mapper's pairs never leave the worker, and a batch's partials stay in its
 node's object store: only Refs (a few dozen bytes each) reach the client.  A
@@ -45,10 +46,10 @@ class FoldByKey:
     is unpickled afresh for each new key, an immutable one (0, "") is shared.
     """
 
-    __slots__ = ("mapper", "reducer", "initial", "partitions", "__weakref__")
+    __slots__ = ("mapper", "reducer", "initial", "partitions", "on_nodes", "__weakref__")
 
     def __init__(self, mapper: Callable[[Any], Iterable[tuple[Any, Any]]], reducer: Reducer, initial: Any,
-                 partitions: int) -> None:
+                 partitions: int, on_nodes: bool = True) -> None:
         if not callable(reducer):
             raise TypeError(f"the reducer must be a function of two arguments, got {reducer!r:.80}")
         if type(partitions) is not int or not 1 <= partitions <= MAX_PARTITIONS:
@@ -57,12 +58,17 @@ class FoldByKey:
         self.reducer = reducer
         self.initial = None if initial is NO_INITIAL else pickled_initial(initial)
         self.partitions = partitions
+        self.on_nodes = on_nodes  # False: the client merges (one node), so each partial travels pickled
 
     def __call__(self, items: Iterable[Any]) -> list[Any]:
-        """The batch's partials kept on this node: a Ref per non-empty partition, None for the rest."""
+        """The batch's partials: kept on this node (a Ref per non-empty partition, None for the
+        rest), or pickled for the client (b"" for an empty partition)."""
+        parts = self.fold(items)
+        if not self.on_nodes:
+            return [pickled_partial(part) if part else b"" for part in parts]
         from ..node import worker_objects  # only ever called in a worker
 
-        return [worker_objects.keep(part) if part else None for part in self.fold(items)]
+        return [worker_objects.keep(part) if part else None for part in parts]
 
     def fold(self, items: Iterable[Any]) -> list[dict[Any, Any]]:
         """The batch's pairs folded per key, one dict per partition."""
@@ -78,18 +84,19 @@ class FoldByKey:
         return split(folded, self.partitions)
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return self.mapper, self.reducer, self.initial, self.partitions
+        return self.mapper, self.reducer, self.initial, self.partitions, self.on_nodes
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.mapper, self.reducer, self.initial, self.partitions = state
+        self.mapper, self.reducer, self.initial, self.partitions, self.on_nodes = state
 
 
 class PartitionMerge:
     """The reduce task of one partition: its partials, in input order, folded into one dict.
 
-    Returned pickled (plain pickle unpickles a dict of short strings ~2x faster
-    than msgpack in the client, which the result codec would choose), or, with
-    ``keep``, left in this node's object store and returned as a Ref.
+    Returned pickled with this node's id (plain pickle unpickles a dict of
+    short strings ~2x faster than msgpack in the client, which the result
+    codec would choose), or, with ``keep``, left in this node's object store
+    and returned as a Ref.
     """
 
     __slots__ = ("merge", "ordered", "keep")
@@ -100,14 +107,15 @@ class PartitionMerge:
         self.keep = keep
 
     def __call__(self, *partials: dict[Any, Any]) -> Any:
+        from ..node import worker_objects  # only ever called in a worker
+
         total: dict[Any, Any] = {}
         for partial in partials:
             total = merge_by_key(total, partial, self.merge, self.ordered)
         if self.keep:
-            from ..node import worker_objects  # only ever called in a worker
-
             return worker_objects.keep(total)
-        return pickled_partial(total)
+        # The node's id too: the partials fetched here left copies, which the client frees with the rest.
+        return worker_objects.node_id(), pickled_partial(total)
 
     def __getstate__(self) -> tuple[Any, ...]:
         return self.merge, self.ordered, self.keep
@@ -174,7 +182,7 @@ def _check_hashable(key: Any, exc: TypeError) -> None:
 
 
 def pickled_partial(part: dict[Any, Any]) -> bytes:
-    """A merged partition as one blob for the client to unpickle.  Plain pickle is
+    """A partial or a merged partition as one blob for the client to unpickle.  Plain pickle is
     ~3x faster than cloudpickle; values of classes defined in the caller's script
     are not importable here, so those fall back to cloudpickle."""
     try:

@@ -103,6 +103,16 @@ class ObjectTable:
     def _collected(self, generation: int, key: bytes) -> None:
         self.released.append((key, generation))
 
+    def copied_to(self, node_id: bytes, refs: Sequence[Ref]) -> None:
+        """A worker of ``node_id`` fetched these objects: free them there too (a copy the
+        client knows to be garbage, as a shuffle's partials once merged, should not wait
+        for the node's memory bound to go)."""
+        with self._lock:
+            for ref in refs:
+                holders = self.holders.get(ref.key)
+                if holders is not None and node_id and node_id not in holders:
+                    self.holders[ref.key] = (*holders, node_id)
+
     def free(self, ref: Ref) -> None:
         """Release the object now, whatever Refs remain (``fx.free``)."""
         with self._lock:

@@ -13,7 +13,11 @@ made, each partition merged on its owner node (MapReduce's shuffle).
     client, as merges finish:           result.update(pickle.loads(blob))   (disjoint keys: no per-key work)
                                         or, with keep=True, one Ref per partition
 
-The client holds Refs and the final dict, never a partial.  A partial is lost
+On a cluster of one node (and without ``keep``) there is nothing to spread
+the merges over: batches return their partials pickled and the client merges
+them as they arrive (:func:`merge_in_client`), overlapping the map.
+
+Otherwise the client holds Refs and the final dict, never a partial.  A partial is lost
 with its node; a merge that finds one gone is submitted again once the client
 sees the node dead, and submitting it reruns the batches whose partials died
 first (the object table's lineage, as for kept results), so the result is
@@ -26,10 +30,10 @@ from __future__ import annotations
 import concurrent.futures
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..calls.by_key import PartitionMerge
+from ..calls.by_key import PartitionMerge, merge_by_key
 from ..calls.fold import Reducer
 from ..errors import ObjectLostError
 from ..wire.ref import Ref, current
@@ -115,12 +119,14 @@ class Shuffle:
                         self._await_loss_noticed(index, deadline)
                         running[self._submit(submit, index)] = (index, attempt + 1)
                         continue
-                    self.parts[index] = []  # its partials may go: the merge has read them
+                    node_id, blob = (value.node_ids[0], b"") if self.keep else value
+                    self.objects.copied_to(node_id, [current(ref) for ref in self.parts[index]])
+                    self.parts[index] = []  # its partials (and their copies on the merging node) may go
                     if self.keep:
                         kept[index] = value
                     else:
-                        result.update(pickle.loads(value))
-                    del value
+                        result.update(pickle.loads(blob))
+                    del value, blob
         finally:
             for future in running:
                 future.cancel()
@@ -141,6 +147,24 @@ class Shuffle:
             if any(not alive.intersection(ref.node_ids) for ref in refs):
                 return
             time.sleep(LOSS_POLL_S)
+
+
+def merge_in_client(partials: Iterable[list[bytes]], merge: Reducer, ordered: bool) -> dict[Any, Any]:
+    """One node: the client merges each batch's pickled partials (b"" for an empty partition)
+    as they arrive.
+
+    With every worker on one node there is no other node to spread the merges
+    over, and merging in the client overlaps the map instead of following it:
+    W11's wide count ran 2-3x faster so than with a merge task per partition
+    after the map (fewer passes over the entries, no reduce tail).  Its memory
+    is the result plus the partials in flight (bounded by credits).
+    """
+    total: dict[Any, Any] = {}
+    for blobs in partials:
+        for blob in blobs:
+            if blob:
+                total = merge_by_key(total, pickle.loads(blob), merge, ordered)
+    return total
 
 
 def _partition_of(rerun: Rerun, index: int) -> Callable[[], concurrent.futures.Future]:

@@ -48,7 +48,7 @@ from .placing import Placing
 from .progress import new_bar
 from .reduction import combiner, fold
 from .shipping import FunctionCache
-from .shuffle import Rerun, Shuffle
+from .shuffle import Rerun, Shuffle, merge_in_client
 from .ventilator import Batch, next_batch_id
 
 T = TypeVar("T")
@@ -362,13 +362,20 @@ class TaskAPI:
             stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
             return fold(merge, stream.results(), initial)
         count = PARTITIONS_PER_WORKER * max(1, pipeline.workers()) if partitions is None else partitions
-        return self._by_key(FoldByKey(shipper.wrapped(mapper, replace(task_options, keep=False)), reducer, initial,
-                                      count), merge, iterable, call, task_options, placing)
+        on_nodes = task_options.keep or len(pipeline.live_nodes()) > 1  # one node: the client merges
+        fold_by_key = FoldByKey(shipper.wrapped(mapper, replace(task_options, keep=False)), reducer, initial, count,
+                                on_nodes)
+        return self._by_key(fold_by_key, merge, iterable, call, task_options, placing)
 
     def _by_key(self, fold_by_key: FoldByKey, merge: Reducer, iterable: Iterable[Any], call: MapCall,
                 task_options: TaskOptions, placing: Placing | None) -> dict[Any, Any] | list[Ref]:
-        """Map with partials left on the nodes, then merge each partition on its owner node."""
+        """Map with partials left on the nodes, then merge each partition on its owner node
+        (on one node, the client merges the partials as they arrive)."""
         pipeline = self._pipeline
+        shipped = pipeline.shipper.pickles.get(fold_by_key)
+        if not fold_by_key.on_nodes:
+            stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
+            return merge_in_client(stream.results(), merge, call.ordered)
         # The merges and reruns go where the call may run; its other options are the mapper's.
         where = TaskOptions(retries=task_options.retries, nodes=task_options.nodes)
 
@@ -381,8 +388,7 @@ class TaskAPI:
         shuffle = Shuffle(fold_by_key.partitions, merge, call.ordered, task_options.keep, pipeline.objects,
                           pipeline.live_nodes, rerun)
         started = time.monotonic()
-        stream = self._stream(pipeline.shipper.pickles.get(fold_by_key), sliced_input(iterable), call,
-                              task_options, None, placing, kept=shuffle.note)
+        stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing, kept=shuffle.note)
         collections.deque(stream.results(), maxlen=0)  # the partials' Refs go to the shuffle as chunks finish
         return shuffle.reduce(submit, None if call.timeout is None else started + call.timeout)
 

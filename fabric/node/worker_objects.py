@@ -205,6 +205,11 @@ def resolve(ref: Ref) -> Any:
     return local.resolve(ref)
 
 
+def node_id() -> bytes:
+    """This worker's node (b"" when the node has no object store)."""
+    return b"" if local is None else local.node_id
+
+
 def keep(value: Any) -> Ref:
     if local is None:
         raise UnknownObjectError("keep=True on a worker whose node has no object store")

@@ -113,6 +113,13 @@ def test_progress_counts_the_items_mapped(fx, capsys):
     assert bar.startswith("words: 100%") and "3000/3000" in bar, bar
 
 
+def test_on_one_node_the_client_merges_and_nothing_is_stored(fresh_fx):
+    fx = fresh_fx
+    assert fx.map_reduce(residue_pairs, operator.add, range(1000), by_key=True, chunksize=50) == {
+        r: sum(range(r, 1000, 10)) for r in range(10)}
+    assert store_figures(fx)["objects"] == 0
+
+
 def test_an_empty_input_gives_an_empty_dict(fx):
     assert fx.map_reduce(word_pairs, operator.add, [], by_key=True) == {}
     assert fx.map_reduce(word_pairs, operator.add, ["", ""], by_key=True, initial=0) == {}
@@ -152,21 +159,34 @@ def add_behind_gate(gate_path: str, started_dir: str, a: int, b: int) -> int:
     return gated(gate_path, a + b, started_dir)
 
 
-def test_partials_stay_on_the_nodes_until_their_partition_is_merged_then_go(fresh_fx, gate, tmp_path):
-    """20 batches of 2 partitions: 40 partials in the node's store while the merges wait, none after."""
-    fx = fresh_fx
+def stored_objects(fx: fabric.Fabric) -> int:
+    return sum(store["objects"] for store in fx.statistics().store.values())
+
+
+def test_partials_stay_on_the_nodes_until_their_partition_is_merged_then_go(start_node, gate, tmp_path):
+    """Two nodes, 20 batches of 2 partitions: 40 partials in the nodes' stores while the merges wait,
+    none after, not even the copies the merges fetched.  (On one node the client merges the partials
+    as they arrive: nothing is stored.)"""
+    addresses = [free_address() for _ in range(2)]
+    for i, address in enumerate(addresses):
+        start_node(address, join=addresses[0] if i else None)
     merging = tmp_path / "merging"
     merging.mkdir()
     combine = functools.partial(add_behind_gate, gate.path, str(merging))
-    with concurrent.futures.ThreadPoolExecutor(1) as caller:
+    with fabric.connect(addresses[0], heartbeat_interval_s=0.2, liveness_s=1.0) as fx, \
+            concurrent.futures.ThreadPoolExecutor(1) as caller:
+        wait_for(lambda: fx.workers() == 2, 20, "the workers of both nodes")
         call = caller.submit(fx.map_reduce, residue_pairs, operator.add, range(400), by_key=True, partitions=2,
                              chunksize=20, combine=combine)
-        wait_for(lambda: any(merging.iterdir()) or call.done(), 30, "a partition's merge to start")
-        assert not call.done(), call.exception()
-        wait_for(lambda: store_figures(fx)["objects"] == 40, 10, "every batch's two partials in the store")
-        gate.open()
+        try:
+            wait_for(lambda: any(merging.iterdir()) or call.done(), 30, "a partition's merge to start")
+            assert not call.done(), call.exception()
+            # 40 partials, and the copies a merging worker fetched from the other node
+            wait_for(lambda: stored_objects(fx) >= 40, 10, "every batch's two partials in the stores")
+        finally:
+            gate.open()  # before the caller thread is joined, whatever failed
         assert call.result(timeout=60) == {r: sum(range(r, 400, 10)) for r in range(10)}
-    wait_for(lambda: store_figures(fx)["objects"] == 0, 10, "the partials freed once merged")
+        wait_for(lambda: stored_objects(fx) == 0, 10, "the partials and their fetched copies freed once merged")
 
 
 def test_keep_leaves_one_dict_per_partition_on_the_nodes_for_a_next_map(fresh_fx):
