@@ -49,6 +49,7 @@ import zmq
 from ..cluster.stats import MAX_PEERS, NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
 from ..wire import security
+from ..wire.message import Message
 from ..wire.protocol import (
     BatchOutput,
     BatchStarted,
@@ -59,7 +60,6 @@ from ..wire.protocol import (
     Goodbye,
     Heartbeat,
     Hello,
-    Message,
     NodeLeaving,
     Ready,
     RecycleWorker,
