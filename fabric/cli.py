@@ -45,17 +45,8 @@ from .errors import ConfigError, ProtocolError
 from .node import processes
 from .node.loop import Node
 from .wire import security
-from .wire.protocol import (
-    Message,
-    NodeLeaving,
-    Reload,
-    Reloaded,
-    Status,
-    StatusReply,
-    Stop,
-    from_frames,
-    to_frames,
-)
+from .wire.message import Message
+from .wire.protocol import NodeLeaving, Reload, Reloaded, Status, StatusReply, Stop, from_frames, to_frames
 from .wire.security import ClusterKey, write_key_file
 
 Answer = TypeVar("Answer", bound=Message)

@@ -16,18 +16,8 @@ from helpers import square
 
 from fabric.client.shipping import FunctionCache
 from fabric.wire import codec
-from fabric.wire.protocol import (
-    Attach,
-    Message,
-    Mode,
-    Ready,
-    ResultBatch,
-    Shutdown,
-    TaskBatch,
-    WorkerUp,
-    from_frames,
-    to_frames,
-)
+from fabric.wire.message import Message
+from fabric.wire.protocol import Attach, Mode, Ready, ResultBatch, Shutdown, TaskBatch, WorkerUp, from_frames, to_frames
 
 REPLY_TIMEOUT_S = 10.0
 CLIENT = b"c-test"

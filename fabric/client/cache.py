@@ -49,7 +49,8 @@ import msgpack
 from ..cluster.ring import CacheRing
 from ..cluster.stats import NodeStats
 from ..errors import CacheKeyError
-from ..wire.protocol import CacheClear, CacheCleared, CacheGet, CacheHits, CachePut, CacheStored, Message
+from ..wire.message import Message
+from ..wire.protocol import CacheClear, CacheCleared, CacheGet, CacheHits, CachePut, CacheStored
 from ..wire.security import ClusterKey
 from .cache_key import call_key, function_digest, item_keys
 from .statistics import CacheStats, FabricStatistics

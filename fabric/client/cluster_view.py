@@ -1,9 +1,9 @@
 """The client's view of the cluster: whom to greet, which nodes are lost, paused or back.
 
 Every decision the client's I/O thread takes about nodes, and none of its I/O.
-The loop (:mod:`fabric.client.io_loop`, which owns the control DEALERs and the
-SUB) feeds it what arrived and the time, and performs the :class:`Actions` it
-returns::
+The loop (:mod:`fabric.client.io_loop`, whose :class:`~fabric.client.node_links.NodeLinks`
+holds the control DEALERs) feeds it what arrived and the time, and performs
+the :class:`Actions` it returns::
 
     node HEARTBEAT (answer to HELLO)        ─► heartbeat(stats, now) ─┐
     NODE_LEAVING (control DEALER)           ─► node_left(node_id)     ├─► Actions ─► IOLoop: connect + HELLO,

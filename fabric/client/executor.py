@@ -56,11 +56,12 @@ from .cluster_view import FIRST_CONTACT_S, ClusterView
 from .embedded import EmbeddedNode
 from .everywhere import pinned_call, setup_batches
 from .futures import Future, FutureGroup
-from .io_loop import IOLoop, io_threads
+from .io_loop import IOLoop
 from .objects import ObjectClient, ObjectInfo
 from .options import TaskOptions
 from .placement import Placement
 from .shipping import ship_modules_by_value
+from .sockets import io_threads
 from .statistics import FabricStatistics
 from .submission import FunctionShipper, Pipeline, TaskAPI
 

@@ -2,7 +2,7 @@
 
 ::
 
-    user threads ── post(callable) ──► command deque + wake pipe ─┐
+    user threads ── post(callable) ──► CommandQueue + wake pipe ──┐
                                                                   ▼
     ventilator ROUTER (bound) ◄── READY ──────── workers     ┌──────────┐
                               ─── TASK_BATCH ──► workers  ◄──┤ IOLoop   │ one zmq.Poller over
@@ -10,22 +10,23 @@
                               ◄── BATCH_STARTED ─ workers    │          │
                               ◄── BATCH_OUTPUT ── workers    │          │
     control DEALER per node   ─── HELLO (every interval) ►   │          │ pipe and the embedded
-                              ◄── HEARTBEAT (the answer)/    │          │ node's exit sentinel;
+    (NodeLinks)               ◄── HEARTBEAT (the answer)/    │          │ node's exit sentinel;
                                   WORKER_LOST/NODE_LEAVING   │          │ timeout: the cluster
                                   ─── node                   └──────────┘ view's next deadline
 
 ZeroMQ sockets are not thread-safe, so user threads never touch them: they
-append a callable to a deque and write one byte to a pipe the poller watches
-(only when the loop is not already awake).  Decisions live elsewhere, in
+post a callable (:mod:`fabric.client.command_queue`).  The sockets are made in
+:mod:`fabric.client.sockets`, the control DEALERs kept in
+:class:`~fabric.client.node_links.NodeLinks`.  Decisions live elsewhere, in
 classes without sockets: which batch goes to which worker in
 :class:`~fabric.client.ventilator.Ventilator`, which also says which workers
 went silent holding work; whom to greet, which nodes are lost, paused or
 back, when queued work has starved, and when first contact failed, in
 :class:`~fabric.client.cluster_view.ClusterView`; cache requests in
-:class:`~fabric.client.cache.CacheClient`.  This loop receives, asks them,
-performs what they return, and hands outcomes to each batch's owner (a map
-stream or a group of futures), the sink's job in the ZeroMQ guide's pipeline;
-what a batch's tasks printed goes with its results (:mod:`fabric.client.output`).
+:class:`~fabric.client.cache.CacheClient`; what the sink receives goes to each
+batch's owner (a map stream or a group of futures) through
+:class:`~fabric.client.sink.Sink`.  This loop receives, asks them and
+performs what they return.
 A KeyboardInterrupt in a caller (:meth:`IOLoop.interrupted`) drops the work
 nobody waits for any more and has the workers running it recycled.
 Each handler runs guarded (``_survive``): an exception costs only the message
@@ -34,13 +35,10 @@ or command it came from.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import resource
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -48,73 +46,44 @@ import zmq
 
 from ..cluster.stats import MAX_PEERS, NodeStats
 from ..errors import ClosedError, NoNodesError, ProtocolError
-from ..wire import security
+from ..wire.message import Message
 from ..wire.protocol import (
-    BatchOutput,
-    BatchStarted,
     CacheCleared,
     CacheHits,
     CacheStored,
-    FunctionMissing,
-    Goodbye,
-    Heartbeat,
     Hello,
-    Message,
     NodeLeaving,
     Ready,
     RecycleWorker,
-    ResultBatch,
-    Shutdown,
-    Status,
     StatusReply,
     WorkerLost,
     WorkerSilent,
     from_frames,
     recv_frames,
     send_frames,
-    to_frames,
 )
 from ..wire.security import ClusterKey
 from .cache import CacheClient
 from .cluster_view import FIRST_CONTACT_S, Actions, ClusterView
+from .command_queue import Command, CommandQueue
 from .futures import on_interrupt
+from .node_links import NodeLinks
 from .objects import ObjectTable
-from .output import Printed
 from .placing import known_tasks
+from .sink import Sink
+from .sockets import HEADER_SLACK_BYTES, READY_MAX_BYTES, bind, data_router, max_sockets, max_workers, raise_fd_limit
 from .statistics import CacheStats, FabricStatistics
 from .ventilator import Batch, Ventilator
 
 log = logging.getLogger(__name__)
 
-HWM = 100_000  # credits keep queues far below this; it only guards against a bug
-CONNECT_RETRY_MS = 10  # reconnect quickly to a node that is still binding (start-up time)
-CONNECT_RETRY_MAX_MS = 1000  # then back off: a node that is down, or refuses our key, is not hammered
 EXTRA_STARTED_CALLS = 1  # as concurrent.futures.process.EXTRA_QUEUED_CALLS
 TICK_S = 0.01  # timeouts and heartbeats are checked at most this often while messages flow
-GOODBYE_LINGER_MS = 200  # how long closing waits to deliver GOODBYE; a node missing it forgets us by liveness
-READY_MAX_BYTES = 1 << 10  # the ventilator only ever receives READY (~20 bytes): a peer sending more is cut off
-# A result batch's payload frames are capped at max_message_bytes by the worker; its header (error records
-# with tracebacks) is not, and this much more keeps a batch of failures from being cut off as oversized.
-HEADER_SLACK_BYTES = 64 << 20
-# With a key, two libzmq I/O threads keep data and control apart (ZMQ_AFFINITY is a bit
-# mask of them): CurveZMQ encrypts a whole message at once in its I/O thread (~1 s per GiB
-# here), which must not hold up heartbeats and HELLO, or a live node is declared dead.
-# Without a key one thread interleaves large writes with the rest, and a second one cost
-# ~13 % of W2's submit rate on 2 vCPUs (interleaved A/B, 17.6 k against 20.2 k tasks/s).
-DATA_AFFINITY = 1
-CONTROL_AFFINITY = 2
-
-
-def io_threads(key: ClusterKey | None) -> int:
-    """libzmq I/O threads for a client's context: two with a key, else one."""
-    return 1 if key is None else 2
 # libzmq names a connection whose identity a newer one took over (ROUTER_HANDOVER: a worker
 # that re-attached) 0x00 + four bytes; a READY still unread on it would register a phantom
 # worker under that name.  Workers' own identities are text (w-...), never starting so.
 HANDED_OVER = b"\x00"
 DRAIN_MAX = 10_000  # sink messages read before deciding that a worker is silent (each is a sign of life)
-NOFILE_FALLBACK = 1 << 20  # the soft descriptor limit asked for when the hard one is unlimited
-DEFAULT_MAX_SOCKETS = 1023  # libzmq's ZMQ_MAX_SOCKETS_DFLT
 
 
 class IOLoop:
@@ -127,43 +96,37 @@ class IOLoop:
         first_contact_s: float = FIRST_CONTACT_S, forward_output: bool = True, locality_wait_s: float = 0.05,
     ) -> None:
         self.client_id = client_id
-        self.forward_output = forward_output
-        self.context = context
-        self.key = key
+        self.commands = CommandQueue()
+        # Any thread: run a command in the I/O thread soon (False once closed); the queue's
+        # own method, so a submit pays no call of ours on its way.
+        self.post: Callable[[Command], bool] = self.commands.post
         raise_fd_limit()
         self.ventilator = Ventilator(retries, liveness_s, max_workers(), locality_wait_s)
-        self.handshakes = security.HandshakeWatch(keyed=key is not None)
+        context.set(zmq.MAX_SOCKETS, max_sockets(context))
+        self.vent = data_router(context, key, READY_MAX_BYTES)
+        self.sink = data_router(context, key, max_message_bytes + HEADER_SLACK_BYTES)
+        self.vent_endpoint = bind(self.vent, bind_where, "ventilator")
+        self.sink_endpoint = bind(self.sink, bind_where, "sink")
+        self.poller = zmq.Poller()
+        self.links = NodeLinks(context, key, self.poller, Hello(
+            client_id, self.vent_endpoint, self.sink_endpoint, max_message_bytes, forward_output))
+        handshakes = self.links.handshakes
         self.view = ClusterView(
-            heartbeat_interval_s, liveness_s, connect_timeout_s, self.handshakes.describe,
-            lambda: self.handshakes.refusals, first_contact_s, client_id,
+            heartbeat_interval_s, liveness_s, connect_timeout_s, handshakes.describe, lambda: handshakes.refusals,
+            first_contact_s, client_id,
         )
         self.ventilator.placer.nodes = self.view.membership.nodes  # placement reads the live nodes' heartbeats
         self.ventilator.placer.timeout_s = connect_timeout_s
-        self.max_message_bytes = max_message_bytes
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         self.objects = ObjectTable(client_id, self.send_to_node)
-        context.set(zmq.MAX_SOCKETS, max_sockets(context))
-        self.vent = self._router(READY_MAX_BYTES)
-        self.sink = self._router(max_message_bytes + HEADER_SLACK_BYTES)
-        self.vent_endpoint = _bind(self.vent, bind_where, "ventilator")
-        self.sink_endpoint = _bind(self.sink, bind_where, "sink")
-        self.controls: dict[str, zmq.Socket] = {}
+        self.outcomes = Sink(self.ventilator, self.view.live_nodes, forward_output)  # what self.sink receives
         self.embedded: dict[int, str] = {}  # exit sentinel -> control endpoint of an embedded node
-        self.poller = zmq.Poller()
         for sock in (self.vent, self.sink):
             self.poller.register(sock, zmq.POLLIN)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self.poller.register(self._wake_r, zmq.POLLIN)
-        self._commands: deque[Callable[[], None]] = deque()
-        self._post_lock = threading.Lock()
-        self._closed = False
-        self._awake = False
+        self.poller.register(self.commands.wake_fd, zmq.POLLIN)
         self._idle_waiters: list[threading.Event] = []
         self.heard = threading.Event()  # set at the first heartbeat of any node: tasks() need not wait then
         self._waiters: list[tuple[Callable[[], bool], threading.Event]] = []  # for connect(), fx.run: workers, contact
-        self._printed: dict[bytes, BatchOutput] = {}  # worker -> what its next result's tasks printed
-        self._labels: dict[bytes, str] = {}  # worker -> "(node:wN)", its output's prefix
         self.broken: BaseException | None = None
         self.duplicates = 0
         self.malformed = 0
@@ -171,46 +134,14 @@ class IOLoop:
         self._running = True
         self._deadline = self.view.next_deadline()  # of the next tick, unless the loop is busy
         self._last_tick = -TICK_S
-        self._data_plane = frozenset({self._wake_r, self.vent, self.sink})
+        self._data_plane = frozenset({self.commands.wake_fd, self.vent, self.sink})
         self.thread = threading.Thread(target=self._run, name="fabric-io", daemon=True)
-
-    def _apart(self, sock: zmq.Socket, affinity: int) -> None:
-        """Put ``sock`` on the data or the control I/O thread, where there are two."""
-        if io_threads(self.key) > 1:
-            sock.setsockopt(zmq.AFFINITY, affinity)
-
-    def _router(self, max_bytes: int) -> zmq.Socket:
-        """A bound data-plane ROUTER; libzmq disconnects a peer whose message
-        part exceeds ``max_bytes`` before buffering it (ZMQ_MAXMSGSIZE)."""
-        sock = self.context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
-        self._apart(sock, DATA_AFFINITY)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A worker that re-attaches reconnects under the same identity: its new connection
-        # must take over at once, or its READY is dropped as a duplicate and it is never used.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        sock.setsockopt(zmq.RCVHWM, HWM)
-        sock.setsockopt(zmq.LINGER, 0)
-        security.serve(sock, self.key)
-        return sock
 
     # -- called from user threads ---------------------------------------------------
 
     def start(self) -> None:
         on_interrupt(self)
         self.thread.start()
-
-    def post(self, command: Callable[[], None]) -> bool:
-        """Run ``command`` in the I/O thread soon; False once the loop has closed."""
-        with self._post_lock:
-            if self._closed:
-                return False
-            self._commands.append(command)
-            if not self._awake:
-                self._awake = True
-                os.write(self._wake_w, b"\0")
-        return True
 
     def post_batch(self, batch: Batch) -> None:
         if not self.post(lambda: self._enqueue(batch)):
@@ -292,57 +223,20 @@ class IOLoop:
             self.embedded[exit_sentinel] = control
             self.poller.register(exit_sentinel, zmq.POLLIN)
 
-    def _greet(self, control: str) -> None:
-        """Say HELLO on the node's control DEALER, connecting it first if new."""
-        sock = self.controls.get(control)
-        if sock is None:
-            sock = self.controls[control] = self.context.socket(zmq.DEALER)
-            self._apart(sock, CONTROL_AFFINITY)
-            sock.setsockopt(zmq.IDENTITY, self.client_id)
-            sock.setsockopt(zmq.LINGER, GOODBYE_LINGER_MS)
-            sock.setsockopt(zmq.RECONNECT_IVL, CONNECT_RETRY_MS)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, CONNECT_RETRY_MAX_MS)
-            security.join(sock, self.key)
-            self.poller.register(self.handshakes.watch(sock, control), zmq.POLLIN)
-            sock.connect(control)
-            self.poller.register(sock, zmq.POLLIN)
-        self._hello(sock)
-
-    def _hello(self, sock: zmq.Socket) -> None:
-        self._say(sock, Hello(self.client_id, self.vent_endpoint, self.sink_endpoint, self.max_message_bytes,
-                              self.forward_output))
-
-    @staticmethod
-    def _say(sock: zmq.Socket, msg: Message) -> None:
-        """Send on a control socket, or drop: a connection that failed its handshake
-        queues nothing, and HELLO is repeated every heartbeat anyway."""
-        try:
-            sock.send_multipart(to_frames(msg), zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-
     def send_to_node(self, node_id: bytes, msg: Message) -> bool:
         """Send on a live node's control socket (I/O thread); False if unknown."""
         control = self.view.control_of(node_id)
-        sock = self.controls.get(control) if control is not None else None
-        if sock is None:
-            return False
-        try:
-            sock.send_multipart(to_frames(msg), zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError:
-            return False
-        return True
+        return control is not None and self.links.send(control, msg)
 
     def _perform(self, actions: Actions) -> None:
         """Carry out what the cluster view decided, in the order of its fields."""
         for control in actions.greet:
-            self._greet(control)
+            self.links.greet(control)
         for control in actions.survey:
-            self._say(self.controls[control], Status())
+            self.links.survey(control)
         for control in actions.rejoin:
             log.info("client: node at %s is back; its workers re-attach", control)
-            self._say(self.controls[control], Goodbye(self.client_id))
-            self._hello(self.controls[control])
+            self.links.rejoin(control)
         if actions.members_changed:
             self.cache.nodes_changed(self.view.live_nodes())
         for node_id, reason in actions.lost:
@@ -374,7 +268,7 @@ class IOLoop:
         # by a caller pickling a large argument, or by decoding a large result): read what
         # arrived meanwhile before declaring a node dead or a worker silent.
         if self.view.expiring(now):
-            for sock in list(self.controls.values()):
+            for sock in list(self.links.controls.values()):
                 self._on_control(sock, now)
         self._perform(self.view.tick(now, self.ventilator.workers, self.ventilator.has_pending))
         self.cache.expire(now)
@@ -412,8 +306,8 @@ class IOLoop:
                 timeout_ms = int(max(0.0, self._deadline - time.monotonic()) * 1000) + 1
                 events = dict(self.poller.poll(timeout_ms))
                 now = self.ventilator.now = time.monotonic()
-                if self._wake_r in events:
-                    self._run_commands()
+                if self.commands.wake_fd in events:
+                    self.commands.run(self._survive)
                 # Control before data: READY (a worker's credits, at most 1 KiB) and the nodes'
                 # heartbeats and messages are read before the results, so a flood of results
                 # never delays a node's word; READY first, so a worker that attached is counted
@@ -454,24 +348,14 @@ class IOLoop:
 
     def _on_other_events(self, events: dict[Any, int], now: float) -> None:
         """The control plane: nodes' messages and heartbeats, handshakes, an embedded node's exit."""
-        for sock in list(self.controls.values()):
+        for sock in list(self.links.controls.values()):
             if sock in events:
                 self._on_control(sock, now)
-        self.handshakes.on_poll(events)
+        self.links.handshakes.on_poll(events)
         self._perform(Actions(unreachable=self.view.check_contact(now)))
         for fd, control in list(self.embedded.items()):
             if fd in events:
                 self._embedded_exited(fd, control)
-
-    def _run_commands(self) -> None:
-        # One read empties the pipe: a byte is written only while the loop is not awake.
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._wake_r, 4096)
-        # Cleared after emptying the pipe and before draining the deque: a command
-        # posted before this line is drained below, one posted after writes anew.
-        self._awake = False
-        while self._commands:
-            self._survive("a command", self._commands.popleft())
 
     def _enqueue(self, batch: Batch) -> None:
         failed = self.broken or self.view.unreachable
@@ -495,38 +379,8 @@ class IOLoop:
 
     def _on_results(self) -> None:
         received = self._receive(self.sink)
-        if received is None:
-            return
-        worker_id, msg = received
-        if type(msg) is not ResultBatch:
-            if isinstance(msg, BatchStarted):
-                self.ventilator.acknowledged(worker_id, msg.batch_id)
-            elif isinstance(msg, FunctionMissing):
-                self.ventilator.function_missing(worker_id, msg.batch_id)
-            elif isinstance(msg, BatchOutput) and self.forward_output:
-                self._printed[worker_id] = msg  # its result comes next, on the same connection
-            return
-        printed = self._printed.pop(worker_id, None) if self._printed else None
-        batch = self.ventilator.complete(worker_id, msg.batch_id)
-        if batch is None:
+        if received is not None and not self.outcomes.deliver(*received):
             self.duplicates += 1
-            return
-        self.ventilator.observe(batch, msg.elapsed_s)
-        if printed is not None and printed.batch_id == msg.batch_id:
-            batch.printed = Printed(self._where(worker_id), printed.records)
-        batch.owner.deliver(batch, msg.codec, list(msg.payload), msg.errors)
-
-    def _where(self, worker_id: bytes) -> str:
-        """The prefix of a worker's output, ``(node:wN)``: its node's name and the
-        worker's rank among that node's workers that printed something here."""
-        label = self._labels.get(worker_id)
-        if label is None:
-            node_id = self.ventilator.node_of.get(worker_id)
-            node = next((n for n in self.view.live_nodes() if n.node_id == node_id), None)
-            name = node.name if node is not None else "?"
-            rank = sum(1 for other in self._labels.values() if other.startswith(f"({name}:w")) + 1
-            label = self._labels[worker_id] = f"({name}:w{rank})"
-        return label
 
     def _receive(self, sock: zmq.Socket) -> tuple[bytes, Any] | None:
         """One message from a ROUTER the poller found readable, parsed, or None if
@@ -549,17 +403,7 @@ class IOLoop:
 
     def _on_control(self, sock: zmq.Socket, now: float) -> None:
         """Messages from nodes on a control DEALER: heartbeats (answers to HELLO) and the rest."""
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = from_frames(frames)
-                stats = NodeStats.from_info(msg.info) if isinstance(msg, Heartbeat) else None
-            except ProtocolError as exc:
-                self._malformed(exc)
-                continue
+        for msg, stats in self.links.messages(sock, self._malformed):
             self._survive(type(msg).__name__, self._on_node_message, msg, stats, now)
 
     def _on_node_message(self, msg: Message, stats: NodeStats | None, now: float) -> None:
@@ -575,7 +419,7 @@ class IOLoop:
             # batch that finished is not taken for the one that killed the worker and charged.
             self._drain_sink()
             log.info("client: worker %s %s", msg.worker_id.decode(errors="replace"), msg.reason)
-            self._printed.pop(msg.worker_id, None)
+            self.outcomes.worker_lost(msg.worker_id)
             self._fail(self.ventilator.worker_lost(msg.worker_id, msg.reason))
         elif isinstance(msg, CacheHits):
             self.cache.on_hits(msg)
@@ -683,25 +527,20 @@ class IOLoop:
 
     def _request_stop(self) -> None:
         self._running = False
-        for control, sock in self.controls.items():
-            self._say(sock, Goodbye(self.client_id))
-            if control in self.embedded.values():
-                self._say(sock, Shutdown())
+        self.links.leave(shutdown=set(self.embedded.values()))
 
     def _close(self) -> None:
         self._running = False
-        with self._post_lock:
-            self._closed = True
+        self.commands.close()
         if self.broken is None:
             self.broken = ClosedError("the fabric was shut down")
-        while self._commands:  # posted before the close: their batches fail below
-            self._commands.popleft()()
+        self.commands.finish()  # what was posted before the close: its batches fail below
         self._fail((batch, self.broken) for batch in self.ventilator.drop_pending() + self.ventilator.drop_in_flight())
-        self.handshakes.close()
+        self.links.close()
         self.objects.close()
-        for sock in [self.vent, self.sink, *self.controls.values()]:
-            sock.close()
-        for fd in [*self.embedded, self._wake_r, self._wake_w]:
+        self.vent.close()
+        self.sink.close()
+        for fd in self.embedded:
             os.close(fd)
         self.embedded.clear()
         for event in self._idle_waiters:
@@ -709,47 +548,3 @@ class IOLoop:
         for _, event in self._waiters:
             event.set()
 
-
-def raise_fd_limit() -> None:
-    """Raise this process's soft limit of open files to its hard limit: every
-    node and worker connection costs the client descriptors (a TCP connection
-    per socket pair, libzmq's mailboxes), and the usual soft limit of 1,024
-    runs out near a few hundred workers."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = NOFILE_FALLBACK if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.debug("client: could not raise the open-file limit from %d to %d: %s", soft, target, exc)
-
-
-def max_sockets(context: zmq.Context) -> int:
-    """libzmq sockets this client may open.  libzmq's default of 1,023 per context
-    bound the client near 500 nodes (each node costs it a control DEALER and that
-    DEALER's handshake monitor); the descriptors are what really limit: the
-    quarter of the open-file limit that ``max_workers`` leaves, about two per
-    socket (its mailbox, its connection)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
-    return max(DEFAULT_MAX_SOCKETS, min(context.get(zmq.SOCKET_LIMIT), limit // 8))
-
-
-def max_workers() -> int:
-    """Workers one client serves at once: each costs it two connections (a
-    descriptor each) besides libzmq's own; a quarter of the open-file limit is
-    kept for everything else."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = NOFILE_FALLBACK if soft == resource.RLIM_INFINITY else soft
-    return max(1, limit * 3 // 8)
-
-
-def _bind(sock: zmq.Socket, where: str, name: str) -> str:
-    """Bind to a random tcp port of host ``where``, or to ``name`` inside the
-    ipc directory ``where`` (``ipc:///dir``); return the endpoint."""
-    if where.startswith("ipc://"):
-        endpoint = f"{where}/{name}"
-        sock.bind(endpoint)
-        return endpoint
-    sock.bind_to_random_port(f"tcp://{where}")
-    return sock.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -39,7 +39,7 @@ from ..cluster.ring import CacheRing
 from ..cluster.stats import NodeStats
 from ..errors import FabricError, NoNodesError, ObjectLostError, UnknownObjectError
 from ..wire import blob, transfer
-from ..wire.protocol import ObjectFree
+from ..wire.object_messages import ObjectFree
 from ..wire.ref import Ref, current, redirect, register_table, unregister_table
 from ..wire.security import ClusterKey
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ProtocolError
-from ..wire.protocol import is_endpoint
+from ..wire.endpoint import is_endpoint
 
 MAX_PEERS = 10_000  # peers one heartbeat may name; more is forged (and a heartbeat is capped in bytes too)
 MAX_WORKERS = 4_096  # worker records one heartbeat may carry

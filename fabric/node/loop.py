@@ -57,8 +57,9 @@ from ..cluster.stats import NodeStats
 from ..config import ConfigError, NodeSettings, is_loopback
 from ..errors import ProtocolError, StoreError
 from ..wire import security
+from ..wire.message import Message
+from ..wire.object_messages import MAX_CHUNK_BYTES, ObjectAdopt, ObjectFree
 from ..wire.protocol import (
-    MAX_CHUNK_BYTES,
     CacheClear,
     CacheCleared,
     CacheGet,
@@ -67,10 +68,7 @@ from ..wire.protocol import (
     CacheStored,
     Goodbye,
     Heartbeat,
-    Message,
     NodeLeaving,
-    ObjectAdopt,
-    ObjectFree,
     PeerHello,
     Reload,
     Reloaded,

@@ -25,9 +25,9 @@ import logging
 import zmq
 
 from ..errors import ProtocolError
-from ..wire.protocol import (
+from ..wire.message import Message
+from ..wire.object_messages import (
     MAX_CHUNK_BYTES,
-    Message,
     ObjectData,
     ObjectDelete,
     ObjectGet,
@@ -36,9 +36,8 @@ from ..wire.protocol import (
     ObjectMissing,
     ObjectPut,
     ObjectPutAck,
-    from_frames,
-    to_frames,
 )
+from ..wire.protocol import from_frames, to_frames
 from .objects import ObjectStore
 from .processes import Faults
 

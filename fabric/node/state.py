@@ -32,6 +32,7 @@ from ..cluster.gossip import PUSH_PULL_S, Gossip, News
 from ..cluster.membership import Membership
 from ..cluster.stats import NodeStats, WorkerStats
 from ..config import NodeSettings
+from ..wire.message import Message
 from ..wire.protocol import (
     Attach,
     BatchRunning,
@@ -39,7 +40,6 @@ from ..wire.protocol import (
     Goodbye,
     Heartbeat,
     Hello,
-    Message,
     NodeLeaving,
     PeerHello,
     RecycleWorker,

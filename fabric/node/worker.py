@@ -43,6 +43,7 @@ import zmq
 from ..calls import context, guard, registry, setup
 from ..errors import FabricError, ProtocolError, SerializationError
 from ..wire import codec, ref, security
+from ..wire.message import Message
 from ..wire.protocol import (
     MAX_CLIENTS_CAP,
     Attach,
@@ -51,7 +52,6 @@ from ..wire.protocol import (
     BatchStarted,
     Detach,
     FunctionMissing,
-    Message,
     Mode,
     Ready,
     ResultBatch,

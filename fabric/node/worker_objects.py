@@ -34,7 +34,8 @@ import zmq
 
 from ..errors import FabricError, ObjectLostError, UnknownObjectError
 from ..wire import blob, transfer
-from ..wire.protocol import Message, ObjectAdopt
+from ..wire.message import Message
+from ..wire.object_messages import ObjectAdopt
 from ..wire.ref import KEY_BYTES, Ref
 from ..wire.security import ClusterKey
 from .objects import file_name

@@ -1,4 +1,4 @@
-"""The wire: every message fabric sends, its kind, fields and frames.
+"""The wire: its frames, the codec of every kind, and the control, data and cache messages.
 
 A message is one ZeroMQ multipart message (after any ROUTER routing-id frame)::
 
@@ -48,22 +48,8 @@ Result cache (client <-> the key's owner node, see fabric.client.cache)::
                                    entries, and the digest must be empty; False: a digest is required)
     CACHE_CLEARED node -> client   request_id, entries removed
 
-Object store (see fabric.node.objects): on the node's object ROUTER, from clients and
-workers, each over a DEALER of their own; chunks are at most MAX_CHUNK_BYTES::
-
-    OBJECT_PUT     -> node   request_id, key, total size, offset, owner, name | one frame: the chunk
-    OBJECT_PUT_ACK node ->   request_id, bytes received, done (all stored, or already held), error
-    OBJECT_GET     -> node   request_id, key (b"": look ``name`` up), name, offset, length
-    OBJECT_DATA    node ->   request_id, key, offset, total size | one frame: the bytes
-    OBJECT_MISSING node ->   request_id, key, name: this node does not hold it
-    OBJECT_LIST    -> node   request_id
-    OBJECT_LISTING node ->   request_id, [[name, key, size], ...]: its named objects (or those deleted)
-    OBJECT_DELETE  -> node   request_id, name; answered with OBJECT_LISTING of what it removed
-
-On the node's control ROUTER::
-
-    OBJECT_FREE    client -> node   owner, keys: the client holds no Ref to these any more
-    OBJECT_ADOPT   worker -> node   owner, key, pinned: the worker wrote this object into its node's store
+Object store (kinds 50-59: OBJECT_PUT ... OBJECT_DELETE, on the node's object ROUTER, and
+OBJECT_FREE, OBJECT_ADOPT on its control ROUTER): see :mod:`fabric.wire.object_messages`.
 
 Data plane (worker <-> client, never through the node)::
 
@@ -79,81 +65,46 @@ Data plane (worker <-> client, never through the node)::
                                         this worker does not have (it re-attached since the
                                         function was shipped); the client sends it again with it
 
-Anything that does not parse raises :class:`~fabric.errors.ProtocolError`, which
-each receive loop logs and drops; the receiver keeps running.  Every field that
-becomes an address, a size or a count is checked here, at the edge: endpoints
-by scheme and form (:func:`is_endpoint`; a bad one given to ``connect()`` would
-raise inside a loop, or leave a half-made socket that blocks ``Context.term()``),
-credits within ``1..MAX_CREDITS``, size caps within ``1..MAX_MESSAGE_BYTES_CAP``.
+This module maps every kind number to its class (``_BY_KIND``, the object
+store's included) and encodes and decodes them all.  Anything that does not
+parse raises :class:`~fabric.errors.ProtocolError`, which each receive loop
+logs and drops; the receiver keeps running.  Every field that becomes an
+address, a size or a count is checked at the edge: endpoints by scheme and form
+(:func:`fabric.wire.endpoint.is_endpoint`), credits within ``1..MAX_CREDITS``,
+size caps within ``1..MAX_MESSAGE_BYTES_CAP``.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import operator
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any
 
 import msgpack
 import zmq
 
 from ..errors import ProtocolError
+from .endpoint import is_endpoint
+from .message import Buffer, Kind, Message
+from .object_messages import (
+    ObjectAdopt,
+    ObjectData,
+    ObjectDelete,
+    ObjectFree,
+    ObjectGet,
+    ObjectList,
+    ObjectListing,
+    ObjectMissing,
+    ObjectPut,
+    ObjectPutAck,
+)
 
 PROTOCOL_VERSION = 1
 MAX_CREDITS = 64  # batches one worker may hold; a READY or ATTACH above it is forged (prefetch is 1-4)
 MAX_MESSAGE_BYTES_CAP = 1 << 40  # the largest size cap a peer may announce
-MAX_ENDPOINT_CHARS = 256
 MAX_CLIENTS_CAP = 500  # clients one node attaches: 2 sockets each per worker, under libzmq's 1,023 per process
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
-
-Buffer = Any  # bytes, memoryview or zmq.Frame: whatever supports the buffer protocol
-
-
-class Kind(enum.IntEnum):
-    HELLO = 1
-    HEARTBEAT = 2
-    GOODBYE = 3
-    WORKER_UP = 4
-    ATTACH = 5
-    DETACH = 6
-    WORKER_LOST = 7
-    SHUTDOWN = 8
-    READY = 9
-    TASK_BATCH = 10
-    RESULT_BATCH = 11
-    PEER_HELLO = 12
-    STATUS = 13
-    STATUS_REPLY = 14
-    NODE_LEAVING = 15
-    WORKER_REPORT = 16
-    CACHE_GET = 17
-    CACHE_HITS = 18
-    CACHE_PUT = 19
-    CACHE_CLEAR = 20
-    CACHE_CLEARED = 21
-    FUNCTION_MISSING = 22
-    STOP = 23
-    BATCH_STARTED = 28
-    WORKER_SILENT = 29
-    CACHE_STORED = 33
-    BATCH_RUNNING = 38
-    BATCH_OUTPUT = 40
-    RECYCLE_WORKER = 41
-    OBJECT_PUT = 50
-    OBJECT_PUT_ACK = 51
-    OBJECT_GET = 52
-    OBJECT_DATA = 53
-    OBJECT_MISSING = 54
-    OBJECT_FREE = 55
-    OBJECT_ADOPT = 56
-    OBJECT_LIST = 57
-    OBJECT_LISTING = 58
-    OBJECT_DELETE = 59
-    RELOAD = 65
-    RELOADED = 66
 
 
 class Mode(enum.IntEnum):
@@ -170,28 +121,6 @@ _MODES = frozenset(Mode)
 
 def _is_mode(value: int) -> bool:
     return value in _MODES
-
-
-def is_endpoint(value: str) -> bool:
-    """A ``tcp://HOST:PORT`` (IP address or host name, port 1-65535) or an
-    ``ipc:///absolute/path`` endpoint, as fabric binds them; nothing else is
-    ever handed to ``connect()``."""
-    if len(value) > MAX_ENDPOINT_CHARS:
-        return False
-    if value.startswith("ipc:///"):
-        return "\0" not in value and len(value) < 108 + len("ipc://")  # sun_path holds 108 bytes
-    if not value.startswith("tcp://"):
-        return False
-    host, sep, port = value[len("tcp://") :].rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        return False  # int() reads other scripts' digits, which libzmq's connect() refuses
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return _HOSTNAME.fullmatch(host) is not None
-    return True
 
 
 def _is_credits(value: int) -> bool:
@@ -242,21 +171,6 @@ def _is_list_of_str_maps(value: list[Any]) -> bool:
 
 def _is_list_of_bytes(value: list[Any]) -> bool:
     return all(type(v) is bytes for v in value)
-
-
-# A field's check: the exact type msgpack decodes it to (so a bool is no int), or
-# that type and a predicate on the value's contents.
-Check = type | tuple[type, Callable[[Any], bool]]
-
-
-class Message:
-    """Base of every message; subclasses are frozen dataclasses."""
-
-    __slots__ = ()
-    KIND: ClassVar[Kind]
-    CHECKS: ClassVar[tuple[Check, ...]]
-    HAS_PAYLOAD: ClassVar[bool] = False
-    payload: Sequence[Buffer] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,143 +441,6 @@ class CacheCleared(Message):
     removed: int
 
 
-MAX_CHUNK_BYTES = 64 << 20  # one OBJECT_PUT / OBJECT_DATA frame at most
-MAX_OBJECT_BYTES = 1 << 40
-MAX_LISTED = 100_000
-
-
-def _is_key(value: bytes) -> bool:
-    return len(value) == 16
-
-
-def _is_key_or_empty(value: bytes) -> bool:
-    return len(value) in (0, 16)
-
-
-def _is_object_size(value: int) -> bool:
-    return 0 <= value <= MAX_OBJECT_BYTES
-
-
-def _is_chunk_length(value: int) -> bool:
-    return 0 <= value <= MAX_CHUNK_BYTES
-
-
-def _is_name(value: str) -> bool:
-    return len(value) <= 256
-
-
-def _is_owner(value: bytes) -> bool:
-    return len(value) <= 255
-
-
-def _is_keys(value: list[Any]) -> bool:
-    return len(value) <= MAX_LISTED and all(type(v) is bytes and len(v) == 16 for v in value)
-
-
-def _is_listing(value: list[Any]) -> bool:
-    return len(value) <= MAX_LISTED and all(
-        type(e) is list and len(e) == 3 and type(e[0]) is str and type(e[1]) is bytes and type(e[2]) is int
-        for e in value
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectPut(Message):
-    KIND = Kind.OBJECT_PUT
-    HAS_PAYLOAD = True
-    CHECKS = (int, (bytes, _is_key), (int, _is_object_size), (int, _is_object_size), (bytes, _is_owner),
-              (str, _is_name))
-    request_id: int
-    key: bytes
-    total: int
-    offset: int
-    owner: bytes
-    name: str
-    payload: Sequence[Buffer] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectPutAck(Message):
-    KIND = Kind.OBJECT_PUT_ACK
-    CHECKS = (int, int, bool, str)
-    request_id: int
-    received: int
-    done: bool
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectGet(Message):
-    KIND = Kind.OBJECT_GET
-    CHECKS = (int, (bytes, _is_key_or_empty), (str, _is_name), (int, _is_object_size), (int, _is_chunk_length))
-    request_id: int
-    key: bytes
-    name: str
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectData(Message):
-    KIND = Kind.OBJECT_DATA
-    HAS_PAYLOAD = True
-    CHECKS = (int, (bytes, _is_key), (int, _is_object_size), (int, _is_object_size))
-    request_id: int
-    key: bytes
-    offset: int
-    total: int
-    payload: Sequence[Buffer] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectMissing(Message):
-    KIND = Kind.OBJECT_MISSING
-    CHECKS = (int, bytes, str)
-    request_id: int
-    key: bytes
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectFree(Message):
-    KIND = Kind.OBJECT_FREE
-    CHECKS = ((bytes, _is_owner), (list, _is_keys))
-    owner: bytes
-    keys: list[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectAdopt(Message):
-    KIND = Kind.OBJECT_ADOPT
-    CHECKS = ((bytes, _is_owner), (bytes, _is_key), bool)
-    owner: bytes
-    key: bytes
-    pinned: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectList(Message):
-    KIND = Kind.OBJECT_LIST
-    CHECKS = (int,)
-    request_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectListing(Message):
-    KIND = Kind.OBJECT_LISTING
-    CHECKS = (int, (list, _is_listing))
-    request_id: int
-    entries: list[list[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectDelete(Message):
-    KIND = Kind.OBJECT_DELETE
-    CHECKS = (int, (str, _is_name))
-    request_id: int
-    name: str
-
-
 _BY_KIND: dict[int, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -671,8 +448,7 @@ _BY_KIND: dict[int, type[Message]] = {
         PeerHello, Status, StatusReply, NodeLeaving, WorkerReport, CacheGet, CacheHits, CachePut, CacheClear,
         CacheCleared, FunctionMissing, Stop, BatchStarted, WorkerSilent, CacheStored, BatchRunning, BatchOutput,
         RecycleWorker, ObjectPut, ObjectPutAck, ObjectGet, ObjectData, ObjectMissing, ObjectFree, ObjectAdopt,
-        ObjectList, ObjectListing, ObjectDelete,
-        RecycleWorker, Reload, Reloaded,
+        ObjectList, ObjectListing, ObjectDelete, Reload, Reloaded,
     )
 }
 _HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import UnknownObjectError
 from . import codec
-from .protocol import is_endpoint
+from .endpoint import is_endpoint
 
 KEY_BYTES = 16  # sha256 truncated: content keys of puts, random ids of kept results
 MAX_HOLDERS = 16  # holders one Ref may name; more is forged

@@ -25,7 +25,7 @@ import zmq
 
 from ..errors import FabricError, ObjectLostError, ProtocolError, UnknownObjectError
 from . import security
-from .protocol import (
+from .object_messages import (
     ObjectData,
     ObjectDelete,
     ObjectGet,
@@ -34,9 +34,8 @@ from .protocol import (
     ObjectMissing,
     ObjectPut,
     ObjectPutAck,
-    from_frames,
-    to_frames,
 )
+from .protocol import from_frames, to_frames
 from .security import ClusterKey
 
 CHUNK_BYTES = 8 << 20  # per message: large enough that per-message costs vanish, small enough to interleave

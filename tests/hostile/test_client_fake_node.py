@@ -21,7 +21,8 @@ from helpers import cluster_file, square, wait_for
 import fabric
 from fabric.cluster.stats import NodeStats
 from fabric.config import load_config
-from fabric.wire.protocol import PROTOCOL_VERSION, Heartbeat, Kind, from_frames, to_frames
+from fabric.wire.message import Kind
+from fabric.wire.protocol import PROTOCOL_VERSION, Heartbeat, from_frames, to_frames
 
 MAP_ITEMS = 20_000
 

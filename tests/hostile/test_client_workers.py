@@ -13,7 +13,7 @@ import zmq
 from helpers import square, wait_for
 
 import fabric
-from fabric.client.io_loop import HEADER_SLACK_BYTES, READY_MAX_BYTES
+from fabric.client.sockets import HEADER_SLACK_BYTES, READY_MAX_BYTES
 from fabric.wire import codec
 from fabric.wire.protocol import Ready, ResultBatch, TaskBatch, from_frames, recv_frames, to_frames
 

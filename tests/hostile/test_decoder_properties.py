@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from fabric.cluster.stats import NodeStats
 from fabric.errors import ProtocolError
-from fabric.wire.protocol import PROTOCOL_VERSION, Kind, Message, from_frames, to_frames
+from fabric.wire.message import Kind, Message
+from fabric.wire.protocol import PROTOCOL_VERSION, from_frames, to_frames
 
 plain = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats()

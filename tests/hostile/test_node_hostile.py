@@ -30,7 +30,8 @@ import fabric
 from fabric.cli import ask_status
 from fabric.cluster.stats import NodeStats
 from fabric.wire import security
-from fabric.wire.protocol import PROTOCOL_VERSION, Heartbeat, Hello, Kind, PeerHello, to_frames
+from fabric.wire.message import Kind
+from fabric.wire.protocol import PROTOCOL_VERSION, Heartbeat, Hello, PeerHello, to_frames
 
 FAST = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}
 MAP_ITEMS = 20_000

@@ -9,17 +9,9 @@ import zmq
 from helpers import free_address, wait_for
 
 import fabric
-from fabric.wire.protocol import (
-    PROTOCOL_VERSION,
-    Kind,
-    ObjectData,
-    ObjectGet,
-    ObjectMissing,
-    ObjectPut,
-    ObjectPutAck,
-    from_frames,
-    to_frames,
-)
+from fabric.wire.message import Kind
+from fabric.wire.object_messages import ObjectData, ObjectGet, ObjectMissing, ObjectPut, ObjectPutAck
+from fabric.wire.protocol import PROTOCOL_VERSION, from_frames, to_frames
 
 FAST = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}
 
@@ -60,7 +52,8 @@ def test_forged_and_malformed_object_requests_are_refused_and_the_node_serves_on
 
 
 def test_a_client_cannot_free_what_another_client_owns(start_node, zmq_context):
-    from fabric.wire.protocol import ObjectFree, Status, StatusReply
+    from fabric.wire.object_messages import ObjectFree
+    from fabric.wire.protocol import Status, StatusReply
 
     address = free_address()
     start_node(address, **FAST)

@@ -22,7 +22,7 @@ def test_shutdown_cancel_futures_lets_the_dispatched_calls_finish(fresh_fx):
     futures = [fresh_fx.submit(time.sleep, 0.1) for _ in range(50)]
     stopper = threading.Thread(target=fresh_fx.shutdown, kwargs={"cancel_futures": True})
     stopper.start()
-    wait_for(lambda: len(fresh_fx._io._commands) >= 51, 10, "the submits and the shutdown to be posted")
+    wait_for(lambda: len(fresh_fx._io.commands) >= 51, 10, "the submits and the shutdown to be posted")
     hold.set()
     stopper.join(30)
     assert not stopper.is_alive()

@@ -17,16 +17,8 @@ import pytest
 import zmq
 from helpers import fabric_pids, square, wait_for
 
-from fabric.wire.protocol import (
-    PROTOCOL_VERSION,
-    Goodbye,
-    Kind,
-    ResultBatch,
-    Status,
-    StatusReply,
-    from_frames,
-    to_frames,
-)
+from fabric.wire.message import Kind
+from fabric.wire.protocol import PROTOCOL_VERSION, Goodbye, ResultBatch, Status, StatusReply, from_frames, to_frames
 
 REPLY_TIMEOUT_S = 10.0
 

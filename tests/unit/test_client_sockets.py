@@ -8,7 +8,8 @@ import pytest
 import zmq
 from helpers import wait_for
 
-from fabric.client.io_loop import DEFAULT_MAX_SOCKETS, IOLoop
+from fabric.client.io_loop import IOLoop
+from fabric.client.sockets import DEFAULT_MAX_SOCKETS
 from fabric.wire.protocol import Ready, to_frames
 
 NODES = DEFAULT_MAX_SOCKETS // 2 + 100
@@ -23,8 +24,8 @@ def test_a_client_greets_more_nodes_than_the_default_socket_limit(tmp_path):
     try:
         assert context.get(zmq.MAX_SOCKETS) > 2 * NODES
         for i in range(NODES):
-            loop._greet(f"ipc://{tmp_path}/node-{i}")  # nothing listens: connecting is lazy
-        assert len(loop.controls) == NODES
+            loop.links.greet(f"ipc://{tmp_path}/node-{i}")  # nothing listens: connecting is lazy
+        assert len(loop.links.controls) == NODES
         loop.start()
     finally:
         loop.stop()

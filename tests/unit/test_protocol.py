@@ -4,6 +4,20 @@ import msgpack
 import pytest
 
 from fabric.errors import ProtocolError
+from fabric.wire.endpoint import is_endpoint
+from fabric.wire.message import Kind
+from fabric.wire.object_messages import (
+    ObjectAdopt,
+    ObjectData,
+    ObjectDelete,
+    ObjectFree,
+    ObjectGet,
+    ObjectList,
+    ObjectListing,
+    ObjectMissing,
+    ObjectPut,
+    ObjectPutAck,
+)
 from fabric.wire.protocol import (
     PROTOCOL_VERSION,
     Attach,
@@ -21,18 +35,7 @@ from fabric.wire.protocol import (
     Goodbye,
     Heartbeat,
     Hello,
-    Kind,
     NodeLeaving,
-    ObjectAdopt,
-    ObjectData,
-    ObjectDelete,
-    ObjectFree,
-    ObjectGet,
-    ObjectList,
-    ObjectListing,
-    ObjectMissing,
-    ObjectPut,
-    ObjectPutAck,
     PeerHello,
     Ready,
     RecycleWorker,
@@ -49,7 +52,6 @@ from fabric.wire.protocol import (
     WorkerSilent,
     WorkerUp,
     from_frames,
-    is_endpoint,
     to_frames,
 )
 
