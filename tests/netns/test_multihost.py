@@ -297,8 +297,13 @@ BY_KEY_CLIENT = textwrap.dedent(
         deadline = time.monotonic() + 10  # the nodes' counters come with their heartbeats: poll them
         while sum(node.done for node in fx.nodes()) < len(lines) and time.monotonic() < deadline:
             fabric.wait([fx.submit(spin_square, 0)], timeout=0.1)
+        parts = fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=500, partitions=8, keep=True)
+        joined = {word: n for part in fx.map(dict.items, parts) for word, n in part}
         print(json.dumps({"exact": counts == dict(expected), "keys": len(counts), "workers": fx.workers(),
-                          "done": {node.name: node.done for node in fx.nodes()}}))
+                          "done": {node.name: node.done for node in fx.nodes()},
+                          "kept_exact": joined == dict(expected),
+                          "kept_on": len({ref.node_ids for ref in parts}),
+                          "recomputed": fx.statistics().recomputed}))
     """
 )
 
@@ -317,3 +322,5 @@ def test_a_word_count_by_key_across_two_hosts(hosts, nodes, tmp_path):
     result = run_script(hosts, tmp_path, BY_KEY_CLIENT, f"tcp://{hosts.address(1)}:{NODE_PORT}")
     assert result["exact"] and result["keys"] == 5003 and result["workers"] == 2
     assert all(done > 0 for done in result["done"].values()) and len(result["done"]) == 2
+    # kept, the eight partitions are merged on both hosts (each on its ring owner), and join exactly
+    assert result["kept_exact"] and result["kept_on"] == 2 and result["recomputed"] == 0
