@@ -1,4 +1,5 @@
-"""W11: word count by key, fabric ``by_key=True`` against ``combine=True``, dask ``Bag.foldby`` and the serial loop.
+"""W11: word count by key, fabric ``by_key=True`` (one node, and two) against ``combine=True``, dask ``Bag.foldby``
+and the serial loop.
 
 Two corpora: ``zipf`` (words drawn with Zipf frequencies from a 120 k vocabulary,
 ~110 k distinct in the full run, as real text has) and ``wide`` (every key seen
@@ -9,11 +10,15 @@ measurement runs in a process of its own so its client peak RSS is its own::
 
 ``peak_rss_mb`` is the client's peak resident memory during the call above what
 it held before (corpus built, system started): for the serial loop that is the
-result dict itself, the floor every system pays.
+result dict itself, the floor every system pays.  ``client_cpu_s`` is the
+client process's CPU time in the call: on one node the client merges the
+partials (its CPU bounds the call once workers are many); on two nodes each
+partition is merged on its owner node and the client only joins them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import operator
@@ -25,8 +30,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 import fabric
 
+from . import cluster
 from .measure import Figures
 from .rss import PeakRss
 
@@ -34,7 +42,7 @@ VOCABULARY = 120_000  # Zipf (s = 1) over 120 k words: ~110 k distinct in 2 M to
 WIDE_KEYS = 1_000_000
 WORDS_PER_LINE = 10
 TOKENS = {"tiny": 40_000, "quick": 400_000, "full": 2_000_000}
-SYSTEMS = ("serial", "fabric by_key", "fabric combine", "dask foldby")
+SYSTEMS = ("serial", "fabric by_key", "fabric by_key, 2 nodes", "fabric combine", "dask foldby")
 
 
 def corpus(kind: str, tokens: int) -> list[str]:
@@ -83,6 +91,12 @@ def runner(system: str, workers: int) -> tuple[Callable[[list[str]], dict[str, i
     """(count(lines), stop) for ``system``, started and warmed."""
     if system == "serial":
         return serial, lambda: None
+    if system == "fabric by_key, 2 nodes":  # partitions merged on their nodes (on one node the client merges)
+        stack = contextlib.ExitStack()
+        address, _ = stack.enter_context(cluster.nodes([max(1, workers // 2)] * 2))
+        fx = stack.enter_context(fabric.connect(address))
+        cluster.ready(fx, 2 * max(1, workers // 2))
+        return lambda lines: fx.map_reduce(word_pairs, operator.add, lines, by_key=True), stack.close
     if system.startswith("fabric"):
         fx = fabric.connect(workers=workers)
         fabric.wait([fx.submit(abs, 1) for _ in range(4 * workers)])
@@ -93,8 +107,8 @@ def runner(system: str, workers: int) -> tuple[Callable[[list[str]], dict[str, i
     import dask.bag
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(cluster)
+    dask_cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(dask_cluster)
 
     def foldby(lines: list[str]) -> dict[str, int]:
         bag = dask.bag.from_sequence(lines, npartitions=4 * workers).map(word_pairs).flatten()
@@ -102,7 +116,7 @@ def runner(system: str, workers: int) -> tuple[Callable[[list[str]], dict[str, i
 
     def stop() -> None:
         client.close()
-        cluster.close()
+        dask_cluster.close()
 
     return foldby, stop
 
@@ -110,14 +124,18 @@ def runner(system: str, workers: int) -> tuple[Callable[[list[str]], dict[str, i
 def measure(system: str, kind: str, tokens: int, workers: int) -> dict[str, Any]:
     lines = corpus(kind, tokens)
     count, stop = runner(system, workers)
+    me = psutil.Process()
     with PeakRss() as rss:
+        cpu = me.cpu_times()
         started = time.perf_counter()
         result = count(lines)
         seconds = time.perf_counter() - started
+        cpu_after = me.cpu_times()
     stop()
     if sum(result.values()) != tokens:
         raise AssertionError(f"{system} counted {sum(result.values())} words of {tokens}")
-    return {"seconds": seconds, "peak_rss_mb": (rss.peak - rss.start) / 2**20, "keys": len(result)}
+    return {"seconds": seconds, "peak_rss_mb": (rss.peak - rss.start) / 2**20, "keys": len(result),
+            "client_cpu_s": cpu_after.user + cpu_after.system - cpu.user - cpu.system}
 
 
 def w11(workers: int, mode: str, repeat: int, with_dask: bool, figures: Figures) -> None:
@@ -134,6 +152,13 @@ def w11(workers: int, mode: str, repeat: int, with_dask: bool, figures: Figures)
                     figures.add(workload, "M words/s", column, tokens / got[system]["seconds"] / 1e6, "M words/s")
                     figures.add(workload, "client peak RSS MB above start", column, got[system]["peak_rss_mb"], "MB",
                                 False)
+            for system in ("serial", "fabric by_key", "fabric by_key, 2 nodes", "fabric combine"):
+                figures.add(workload, f"client CPU s, {system}", "fabric", got[system]["client_cpu_s"], "s", False)
+            nodes2 = got["fabric by_key, 2 nodes"]
+            figures.add(workload, "M words/s, by_key on 2 nodes", "fabric", tokens / nodes2["seconds"] / 1e6,
+                        "M words/s")
+            figures.add(workload, "client peak RSS MB, by_key on 2 nodes", "fabric", nodes2["peak_rss_mb"], "MB",
+                        False)
             combine = got["fabric combine"]
             figures.add(workload, "M words/s, combine=True", "fabric", tokens / combine["seconds"] / 1e6, "M words/s")
             figures.add(workload, "client peak RSS MB, combine=True", "fabric", combine["peak_rss_mb"], "MB", False)
