@@ -35,7 +35,7 @@ from typing import Any
 
 from ..calls.by_key import PartitionMerge, merge_by_key
 from ..calls.fold import Reducer
-from ..errors import ObjectLostError
+from ..errors import FabricError, ObjectLostError
 from ..wire.ref import Ref, current
 from .objects import ObjectTable
 
@@ -92,6 +92,7 @@ class Shuffle:
         """A map chunk's partials (each a list of P Refs or None) and the items each stands for."""
         lineage = self.objects.lineage
         for items, refs in zip(inputs, partials):
+            _check_partials(refs, len(self.parts), Ref)
             rerun = self.rerun(items)
             for index, ref in enumerate(refs):
                 if ref is not None:
@@ -119,7 +120,7 @@ class Shuffle:
                         self._await_loss_noticed(index, deadline)
                         running[self._submit(submit, index)] = (index, attempt + 1)
                         continue
-                    node_id, blob = (value.node_ids[0], b"") if self.keep else value
+                    node_id, blob = _checked_merge(value, self.keep)
                     self.objects.copied_to(node_id, [current(ref) for ref in self.parts[index]])
                     self.parts[index] = []  # its partials (and their copies on the merging node) may go
                     if self.keep:
@@ -149,7 +150,8 @@ class Shuffle:
             time.sleep(LOSS_POLL_S)
 
 
-def merge_in_client(partials: Iterable[list[bytes]], merge: Reducer, ordered: bool) -> dict[Any, Any]:
+def merge_in_client(partials: Iterable[list[bytes]], partitions: int, merge: Reducer, ordered: bool,
+                    ) -> dict[Any, Any]:
     """One node: the client merges each batch's pickled partials (b"" for an empty partition)
     as they arrive.
 
@@ -161,10 +163,28 @@ def merge_in_client(partials: Iterable[list[bytes]], merge: Reducer, ordered: bo
     """
     total: dict[Any, Any] = {}
     for blobs in partials:
+        _check_partials(blobs, partitions, bytes)
         for blob in blobs:
             if blob:
                 total = merge_by_key(total, pickle.loads(blob), merge, ordered)
     return total
+
+
+def _check_partials(entries: Any, partitions: int, kind: type) -> None:
+    """A batch's result, from the wire: one entry per partition, each of ``kind`` or None."""
+    if type(entries) is not list or len(entries) != partitions or any(
+            entry is not None and type(entry) is not kind for entry in entries):
+        raise FabricError(f"a worker answered a by-key batch with {type(entries).__name__} {entries!r:.80}, not a "
+                          f"list of {partitions} {kind.__name__} or None")
+
+
+def _checked_merge(value: Any, keep: bool) -> tuple[bytes, bytes]:
+    """A merge's result, from the wire: (node id, pickled dict), or a Ref with ``keep``."""
+    if keep and type(value) is Ref and value.node_ids:
+        return value.node_ids[0], b""
+    if not keep and type(value) is tuple and len(value) == 2 and all(type(part) is bytes for part in value):
+        return value
+    raise FabricError(f"a worker answered a partition's merge with {type(value).__name__} {value!r:.80}")
 
 
 def _partition_of(rerun: Rerun, index: int) -> Callable[[], concurrent.futures.Future]:

@@ -375,7 +375,7 @@ class TaskAPI:
         shipped = pipeline.shipper.pickles.get(fold_by_key)
         if not fold_by_key.on_nodes:
             stream = self._stream(shipped, sliced_input(iterable), call, task_options, None, placing)
-            return merge_in_client(stream.results(), merge, call.ordered)
+            return merge_in_client(stream.results(), fold_by_key.partitions, merge, call.ordered)
         # The merges and reruns go where the call may run; its other options are the mapper's.
         where = TaskOptions(retries=task_options.retries, nodes=task_options.nodes)
 

@@ -1,0 +1,71 @@
+"""What a worker returns for a by-key call is checked before it is used: a lying or
+broken worker fails the call with a FabricError, never an IndexError or a wrong dict."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import operator
+import pickle
+
+import pytest
+
+import fabric
+from fabric.client.objects import ObjectTable
+from fabric.client.shuffle import Shuffle, merge_in_client
+from fabric.wire.ref import Ref
+
+
+@pytest.fixture
+def shuffle():
+    table = ObjectTable(b"client-under-test", lambda node, message: True)
+    yield Shuffle(3, operator.add, False, False, table, set, lambda items: None)
+    table.close()
+
+
+def a_ref() -> Ref:
+    return Ref(b"k" * 16, 10, ((b"n1", "tcp://127.0.0.1:1"),), b"other-client")
+
+
+@pytest.mark.parametrize("answer", [None, "abc", [a_ref()], [a_ref()] * 4, [a_ref(), 3, None], (None, None, None)])
+def test_a_malformed_batch_answer_fails_the_call(shuffle, answer):
+    with pytest.raises(fabric.FabricError, match="answered a by-key batch"):
+        shuffle.note([[1]], [answer])
+    assert shuffle.parts == [[], [], []]
+
+
+def test_a_well_formed_batch_answer_is_taken(shuffle):
+    ref = a_ref()
+    shuffle.note([[1]], [[None, ref, None]])
+    assert shuffle.parts == [[], [ref], []]
+
+
+@pytest.mark.parametrize("answer", [[b""], [b"", b"", "x"], b"abc", [pickle.dumps({1: 2}), None, 5]])
+def test_a_malformed_partial_for_the_client_fails_the_call(answer):
+    with pytest.raises(fabric.FabricError, match="answered a by-key batch"):
+        merge_in_client([answer], 3, operator.add, False)
+
+
+def test_partials_for_the_client_are_merged():
+    blobs = [pickle.dumps({"a": 1}), b"", pickle.dumps({"b": 2})]
+    assert merge_in_client([blobs, blobs], 3, operator.add, False) == {"a": 2, "b": 4}
+
+
+def answered(value):
+    """A submit whose merge future is already done with ``value``."""
+    def submit(fn, args, affinity):
+        future = concurrent.futures.Future()
+        future.set_result(value)
+        return future
+    return submit
+
+
+@pytest.mark.parametrize("answer", ["junk", (b"n1",), (b"n1", "not bytes"), (b"n1", b"x", b"y"), a_ref()])
+def test_a_malformed_merge_answer_fails_the_call(shuffle, answer):
+    shuffle.note([[1]], [[a_ref(), None, None]])
+    with pytest.raises(fabric.FabricError, match="answered a partition's merge"):
+        shuffle.reduce(answered(answer), None)
+
+
+def test_merged_partitions_are_joined(shuffle):
+    shuffle.note([[1]], [[a_ref(), None, None]])
+    assert shuffle.reduce(answered((b"n1", pickle.dumps({"a": 5}))), None) == {"a": 5}
