@@ -470,8 +470,13 @@ class IOLoop:
         # Cleared after emptying the pipe and before draining the deque: a command
         # posted before this line is drained below, one posted after writes anew.
         self._awake = False
-        while self._commands:
-            self._survive("a command", self._commands.popleft())
+        while self._commands:  # one handler call for all of them (one command per submit): one that raises
+            self._survive("a command", self._drain_commands)  # costs itself, and the rest run after it
+
+    def _drain_commands(self) -> None:
+        commands = self._commands
+        while commands:
+            commands.popleft()()
 
     def _enqueue(self, batch: Batch) -> None:
         failed = self.broken or self.view.unreachable
