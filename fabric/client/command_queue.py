@@ -51,8 +51,13 @@ class CommandQueue:
         # Cleared after emptying the pipe and before draining the deque: a command
         # posted before this line is drained below, one posted after writes anew.
         self._awake = False
-        while self._commands:
-            survive("a command", self._commands.popleft())
+        while self._commands:  # one handler call for all of them (one command per submit): one that raises
+            survive("a command", self._drain)  # costs itself, and the rest run after it
+
+    def _drain(self) -> None:
+        commands = self._commands
+        while commands:
+            commands.popleft()()
 
     def close(self) -> None:
         """Refuse every later post (it returns False)."""
@@ -61,7 +66,6 @@ class CommandQueue:
 
     def finish(self) -> None:
         """(I/O thread, once closed) Run what was posted before the close, then close the pipe."""
-        while self._commands:
-            self._commands.popleft()()
+        self._drain()
         os.close(self.wake_fd)
         os.close(self._wake_w)

@@ -162,20 +162,32 @@ def binding_guard(fn: object, exact: bool = False, _seen: set[int] | None = None
     reads, its closure cells and defaults, recursively through the by-value
     functions among them), each mutable one followed by its content
     :func:`fingerprint`.  Functions pickled by reference (importable) have an
-    empty guard."""
-    wrapped = getattr(fn, "__wrapped__", None)
-    if wrapped is not None and not isinstance(fn, types.FunctionType):
-        return binding_guard(wrapped, exact, _seen)
-    if not isinstance(fn, types.FunctionType) or not pickled_by_value(fn):
+    empty guard.  Every submit of a by-value function computes it, so parts a
+    function does not have cost no comprehension (each builds a function object
+    in Python 3.11): that halved it for a function reading nothing (~0.5 us saved
+    per submit, W2)."""
+    if not isinstance(fn, types.FunctionType):
+        wrapped = getattr(fn, "__wrapped__", None)
+        return () if wrapped is None else binding_guard(wrapped, exact, _seen)
+    if not pickled_by_value(fn):
         return ()
-    seen = _seen if _seen is not None else set()
-    if id(fn) in seen:
+    if _seen is None:
+        _seen = set()
+    elif id(fn) in _seen:
         return ()
-    seen.add(id(fn))
-    captured = [fn.__globals__.get(name) for name in global_names(fn.__code__)]
-    captured += [c.cell_contents for c in fn.__closure__ or () if cell_is_set(c)]
-    captured += list(fn.__defaults__ or ()) + list((fn.__kwdefaults__ or {}).values())
-    guard: list[object] = [id(fn.__code__)]
+    _seen.add(id(fn))
+    code = fn.__code__
+    names = global_names(code)
+    captured = [fn.__globals__.get(name) for name in names] if names else []
+    if fn.__closure__:
+        captured += [c.cell_contents for c in fn.__closure__ if cell_is_set(c)]
+    if fn.__defaults__:
+        captured += fn.__defaults__
+    if fn.__kwdefaults__:
+        captured += fn.__kwdefaults__.values()
+    if not captured:
+        return (id(code),)
+    guard: list[object] = [id(code)]
     for value in captured:
         guard.append(id(value))
         if isinstance(value, types.ModuleType):
@@ -184,7 +196,7 @@ def binding_guard(fn: object, exact: bool = False, _seen: set[int] | None = None
         elif type(value) not in _BY_IDENTITY and not isinstance(value, type):
             guard.append(fingerprint(value, exact))
     for value in captured:
-        guard.extend(binding_guard(value, exact, seen))
+        guard.extend(binding_guard(value, exact, _seen))
     return tuple(guard)
 
 

@@ -68,7 +68,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..errors import ProtocolError, UnknownTaskError, WorkerCrashedError, WorkerLostError
@@ -167,6 +167,9 @@ class Batch:
     keys: list[bytes] | None = None  # each item's partition key digest (map(partition_by=))
     worker: bytes | None = None  # the only worker that may run it (initializer, fx.run)
     setup: bool = False  # the client's initializer: never re-queued, a new one goes to each (re)attached worker
+    # Bytes of its payload, worked out once: the liveness check reads it on every tick while it runs,
+    # and summing a merged batch of 4,096 submits' frames cost the I/O thread ~0.3 ms each time.
+    payload_bytes: int = field(default=-1, init=False)
 
     def frames(self, with_fn: bool, ack: bool) -> list[Any]:
         header = TaskBatch(
@@ -650,7 +653,9 @@ class Ventilator:
                 continue
             batch = self.in_flight[running][1]
             allowance = max(self.liveness_s, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
-            transfer_s = (codec.frames_size(batch.payload) + _object_bytes(batch)) / TRANSFER_BYTES_PER_S
+            if batch.payload_bytes < 0:
+                batch.payload_bytes = codec.frames_size(batch.payload)
+            transfer_s = (batch.payload_bytes + _object_bytes(batch)) / TRANSFER_BYTES_PER_S
             at = max(self.since[worker_id], vouched) + allowance + transfer_s
             if self.now >= at:
                 overdue.append(worker_id)
