@@ -189,6 +189,10 @@ def test_partials_stay_on_the_nodes_until_their_partition_is_merged_then_go(star
         wait_for(lambda: stored_objects(fx) == 0, 10, "the partials and their fetched copies freed once merged")
 
 
+def count_pairs(counts: dict[str, int]):
+    return ((n, 1) for n in counts.values())
+
+
 def test_keep_leaves_one_dict_per_partition_on_the_nodes_for_a_next_map(fresh_fx):
     fx = fresh_fx
     lines = corpus(2000)
@@ -199,6 +203,8 @@ def test_keep_leaves_one_dict_per_partition_on_the_nodes_for_a_next_map(fresh_fx
     assert all(partition_of(word, 6) == index for index, part in enumerate(parts) for word in part)
     assert {word: n for part in parts for word, n in part.items()} == expected
     assert sum(fx.map(len, refs)) == len(expected)  # a next stage reads the partitions where they are
+    histogram = fx.map_reduce(count_pairs, operator.add, refs, by_key=True)  # and a next MapReduce too
+    assert histogram == Counter(expected.values())
     wait_for(lambda: store_figures(fx)["objects"] == 6, 10, "only the six kept partitions in the store")
     del refs, parts
     gc.collect()
