@@ -249,6 +249,7 @@ class Ventilator:
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
         self.recycling: set[bytes] = set()  # workers whose node was asked to recycle them
+        self.alone: set[bytes] = set()  # workers sent a suspect batch: nothing more until it returns
         self.call_sizers: dict[bytes, BatchSizer] = {}
         self.locality_wait_s = locality_wait_s
         self.parked: deque[Batch] = deque()  # waiting for a credit on the node that holds their data
@@ -370,6 +371,7 @@ class Ventilator:
         for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
         self.recycling.discard(worker_id)
+        self.alone.discard(worker_id)
         self.started.difference_update(batch_ids)
         for batch_id in batch_ids:
             self._release(batch_id)
@@ -485,16 +487,24 @@ class Ventilator:
         among equals; None when no worker on an accepting node has a credit.
         A worker running a suspect batch gets nothing (see the module's
         docstring); with ``idle``, only a worker holding nothing is chosen."""
-        best, best_rank = None, None
+        best, best_rank, alone = None, None, self.alone
         for worker_id, free in self.free.items():
             if free and self.node_of.get(worker_id) not in self._paused:
-                held = self.held[worker_id]
-                if held and (idle or self.in_flight[next(iter(held))][1].suspect):
+                if (idle and self.held[worker_id]) or (alone and worker_id in alone and self._runs_alone(worker_id)):
                     continue
                 rank = (free, -self._last_send[worker_id])
                 if best_rank is None or rank > best_rank:
                     best, best_rank = worker_id, rank
         return best
+
+    def _runs_alone(self, worker_id: bytes) -> bool:
+        """The worker still runs the suspect batch it was sent alone; once it does
+        not, it leaves ``alone`` (so that set costs the hot path one test while empty)."""
+        held = self.held[worker_id]
+        if held and self.in_flight[next(iter(held))][1].suspect:
+            return True
+        self.alone.discard(worker_id)
+        return False
 
     def _dispatch_pinned(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
         for worker_id in list(self.pinned):
@@ -564,6 +574,8 @@ class Ventilator:
         if not held:  # it had nothing to do: its silence counts from now
             self.since[worker_id] = self.now
         held[batch.batch_id] = with_fn
+        if batch.suspect:
+            self.alone.add(worker_id)
         self.free[worker_id] -= 1
         self._sends += 1
         self._last_send[worker_id] = self._sends
