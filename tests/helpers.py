@@ -230,6 +230,16 @@ def free_address() -> str:
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
+def node_status(address: str) -> list[Any]:
+    """The node's view of the live cluster (``fabric-node status``), [] while it does not answer."""
+    from fabric.cli import ask_status  # here: the workers import this module for its tasks
+
+    try:
+        return ask_status(address, timeout_s=1.0)
+    except TimeoutError:
+        return []
+
+
 def cluster_file(path: Path, names: list[str], *tables: str) -> Path:
     """Write a cluster.toml naming one node per name on a free loopback port (1 worker each,
     fast heartbeats), with extra ``tables`` lines; return its path."""

@@ -32,7 +32,12 @@ blamed for) is split in two and both halves re-queued; a lost single-item batch
 counts an attempt and fails with WorkerCrashedError after ``retries`` attempts.
 Batches lost with a node declared dead by silence, or leaving, are re-run
 uncharged.  A task that kills its worker is thus isolated in
-O(log n) crashes, and the rest of its map finishes.
+O(log n) crashes, and the rest of its map finishes.  The batch blamed is the
+first its worker held that has not returned: a result sent just before the
+crash can die unsent with the worker (``os._exit`` leaves no time to flush), and
+the batch that finished is then blamed for the one behind it.  So a lost batch
+(a suspect) runs alone, on a worker holding nothing, and nothing is sent behind
+it: its worker's death then names it, and an innocent is charged at most once.
 
 Data-plane liveness: a worker's node may be alive while the worker is silent
 towards this client (one-way loss of its traffic, a worker that is no node's).
@@ -247,6 +252,7 @@ class Ventilator:
         self.node_of: dict[bytes, bytes] = {}  # worker -> its node
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
         self.recycling: set[bytes] = set()  # workers whose node was asked to recycle them
+        self.alone: set[bytes] = set()  # workers sent a suspect batch: nothing more until it returns
         self.call_sizers: dict[bytes, BatchSizer] = {}
         self.locality_wait_s = locality_wait_s
         self.parked: deque[Batch] = deque()  # waiting for a credit on the node that holds their data
@@ -368,6 +374,7 @@ class Ventilator:
         for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
         self.recycling.discard(worker_id)
+        self.alone.discard(worker_id)
         self.started.difference_update(batch_ids)
         for batch_id in batch_ids:
             self._release(batch_id)
@@ -447,6 +454,11 @@ class Ventilator:
                     self.parked.append(batch)
                     continue
                 worker_id = local or worker_id
+            if batch.suspect and self.held[worker_id]:
+                worker_id = self._least_loaded(idle=True)
+                if worker_id is None:  # it waits, first in line, for a worker to finish what it holds
+                    self._queue_for(batch).appendleft(batch)
+                    return
             yield self._send(worker_id, batch)
 
     def _candidates(self) -> dict[bytes, bytes]:
@@ -472,17 +484,30 @@ class Ventilator:
         return min((b.parked_at + self.locality_wait_s for b in self.parked if b.parked_at is not None),
                    default=math.inf)
 
-    def _least_loaded(self) -> bytes | None:
+    def _least_loaded(self, idle: bool = False) -> bytes | None:
         """The worker with the most free credits (an idle one before one that
         would queue the batch behind its running task), least recently used
-        among equals; None when no worker on an accepting node has a credit."""
-        best, best_rank = None, None
+        among equals; None when no worker on an accepting node has a credit.
+        A worker running a suspect batch gets nothing (see the module's
+        docstring); with ``idle``, only a worker holding nothing is chosen."""
+        best, best_rank, alone = None, None, self.alone
         for worker_id, free in self.free.items():
             if free and self.node_of.get(worker_id) not in self._paused:
+                if (idle and self.held[worker_id]) or (alone and worker_id in alone and self._runs_alone(worker_id)):
+                    continue
                 rank = (free, -self._last_send[worker_id])
                 if best_rank is None or rank > best_rank:
                     best, best_rank = worker_id, rank
         return best
+
+    def _runs_alone(self, worker_id: bytes) -> bool:
+        """The worker still runs the suspect batch it was sent alone; once it does
+        not, it leaves ``alone`` (so that set costs the hot path one test while empty)."""
+        held = self.held[worker_id]
+        if held and self.in_flight[next(iter(held))][1].suspect:
+            return True
+        self.alone.discard(worker_id)
+        return False
 
     def _dispatch_pinned(self) -> Iterator[tuple[bytes, Batch, list[Any]]]:
         for worker_id in list(self.pinned):
@@ -552,6 +577,8 @@ class Ventilator:
         if not held:  # it had nothing to do: its silence counts from now
             self.since[worker_id] = self.now
         held[batch.batch_id] = with_fn
+        if batch.suspect:
+            self.alone.add(worker_id)
         self.free[worker_id] -= 1
         self._sends += 1
         self._last_send[worker_id] = self._sends

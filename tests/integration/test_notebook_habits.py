@@ -8,9 +8,11 @@ import linecache
 import traceback
 
 import pytest
-from helpers import all_gone, fabric_pids, free_address, node_pid, wait_for
+from helpers import all_gone, fabric_pids, free_address, node_pid, node_status, wait_for
 
 import fabric
+
+NODE_START_S = 30.0  # a daemon and its workers starting on a loaded machine
 
 
 def test_connecting_again_without_shutdown_stops_the_fabric_let_go_of(no_leaked_processes):
@@ -47,8 +49,12 @@ def test_connect_returns_with_its_workers_ready(no_leaked_processes):
 
 
 def test_connecting_to_a_node_returns_knowing_its_workers(start_node):
+    """Not a bare 0 before the node's report, nor one of two between their READYs.  The
+    node is up with both workers first: it reports the workers up, so one still
+    starting would make connect() return with the other alone."""
     address = free_address()
     start_node(address, workers=2)
+    wait_for(lambda: [n.workers for n in node_status(address)] == [2], NODE_START_S, "the node's 2 workers")
     with fabric.connect(address, heartbeat_interval_s=0.2, liveness_s=1.0) as fx:
         assert fx.workers() == 2  # reported by the node, or attached: never a bare 0
 

@@ -200,8 +200,31 @@ def test_merged_batches_count_every_item_so_splits_cover_every_future():
     assert [h.n_items for h in halves] == [4, 4]
     vent.enqueue(call_batch())
     vent.worker_ready(b"w2", 3, b"n1")
-    sent = [b for _, b, _ in vent.dispatch()]  # suspects go alone, so the poison is isolated
-    assert [b.n_items for b in sent] == [4, 4, 1]
+    vent.worker_ready(b"w3", 3, b"n1")
+    sent = [b for _, b, _ in vent.dispatch()]  # suspects are not merged, and each runs alone
+    assert [b.n_items for b in sent] == [4, 4]
+
+
+def test_a_batch_blamed_for_the_poison_behind_it_runs_alone_and_is_charged_once():
+    """The result of the batch before the poison can die unsent with their worker,
+    which then blames the batch that finished; run alone from then on, it returns,
+    and the deaths that follow name the poison."""
+    vent = Ventilator(retries=3)
+    vent.enqueue(call_batch(Owner(), digest=b"i" * 16))
+    vent.enqueue(call_batch(Owner(), digest=b"p" * 16))
+    vent.worker_ready(b"w1", 2, b"n1")
+    innocent, poison = [b for _, b, _ in vent.dispatch()]
+    assert vent.worker_lost(b"w1", "exited with code 3") == []
+    assert (innocent.attempts, poison.attempts) == (1, 0)
+    vent.worker_ready(b"w2", 2, b"n1")
+    assert [b for _, b, _ in vent.dispatch()] == [innocent]  # nothing behind it
+    assert vent.complete(b"w2", innocent.batch_id) is innocent
+    failed = []
+    for worker in (b"w2", b"w3", b"w4"):
+        vent.worker_ready(worker, 2, b"n1")
+        assert [b for _, b, _ in vent.dispatch()] == [poison]
+        failed = vent.worker_lost(worker, "exited with code 3")
+    assert [b for b, _ in failed] == [poison] and (innocent.attempts, poison.attempts) == (1, 3)
 
 
 def test_unknown_worker_lost_is_harmless():
