@@ -89,6 +89,10 @@ MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
 # from its worker (and never before liveness_s): batch times vary several-fold with
 # the items and the machine's load, not tenfold.
 OVERDUE_FACTOR = 10.0
+# A worker that has not yet returned a batch to this client gets this many times
+# liveness_s: a fresh worker on a loaded machine (8 runnable processes on 2 cores)
+# took over 3 s for its first batch of time.sleep(0), and was dropped as silent.
+FIRST_ANSWER_FACTOR = 3.0
 # Batches expected to take longer than this (or never measured) ask their worker to
 # acknowledge starting them: a shorter one is over before it could be overdue, and an
 # acknowledgement per batch would cost the one-task round trip (W4) a message.
@@ -253,6 +257,7 @@ class Ventilator:
         self._paused: set[bytes] = set()  # nodes over their load limit: no new batches
         self.recycling: set[bytes] = set()  # workers whose node was asked to recycle them
         self.alone: set[bytes] = set()  # workers sent a suspect batch: nothing more until it returns
+        self.answered: set[bytes] = set()  # workers that have returned a batch (judged silent sooner)
         self.call_sizers: dict[bytes, BatchSizer] = {}
         self.locality_wait_s = locality_wait_s
         self.parked: deque[Batch] = deque()  # waiting for a credit on the node that holds their data
@@ -375,6 +380,7 @@ class Ventilator:
             table.pop(worker_id, None)
         self.recycling.discard(worker_id)
         self.alone.discard(worker_id)
+        self.answered.discard(worker_id)
         self.started.difference_update(batch_ids)
         for batch_id in batch_ids:
             self._release(batch_id)
@@ -651,6 +657,7 @@ class Ventilator:
         self.free[worker_id] += 1
         self.since[worker_id] = self.now
         self.started.discard(batch_id)
+        self.answered.add(worker_id)
         return entry[1]
 
     # -- data-plane liveness -------------------------------------------------------
@@ -679,7 +686,8 @@ class Ventilator:
             if vouched == math.inf:
                 continue
             batch = self.in_flight[running][1]
-            allowance = max(self.liveness_s, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
+            floor = self.liveness_s if worker_id in self.answered else FIRST_ANSWER_FACTOR * self.liveness_s
+            allowance = max(floor, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
             if batch.payload_bytes < 0:
                 batch.payload_bytes = codec.frames_size(batch.payload)
             transfer_s = (batch.payload_bytes + _object_bytes(batch)) / TRANSFER_BYTES_PER_S

@@ -7,7 +7,7 @@ from test_ventilator import map_batch
 
 from fabric.client.batching import BatchSizer
 from fabric.client.cluster_view import ClusterView
-from fabric.client.ventilator import OVERDUE_FACTOR, TRANSFER_BYTES_PER_S, Ventilator
+from fabric.client.ventilator import FIRST_ANSWER_FACTOR, OVERDUE_FACTOR, TRANSFER_BYTES_PER_S, Ventilator
 from fabric.cluster.stats import NodeStats, WorkerStats
 from fabric.wire import codec
 from fabric.wire.protocol import Attach, BatchRunning, Hello, WorkerSilent, from_frames
@@ -30,10 +30,15 @@ def transfer_s(batch):
 
 
 def holding(batch=None):
-    """A ventilator at time 100 whose worker w1 (of node n1) holds one batch; (ventilator, batch, ack asked)."""
+    """A ventilator at time 100 whose worker w1 (of node n1), which has answered a batch before,
+    holds one batch; (ventilator, batch, ack asked)."""
     vent = Ventilator(liveness_s=LIVENESS_S)
     vent.now = 100.0
     vent.worker_ready(b"w1", 2, b"n1")
+    first = map_batch(range(2))
+    vent.enqueue(first)
+    list(vent.dispatch())
+    assert vent.complete(b"w1", first.batch_id) is first
     batch = batch or map_batch(range(4))
     vent.enqueue(batch)
     [(_, _, frames)] = list(vent.dispatch())
@@ -52,6 +57,21 @@ def test_a_silent_worker_is_overdue_after_liveness_s_and_its_batch_taken_back_un
     vent.worker_ready(b"w2", 1, b"n1")
     [(worker, again, frames)] = list(vent.dispatch())
     assert (worker, again) == (b"w2", batch) and from_frames(frames).ack  # asked for from now on
+
+
+def test_a_worker_that_never_answered_gets_longer_before_it_counts_as_silent():
+    """A fresh worker on a loaded machine can take seconds over its first batch."""
+    vent = Ventilator(liveness_s=LIVENESS_S)
+    vent.now = 100.0
+    vent.worker_ready(b"w1", 2, b"n1")
+    batch = map_batch(range(4))
+    vent.enqueue(batch)
+    list(vent.dispatch())
+    due = 100.0 + FIRST_ANSWER_FACTOR * LIVENESS_S + transfer_s(batch)
+    vent.now = 100.0 + LIVENESS_S + transfer_s(batch)
+    assert vent.silent_workers(nobody) == ([], due)
+    vent.now = due
+    assert vent.silent_workers(nobody)[0] == [b"w1"]
 
 
 def test_an_acknowledged_batch_is_exempt_only_while_vouched_for():
