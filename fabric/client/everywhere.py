@@ -22,8 +22,8 @@ from typing import Any
 from ..errors import WorkerCrashedError
 from ..wire import codec
 from ..wire.protocol import Mode
+from .batch import Batch, next_batch_id
 from .output import show
-from .ventilator import Batch, next_batch_id
 
 
 class SetupOwner:

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 from ..errors import SerializationError
 from ..wire import codec
 from ..wire.ref import encoding_a_batch, failed_argument, value_of
+from .batch import miscounted
 from .output import Printed, show
-from .ventilator import miscounted
 
 __all__ = ["Future", "FutureGroup", "as_completed", "wait", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"]
 

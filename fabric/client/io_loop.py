@@ -63,6 +63,7 @@ from ..wire.protocol import (
     send_frames,
 )
 from ..wire.security import ClusterKey
+from .batch import Batch
 from .cache import CacheClient
 from .cluster_view import FIRST_CONTACT_S, Actions, ClusterView
 from .command_queue import Command, CommandQueue
@@ -73,7 +74,7 @@ from .placing import known_tasks
 from .sink import Sink
 from .sockets import HEADER_SLACK_BYTES, READY_MAX_BYTES, bind, data_router, max_sockets, max_workers, raise_fd_limit
 from .statistics import CacheStats, FabricStatistics
-from .ventilator import Batch, Ventilator
+from .ventilator import Ventilator
 
 log = logging.getLogger(__name__)
 

@@ -39,11 +39,11 @@ from ..wire import codec
 from ..wire.protocol import Mode
 from ..wire.ref import start_collecting, stop_collecting
 from .awaiting import MapResults
+from .batch import Batch, miscounted, next_batch_id
 from .batching import BatchSizer
 from .dependencies import failed_as_markers, futures_in, when_done
 from .futures import PendingArgument
 from .output import Printed, show_at
-from .ventilator import Batch, miscounted, next_batch_id
 
 if TYPE_CHECKING:
     from .cache import CachedFunction

@@ -35,6 +35,7 @@ from ..wire import codec
 from ..wire.protocol import Mode
 from ..wire.ref import Ref, start_collecting, stop_collecting
 from .awaiting import MapResults
+from .batch import Batch, next_batch_id
 from .batching import BatchSizer
 from .cache import CacheClient, CachedFunction, wants_cache
 from .dependencies import futures_in, when_done
@@ -49,7 +50,6 @@ from .progress import new_bar
 from .reduction import combiner, fold
 from .shipping import FunctionCache
 from .shuffle import Rerun, Shuffle, merge_in_client
-from .ventilator import Batch, next_batch_id
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -8,7 +8,8 @@ ROUTER socket this state drives)::
     worker READY(credits) --> one credit per batch it may hold (again: what it held is re-queued)
     sink: FUNCTION_MISSING --> function_missing(): the batch is sent again with its function
     sink: result arrived  --> complete(): batch leaves flight, credit returns
-    node: WORKER_LOST     --> worker_lost(): its batches are split and re-queued
+    node: WORKER_LOST     --> worker_lost(): the batch it ran split in halves or charged an
+                              attempt (fabric.client.lost_batches), the rest re-queued
     node over its load    --> pause()/resume(): its workers keep their credits but get nothing
     node declared dead    --> node_lost(): its workers' batches go back to the queue, uncharged
     [pinned: per worker]  --> dispatch() first: the client's initializer, fx.run's calls
@@ -16,7 +17,8 @@ ROUTER socket this state drives)::
     [parked: batches reading stored data]  --> dispatch(): a credit on their data's node, or
                                                anywhere after locality_wait_s (fabric.client.locality)
     sink: BATCH_STARTED   --> acknowledged(): the worker started a batch (a sign of life)
-    the loop's tick       --> silent_workers(): workers that hold work and went silent;
+    the loop's tick       --> silent_workers(): workers whose running batch is overdue
+                              (fabric.client.overdue);
                               take_back(): their batches go elsewhere, uncharged
     a caller's ctrl-C     --> drop_abandoned(), recycle_abandoned(): queued batches nobody
                               waits for are dropped, workers running one are recycled
@@ -27,32 +29,14 @@ beats push: a worker with a free credit gets the next batch, so a slow worker
 simply takes less.  Submits are queued apart from map chunks and go first, so a
 one-task round trip never waits behind a bulk map.
 
-A batch lost with its worker's exit (WORKER_LOST: the only death a task can be
-blamed for) is split in two and both halves re-queued; a lost single-item batch
-counts an attempt and fails with WorkerCrashedError after ``retries`` attempts.
-Batches lost with a node declared dead by silence, or leaving, are re-run
-uncharged.  A task that kills its worker is thus isolated in
-O(log n) crashes, and the rest of its map finishes.  The batch blamed is the
-first its worker held that has not returned: a result sent just before the
-crash can die unsent with the worker (``os._exit`` leaves no time to flush), and
-the batch that finished is then blamed for the one behind it.  So a lost batch
-(a suspect) runs alone, on a worker holding nothing, and nothing is sent behind
-it: its worker's death then names it, and an innocent is charged at most once.
+A batch lost with its worker's exit is run again in halves, or charged an
+attempt; batches lost with a node declared dead by silence, or leaving, are
+re-run uncharged.  A lost batch (a suspect) runs alone, on a worker holding
+nothing, and nothing is sent behind it (:mod:`.lost_batches` says why).
 
-Data-plane liveness: a worker's node may be alive while the worker is silent
-towards this client (one-way loss of its traffic, a worker that is no node's).
-The batch a worker runs is overdue when the worker has shown no sign of life
-(a result, READY, BATCH_STARTED) for ``OVERDUE_FACTOR`` times the batch's
-expected time (its sizer's measured seconds per item), never less than
-``liveness_s``.  A batch its worker acknowledged starting is exempt while its
-node's latest heartbeat lists the worker running that very batch, so a task may
-run for hours; once the node lists it running something else or nothing, the
-usual rule applies, counting the node's last word as the worker's last sign of
-life (so a result lost on the way is taken back, not waited for forever).  An
-overdue worker's batches go back to the queue uncharged (nothing says the task
-is at fault) and the worker is forgotten; its late results are duplicates.
-Batches expected to be short do not ask for the acknowledgement, so the hot
-path pays nothing; one taken back asks for it from then on.
+Data-plane liveness: a worker that holds work and shows no sign of life towards
+this client (a result, READY, BATCH_STARTED) past its running batch's allowance
+(:mod:`.overdue`) is forgotten, and its batches go back to the queue uncharged.
 
 Batches of calls with placement options wait in their own queue, placed by
 :class:`~fabric.client.placing.Placer` and the call's :class:`~fabric.Placement`;
@@ -73,164 +57,20 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
-from ..errors import ProtocolError, UnknownTaskError, WorkerCrashedError, WorkerLostError
-from ..wire import codec
-from ..wire.protocol import Mode, TaskBatch, to_frames
+from ..errors import UnknownTaskError, WorkerLostError
+from ..wire.protocol import Mode
+from .batch import Batch, merged
 from .batching import BatchSizer
 from .locality import choose_by_data, data_by_node
-from .output import Printed
-from .placing import WAIT, FreeWorker, Placer, Placing
+from .lost_batches import after_crash, crash_error
+from .overdue import ACK_AFTER_S, FIRST_ANSWER_FACTOR, overdue_at
+from .placing import WAIT, FreeWorker, Placer
 
 MAX_MERGED_CALLS = 4096  # submits merged into one batch at most
-# A batch is overdue after this many times its expected time without a sign of life
-# from its worker (and never before liveness_s): batch times vary several-fold with
-# the items and the machine's load, not tenfold.
-OVERDUE_FACTOR = 10.0
-# A worker that has not yet returned a batch to this client gets this many times
-# liveness_s: a fresh worker on a loaded machine (8 runnable processes on 2 cores)
-# took over 3 s for its first batch of time.sleep(0), and was dropped as silent.
-FIRST_ANSWER_FACTOR = 3.0
-# Batches expected to take longer than this (or never measured) ask their worker to
-# acknowledge starting them: a shorter one is over before it could be overdue, and an
-# acknowledgement per batch would cost the one-task round trip (W4) a message.
-ACK_AFTER_S = 0.05
-# A batch's bytes must reach its worker before it can start: its allowance grows by its
-# size (and the size of the stored objects it reads, which the worker may fetch) at this
-# pessimistic rate (a slow network link), so a 1 GiB argument is never taken for silence
-# (measured: 512 MiB took 1-3 s over loopback on the 2-core machine).
-TRANSFER_BYTES_PER_S = 20e6
 
 SPLIT = b""  # _place's answer for a batch it split into parts, now at the head of the queue
-
-_batch_ids = itertools.count(1)
-
-
-def next_batch_id() -> int:
-    return next(_batch_ids)
-
-
-class BatchOwner(Protocol):
-    """Who receives a batch's outcome: a map stream, or a group of futures."""
-
-    def alive(self) -> bool:
-        """Someone still waits for this owner's outcomes."""
-        ...
-
-    def claim(self) -> bool:
-        """The batch is about to be sent: start its work; False drops the batch."""
-        ...
-
-    def deliver(self, batch: Batch, codec_id: int, payload: list[Any], errors: list[codec.ErrorRecord]) -> None: ...
-
-    def fail(self, batch: Batch, exc: BaseException) -> None: ...
-
-    def slice(self, start: int, stop: int) -> BatchOwner: ...
-
-    def cancel(self, batch: Batch) -> None:
-        """The batch was dropped before it ran (shutdown with cancel_futures)."""
-        ...
-
-    def describe(self, batch: Batch) -> str:
-        """Name the batch's task(s) for an error message."""
-        ...
-
-    def merge(self, owners: list[BatchOwner]) -> BatchOwner:
-        """One owner for merged CALL batches (only futures' owners are merged)."""
-        ...
-
-
-@dataclass(slots=True, eq=False)
-class Batch:
-    """Items of one task batch, still encoded, with what is needed to resend them.
-
-    ``item_frames[i]`` counts the payload frames of item ``i`` (CALL mode);
-    a MAP/STARMAP batch is one encoded list, ``item_frames == [len(payload)]``.
-    ``offset`` places the batch inside its owner's chunk after splits.
-    """
-
-    batch_id: int
-    digest: bytes
-    fn_payload: bytes
-    mode: int
-    codec: int
-    item_frames: list[int]
-    payload: list[Any]
-    n_items: int
-    owner: BatchOwner
-    seq: int = 0
-    offset: int = 0
-    attempts: int = 0
-    sizer: BatchSizer | None = None
-    retries: int | None = None  # per-call override of the ventilator's default
-    indices: list[int] | None = None  # positions in the owner's chunk, when not contiguous (cache misses)
-    suspect: bool = False  # it was running when its worker died: never merged again, so a poison task is isolated
-    taken_back: bool = False  # its worker went silent once: acknowledged from now on
-    refs: list[Any] | None = None  # the Refs its items hold, alive until it is done (their objects must stay)
-    data: dict[bytes, int] | None = None  # bytes of those objects per node holding them, when worth placing by
-    parked_at: float | None = None  # when it started to wait for a credit on its data's node
-    printed: Printed | None = None  # what its tasks printed, set with its results for its owner
-    placing: Placing | None = None  # where it may run, for calls with placement options
-    keys: list[bytes] | None = None  # each item's partition key digest (map(partition_by=))
-    worker: bytes | None = None  # the only worker that may run it (initializer, fx.run)
-    setup: bool = False  # the client's initializer: never re-queued, a new one goes to each (re)attached worker
-    # Bytes of its payload, worked out once: the liveness check reads it on every tick while it runs,
-    # and summing a merged batch of 4,096 submits' frames cost the I/O thread ~0.3 ms each time.
-    payload_bytes: int = field(default=-1, init=False)
-
-    def frames(self, with_fn: bool, ack: bool) -> list[Any]:
-        header = TaskBatch(
-            self.batch_id, self.digest, self.mode, self.codec, self.item_frames, with_fn, self.n_items, ack
-        )
-        head = to_frames(header)
-        return [*head, self.fn_payload, *self.payload] if with_fn else [*head, *self.payload]
-
-    def split(self) -> tuple[Batch, Batch]:
-        """Two halves with fresh ids; MAP/STARMAP payloads are re-encoded."""
-        half = self.n_items // 2
-        if self.mode == Mode.CALL:
-            cut = sum(self.item_frames[:half])
-            parts = [(self.item_frames[:half], self.payload[:cut]), (self.item_frames[half:], self.payload[cut:])]
-            codec_ids = [self.codec, self.codec]
-        else:
-            items = codec.decode(self.codec, self.payload)
-            frames = [codec.pickle_frames(items[:half]), codec.pickle_frames(items[half:])]
-            parts = [([len(f)], f) for f in frames]
-            codec_ids = [codec.PICKLE, codec.PICKLE]
-        bounds = [(0, half), (half, self.n_items)]
-        return tuple(  # type: ignore[return-value]
-            replace(
-                self,
-                batch_id=next_batch_id(),
-                codec=codec_id,
-                item_frames=item_frames,
-                payload=payload,
-                n_items=stop - start,
-                owner=self.owner.slice(start, stop),
-                offset=self.offset + start,
-                suspect=True,
-                indices=self.indices[start:stop] if self.indices is not None else None,
-                keys=self.keys[start:stop] if self.keys is not None else None,
-            )
-            for (item_frames, payload), codec_id, (start, stop) in zip(parts, codec_ids, bounds)
-        )
-
-    def split_by(self, groups: list[list[int]]) -> list[Batch]:
-        """One batch per group of item positions (a MAP/STARMAP batch whose
-        partition keys have several owners), payloads re-encoded."""
-        items = codec.decode(self.codec, self.payload)
-        base = self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
-        parts = []
-        for positions in groups:
-            payload = codec.pickle_frames([items[i] for i in positions])
-            parts.append(replace(
-                self, batch_id=next_batch_id(), codec=codec.PICKLE, item_frames=[len(payload)], payload=payload,
-                n_items=len(positions), offset=base[positions[0]], indices=[base[i] for i in positions],
-                keys=[self.keys[i] for i in positions] if self.keys is not None else None,
-            ))
-        return parts
 
 
 class Ventilator:
@@ -403,18 +243,10 @@ class Ventilator:
                 self._queue_for(batch).appendleft(batch)
 
     def _retry(self, batch: Batch, reason: str) -> list[tuple[Batch, BaseException]]:
-        if batch.worker is not None:  # it killed the only worker it may run on: never elsewhere, never again
-            batch.attempts += 1
+        rerun = after_crash(batch, self.retries)
+        if not rerun:
             return [(batch, crash_error(batch, reason))]
-        if batch.n_items > 1:
-            first, second = batch.split()
-            self._queue_for(batch).extendleft((second, first))
-            return []
-        batch.attempts += 1
-        batch.suspect = True
-        if batch.attempts >= (batch.retries or self.retries):
-            return [(batch, crash_error(batch, reason))]
-        self._queue_for(batch).appendleft(batch)
+        self._queue_for(batch).extendleft(reversed(rerun))
         return []
 
     def _queue_for(self, batch: Batch) -> deque[Batch]:
@@ -630,21 +462,7 @@ class Ventilator:
             batch = self.urgent.popleft()
             if batch.owner.claim():
                 group.append(batch)
-        if len(group) == 1:
-            return first
-        owner = first.owner.merge([b.owner for b in group])
-        return Batch(
-            next_batch_id(),
-            first.digest,
-            first.fn_payload,
-            Mode.CALL,
-            first.codec,
-            [n for b in group for n in b.item_frames],
-            [f for b in group for f in b.payload],
-            sum(b.n_items for b in group),
-            owner,
-            attempts=max(b.attempts for b in group),
-        )
+        return first if len(group) == 1 else merged(group)
 
     def complete(self, worker_id: bytes, batch_id: int) -> Batch | None:
         """A result arrived: the batch, or None for a late duplicate to drop."""
@@ -687,11 +505,7 @@ class Ventilator:
                 continue
             batch = self.in_flight[running][1]
             floor = self.liveness_s if worker_id in self.answered else FIRST_ANSWER_FACTOR * self.liveness_s
-            allowance = max(floor, OVERDUE_FACTOR * (self.expected_s(batch) or 0.0))
-            if batch.payload_bytes < 0:
-                batch.payload_bytes = codec.frames_size(batch.payload)
-            transfer_s = (batch.payload_bytes + _object_bytes(batch)) / TRANSFER_BYTES_PER_S
-            at = max(self.since[worker_id], vouched) + allowance + transfer_s
+            at = overdue_at(batch, max(self.since[worker_id], vouched), self.expected_s(batch), floor)
             if self.now >= at:
                 overdue.append(worker_id)
             else:
@@ -773,24 +587,3 @@ class Ventilator:
     def idle(self) -> bool:
         return not (self.in_flight or self.has_pending())
 
-
-def _object_bytes(batch: Batch) -> int:
-    """Bytes of the stored objects the batch reads, which its worker may have to fetch first."""
-    return sum({ref.key: ref.size for ref in batch.refs}.values()) if batch.refs else 0
-
-
-def miscounted(values: Any, n_items: int) -> ProtocolError | None:
-    """The error for a result list that does not hold one value per task of its
-    batch (a lying or broken worker), or None when it does."""
-    if isinstance(values, list) and len(values) == n_items:
-        return None
-    count = len(values) if isinstance(values, list) else type(values).__name__
-    return ProtocolError(f"a worker answered {n_items} tasks with {count} results")
-
-
-def crash_error(batch: Batch, reason: str) -> WorkerCrashedError:
-    return WorkerCrashedError(
-        f"{batch.owner.describe(batch)} killed its worker on {batch.attempts} attempts (last: {reason or 'lost'}); "
-        "the task may crash the interpreter (a segmentation fault in native code, os._exit) "
-        "or use more memory than the machine or the worker's memory limit allows"
-    )

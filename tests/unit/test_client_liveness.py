@@ -7,7 +7,8 @@ from test_ventilator import map_batch
 
 from fabric.client.batching import BatchSizer
 from fabric.client.cluster_view import ClusterView
-from fabric.client.ventilator import FIRST_ANSWER_FACTOR, OVERDUE_FACTOR, TRANSFER_BYTES_PER_S, Ventilator
+from fabric.client.overdue import FIRST_ANSWER_FACTOR, OVERDUE_FACTOR, TRANSFER_BYTES_PER_S
+from fabric.client.ventilator import Ventilator
 from fabric.cluster.stats import NodeStats, WorkerStats
 from fabric.wire import codec
 from fabric.wire.protocol import Attach, BatchRunning, Hello, WorkerSilent, from_frames

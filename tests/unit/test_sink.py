@@ -3,8 +3,9 @@ and where they ran; it needs no socket."""
 
 from types import SimpleNamespace
 
+from fabric.client.batch import Batch, next_batch_id
 from fabric.client.sink import Sink
-from fabric.client.ventilator import Batch, Ventilator, next_batch_id
+from fabric.client.ventilator import Ventilator
 from fabric.wire import codec
 from fabric.wire.protocol import BatchOutput, Mode, ResultBatch
 

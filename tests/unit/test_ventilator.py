@@ -1,6 +1,7 @@
 """Dispatch against credits, duplicates, and re-queueing of batches lost with a worker."""
 
-from fabric.client.ventilator import Batch, Ventilator, next_batch_id
+from fabric.client.batch import Batch, next_batch_id
+from fabric.client.ventilator import Ventilator
 from fabric.errors import WorkerCrashedError
 from fabric.wire import codec
 from fabric.wire.protocol import Mode, from_frames
