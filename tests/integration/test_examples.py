@@ -48,4 +48,9 @@ def test_cluster_run_spreads_over_both_nodes(two_node_cluster, tmp_path):
     assert set(ran) == {"alpha", "beta"} and sum(ran.values()) >= 20000 and min(ran.values()) > 0, out
 
 
+def test_inverted_index_keeps_its_partitions_on_both_nodes(two_node_cluster, tmp_path):
+    out = run(["inverted_index.py", str(two_node_cluster), "3000"], tmp_path)
+    assert "OK: matches the serial index" in out and "on 2 node(s)" in out, out
+
+
 # The notebooks run in a real Jupyter kernel: tests/integration/test_notebooks.py.
