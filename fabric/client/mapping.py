@@ -330,12 +330,18 @@ class MapStream:
 
     def _fill(self) -> None:
         while not self._exhausted and self._posted - self._yielded < self._window():
-            size = self.sizer.next_size()
-            chunk = self._take(size)
-            if len(chunk) < size:
-                self._exhausted = True
-            if len(chunk):
-                self._post_chunk(chunk)
+            # The free slots' sizes are cut before any is posted: the I/O thread measures results
+            # while this runs, and on a loaded machine the first result came back between two posts
+            # of the first window, so the unmeasured rest went as one batch (a 0 s task joined the
+            # 6 s one after it, and its result waited 6 s: CPython's test_map_timeout).
+            for size in [self.sizer.next_size() for _ in range(self._window() - (self._posted - self._yielded))]:
+                chunk = self._take(size)
+                if len(chunk) < size:
+                    self._exhausted = True
+                if len(chunk):
+                    self._post_chunk(chunk)
+                if self._exhausted:
+                    break
 
     def _take(self, size: int) -> Sequence[Any]:
         """The next chunk: a slice of a sliceable input, else a list read from the iterator."""

@@ -262,3 +262,17 @@ def test_a_cached_chunks_misses_are_cut_per_owner_of_their_keys():
     assert misses_by_owner([0, 2], owners) == [(b"a", [0, 2])]  # an owner with no miss gets no batch
     assert misses_by_owner([0, 1], {b"a": [0, 1]}) == [(b"a", [0, 1])]
     assert misses_by_owner([0, 1], {}) == [(b"", [0, 1])]  # no ring yet: anywhere
+
+
+def test_the_first_window_is_cut_before_a_result_measured_meanwhile_resizes_it():
+    """A result measured by the I/O thread while the caller posts the first window (a loaded
+    machine) must not merge the window's unmeasured items into one batch."""
+    sizer = BatchSizer(None, 3, 2)
+    sizes = []
+
+    def post(batch):
+        sizes.append(batch.n_items)
+        sizer.observe(1, 1e-6)  # the first result, measured at once: tiny tasks, batch them
+
+    map_stream(Mode.MAP, [0, 0, 6], post, sizer).start()
+    assert sizes == [1, 1, 1]
