@@ -64,12 +64,13 @@ class Rerun:
             if not _succeeded(done):
                 ref.set_exception(done.exception() if not done.cancelled() else ObjectLostError("rerun cancelled"))
                 return
-            new = done.result()[index]
-            if not isinstance(new, Ref):
-                ref.set_exception(ObjectLostError(f"partition {index} of a batch rerun came back empty: "
-                                                  "the mapper gave other pairs the second time"))
+            partials = done.result()
+            new = partials[index] if type(partials) is list and index < len(partials) else None
+            if type(new) is not Ref:
+                ref.set_exception(ObjectLostError(f"partition {index} of a batch rerun came back without a Ref "
+                                                  f"({new!r:.60}): the mapper gave other pairs the second time?"))
                 return
-            self.lineage[new.key] = lambda: self.partition(index)  # lost again: rerun again
+            self.lineage[new.key] = _partition_of(self, index)  # lost again: rerun again
             ref.set_result(new)
 
         self.running.add_done_callback(pick)

@@ -30,16 +30,17 @@ def transfer_s(batch):
     return codec.frames_size(batch.payload) / TRANSFER_BYTES_PER_S
 
 
-def holding(batch=None):
-    """A ventilator at time 100 whose worker w1 (of node n1), which has answered a batch before,
-    holds one batch; (ventilator, batch, ack asked)."""
+def holding(batch=None, answered=True):
+    """A ventilator at time 100 whose worker w1 (of node n1), which has answered a batch before
+    unless not ``answered``, holds one batch; (ventilator, batch, ack asked)."""
     vent = Ventilator(liveness_s=LIVENESS_S)
     vent.now = 100.0
     vent.worker_ready(b"w1", 2, b"n1")
-    first = map_batch(range(2))
-    vent.enqueue(first)
-    list(vent.dispatch())
-    assert vent.complete(b"w1", first.batch_id) is first
+    if answered:
+        first = map_batch(range(2))
+        vent.enqueue(first)
+        list(vent.dispatch())
+        assert vent.complete(b"w1", first.batch_id) is first
     batch = batch or map_batch(range(4))
     vent.enqueue(batch)
     [(_, _, frames)] = list(vent.dispatch())
@@ -62,12 +63,7 @@ def test_a_silent_worker_is_overdue_after_liveness_s_and_its_batch_taken_back_un
 
 def test_a_worker_that_never_answered_gets_longer_before_it_counts_as_silent():
     """A fresh worker on a loaded machine can take seconds over its first batch."""
-    vent = Ventilator(liveness_s=LIVENESS_S)
-    vent.now = 100.0
-    vent.worker_ready(b"w1", 2, b"n1")
-    batch = map_batch(range(4))
-    vent.enqueue(batch)
-    list(vent.dispatch())
+    vent, batch, _ = holding(answered=False)
     due = 100.0 + FIRST_ANSWER_FACTOR * LIVENESS_S + transfer_s(batch)
     vent.now = 100.0 + LIVENESS_S + transfer_s(batch)
     assert vent.silent_workers(nobody) == ([], due)

@@ -11,7 +11,7 @@ import pytest
 
 import fabric
 from fabric.client.objects import ObjectTable
-from fabric.client.shuffle import Shuffle, merge_in_client
+from fabric.client.shuffle import Rerun, Shuffle, merge_in_client
 from fabric.wire.ref import Ref
 
 
@@ -69,3 +69,23 @@ def test_a_malformed_merge_answer_fails_the_call(shuffle, answer):
 def test_merged_partitions_are_joined(shuffle):
     shuffle.note([[1]], [[a_ref(), None, None]])
     assert shuffle.reduce(answered((b"n1", pickle.dumps({"a": 5}))), None) == {"a": 5}
+
+
+@pytest.mark.parametrize("answer", [None, [], [None, None, None], "abc", [1, 2, 3]])
+def test_a_rerun_answering_without_the_partitions_ref_fails_its_future_not_a_callback(answer):
+    done = concurrent.futures.Future()
+    done.set_result(answer)
+    lineage: dict = {}
+    future = Rerun(lambda: done, lineage).partition(1)
+    with pytest.raises(fabric.ObjectLostError, match="came back without a Ref"):
+        future.result(timeout=1)
+    assert lineage == {}
+
+
+def test_a_rerun_gives_the_partitions_new_ref_and_its_lineage():
+    done = concurrent.futures.Future()
+    ref = a_ref()
+    done.set_result([None, ref, None])
+    lineage: dict = {}
+    assert Rerun(lambda: done, lineage).partition(1).result(timeout=1) is ref
+    assert set(lineage) == {ref.key}
