@@ -113,11 +113,18 @@ def test_progress_counts_the_items_mapped(fx, capsys):
     assert bar.startswith("words: 100%") and "3000/3000" in bar, bar
 
 
-def test_on_one_node_the_client_merges_and_nothing_is_stored(fresh_fx):
-    fx = fresh_fx
-    assert fx.map_reduce(residue_pairs, operator.add, range(1000), by_key=True, chunksize=50) == {
+def add_noting_pid(marker_dir: str, a: int, b: int) -> int:
+    """A combine that tells the test which process merged."""
+    Path(marker_dir, str(os.getpid())).touch()
+    return a + b
+
+
+def test_on_one_node_the_client_merges_the_partials(fx, tmp_path):
+    """One node: the partials come to the client and are merged there, by this process."""
+    combine = functools.partial(add_noting_pid, str(tmp_path))
+    assert fx.map_reduce(residue_pairs, operator.add, range(1000), by_key=True, chunksize=50, combine=combine) == {
         r: sum(range(r, 1000, 10)) for r in range(10)}
-    assert store_figures(fx)["objects"] == 0
+    assert {marker.name for marker in tmp_path.iterdir()} == {str(os.getpid())}
 
 
 def test_an_empty_input_gives_an_empty_dict(fx):
