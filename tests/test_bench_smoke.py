@@ -106,7 +106,7 @@ def test_the_scale_benchmark_runs_nodes_and_client_on_hosts_of_their_own(tmp_pat
         pytest.skip(f"the netns series needs network namespaces: {reason}")
     before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
     out = tmp_path / "scale.json"
-    run = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--netns", "--sizes", "2", "--idle-s", "0.5",
+    run = subprocess.Popen([sys.executable, "-m", "benchmarks.scale", "--netns", "--sizes", "2", "--idle-s", "1.5",
                             "--json", str(out), "--markdown"], stdout=subprocess.PIPE, text=True)
     try:
         stdout, _ = run.communicate(timeout=180)
