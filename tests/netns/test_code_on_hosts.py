@@ -1,5 +1,5 @@
 """Code that lives on one side only, across hosts (network namespaces, see
-test_multihost): a task module only the node's host has, called by name from a
+conftest.py): a task module only the node's host has, called by name from a
 client that cannot import it; and a helper module only the client has, in a
 temporary folder, run on the node's host, edited and reloaded."""
 
@@ -12,7 +12,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_multihost import NODE_PORT, Hosts, hosts  # noqa: F401 - the fixture
+from on_hosts import NODE_PORT, run_on
+
+from benchmarks.netns import Hosts
 
 pytestmark = pytest.mark.netns
 
@@ -61,7 +63,7 @@ JOBS = textwrap.dedent(
 )
 
 
-def test_node_tasks_by_name_and_a_client_only_helper_cross_hosts(hosts: Hosts, tmp_path: Path):  # noqa: F811
+def test_node_tasks_by_name_and_a_client_only_helper_cross_hosts(hosts: Hosts, tmp_path: Path):
     node_side, client_side = tmp_path / "node_only", tmp_path / "client_only"
     node_side.mkdir()
     client_side.mkdir()
@@ -72,10 +74,10 @@ def test_node_tasks_by_name_and_a_client_only_helper_cross_hosts(hosts: Hosts, t
     address = f"tcp://{hosts.address(1)}:{NODE_PORT}"
     node_cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", address, "--name", "host1", "--workers", "1",
                 "--heartbeat-interval", "0.25", "--liveness", "1.5", "--insecure", "--tasks", "host_jobs"]
-    node = hosts.exec(1, "env", f"PYTHONPATH={node_side}:{':'.join(sys.path)}", *node_cmd, stderr=subprocess.DEVNULL,
+    node = run_on(hosts, 1, "env", f"PYTHONPATH={node_side}:{':'.join(sys.path)}", *node_cmd, stderr=subprocess.DEVNULL,
                       cwd=str(node_side))
     try:
-        client = hosts.exec(0, sys.executable, str(client_side / "client.py"), address, str(helper),
+        client = run_on(hosts, 0, sys.executable, str(client_side / "client.py"), address, str(helper),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(client_side))
         out, err = client.communicate(timeout=120)
         assert client.returncode == 0, err

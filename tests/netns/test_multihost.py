@@ -1,93 +1,26 @@
-"""Nodes on separate hosts: Linux network namespaces joined by a bridge, each host with
-its own address in 198.18.0.0/15 (the range set aside for benchmarking).
-
-    namespace fb<id>br:  bridge br0 ── veth ── fb<id>h0 (client, 198.18.0.1)
-                                   ── veth ── fb<id>h1 (node,   198.18.0.2)
-                                   ── veth ── fb<id>h2 (node,   198.18.0.3)
-
-The fixture creates and deletes every namespace (deleting a namespace deletes
-its veth ends) and skips, saying why, where namespaces cannot be made.
-Nothing is ever sent outside these addresses.
-"""
+"""Nodes on separate hosts (network namespaces, see conftest.py): maps, cut links,
+one-way losses, keyed clusters, kept intermediates and by-key reduces across them."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
+from on_hosts import NODE_PORT, run_on
 
-from benchmarks.netns import unavailable as namespaces_unavailable
-from fabric.wire.security import KEY_FILE_ENV, write_key_file
+from benchmarks.netns import Hosts
+from fabric.wire.security import write_key_file
 
 pytestmark = pytest.mark.netns
-
-SUBNET = "198.18.0"
-NODE_PORT = 7100
 
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-@dataclass
-class Hosts:
-    run_id: str
-    names: list[str]
-
-    @property
-    def bridge(self) -> str:
-        return f"fb{self.run_id}br"
-
-    def address(self, index: int) -> str:
-        return f"{SUBNET}.{index + 1}"
-
-    def link(self, index: int) -> str:
-        return f"fb{self.run_id}v{index}"
-
-    def exec(self, index: int, *cmd: str, key_file: str | None = None, **popen: object) -> subprocess.Popen[str]:
-        """Run ``cmd`` on host ``index``; with ``key_file``, as a member of a keyed cluster."""
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        if key_file:
-            env[KEY_FILE_ENV] = key_file
-        return subprocess.Popen(["ip", "netns", "exec", self.names[index], *cmd], env=env, text=True, **popen)
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    reason = namespaces_unavailable()
-    if reason:
-        pytest.skip(reason)
-    run_id = f"{os.getpid() % 100000}"
-    made = Hosts(run_id, [f"fb{run_id}h{i}" for i in range(3)])
-    bridge = made.bridge
-    created = []
-    try:
-        ip("netns", "add", bridge)
-        created.append(bridge)
-        ip("-n", bridge, "link", "add", "br0", "type", "bridge")
-        ip("-n", bridge, "link", "set", "br0", "up")
-        for index, name in enumerate(made.names):
-            ip("netns", "add", name)
-            created.append(name)
-            outer, inner = made.link(index), f"fb{run_id}p{index}"
-            ip("link", "add", outer, "type", "veth", "peer", "name", inner)
-            ip("link", "set", outer, "netns", name)
-            ip("link", "set", inner, "netns", bridge)
-            ip("-n", bridge, "link", "set", inner, "master", "br0", "up")
-            ip("-n", name, "addr", "add", f"{made.address(index)}/24", "dev", outer)
-            ip("-n", name, "link", "set", outer, "up")
-            ip("-n", name, "link", "set", "lo", "up")
-        yield made
-    finally:
-        for name in reversed(created):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
 CLIENT = textwrap.dedent(
@@ -122,7 +55,7 @@ def start_nodes(hosts: Hosts, key_file: str | None = None) -> list[subprocess.Po
         cmd = [sys.executable, "-m", "fabric.cli", "start", "--bind", f"tcp://{hosts.address(index)}:{NODE_PORT}",
                "--name", f"host{index}", "--workers", "1", "--heartbeat-interval", "0.25",
                "--liveness", "1.5", "--join", seed, *([] if key_file else ["--insecure"])]
-        nodes.append(hosts.exec(index, *cmd, key_file=key_file, stderr=subprocess.DEVNULL))
+        nodes.append(run_on(hosts, index, *cmd, key_file=key_file, stderr=subprocess.DEVNULL))
     return nodes
 
 
@@ -139,7 +72,7 @@ def run_script(
     """Run the client script ``text`` on host 0; what it printed last, as JSON."""
     script = tmp_path / "client.py"
     script.write_text(text)
-    client = hosts.exec(0, sys.executable, str(script), *args, key_file=key_file, stdout=subprocess.PIPE)
+    client = run_on(hosts, 0, sys.executable, str(script), *args, key_file=key_file, stdout=subprocess.PIPE)
     try:
         out, _ = client.communicate(timeout=timeout)
     finally:
@@ -213,7 +146,7 @@ def test_a_map_runs_across_two_hosts(hosts, nodes, tmp_path):
 
 def test_cutting_a_hosts_link_mid_map_loses_and_duplicates_nothing(hosts, nodes, tmp_path):
     n = 20_000
-    cut = ["ip", "-n", hosts.names[2], "link", "set", hosts.link(2), "down"]
+    cut = ["ip", "-n", hosts.name(2), "link", "set", hosts.device(2), "down"]
     result = run_client(hosts, tmp_path, n, cut)
     assert_each_result_once(result, n)
     assert "host2" not in result["done"]  # declared dead once cut off
@@ -309,7 +242,7 @@ BY_KEY_CLIENT = textwrap.dedent(
 
 
 def test_a_keep_pipeline_across_hosts_sends_no_intermediate_through_the_client(hosts, nodes, tmp_path):
-    result = run_script(hosts, tmp_path, PIPELINE, f"tcp://{hosts.address(1)}:{NODE_PORT}", hosts.link(0))
+    result = run_script(hosts, tmp_path, PIPELINE, f"tcp://{hosts.address(1)}:{NODE_PORT}", hosts.device(0))
     n, mib = 40, 1 << 20
     print(f"client bytes: keep {result['kept_bytes']:,}, through the client {result['through_bytes']:,}")
     assert result["heads"] == result["through"] == [float(i) for i in range(n)]
