@@ -95,7 +95,7 @@ def runner(system: str, workers: int) -> tuple[Callable[[list[str]], dict[str, i
         stack = contextlib.ExitStack()
         address, _ = stack.enter_context(cluster.nodes([max(1, workers // 2)] * 2))
         fx = stack.enter_context(fabric.connect(address))
-        cluster.ready(fx, 2 * max(1, workers // 2))
+        fx.wait_for_workers(2 * max(1, workers // 2), timeout=30)
         return lambda lines: fx.map_reduce(word_pairs, operator.add, lines, by_key=True), stack.close
     if system.startswith("fabric"):
         fx = fabric.connect(workers=workers)

@@ -48,16 +48,12 @@ def nodes(workers_each: list[int]) -> Iterator[tuple[str, list[subprocess.Popen[
             proc.wait()
 
 
-def ready(fx: fabric.Fabric, workers: int) -> None:
-    deadline = time.monotonic() + 30
-    while fx.workers() < workers and time.monotonic() < deadline:
-        fabric.wait([fx.submit(abs, 1)], timeout=0.5)
 
 
 def two_nodes_vs_one(sizes_w1: int, iterations: int, n_tasks: int, figures: Figures) -> None:
     for label, layout in (("1 node × 2 workers", [2]), ("2 nodes × 1 worker", [1, 1])):
         with nodes(layout) as (address, _), fabric.connect(address) as fx:
-            ready(fx, 2)
+            fx.wait_for_workers(2, timeout=30)
             rate = sizes_w1 / timed(lambda: list(fx.map(wl.identity, range(sizes_w1))))
             figures.add("cluster", f"empty items/s, {label}", "fabric", rate, "items/s")
             rate = n_tasks / timed(lambda: list(fx.map(wl.spin, [iterations] * n_tasks)))
@@ -67,7 +63,7 @@ def two_nodes_vs_one(sizes_w1: int, iterations: int, n_tasks: int, figures: Figu
 def failure_detection(figures: Figures, iterations: int) -> None:
     """SIGKILL one of two nodes while it holds batches; time until its work runs elsewhere."""
     with nodes([1, 1]) as (address, procs), fabric.connect(address) as fx:
-        ready(fx, 2)
+        fx.wait_for_workers(2, timeout=30)
         victim = procs[1]
         results = fx.map(wl.spin, [iterations] * 1_000_000)
         next(results)

@@ -350,6 +350,27 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         """``statistics().workers``: worker processes serving this client."""
         return self.statistics().workers
 
+    def wait_for_workers(self, n: int = 1, timeout: float | None = None) -> int:
+        """Block until at least ``n`` worker processes serve this client and return
+        how many do, as Dask's ``Client.wait_for_workers``: for nodes still
+        starting, or joining later (a cluster grows while the client runs).
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds (None: no limit),
+        :class:`~fabric.NoNodesError` when no node answers first contact, and
+        :class:`~fabric.ClosedError` when the fabric shuts down meanwhile.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"wait_for_workers(n): n must be a positive int, got {n!r:.80}")
+        self._lifecycle.check_open()
+        attached = self._io.wait_workers(n, timeout)
+        self._lifecycle.check_open()
+        failed = self._io.broken or self._io.view.unreachable
+        if failed is not None:
+            raise failed
+        if not attached:
+            raise TimeoutError(f"{self.workers()} of the {n} workers waited for serve this client after {timeout} s")
+        return self.workers()
+
     def nodes(self) -> tuple[NodeStats, ...]:
         """``statistics().nodes``: the live nodes, as their latest heartbeats describe them."""
         return self.statistics().nodes

@@ -164,9 +164,11 @@ class IOLoop:
             self.duplicates, self.malformed, self.ventilator.refused_workers, self.objects.recomputed,
         )
 
-    def wait_workers(self, count: int, timeout_s: float) -> bool:
-        """Block until ``count`` workers have attached (or the loop broke or closed)."""
-        return self._wait_until(lambda: self.ventilator.workers >= count, timeout_s)
+    def wait_workers(self, count: int, timeout_s: float | None) -> bool:
+        """Block until ``count`` workers have attached (or no node answered first
+        contact, or the loop broke or closed)."""
+        return self._wait_until(lambda: self.ventilator.workers >= count or self.view.unreachable is not None,
+                                timeout_s)
 
     def wait_all_attached(self, timeout_s: float) -> bool:
         """Block until every worker the live nodes report has attached (at least one)."""
@@ -192,7 +194,7 @@ class IOLoop:
 
         return self._wait_until(contact, timeout_s)
 
-    def _wait_until(self, ready: Callable[[], bool], timeout_s: float) -> bool:
+    def _wait_until(self, ready: Callable[[], bool], timeout_s: float | None) -> bool:
         """Block until ``ready()`` holds in the I/O thread (or the loop broke or closed)."""
         event = threading.Event()
         if not self.post(lambda: self._waiters.append((ready, event))):

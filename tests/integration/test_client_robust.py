@@ -40,6 +40,8 @@ def test_an_address_where_nothing_answers_fails_within_the_first_contact_timeout
             fx.submit(abs, -1).result(timeout=20)
         with pytest.raises(fabric.NoNodesError):  # later calls fail at once
             fx.submit(abs, -1).result(timeout=1)
+        with pytest.raises(fabric.NoNodesError):  # and so does waiting for workers, even without a limit
+            fx.wait_for_workers(1)
 
 
 FAST = {"heartbeat_interval_s": 0.2, "liveness_s": 1.0}

@@ -3,6 +3,7 @@ dying, busy workers, load limits and the status command."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from helpers import free_address, spin_square, wait_for
 
 import fabric
@@ -105,6 +107,31 @@ def test_a_worker_busy_for_10_s_does_not_make_its_node_look_dead(start_node):
             assert addresses[0] in by_address(fx), "the busy node was declared dead"
             fabric.wait([future], timeout=0.2)
         assert future.result() == 10.0
+
+
+def test_wait_for_workers_returns_once_a_node_started_later_has_attached(start_node):
+    first = free_address()
+    start_node(first)
+    with fabric.connect(first, **FAST) as fx:
+        assert fx.wait_for_workers(timeout=20) == 1
+        with pytest.raises(TimeoutError, match="1 of the 2 workers"):
+            fx.wait_for_workers(2, timeout=0.3)
+        start_node(free_address(), join=first)
+        assert fx.wait_for_workers(2, timeout=30) == 2
+        assert fx.workers() == 2 and len(fx.nodes()) == 2
+        with pytest.raises(ValueError, match="positive int"):
+            fx.wait_for_workers(0)
+
+
+def test_wait_for_workers_ends_with_a_closed_error_when_the_fabric_shuts_down(fresh_fx):
+    with concurrent.futures.ThreadPoolExecutor(1) as waiter:
+        waiting = waiter.submit(fresh_fx.wait_for_workers, 99)
+        wait_for(lambda: fresh_fx._io._waiters, 10, "the wait to be registered")
+        fresh_fx.shutdown()
+        with pytest.raises(fabric.ClosedError):
+            waiting.result(timeout=20)
+    with pytest.raises(fabric.ClosedError):
+        fresh_fx.wait_for_workers(1)
 
 
 def test_a_node_over_its_load_limit_takes_no_batches(start_node):

@@ -32,9 +32,7 @@ CLIENT = textwrap.dedent(
     seed, n, cut = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     keyed = "FABRIC_KEY_FILE" in os.environ  # a keyed cluster needs no insecure flag
     with fabric.connect(seed, insecure=not keyed, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
-        deadline = time.monotonic() + 30
-        while fx.workers() < 2 and time.monotonic() < deadline:
-            fabric.wait([fx.submit(spin_square, 0)], timeout=0.2)
+        fx.wait_for_workers(2, timeout=30)
         got, start = [], time.monotonic()
         for index, value in enumerate(fx.map(spin_square, range(n), ordered=False)):
             got.append(value)
@@ -192,9 +190,7 @@ PIPELINE = textwrap.dedent(
 
     n = 40
     with fabric.connect(sys.argv[1], insecure=True, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
-        deadline = time.monotonic() + 30
-        while fx.workers() < 2 and time.monotonic() < deadline:
-            fabric.wait([fx.submit(head, [0.0])], timeout=0.2)
+        fx.wait_for_workers(2, timeout=30)
         before = client_bytes()
         kept = list(fx.map(make, range(n), keep=True))
         heads = list(fx.map(head, kept))
@@ -222,9 +218,7 @@ BY_KEY_CLIENT = textwrap.dedent(
     seed = sys.argv[1]
     lines = [" ".join(f"w{(i * k) % 5003}" for k in range(1, 11)) for i in range(30_000)]
     with fabric.connect(seed, insecure=True, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
-        deadline = time.monotonic() + 30
-        while fx.workers() < 2 and time.monotonic() < deadline:
-            fabric.wait([fx.submit(spin_square, 0)], timeout=0.2)
+        fx.wait_for_workers(2, timeout=30)
         counts = fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=500)
         expected = Counter(word for line in lines for word in line.split())
         deadline = time.monotonic() + 10  # the nodes' counters come with their heartbeats: poll them
