@@ -21,14 +21,18 @@ Otherwise the client holds Refs and the final dict, never a partial.  A partial 
 with its node; a merge that finds one gone is submitted again once the client
 sees the node dead, and submitting it reruns the batches whose partials died
 first (the object table's lineage, as for kept results), so the result is
-exact.  The batch machinery (credits, retries, exactly-once delivery of each
-batch's Refs) is the map's.
+exact.  With ``keep=True`` each merged partition's Ref gets a lineage too
+(:class:`Rebuild`): lost later, its batches fold again and it is merged again.
+The batch machinery (credits, retries, exactly-once delivery of each batch's
+Refs) is the map's.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import pickle
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -53,16 +57,20 @@ class Rerun:
         self.again = again  # resubmits the batch's fold over its items
         self.lineage = lineage
         self.running: concurrent.futures.Future | None = None
+        self.given: set[int] = set()  # partitions whose Ref the running fold has handed out
 
     def partition(self, index: int) -> concurrent.futures.Future:
-        """A future of the new Ref of partition ``index`` of this batch."""
-        if self.running is None or (self.running.done() and not _succeeded(self.running)):
+        """A future of the new Ref of partition ``index`` of this batch: the fold under way
+        (or done) serves each partition once; asked again, that partial was lost again."""
+        if self.running is None or index in self.given or (self.running.done() and not _succeeded(self.running)):
             self.running = self.again()
+            self.given = set()
+        self.given.add(index)
         ref: concurrent.futures.Future = concurrent.futures.Future()
 
         def pick(done: concurrent.futures.Future) -> None:
             if not _succeeded(done):
-                ref.set_exception(done.exception() if not done.cancelled() else ObjectLostError("rerun cancelled"))
+                ref.set_exception(_failure(done))
                 return
             partials = done.result()
             new = partials[index] if type(partials) is list and index < len(partials) else None
@@ -76,6 +84,75 @@ class Rerun:
         self.running.add_done_callback(pick)
         return ref
 
+    def release(self) -> None:
+        """Let the fold's partials go (the partitions that wanted them hold their own
+        Refs): kept here, they would stay pinned on the nodes; a later loss folds anew."""
+        self.running = None
+        self.given = set()
+
+
+class Rebuild:
+    """The lineage of a kept partition (``keep=True``): every batch that fed it folded
+    again, then merged again on the partition's owner, as Spark recomputes a lost
+    shuffle partition.  It holds those batches' items while the partition's Refs live."""
+
+    def __init__(self, sources: list[Rerun], index: int, merge_again: Callable[[tuple[Ref, ...]], Any],
+                 objects: ObjectTable) -> None:
+        self.sources = sources
+        self.index = index
+        self.merge_again = merge_again
+        self.objects = objects
+
+    def __call__(self) -> concurrent.futures.Future:
+        """A future of the partition's new Ref."""
+        rebuilt: concurrent.futures.Future = concurrent.futures.Future()
+        partials = [source.partition(self.index) for source in self.sources]
+        if not partials:
+            self._merge(partials, rebuilt)
+            return rebuilt
+        waiting = [len(partials)]
+        lock = threading.Lock()
+
+        def counted(_: concurrent.futures.Future) -> None:
+            with lock:
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+            self._merge(partials, rebuilt)
+
+        for partial in partials:
+            partial.add_done_callback(counted)
+        return rebuilt
+
+    def _merge(self, partials: list[concurrent.futures.Future], rebuilt: concurrent.futures.Future) -> None:
+        failed = next((partial for partial in partials if not _succeeded(partial)), None)
+        if failed is not None:
+            rebuilt.set_exception(_failure(failed))
+            return
+        refs = tuple(partial.result() for partial in partials)
+        for source in self.sources:
+            source.release()
+        try:
+            merging = self.merge_again(refs)
+        except Exception as exc:  # the fabric shut down: nothing can run it
+            rebuilt.set_exception(exc)
+            return
+
+        def merged(done: concurrent.futures.Future) -> None:
+            if not _succeeded(done):
+                rebuilt.set_exception(_failure(done))
+                return
+            try:
+                node_id, _ = _checked_merge(done.result(), keep=True)
+            except FabricError as exc:
+                rebuilt.set_exception(exc)
+                return
+            self.objects.copied_to(node_id, refs)
+            self.objects.lineage[done.result().key] = self  # lost again: rebuilt again
+            rebuilt.set_result(done.result())
+
+        merging.add_done_callback(merged)
+
 
 class Shuffle:
     """One by-key call's partitions: their Refs as the map makes them, then their merges."""
@@ -83,6 +160,7 @@ class Shuffle:
     def __init__(self, partitions: int, merge: Reducer, ordered: bool, keep: bool, objects: ObjectTable,
                  live_nodes: Callable[[], set[bytes]], rerun: Callable[[Sequence[Any]], Rerun]) -> None:
         self.parts: list[list[Ref]] = [[] for _ in range(partitions)]
+        self.sources: list[list[Rerun]] = [[] for _ in range(partitions)]  # the batches that fed each partition
         self.merger = PartitionMerge(merge, ordered, keep)
         self.keep = keep
         self.objects = objects
@@ -98,6 +176,7 @@ class Shuffle:
             for index, ref in enumerate(refs):
                 if ref is not None:
                     self.parts[index].append(ref)
+                    self.sources[index].append(rerun)
                     lineage[ref.key] = _partition_of(rerun, index)
 
     def reduce(self, submit: Submit, deadline: float | None) -> dict[Any, Any] | list[Ref]:
@@ -126,16 +205,24 @@ class Shuffle:
                     self.parts[index] = []  # its partials (and their copies on the merging node) may go
                     if self.keep:
                         kept[index] = value
+                        again = functools.partial(_merge_refs, submit, self.merger, self._affinity(index))
+                        self.objects.lineage[value.key] = Rebuild(self.sources[index], index, again, self.objects)
                     else:
                         result.update(pickle.loads(blob))
                     del value, blob
         finally:
             for future in running:
                 future.cancel()
+        for rerun in {id(rerun): rerun for sources in self.sources for rerun in sources}.values():
+            rerun.release()  # kept partitions' lineage holds the Reruns past the call, not their partials
         return [kept[i] for i in range(len(self.parts))] if self.keep else result
 
     def _submit(self, submit: Submit, index: int) -> concurrent.futures.Future:
-        return submit(self.merger, tuple(self.parts[index]), ("fabric.by_key", len(self.parts), index))
+        return submit(self.merger, tuple(self.parts[index]), self._affinity(index))
+
+    def _affinity(self, index: int) -> tuple[str, int, int]:
+        """Partition ``index``'s key on the ring: its owner among the live nodes merges it."""
+        return "fabric.by_key", len(self.parts), index
 
     def _await_loss_noticed(self, index: int, deadline: float | None) -> None:
         """Wait until the client sees a holder of the partition's partials dead (so submitting
@@ -186,6 +273,16 @@ def _checked_merge(value: Any, keep: bool) -> tuple[bytes, bytes]:
     if not keep and type(value) is tuple and len(value) == 2 and all(type(part) is bytes for part in value):
         return value
     raise FabricError(f"a worker answered a partition's merge with {type(value).__name__} {value!r:.80}")
+
+
+def _merge_refs(submit: Submit, merger: PartitionMerge, affinity: Any, refs: tuple[Ref, ...],
+                ) -> concurrent.futures.Future:
+    return submit(merger, refs, affinity)
+
+
+def _failure(done: concurrent.futures.Future) -> BaseException:
+    exc = None if done.cancelled() else done.exception()
+    return exc if exc is not None else ObjectLostError("cancelled: the partition cannot be made again")
 
 
 def _partition_of(rerun: Rerun, index: int) -> Callable[[], concurrent.futures.Future]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import pickle
 import time
 import weakref
@@ -379,11 +380,14 @@ class TaskAPI:
         # The merges and reruns go where the call may run; its other options are the mapper's.
         where = TaskOptions(retries=task_options.retries, nodes=task_options.nodes)
 
+        again = _weak_submit(pipeline)  # reruns and merges outlive the call, as kept partitions' lineage
+        lineage = pipeline.objects.lineage
+
         def rerun(items: Sequence[Any]) -> Rerun:
-            return Rerun(_resubmit(pipeline, where, fold_by_key, (items,), {}), pipeline.objects.lineage)
+            return Rerun(functools.partial(again, where, fold_by_key, (items,), {}), lineage)
 
         def submit(fn: Callable[..., Any], args: tuple[Any, ...], affinity: Any) -> Future:
-            return FabricView(pipeline, where.merged(affinity=affinity)).submit(fn, *args)
+            return again(where.merged(affinity=affinity), fn, args, {})
 
         shuffle = Shuffle(fold_by_key.partitions, merge, call.ordered, task_options.keep, pipeline.objects,
                           pipeline.live_nodes, rerun)
@@ -447,19 +451,26 @@ class FunctionShipper:
         return entry[1]
 
 
-def _resubmit(pipeline: Pipeline, options: TaskOptions, fn: Callable[..., Any] | str, args: tuple[Any, ...],
-              kwargs: dict[str, Any]) -> Callable[[], Future]:
-    """The call submitted again, holding its pipeline weakly: the lineage of a kept
-    Ref lives in the I/O thread, and must not keep a fabric let go of open."""
+def _weak_submit(pipeline: Pipeline) -> Callable[[TaskOptions, Callable[..., Any] | str, tuple[Any, ...],
+                                                  dict[str, Any]], Future]:
+    """Submits through ``pipeline`` held weakly: the lineage of a kept Ref lives in
+    the I/O thread, and must not keep a fabric let go of open."""
     weak_pipeline = weakref.ref(pipeline)
 
-    def again() -> Future:
+    def submit(options: TaskOptions, fn: Callable[..., Any] | str, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Future:
         alive = weak_pipeline()
         if alive is None:
             raise ClosedError("the fabric that kept this result has shut down; it cannot compute it again")
         return FabricView(alive, options).submit(fn, *args, **kwargs)
 
-    return again
+    return submit
+
+
+def _resubmit(pipeline: Pipeline, options: TaskOptions, fn: Callable[..., Any] | str, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Callable[[], Future]:
+    """The call submitted again (a kept result's lineage)."""
+    return functools.partial(_weak_submit(pipeline), options, fn, args, kwargs)
 
 
 def _remember(table: ObjectTable, future: Future, recompute: Callable[[], Future]) -> None:

@@ -157,11 +157,18 @@ class resolving:  # noqa: N801 - used as a context manager, named like one
 
 
 def redirect(old_key: bytes, new: Ref | None) -> None:
-    """Pickle Refs to ``old_key`` as ``new`` from now on (None: no more)."""
+    """Pickle Refs to ``old_key`` as ``new`` from now on (None: no more).
+
+    A recomputation lost in turn is computed again: Refs to the first key then
+    go to the newest one too, and the lost one in between may be freed.
+    """
     if new is None:
         _redirects.pop(old_key, None)
-    else:
-        _redirects[old_key] = new
+        return
+    _redirects[old_key] = new
+    for key, target in list(_redirects.items()):
+        if target.key == old_key:
+            _redirects[key] = new
 
 
 def current(ref: Ref) -> Ref:

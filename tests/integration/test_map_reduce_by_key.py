@@ -22,6 +22,7 @@ from helpers import free_address, gated, spin_square, store_figures, wait_for, w
 
 import fabric
 from fabric.calls.key_hash import partition_of
+from fabric.wire.ref import current
 
 VOCABULARY = [f"w{i}" for i in range(3000)]
 
@@ -241,6 +242,37 @@ def test_a_word_count_by_key_over_three_loopback_nodes(start_node):
         assert all(len(nodes) == 1 for nodes in holders) and len(holders) >= 2, \
             "each partition is merged on one node, its ring owner, and the owners differ"
         assert {w: n for part in fx.map(dict.items, refs) for w, n in part} == serial_count(lines)
+
+
+def test_kept_partitions_lost_with_their_node_after_the_call_are_rebuilt_from_their_lineage(start_node):
+    """As Spark recomputes a lost shuffle partition: the batches that fed it fold again and it
+    is merged again on a live owner, so a next stage reads exact partitions.  The second node
+    killed holds partitions rebuilt once already: their batches fold once more."""
+    addresses = [free_address() for _ in range(3)]
+    nodes = {address: start_node(address, join=addresses[0] if i else None) for i, address in enumerate(addresses)}
+    lines = corpus(3000, seed=5)
+    with fabric.connect(addresses[0], heartbeat_interval_s=0.2, liveness_s=1.0) as fx:
+        wait_for(lambda: fx.workers() == 3, 20, "the workers of all three nodes")
+        refs = fx.map_reduce(word_pairs, operator.add, lines, by_key=True, chunksize=50, partitions=12, keep=True)
+        address_of = {node.node_id: node.control for node in fx.nodes()}
+
+        def holder(ref: fabric.Ref) -> str:
+            return address_of[current(ref).node_ids[0]]
+
+        victim = next(holder(ref) for ref in refs if holder(ref) != addresses[0])
+        for _ in range(2):
+            lost = [ref for ref in refs if holder(ref) == victim]
+            recomputed = fx.statistics().recomputed
+            for process in [nodes[victim], *worker_processes({nodes[victim].pid})]:
+                process.kill()
+            wait_for(lambda dead=victim: dead not in {node.control for node in fx.nodes()}, 10, "the dead to leave")
+            assert {w: n for part in fx.map(dict.items, refs) for w, n in part} == serial_count(lines)
+            assert fx.statistics().recomputed - recomputed >= len(lost), "each lost partition was rebuilt"
+            gc.collect()  # the folds made again left no partial pinned: the partitions and copies of them alone
+            wait_for(lambda: sum(store["objects"] for store in fx.statistics().store.values()) <= 2 * 12, 10,
+                     "the partials of the folds made again to be freed")
+            victim = holder(lost[0])  # next, the node holding a rebuilt partition
+        assert all(partition_of(word, 12) == index for index, ref in enumerate(refs) for word in fx.get(ref))
 
 
 def slow_residue_pairs(x: int) -> list[tuple[int, int]]:

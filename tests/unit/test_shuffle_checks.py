@@ -12,13 +12,13 @@ import pytest
 import fabric
 from fabric.client.objects import ObjectTable
 from fabric.client.shuffle import Rerun, Shuffle, merge_in_client
-from fabric.wire.ref import Ref
+from fabric.wire.ref import Ref, current, redirect
 
 
 @pytest.fixture
 def shuffle():
     table = ObjectTable(b"client-under-test", lambda node, message: True)
-    yield Shuffle(3, operator.add, False, False, table, set, lambda items: None)
+    yield Shuffle(3, operator.add, False, False, table, set, lambda items: Rerun(concurrent.futures.Future, {}))
     table.close()
 
 
@@ -89,3 +89,32 @@ def test_a_rerun_gives_the_partitions_new_ref_and_its_lineage():
     lineage: dict = {}
     assert Rerun(lambda: done, lineage).partition(1).result(timeout=1) is ref
     assert set(lineage) == {ref.key}
+
+
+def test_a_rerun_serves_each_partition_once_and_folds_again_for_one_lost_again():
+    """The partials of one dead node share a fold; a partition asked for a second time
+    lost that fold's partial too, so it must not be handed the same (gone) Ref."""
+    runs: list[concurrent.futures.Future] = []
+
+    def again() -> concurrent.futures.Future:
+        runs.append(concurrent.futures.Future())
+        runs[-1].set_result([Ref(bytes([len(runs), i]) * 8, 10, ((b"n1", "tcp://127.0.0.1:1"),), b"c")
+                             for i in range(3)])
+        return runs[-1]
+
+    rerun = Rerun(again, {})
+    first = [rerun.partition(i).result(timeout=1) for i in (0, 2)]
+    assert len(runs) == 1
+    again_0 = rerun.partition(0).result(timeout=1)
+    assert len(runs) == 2 and again_0 not in first
+
+
+def test_refs_to_a_recomputation_lost_in_turn_pickle_as_the_newest():
+    original, first, second = (Ref(bytes([n]) * 16, 10, ((b"n1", "tcp://127.0.0.1:1"),), b"c") for n in (1, 2, 3))
+    try:
+        redirect(original.key, first)
+        redirect(first.key, second)
+        assert current(original) is second and current(first) is second
+    finally:
+        for ref in (original, first):
+            redirect(ref.key, None)
