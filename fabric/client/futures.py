@@ -162,8 +162,7 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
                 with self._condition:
                     self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
             except KeyboardInterrupt:
-                self._abandon()
-                interrupted()
+                abandon([self])
                 raise
         printed = self._printed
         if printed is not None:
@@ -180,6 +179,15 @@ class Future(concurrent.futures.Future):  # type: ignore[type-arg]
                 waiter.add_cancelled(self)
             self._condition.notify_all()
         self._invoke_callbacks()  # type: ignore[attr-defined]  # concurrent.futures.Future's own
+
+
+def abandon(futures: Iterable[concurrent.futures.Future]) -> None:
+    """The caller gave up on these (ctrl-C while it waited): cancel them, running or
+    not, and have the workers running them stopped, as for a map it was reading."""
+    for future in futures:
+        if isinstance(future, Future):
+            future._abandon()
+    interrupted()
 
 
 def as_completed(fs: Iterable[concurrent.futures.Future], timeout: float | None = None) -> Iterator[Any]:

@@ -43,6 +43,7 @@ from .batch import Batch, miscounted, next_batch_id
 from .batching import BatchSizer
 from .dependencies import failed_as_markers, futures_in, when_done
 from .futures import PendingArgument
+from .objects import free_unread
 from .output import Printed, show_at
 
 if TYPE_CHECKING:
@@ -75,6 +76,11 @@ class Part:
 
     def positions(self) -> Sequence[int]:
         return self.indices if self.indices is not None else range(self.offset, self.offset + self.n_items)
+
+    def free_unread(self) -> None:
+        """Dropped unread: free what its worker kept (see objects.free_unread)."""
+        if self.payload:
+            free_unread(self.codec_id, self.payload)
 
     def decode(self, n_values: int | None = None) -> tuple[list[Any], tuple[int, BaseException] | None]:
         """The part's values (one per item, or ``n_values``) and its first error as
@@ -199,6 +205,7 @@ class MapStream:
     def _add(self, seq: int, part: Part) -> None:
         with self._cond:
             if self._closed or seq not in self._lengths:
+                part.free_unread()
                 return
             self._parts.setdefault(seq, []).append(part)
             self._filled[seq] = self._filled.get(seq, 0) + part.n_items
@@ -286,6 +293,9 @@ class MapStream:
         """Stop: queued chunks are skipped, late results dropped."""
         with self._cond:
             self._closed = True
+            for parts in self._parts.values():
+                for part in parts:
+                    part.free_unread()
             self._parts.clear()
             self._inputs.clear()
             self._wake()

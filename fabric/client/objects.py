@@ -26,6 +26,7 @@ import concurrent.futures
 import functools
 import hashlib
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -38,13 +39,29 @@ import zmq
 from ..cluster.ring import CacheRing
 from ..cluster.stats import NodeStats
 from ..errors import FabricError, NoNodesError, ObjectLostError, UnknownObjectError
-from ..wire import blob, transfer
+from ..wire import blob, codec, transfer
 from ..wire.object_messages import ObjectFree
 from ..wire.ref import Ref, current, redirect, register_table, unregister_table
 from ..wire.security import ClusterKey
 
+log = logging.getLogger(__name__)
+
+KEPT_MARK = b"load_ref"  # in a pickled payload holding a Ref (fabric.wire.ref.load_ref rebuilds it)
 UNLISTED_HOLDER_WAIT_S = 1.0  # how long get waits on a holder this client does not list as live
 NODES_WAIT_POLL_S = 0.01  # how often put/get look for a node with an object store while none is known yet
+
+
+def free_unread(codec_id: int, payload: Sequence[Any]) -> None:
+    """A result nobody will read (a late duplicate, a map closed or interrupted before
+    reading it) may hold Refs its worker kept for this client (``keep=True``, by-key
+    partials): decoded, they are counted and dropped, so their nodes free them instead
+    of pinning them for as long as this client lives.  Other results are not decoded."""
+    if codec_id != codec.PICKLE or not payload or KEPT_MARK not in bytes(payload[0]):
+        return
+    try:
+        codec.decode(codec_id, payload)
+    except Exception as exc:  # a result nobody wants, undecodable: nothing else to do with it
+        log.debug("an unread result could not be decoded to free its Refs: %s", exc)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ ROUTER, made into outcomes for each batch's owner (a map stream or a group of fu
 ::
 
     RESULT_BATCH     ─► Ventilator.complete: the batch, matched by id and worker (a late
-                        duplicate is dropped: delivery is exactly-once), its credit back
+                        duplicate is dropped: delivery is exactly-once, and the Refs it
+                        kept are freed), its credit back
                      ─► Ventilator.observe: the worker's time, to size the next batches
                      ─► owner.deliver(batch, codec, result frames, error records)
     BATCH_OUTPUT     ─► kept until the same worker's next result, which carries it as
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable
 from ..cluster.stats import NodeStats
 from ..wire.message import Message
 from ..wire.protocol import BatchOutput, BatchStarted, FunctionMissing, ResultBatch
+from .objects import free_unread
 from .output import Printed
 from .ventilator import Ventilator
 
@@ -53,6 +55,7 @@ class Sink:
         printed = self._printed.pop(worker_id, None) if self._printed else None
         batch = self.ventilator.complete(worker_id, msg.batch_id)
         if batch is None:
+            free_unread(msg.codec, msg.payload)
             return False
         self.ventilator.observe(batch, msg.elapsed_s)
         if printed is not None and printed.batch_id == msg.batch_id:
@@ -75,3 +78,4 @@ class Sink:
             rank = sum(1 for other in self._labels.values() if other.startswith(f"({name}:w")) + 1
             label = self._labels[worker_id] = f"({name}:w{rank})"
         return label
+

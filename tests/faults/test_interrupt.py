@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from helpers import Gate, all_gone, wait_for
+from helpers import Gate, all_gone, free_address, wait_for
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
 
@@ -78,3 +78,60 @@ def test_ctrl_c_stops_the_call_and_the_fabric_serves_the_next(tmp_path):
         proc.wait()
         gate.open()
     wait_for(lambda: all_gone(seen), 10, "no process of the fabric left")
+
+
+BY_KEY_SCRIPT = textwrap.dedent(
+    """
+    import functools, operator, sys
+    import fabric
+    from helpers import gated, wait_for
+
+    def pairs(x):
+        return [(x % 7, x)]
+
+    def gated_add(gate, started, a, b):
+        return gated(gate, a + b, started)
+
+    def stored(fx):
+        return sum(store["objects"] for store in fx.statistics().store.values())
+
+    seed, gate, started = sys.argv[1:4]
+    with fabric.connect(seed, heartbeat_interval_s=0.2, liveness_s=1.0) as fx:
+        fx.wait_for_workers(2, timeout=30)
+        try:
+            fx.map_reduce(pairs, operator.add, range(2000), by_key=True, chunksize=10,
+                          combine=functools.partial(gated_add, gate, started))
+        except KeyboardInterrupt:
+            print("merges interrupted", flush=True)
+        assert fx.map_reduce(pairs, operator.add, range(70), by_key=True) == {r: sum(range(r, 70, 7)) for r in range(7)}
+        wait_for(lambda: stored(fx) == 0, 20, "every partial, and every copy a merge fetched, freed")
+        print("stores empty", flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_a_by_key_calls_merges_leaves_no_partial_on_the_nodes(tmp_path, start_node):
+    """The merges fetched partials to their nodes when the caller was interrupted: the client
+    does not know which nodes, so it frees them everywhere, copies with originals."""
+    seed = free_address()
+    start_node(seed)
+    start_node(free_address(), join=seed)
+    gate = Gate(tmp_path / "gate")  # never opened: the merges block in their combine until recycled
+    started = tmp_path / "started"
+    started.mkdir()
+    script = tmp_path / "interrupted.py"
+    script.write_text(BY_KEY_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(script), seed, gate.path, str(started)], stdout=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    try:
+        wait_for(lambda: any(started.iterdir()), 60, "a merge inside its combine")
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline() == "merges interrupted\n"
+        assert proc.stdout.readline() == "stores empty\n"
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        gate.open()

@@ -1,5 +1,6 @@
 """What a map ships per chunk: a range or a numpy array is sliced, never read item by item."""
 
+import gc
 import weakref
 from collections.abc import Iterator
 
@@ -9,8 +10,10 @@ import pytest
 from fabric.client import mapping
 from fabric.client.batching import BatchSizer
 from fabric.client.mapping import MapStream, Part, misses_by_owner, releasing, sliced_input
+from fabric.client.objects import ObjectTable
 from fabric.wire import codec
 from fabric.wire.protocol import Mode
+from fabric.wire.ref import Ref
 
 
 def map_stream(mode, items, post, sizer, capacity=lambda: 1000):
@@ -276,3 +279,27 @@ def test_the_first_window_is_cut_before_a_result_measured_meanwhile_resizes_it()
 
     map_stream(Mode.MAP, [0, 0, 6], post, sizer).start()
     assert sizes == [1, 1, 1]
+
+
+def test_refs_kept_by_results_a_closed_map_never_read_are_freed():
+    """A keep=True map closed (ctrl-C, the iterator dropped) with results queued unread, and
+    one arriving after the close: the Refs their workers kept are freed, not left pinned."""
+    sent = []
+    table = ObjectTable(b"mapping-client", lambda node_id, message: sent.append(message) or True)
+    try:
+        batches = []
+        stream = map_stream(Mode.MAP, range(200), batches.append, BatchSizer(100))
+        stream.start()
+        first, late = batches
+
+        def kept(key: bytes) -> list:
+            return codec.pickle_frames([Ref(key * 16, 10, ((b"n1", "tcp://127.0.0.1:1"),), b"mapping-client")] * 100)
+
+        stream.deliver(first, codec.PICKLE, kept(b"a"), [])  # queued, never read
+        stream.close()
+        stream.deliver(late, codec.PICKLE, kept(b"b"), [])  # arrives after the close
+        gc.collect()
+        table.flush()
+        assert sorted(key for message in sent for key in message.keys) == [b"a" * 16, b"b" * 16]
+    finally:
+        table.close()

@@ -1,13 +1,16 @@
 """The sink hands each result to its batch's owner once, with what its tasks printed
 and where they ran; it needs no socket."""
 
+import gc
 from types import SimpleNamespace
 
 from fabric.client.batch import Batch, next_batch_id
+from fabric.client.objects import ObjectTable
 from fabric.client.sink import Sink
 from fabric.client.ventilator import Ventilator
 from fabric.wire import codec
 from fabric.wire.protocol import BatchOutput, Mode, ResultBatch
+from fabric.wire.ref import Ref
 
 
 class Owner:
@@ -57,3 +60,25 @@ def test_a_lost_workers_output_does_not_reach_a_later_result():
     sink.worker_lost(b"w1")
     assert sink.deliver(b"w1", result_of(batch))
     assert batch.printed is None
+
+
+def test_refs_kept_by_a_result_nobody_takes_are_freed_on_their_node():
+    """A late duplicate (or a batch dropped on ctrl-C) of a keep=True call kept its results
+    on a node for this client: the sink frees them instead of leaving them pinned."""
+    sent = []
+    table = ObjectTable(b"client-under-test", lambda node_id, message: sent.append((node_id, message)) or True)
+    try:
+        vent = Ventilator()
+        sink = Sink(vent, lambda: [], forward_output=True)
+        batch = batch_on(vent, b"w1")
+        assert sink.deliver(b"w1", result_of(batch))
+        kept = [Ref(bytes([i]) * 16, 10, ((b"n1", "tcp://127.0.0.1:1"),), b"client-under-test") for i in (1, 2)]
+        codec_id, payload = codec.PayloadEncoder().encode(kept)
+        del kept
+        assert not sink.deliver(b"w1", ResultBatch(batch.batch_id, codec_id, [], 0.01, payload))  # the duplicate
+        gc.collect()
+        table.flush()
+        assert [(node_id, sorted(message.keys)) for node_id, message in sent] == \
+            [(b"n1", [bytes([1]) * 16, bytes([2]) * 16])]
+    finally:
+        table.close()
