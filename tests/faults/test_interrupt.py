@@ -3,12 +3,14 @@ tasks' workers recycled) and the fabric serves the next call, with every credit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 from helpers import Gate, all_gone, free_address, wait_for
@@ -44,6 +46,23 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@contextlib.contextmanager
+def script_running(tmp_path: Path, text: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """The client script ``text`` running with ``args`` (the tests' helpers importable), its
+    stdout a pipe; killed if still running when the block ends."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(text)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=tmp_path)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def started_pids(started: Path) -> set[int]:
     return {int(p.name) for p in started.iterdir()}
 
@@ -52,30 +71,24 @@ def test_ctrl_c_stops_the_call_and_the_fabric_serves_the_next(tmp_path):
     gate = Gate(tmp_path / "gate")  # never opened: the tasks run until stopped
     started = tmp_path / "started"
     started.mkdir()
-    script = tmp_path / "interrupted.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(script), gate.path, str(started)], stdout=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
     try:
-        seen = set(json.loads(proc.stdout.readline()))
-        running = wait_for(lambda: len(started_pids(started)) == 2 and started_pids(started), 30, "two tasks running")
-        proc.send_signal(signal.SIGINT)
-        assert proc.stdout.readline() == "map interrupted\n"
-        wait_for(lambda: all_gone(running), 10, "the workers running the map's tasks to be recycled")
-        assert proc.stdout.readline() == "second map 5050\n"
+        with script_running(tmp_path, SCRIPT, gate.path, str(started)) as proc:
+            seen = set(json.loads(proc.stdout.readline()))
+            running = wait_for(lambda: len(started_pids(started)) == 2 and started_pids(started), 30,
+                               "two tasks running")
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout.readline() == "map interrupted\n"
+            wait_for(lambda: all_gone(running), 10, "the workers running the map's tasks to be recycled")
+            assert proc.stdout.readline() == "second map 5050\n"
 
-        one = wait_for(lambda: started_pids(started) - running, 30, "the submitted task running")
-        proc.send_signal(signal.SIGINT)
-        assert proc.stdout.readline() == "wait interrupted True\n"
-        wait_for(lambda: all_gone(one), 10, "the worker running the interrupted task to be recycled")
-        assert proc.stdout.readline() == "next call 32\n"
-        seen |= set(json.loads(proc.stdout.readline()))
-        assert proc.wait(60) == 0
+            one = wait_for(lambda: started_pids(started) - running, 30, "the submitted task running")
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout.readline() == "wait interrupted True\n"
+            wait_for(lambda: all_gone(one), 10, "the worker running the interrupted task to be recycled")
+            assert proc.stdout.readline() == "next call 32\n"
+            seen |= set(json.loads(proc.stdout.readline()))
+            assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
         gate.open()
     wait_for(lambda: all_gone(seen), 10, "no process of the fabric left")
 
@@ -119,19 +132,12 @@ def test_ctrl_c_during_a_by_key_calls_merges_leaves_no_partial_on_the_nodes(tmp_
     gate = Gate(tmp_path / "gate")  # never opened: the merges block in their combine until recycled
     started = tmp_path / "started"
     started.mkdir()
-    script = tmp_path / "interrupted.py"
-    script.write_text(BY_KEY_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(script), seed, gate.path, str(started)], stdout=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
     try:
-        wait_for(lambda: any(started.iterdir()), 60, "a merge inside its combine")
-        proc.send_signal(signal.SIGINT)
-        assert proc.stdout.readline() == "merges interrupted\n"
-        assert proc.stdout.readline() == "stores empty\n"
-        assert proc.wait(60) == 0
+        with script_running(tmp_path, BY_KEY_SCRIPT, seed, gate.path, str(started)) as proc:
+            wait_for(lambda: any(started.iterdir()), 60, "a merge inside its combine")
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout.readline() == "merges interrupted\n"
+            assert proc.stdout.readline() == "stores empty\n"
+            assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
         gate.open()
