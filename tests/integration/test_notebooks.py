@@ -66,6 +66,8 @@ def check_experiment(nb) -> None:
     assert stream(cell(nb, "await")).splitlines() == ["awaited: 144", f"async for total: {total}"]
     assert any("image/png" in o.get("data", {}) for o in cell(nb, "sweep").outputs)  # the plot
     assert stream(cell(nb, "joblib")).strip() == str([s * s for s in range(8)])
+    counted, kept = stream(cell(nb, "by-key")).splitlines()
+    assert counted == "True 60000" and kept.endswith("partitions on the nodes; True")
     page = next(o.data["text/html"] for o in cell(nb, "display").outputs if o.output_type == "execute_result")
     assert "<table" in page and "Workers" in page and "Tasks done" in page
 
