@@ -235,6 +235,48 @@ BY_KEY_CLIENT = textwrap.dedent(
 )
 
 
+BY_KEY_CUT_CLIENT = textwrap.dedent(
+    """
+    import json, operator, subprocess, sys, threading
+    from collections import Counter
+    import fabric
+    from helpers import spin_square, wait_for
+
+    def slow_pairs(line):
+        spin_square(0, 2e-4)  # 0.2 ms a line: the map lasts a few seconds, so the cut lands inside it
+        return ((word, 1) for word in line.split())
+
+    seed, cut = sys.argv[1], sys.argv[2:]
+    lines = [" ".join(f"w{(i * k) % 5003}" for k in range(1, 11)) for i in range(20_000)]
+    with fabric.connect(seed, insecure=True, heartbeat_interval_s=0.25, liveness_s=1.5) as fx:
+        fx.wait_for_workers(2, timeout=30)
+
+        def cut_a_quarter_in():
+            wait_for(lambda: sum(node.done for node in fx.nodes()) >= len(lines) // 4, 60, "a quarter mapped")
+            subprocess.run(cut, check=True)
+
+        cutter = threading.Thread(target=cut_a_quarter_in)
+        cutter.start()
+        counts = fx.map_reduce(slow_pairs, operator.add, lines, by_key=True, chunksize=200)
+        cutter.join()
+        expected = Counter(word for line in lines for word in line.split())
+        print(json.dumps({"exact": counts == dict(expected), "recomputed": fx.statistics().recomputed,
+                          "nodes": sorted(node.name for node in fx.nodes())}))
+    """
+)
+
+
+def test_cutting_a_hosts_link_mid_by_key_call_gives_the_exact_count(hosts, nodes, tmp_path):
+    """Host 2 drops off the network a quarter of the way into the map: its batches in flight run
+    again on host 1, the partials it kept are folded again from their input, and every
+    partition is merged on host 1."""
+    cut = ["ip", "-n", hosts.name(2), "link", "set", hosts.device(2), "down"]
+    result = run_script(hosts, tmp_path, BY_KEY_CUT_CLIENT, f"tcp://{hosts.address(1)}:{NODE_PORT}", *cut)
+    assert result["exact"]
+    assert result["recomputed"] > 0, "the partials host 2 kept were made again"
+    assert result["nodes"] == ["host1"]  # host 2 declared dead once cut off
+
+
 def test_a_keep_pipeline_across_hosts_sends_no_intermediate_through_the_client(hosts, nodes, tmp_path):
     result = run_script(hosts, tmp_path, PIPELINE, f"tcp://{hosts.address(1)}:{NODE_PORT}", hosts.device(0))
     n, mib = 40, 1 << 20
