@@ -59,14 +59,17 @@ class Rerun:
         self.lineage = lineage
         self.running: concurrent.futures.Future | None = None
         self.given: set[int] = set()  # partitions whose Ref the running fold has handed out
+        self.lock = threading.Lock()  # partitions are asked for from the caller's and the I/O thread
 
     def partition(self, index: int) -> concurrent.futures.Future:
         """A future of the new Ref of partition ``index`` of this batch: the fold under way
         (or done) serves each partition once; asked again, that partial was lost again."""
-        if self.running is None or index in self.given or (self.running.done() and not _succeeded(self.running)):
-            self.running = self.again()
-            self.given = set()
-        self.given.add(index)
+        with self.lock:
+            running = self.running
+            if running is None or index in self.given or (running.done() and not _succeeded(running)):
+                running = self.running = self.again()
+                self.given = set()
+            self.given.add(index)
         ref: concurrent.futures.Future = concurrent.futures.Future()
 
         def pick(done: concurrent.futures.Future) -> None:
@@ -82,14 +85,15 @@ class Rerun:
             self.lineage[new.key] = _partition_of(self, index)  # lost again: rerun again
             ref.set_result(new)
 
-        self.running.add_done_callback(pick)
+        running.add_done_callback(pick)
         return ref
 
     def release(self) -> None:
         """Let the fold's partials go (the partitions that wanted them hold their own
         Refs): kept here, they would stay pinned on the nodes; a later loss folds anew."""
-        self.running = None
-        self.given = set()
+        with self.lock:
+            self.running = None
+            self.given = set()
 
 
 class Rebuild:
