@@ -78,4 +78,3 @@ class Sink:
             rank = sum(1 for other in self._labels.values() if other.startswith(f"({name}:w")) + 1
             label = self._labels[worker_id] = f"({name}:w{rank})"
         return label
-

@@ -64,11 +64,11 @@ class Ref:
         self._release: Callable[[bytes], None] | None = None  # set by the owning client's table
 
     def __reduce__(self) -> tuple[Any, ...]:
-        current = _redirects.get(self.key, self) if _redirects else self  # a lost kept result, computed again
+        now = current(self) if _redirects else self  # a lost kept result, computed again
         refs = getattr(_collect, "refs", None)
         if refs is not None:
-            refs.append(current)
-        return load_ref, (current.key, current.size, [list(h) for h in current.holders], current.owner, current.name)
+            refs.append(now)
+        return load_ref, (now.key, now.size, [list(h) for h in now.holders], now.owner, now.name)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ref) and other.key == self.key
@@ -157,23 +157,19 @@ class resolving:  # noqa: N801 - used as a context manager, named like one
 
 
 def redirect(old_key: bytes, new: Ref | None) -> None:
-    """Pickle Refs to ``old_key`` as ``new`` from now on (None: no more).
-
-    A recomputation lost in turn is computed again: Refs to the first key then
-    go to the newest one too, and the lost one in between may be freed.
-    """
+    """Pickle Refs to ``old_key`` as ``new`` from now on (None: no more)."""
     if new is None:
         _redirects.pop(old_key, None)
-        return
-    _redirects[old_key] = new
-    for key, target in list(_redirects.items()):
-        if target.key == old_key:
-            _redirects[key] = new
+    else:
+        _redirects[old_key] = new
 
 
 def current(ref: Ref) -> Ref:
-    """``ref``, or the Ref of its recomputation."""
-    return _redirects.get(ref.key, ref)
+    """``ref``, or the Ref of its newest recomputation: one lost in turn was computed
+    again, and Refs to the first key go to the last (each hop's Ref held by the one before)."""
+    while (newer := _redirects.get(ref.key)) is not None:
+        ref = newer
+    return ref
 
 
 def register_table(owner: bytes, adopt: Callable[[Ref], object]) -> None:
