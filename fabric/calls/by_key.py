@@ -93,10 +93,9 @@ class FoldByKey:
 class PartitionMerge:
     """The reduce task of one partition: its partials, in input order, folded into one dict.
 
-    Returned pickled with this node's id (plain pickle unpickles a dict of
-    short strings ~2x faster than msgpack in the client, which the result
-    codec would choose), or, with ``keep``, left in this node's object store
-    and returned as a Ref.
+    Returned pickled (plain pickle unpickles a dict of short strings ~2x
+    faster than msgpack in the client, which the result codec would choose),
+    or, with ``keep``, left in this node's object store and returned as a Ref.
     """
 
     __slots__ = ("merge", "ordered", "keep")
@@ -112,10 +111,7 @@ class PartitionMerge:
         total: dict[Any, Any] = {}
         for partial in partials:
             total = merge_by_key(total, partial, self.merge, self.ordered)
-        if self.keep:
-            return worker_objects.keep(total)
-        # The node's id too: the partials fetched here left copies, which the client frees with the rest.
-        return worker_objects.node_id(), pickled_partial(total)
+        return worker_objects.keep(total) if self.keep else pickled_partial(total)
 
     def __getstate__(self) -> tuple[Any, ...]:
         return self.merge, self.ordered, self.keep

@@ -148,11 +148,10 @@ class Rebuild:
                 rebuilt.set_exception(_failure(done))
                 return
             try:
-                node_id, _ = _checked_merge(done.result(), keep=True)
+                _checked_merge(done.result(), keep=True)
             except FabricError as exc:
                 rebuilt.set_exception(exc)
                 return
-            self.objects.copied_to(node_id, refs)
             self.objects.lineage[done.result().key] = self  # lost again: rebuilt again
             rebuilt.set_result(done.result())
 
@@ -205,8 +204,7 @@ class Shuffle:
                         self._await_loss_noticed(index, deadline)
                         running[self._submit(submit, index)] = (index, attempt + 1)
                         continue
-                    node_id, blob = _checked_merge(value, self.keep)
-                    self.objects.copied_to(node_id, [current(ref) for ref in self.parts[index]])
+                    blob = _checked_merge(value, self.keep)
                     self.parts[index] = []  # its partials (and their copies on the merging node) may go
                     if self.keep:
                         kept[index] = value
@@ -284,11 +282,11 @@ def _check_partials(entries: Any, partitions: int, kind: type) -> None:
                           f"list of {partitions} {kind.__name__} or None")
 
 
-def _checked_merge(value: Any, keep: bool) -> tuple[bytes, bytes]:
-    """A merge's result, from the wire: (node id, pickled dict), or a Ref with ``keep``."""
+def _checked_merge(value: Any, keep: bool) -> bytes:
+    """A merge's result, from the wire: the pickled dict, or (b"" returned) a Ref with ``keep``."""
     if keep and type(value) is Ref and value.node_ids:
-        return value.node_ids[0], b""
-    if not keep and type(value) is tuple and len(value) == 2 and all(type(part) is bytes for part in value):
+        return b""
+    if not keep and type(value) is bytes:
         return value
     raise FabricError(f"a worker answered a partition's merge with {type(value).__name__} {value!r:.80}")
 

@@ -60,6 +60,7 @@ class Entry:
     on_disk: bool = False
     owners: dict[bytes, int] = field(default_factory=dict)  # owner -> its claims (puts) not yet freed
     names: set[str] = field(default_factory=set)
+    copy_of: bytes = b""  # a fetched copy: the client owning the original (it goes when that client does)
 
     @property
     def pinned(self) -> bool:
@@ -207,6 +208,8 @@ class ObjectStore:
             self._add(key, size)
         if pinned:
             self.claim(key, owner, "")
+        else:
+            self.entries[key].copy_of = owner
         self._bound()
 
     def _add(self, key: bytes, size: int, on_disk: bool = False) -> None:
@@ -245,11 +248,14 @@ class ObjectStore:
         return dropped
 
     def forget_owners(self, live: set[bytes]) -> int:
-        """Release what clients no longer attached (closed, or forgotten) owned."""
+        """Release what clients no longer attached (closed, or forgotten) owned, and the
+        copies fetched of their objects (a client's last frees may not have reached us)."""
         dropped = 0
         for key, entry in list(self.entries.items()):
             if entry.owners.keys() - live:
                 entry.owners = {owner: n for owner, n in entry.owners.items() if owner in live}
+                dropped += self._drop_if_free(key)
+            elif entry.copy_of and entry.copy_of not in live:
                 dropped += self._drop_if_free(key)
         return dropped
 

@@ -177,7 +177,7 @@ class LocalObjects:
         os.replace(partial, self.mem_dir / file_name(ref.key))
         self.fetched_bytes += ref.size
         view = self._map_local(ref.key)  # mapped before the node may drop the copy (an unpinned one, over its bound)
-        self.tell_node(ObjectAdopt(b"", ref.key, False))
+        self.tell_node(ObjectAdopt(ref.owner, ref.key, False))
         if view is None:
             raise ObjectLostError(f"object {ref.key.hex()} vanished from this node's store as soon as it arrived")
         return view
@@ -204,11 +204,6 @@ def resolve(ref: Ref) -> Any:
     if local is None:
         raise UnknownObjectError(f"{ref!r} reached a worker whose node has no object store")
     return local.resolve(ref)
-
-
-def node_id() -> bytes:
-    """This worker's node (b"" when the node has no object store)."""
-    return b"" if local is None else local.node_id
 
 
 def keep(value: Any) -> Ref:

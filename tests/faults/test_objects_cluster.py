@@ -3,6 +3,7 @@ from another process, the store's bound and spill, and the death of a holder."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -149,6 +150,9 @@ def test_a_worker_fetches_what_its_node_lacks_from_the_holding_node(tmp_path, st
         assert len(ran) == 2  # a worker of the other node read it too: its node fetched a copy
         wait_for(lambda: [s["objects"] for s in fx.statistics().store.values()] == [1, 1], 10, "a copy on each node")
         assert fx.map_reduce(where_and_len, lambda total, pair: total + pair[1], [ref] * 4, initial=0) == 1_200_000
+        del ref  # the client knows where its batches ran, so the copy goes with the original
+        gc.collect()
+        wait_for(lambda: [s["objects"] for s in fx.statistics().store.values()] == [0, 0], 10, "the copy freed too")
 
 
 def test_a_put_whose_replica_does_not_answer_is_held_by_the_other(tmp_path, start_node):

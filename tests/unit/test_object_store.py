@@ -72,6 +72,14 @@ def test_a_forgotten_client_releases_what_it_owned_but_named_objects_stay(store)
     assert store.delete("corpus") == [["corpus", key(3), 10]] and store.find(key(3)) is None
 
 
+def test_copies_fetched_of_a_forgotten_clients_objects_go_with_it(store):
+    for i, owner in ((1, b"gone"), (2, b"live")):
+        (store.mem_dir / key(i).hex()).write_bytes(b"x" * 10)
+        store.adopt(owner, key(i), pinned=False)  # copies fetched of objects these clients own elsewhere
+    assert store.forget_owners({b"live"}) == 1  # its last frees may never have come
+    assert store.find(key(1)) is None and store.find(key(2)) == (key(2), 10)
+
+
 def test_a_put_that_skips_or_overruns_is_refused(store):
     incoming = store.begin(b"s", 1, key(1), 10, b"c", "")
     with pytest.raises(ValueError):

@@ -59,7 +59,7 @@ def answered(value):
     return submit
 
 
-@pytest.mark.parametrize("answer", ["junk", (b"n1",), (b"n1", "not bytes"), (b"n1", b"x", b"y"), a_ref()])
+@pytest.mark.parametrize("answer", ["junk", None, (b"n1", b"x"), [b"x"], a_ref()])
 def test_a_malformed_merge_answer_fails_the_call(shuffle, answer):
     shuffle.note([[1]], [[a_ref(), None, None]])
     with pytest.raises(fabric.FabricError, match="answered a partition's merge"):
@@ -68,7 +68,7 @@ def test_a_malformed_merge_answer_fails_the_call(shuffle, answer):
 
 def test_merged_partitions_are_joined(shuffle):
     shuffle.note([[1]], [[a_ref(), None, None]])
-    assert shuffle.reduce(answered((b"n1", pickle.dumps({"a": 5}))), None) == {"a": 5}
+    assert shuffle.reduce(answered(pickle.dumps({"a": 5})), None) == {"a": 5}
 
 
 @pytest.mark.parametrize("answer", [None, [], [None, None, None], "abc", [1, 2, 3]])

@@ -43,7 +43,7 @@ def result_of(batch):
 
 def test_a_result_is_delivered_once_with_what_its_tasks_printed():
     vent = Ventilator()
-    sink = Sink(vent, lambda: [SimpleNamespace(node_id=b"n1", name="alpha")], forward_output=True)
+    sink = Sink(vent, lambda: [SimpleNamespace(node_id=b"n1", name="alpha")], forward_output=True, read_on=print)
     batch = batch_on(vent, b"w1")
     assert sink.deliver(b"w1", BatchOutput(batch.batch_id, [[0, 1, "hi\n"]]))
     assert sink.deliver(b"w1", result_of(batch))
@@ -54,7 +54,7 @@ def test_a_result_is_delivered_once_with_what_its_tasks_printed():
 
 def test_a_lost_workers_output_does_not_reach_a_later_result():
     vent = Ventilator()
-    sink = Sink(vent, lambda: [], forward_output=True)
+    sink = Sink(vent, lambda: [], forward_output=True, read_on=print)
     batch = batch_on(vent, b"w1")
     sink.deliver(b"w1", BatchOutput(batch.batch_id, [[0, 1, "hi\n"]]))
     sink.worker_lost(b"w1")
@@ -69,7 +69,7 @@ def test_refs_kept_by_a_result_nobody_takes_are_freed_on_their_node():
     table = ObjectTable(b"client-under-test", lambda node_id, message: sent.append((node_id, message)) or True)
     try:
         vent = Ventilator()
-        sink = Sink(vent, lambda: [], forward_output=True)
+        sink = Sink(vent, lambda: [], forward_output=True, read_on=print)
         batch = batch_on(vent, b"w1")
         assert sink.deliver(b"w1", result_of(batch))
         kept = [Ref(bytes([i]) * 16, 10, ((b"n1", "tcp://127.0.0.1:1"),), b"client-under-test") for i in (1, 2)]
