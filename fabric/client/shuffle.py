@@ -41,6 +41,7 @@ from ..calls.by_key import PartitionMerge, merge_by_key
 from ..calls.fold import Reducer
 from ..errors import FabricError, ObjectLostError
 from ..wire.ref import Ref, current
+from .dependencies import when_done
 from .futures import abandon
 from .objects import ObjectTable
 
@@ -112,27 +113,13 @@ class Rebuild:
         """A future of the partition's new Ref."""
         rebuilt: concurrent.futures.Future = concurrent.futures.Future()
         partials = [source.partition(self.index) for source in self.sources]
-        if not partials:
-            self._merge(partials, rebuilt)
-            return rebuilt
-        waiting = [len(partials)]
-        lock = threading.Lock()
-
-        def counted(_: concurrent.futures.Future) -> None:
-            with lock:
-                waiting[0] -= 1
-                if waiting[0]:
-                    return
-            self._merge(partials, rebuilt)
-
-        for partial in partials:
-            partial.add_done_callback(counted)
+        when_done(partials, lambda failed: self._merge(partials, failed, rebuilt))
         return rebuilt
 
-    def _merge(self, partials: list[concurrent.futures.Future], rebuilt: concurrent.futures.Future) -> None:
-        failed = next((partial for partial in partials if not _succeeded(partial)), None)
+    def _merge(self, partials: list[concurrent.futures.Future], failed: BaseException | None,
+               rebuilt: concurrent.futures.Future) -> None:
         if failed is not None:
-            rebuilt.set_exception(_failure(failed))
+            rebuilt.set_exception(failed)
             return
         refs = tuple(partial.result() for partial in partials)
         for source in self.sources:
