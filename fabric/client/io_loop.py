@@ -120,8 +120,8 @@ class IOLoop:
         self.ventilator.placer.timeout_s = connect_timeout_s
         self.cache = CacheClient(self.post, self.send_to_node, cache_replicas, connect_timeout_s, key)
         self.objects = ObjectTable(client_id, self.send_to_node)
-        self.outcomes = Sink(self.ventilator, self.view.live_nodes, forward_output,  # what self.sink receives
-                             self.objects.copied_to)
+        self.ventilator.read_on = self.objects.copied_to
+        self.outcomes = Sink(self.ventilator, self.view.live_nodes, forward_output)  # what self.sink receives
         self.embedded: dict[int, str] = {}  # exit sentinel -> control endpoint of an embedded node
         for sock in (self.vent, self.sink):
             self.poller.register(sock, zmq.POLLIN)

@@ -206,19 +206,9 @@ class Shuffle:
         finally:
             for future in running:
                 future.cancel()
-            if running:  # cut short (ctrl-C, a timeout, a failure): its merges' nodes are unknown
-                self._free_copies_everywhere([index for index, _ in running.values()])
         for rerun in {id(rerun): rerun for sources in self.sources for rerun in sources}.values():
             rerun.release()  # kept partitions' lineage holds the Reruns past the call, not their partials
         return [kept[i] for i in range(len(self.parts))] if self.keep else result
-
-    def _free_copies_everywhere(self, unmerged: list[int]) -> None:
-        """A merge cut short may have fetched its partials to its node, unknown here: their
-        frees go to every live node, so those copies go with the originals."""
-        refs = [current(ref) for index in unmerged for ref in self.parts[index]]
-        for node_id in self.live_nodes():
-            self.objects.copied_to(node_id, refs)
-        self.parts = [[] for _ in self.parts]
 
     def _submit(self, submit: Submit, index: int) -> concurrent.futures.Future:
         return submit(self.merger, tuple(self.parts[index]), self._affinity(index))

@@ -5,8 +5,7 @@ ROUTER, made into outcomes for each batch's owner (a map stream or a group of fu
 
     RESULT_BATCH     ─► Ventilator.complete: the batch, matched by id and worker (a late
                         duplicate is dropped: delivery is exactly-once, and the Refs it
-                        kept are freed), its credit back; the worker's node is noted as
-                        holding copies of the stored objects the batch read
+                        kept are freed), its credit back
                      ─► Ventilator.observe: the worker's time, to size the next batches
                      ─► owner.deliver(batch, codec, result frames, error records)
     BATCH_OUTPUT     ─► kept until the same worker's next result, which carries it as
@@ -20,12 +19,11 @@ each message, and this delivers it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from ..cluster.stats import NodeStats
 from ..wire.message import Message
 from ..wire.protocol import BatchOutput, BatchStarted, FunctionMissing, ResultBatch
-from ..wire.ref import Ref
 from .objects import free_unread
 from .output import Printed
 from .ventilator import Ventilator
@@ -35,15 +33,12 @@ class Sink:
     """Delivers what the sink ROUTER receives; remembers each worker's output prefix."""
 
     def __init__(self, ventilator: Ventilator, live_nodes: Callable[[], Iterable[NodeStats]],
-                 forward_output: bool, read_on: Callable[[bytes, Sequence[Ref]], None]) -> None:
+                 forward_output: bool) -> None:
         """``live_nodes`` names the nodes output comes from; ``forward_output``
-        False drops what tasks printed (the nodes log it instead); ``read_on(node,
-        refs)`` is told the stored objects a finished batch read on that node, which
-        fetched the ones it lacked (their frees then go there too)."""
+        False drops what tasks printed (the nodes log it instead)."""
         self.ventilator = ventilator
         self.live_nodes = live_nodes
         self.forward_output = forward_output
-        self.read_on = read_on
         self._printed: dict[bytes, BatchOutput] = {}  # worker -> what its next result's tasks printed
         self._labels: dict[bytes, str] = {}  # worker -> "(node:wN)", its output's prefix
 
@@ -63,8 +58,6 @@ class Sink:
             free_unread(msg.codec, msg.payload)
             return False
         self.ventilator.observe(batch, msg.elapsed_s)
-        if batch.refs:
-            self.read_on(self.ventilator.node_of.get(worker_id, b""), batch.refs)
         if printed is not None and printed.batch_id == msg.batch_id:
             batch.printed = Printed(self._where(worker_id), printed.records)
         batch.owner.deliver(batch, msg.codec, list(msg.payload), msg.errors)

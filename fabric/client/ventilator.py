@@ -8,6 +8,8 @@ ROUTER socket this state drives)::
     worker READY(credits) --> one credit per batch it may hold (again: what it held is re-queued)
     sink: FUNCTION_MISSING --> function_missing(): the batch is sent again with its function
     sink: result arrived  --> complete(): batch leaves flight, credit returns
+    a batch reading stored objects leaves its worker (done, lost, taken back)
+                          --> read_on(node, refs): copies its worker fetched are freed with them
     node: WORKER_LOST     --> worker_lost(): the batch it ran split in halves or charged an
                               attempt (fabric.client.lost_batches), the rest re-queued
     node over its load    --> pause()/resume(): its workers keep their credits but get nothing
@@ -106,6 +108,9 @@ class Ventilator:
         self.placer = Placer()
         self.failures: list[tuple[Batch, BaseException]] = []  # what dispatch gave up, for the loop to fail
         self.setup: Callable[[bytes], Batch] | None = None  # makes the initializer's batch for a worker
+        # Told (node, refs) when a batch that reads stored objects leaves its worker, done or not:
+        # that worker may have fetched copies to its node, which must be freed with the originals.
+        self.read_on: Callable[[bytes, list[Any]], None] = _nothing_read
 
     # -- workers -----------------------------------------------------------------
 
@@ -216,6 +221,7 @@ class Ventilator:
     def _forget(self, worker_id: bytes) -> list[Batch]:
         """Drop what is known of the worker; return the batches it held, in the order it runs them."""
         batch_ids = self.held.pop(worker_id, {})
+        node_id = self.node_of.get(worker_id, b"")
         for table in (self.shipped, self.node_of, self.free, self._last_send, self.since):
             table.pop(worker_id, None)
         self.recycling.discard(worker_id)
@@ -224,7 +230,11 @@ class Ventilator:
         self.started.difference_update(batch_ids)
         for batch_id in batch_ids:
             self._release(batch_id)
-        return [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
+        held = [self.in_flight.pop(batch_id)[1] for batch_id in batch_ids]
+        for batch in held:
+            if batch.refs:
+                self.read_on(node_id, batch.refs)
+        return held
 
     def _release(self, batch_id: int) -> None:
         if self.placer.holding:
@@ -476,6 +486,8 @@ class Ventilator:
         self.since[worker_id] = self.now
         self.started.discard(batch_id)
         self.answered.add(worker_id)
+        if entry[1].refs:
+            self.read_on(self.node_of.get(worker_id, b""), entry[1].refs)
         return entry[1]
 
     # -- data-plane liveness -------------------------------------------------------
@@ -587,3 +599,6 @@ class Ventilator:
     def idle(self) -> bool:
         return not (self.in_flight or self.has_pending())
 
+
+def _nothing_read(node_id: bytes, refs: list[Any]) -> None:
+    """``read_on`` of a ventilator with no object table (unit tests)."""

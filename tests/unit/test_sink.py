@@ -28,10 +28,6 @@ class Owner:
         self.delivered.append(batch)
 
 
-def no_objects_read(node_id, refs):
-    raise AssertionError(f"these batches read no stored object, yet {refs} were reported read on {node_id}")
-
-
 def batch_on(vent, worker_id):
     codec_id, payload = codec.PayloadEncoder().encode([1, 2])
     batch = Batch(next_batch_id(), b"d" * 16, b"FN", Mode.MAP, codec_id, [len(payload)], payload, 2, Owner())
@@ -48,7 +44,7 @@ def result_of(batch):
 def test_a_result_is_delivered_once_with_what_its_tasks_printed():
     vent = Ventilator()
     alpha = SimpleNamespace(node_id=b"n1", name="alpha")
-    sink = Sink(vent, lambda: [alpha], forward_output=True, read_on=no_objects_read)
+    sink = Sink(vent, lambda: [alpha], forward_output=True)
     batch = batch_on(vent, b"w1")
     assert sink.deliver(b"w1", BatchOutput(batch.batch_id, [[0, 1, "hi\n"]]))
     assert sink.deliver(b"w1", result_of(batch))
@@ -59,7 +55,7 @@ def test_a_result_is_delivered_once_with_what_its_tasks_printed():
 
 def test_a_lost_workers_output_does_not_reach_a_later_result():
     vent = Ventilator()
-    sink = Sink(vent, lambda: [], forward_output=True, read_on=no_objects_read)
+    sink = Sink(vent, lambda: [], forward_output=True)
     batch = batch_on(vent, b"w1")
     sink.deliver(b"w1", BatchOutput(batch.batch_id, [[0, 1, "hi\n"]]))
     sink.worker_lost(b"w1")
@@ -74,7 +70,7 @@ def test_refs_kept_by_a_result_nobody_takes_are_freed_on_their_node():
     table = ObjectTable(b"client-under-test", lambda node_id, message: sent.append((node_id, message)) or True)
     try:
         vent = Ventilator()
-        sink = Sink(vent, lambda: [], forward_output=True, read_on=no_objects_read)
+        sink = Sink(vent, lambda: [], forward_output=True)
         batch = batch_on(vent, b"w1")
         assert sink.deliver(b"w1", result_of(batch))
         kept = [Ref(bytes([i]) * 16, 10, ((b"n1", "tcp://127.0.0.1:1"),), b"client-under-test") for i in (1, 2)]
@@ -88,13 +84,3 @@ def test_refs_kept_by_a_result_nobody_takes_are_freed_on_their_node():
     finally:
         table.close()
 
-
-def test_the_stored_objects_a_batch_read_are_reported_held_by_its_workers_node():
-    """Its worker fetched those it lacked: freeing them must reach that node too."""
-    read = []
-    vent = Ventilator()
-    sink = Sink(vent, lambda: [], forward_output=True, read_on=lambda node_id, refs: read.append((node_id, refs)))
-    batch = batch_on(vent, b"w1")
-    batch.refs = [Ref(b"k" * 16, 10, ((b"n2", "tcp://127.0.0.1:1"),), b"c")]
-    assert sink.deliver(b"w1", result_of(batch))
-    assert read == [(b"n1", batch.refs)]

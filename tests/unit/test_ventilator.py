@@ -5,6 +5,7 @@ from fabric.client.ventilator import Ventilator
 from fabric.errors import WorkerCrashedError
 from fabric.wire import codec
 from fabric.wire.protocol import Mode, from_frames
+from fabric.wire.ref import Ref
 
 
 class Owner:
@@ -439,3 +440,26 @@ def test_an_interrupt_drops_parked_batches_nobody_waits_for():
     abandoned.wanted = False
     vent.drop_abandoned()
     assert [b.owner for b in vent.parked] == [wanted]
+
+
+def test_a_batch_reading_stored_objects_reports_them_read_on_its_workers_node_done_or_lost():
+    """Its worker may have fetched copies there: the frees of those objects must reach that node too,
+    whether the batch returned or its worker died (or was recycled on ctrl-C) first."""
+    read = []
+    vent = Ventilator()
+    vent.read_on = lambda node_id, refs: read.append((node_id, refs))
+    vent.worker_ready(b"w1", 1, b"n1")
+    vent.worker_ready(b"w2", 1, b"n2")
+    plain = map_batch(range(2))
+    reading = [map_batch(range(2)) for _ in range(2)]
+    for batch in reading:
+        batch.refs = [Ref(bytes([batch.batch_id % 256]) * 16, 10, ((b"n3", "tcp://127.0.0.1:1"),), b"c")]
+        vent.enqueue(batch)
+    sent = {batch.batch_id: worker for worker, batch, _ in vent.dispatch()}
+    done, lost = sorted(reading, key=lambda batch: sent[batch.batch_id])
+    assert vent.complete(sent[done.batch_id], done.batch_id) is done
+    vent.worker_lost(sent[lost.batch_id])
+    vent.enqueue(plain)
+    list(vent.dispatch())
+    vent.complete(b"w1", plain.batch_id)  # read nothing: reports nothing
+    assert read == [(b"n1", done.refs), (b"n2", lost.refs)]
