@@ -324,7 +324,8 @@ class Fabric(TaskAPI, concurrent.futures.Executor):
         """Release the object now (its Refs become dangling); otherwise it goes
         when its last Ref here is garbage-collected, or when the fabric closes."""
         if ref.owner == self._io.client_id:
-            self._io.post(lambda: self._io.objects.free(ref))
+            self._io.objects.free(ref)  # forgotten now: a put of equal bytes next is its own
+            self._io.post(self._io.objects.flush)
 
     def ref(self, name: str) -> Ref:
         """A Ref to the named object (put by any client); UnknownObjectError if none."""

@@ -100,6 +100,7 @@ class ObjectTable:
         self.lineage: dict[bytes, Callable[[], concurrent.futures.Future]] = {}  # key -> submits its call again
         self._recomputing: dict[bytes, concurrent.futures.Future] = {}  # key -> its recomputation under way
         self.recomputed = 0  # recomputations started (fx.statistics().recomputed)
+        self.unsent: list[dict[bytes, list[bytes]]] = []  # frees decided, for the I/O thread to send
         register_table(client_id, self.adopt)
 
     def adopt(self, ref: Ref, claimed: bool = False) -> Ref:
@@ -131,11 +132,13 @@ class ObjectTable:
                     self.holders[ref.key] = (*holders, node_id)
 
     def free(self, ref: Ref) -> None:
-        """Release the object now, whatever Refs remain (``fx.free``)."""
+        """Release the object now, whatever Refs remain (``fx.free``, any thread): forgotten
+        at once, so a put of equal bytes made next is counted anew and keeps its claim;
+        its OBJECT_FREE goes at the next flush."""
         with self._lock:
             if self.counts.pop(ref.key, None) is not None:
                 self.generations.pop(ref.key, None)
-                self._send_free([ref.key])
+                self.unsent.append(self._forget([ref.key]))
 
     def lost(self, refs: list[Ref], live: Callable[[], set[bytes]]) -> list[Ref]:
         """The kept results among ``refs`` that this client can compute again and
@@ -169,8 +172,9 @@ class ObjectTable:
         return resubmitted
 
     def flush(self) -> None:
-        """Send OBJECT_FREE for keys whose last Ref is gone (the I/O thread, at its ticks)."""
-        if not self.released:
+        """Send OBJECT_FREE for keys whose last Ref is gone, and for those freed
+        (the I/O thread, at its ticks and after ``fx.free``)."""
+        if not self.released and not self.unsent:
             return
         gone = []
         with self._lock:
@@ -184,9 +188,14 @@ class ObjectTable:
                     gone.append(key)
                 else:
                     self.counts[key] = count - 1
-            self._send_free(gone)
+            self.unsent.append(self._forget(gone))
+            unsent, self.unsent = self.unsent, []
+        for by_node in unsent:
+            for node_id, node_keys in by_node.items():
+                self.send_to_node(node_id, ObjectFree(self.client_id, node_keys))
 
-    def _send_free(self, keys: list[bytes]) -> None:
+    def _forget(self, keys: list[bytes]) -> dict[bytes, list[bytes]]:
+        """Drop what is known of these keys (under the lock); their frees, by node: one per claim."""
         by_node: dict[bytes, list[bytes]] = {}
         for key in keys:
             self.lineage.pop(key, None)
@@ -194,8 +203,7 @@ class ObjectTable:
             claims = [key] * self.claims.pop(key, 1)
             for node_id in self.holders.pop(key, ()):
                 by_node.setdefault(node_id, []).extend(claims)
-        for node_id, node_keys in by_node.items():
-            self.send_to_node(node_id, ObjectFree(self.client_id, node_keys))
+        return by_node
 
     def close(self) -> None:
         unregister_table(self.client_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -171,6 +172,25 @@ def test_a_ref_collected_after_its_object_was_freed_and_put_again_frees_nothing(
     gc.collect()
     wait_for(lambda: store_figures(fx)["objects"] == 1, 10, "the object put again stored")
     fx.submit(len, b"").result()  # the I/O thread ticks: any free the collected Ref caused has been sent
+    assert fx.get(new) == data
+
+
+def test_a_free_the_io_thread_has_not_sent_yet_does_not_take_an_equal_put_made_after_it(fresh_fx):
+    """fx.free, then a put of equal bytes (the same key) while the I/O thread is busy: the free
+    is the old Ref's alone, so the object put again stays (CI once found it gone)."""
+    fx = fresh_fx
+    data = os.urandom(300_000)
+    old = fx.put(data)
+    busy, release = threading.Event(), threading.Event()
+    fx._io.post(lambda: (busy.set(), release.wait(10)))  # the I/O thread, held as a loaded machine would
+    try:
+        assert busy.wait(10)
+        fx.free(old)
+        new = fx.put(data)  # over the object socket, from this thread
+    finally:
+        release.set()
+    fx.submit(len, b"").result()  # the I/O thread ticks: the free has been sent
+    wait_for(lambda: store_figures(fx)["objects"] == 1, 10, "the object put again stored")
     assert fx.get(new) == data
 
 
